@@ -1,0 +1,1 @@
+pub use magray_wal as wal;

@@ -1,0 +1,80 @@
+//! The okaywal implementation of [`LogBackend`].
+
+use super::shared::Shared;
+use super::LogBackend;
+use okaywal::{Configuration, Entry, EntryId, LogManager, SegmentReader, WriteAheadLog};
+use std::io;
+use std::path::Path;
+use std::sync::Arc;
+
+/// okaywal's callbacks: recovery is a no-op (our own scan validated and repaired the
+/// segments before okaywal opened them); checkpointing archives the segment.
+#[derive(Debug)]
+struct Archiver {
+    shared: Arc<Shared>,
+}
+
+impl LogManager for Archiver {
+    fn recover(&mut self, _entry: &mut Entry<'_>) -> io::Result<()> {
+        Ok(())
+    }
+
+    fn checkpoint_to(
+        &mut self,
+        last_checkpointed_id: EntryId,
+        checkpointed_entries: &mut SegmentReader,
+        _wal: &WriteAheadLog,
+    ) -> io::Result<()> {
+        match self
+            .shared
+            .archive_segment(last_checkpointed_id.0, checkpointed_entries)
+        {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                // okaywal's checkpoint thread stops on error; poison so writers learn of it.
+                let reason = format!("archiving a checkpointed log segment failed: {e}");
+                self.shared.fail(reason.clone());
+                Err(io::Error::other(reason))
+            }
+        }
+    }
+}
+
+#[derive(Debug)]
+pub(crate) struct OkayBackend {
+    wal: WriteAheadLog,
+}
+
+impl OkayBackend {
+    pub fn open(dir: &Path, segment_bytes: u32, shared: Arc<Shared>) -> io::Result<Self> {
+        let config = Configuration::default_for(dir)
+            .preallocate_bytes(segment_bytes)
+            .checkpoint_after_bytes(u64::from(segment_bytes) / 4 * 3);
+        let config = Configuration {
+            version_info: Arc::new(shared.version_info.clone()),
+            ..config
+        };
+        let wal = config.open(Archiver { shared })?;
+        Ok(OkayBackend { wal })
+    }
+}
+
+impl LogBackend for OkayBackend {
+    fn append(&self, chunks: &[Vec<u8>]) -> io::Result<()> {
+        let mut entry = self.wal.begin_entry()?;
+        for c in chunks {
+            entry.write_chunk(c)?;
+        }
+        entry.commit()?;
+        Ok(())
+    }
+
+    fn checkpoint_active(&self) -> io::Result<()> {
+        self.wal.checkpoint_active()
+    }
+
+    fn shutdown(&self) -> io::Result<()> {
+        // okaywal's shutdown stops and joins its checkpoint thread; a clone is enough.
+        self.wal.clone().shutdown()
+    }
+}

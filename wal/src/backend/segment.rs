@@ -1,0 +1,313 @@
+//! Parser for okaywal segment files (format 0, documented in okaywal's README):
+//!
+//! ```text
+//! header: b"okw" 0x00 | info_len u8 | version_info[info_len]
+//! entry:  0x01 | entry_id u64 LE | chunk* | 0x03
+//! chunk:  0x02 | len u32 LE | data[len] | crc32c(data) u32 LE
+//! ```
+//! A segment is preallocated and recycled, so the valid prefix is followed by zeros or by
+//! stale entries of an earlier incarnation (whose ids are below the file id): both end the
+//! segment. Each chunk holds one of our frames; both okaywal's crc32c and our frame checks
+//! are verified.
+
+use crate::error::Error;
+use crate::event::Envelope;
+use crate::frame::{self, FrameHeader};
+use std::path::Path;
+
+const NEW_ENTRY: u8 = 1;
+const CHUNK: u8 = 2;
+const END_OF_ENTRY: u8 = 3;
+const ENTRY_HEADER_LEN: u64 = 9;
+
+/// A complete, validated entry.
+#[derive(Debug)]
+pub(crate) struct ScannedEntry {
+    pub entry_id: u64,
+    pub offset: u64,
+    pub end: u64,
+    /// Frames in the entry: (file offset of the frame, header, events).
+    pub frames: Vec<(u64, FrameHeader, Vec<Envelope>)>,
+}
+
+impl ScannedEntry {
+    pub fn first_seq(&self) -> Option<u64> {
+        self.frames.first().map(|f| f.1.first_seq)
+    }
+    pub fn last_seq(&self) -> Option<u64> {
+        self.frames.last().map(|f| f.1.last_seq())
+    }
+}
+
+/// The first bad spot in a segment.
+#[derive(Debug)]
+pub(crate) struct Problem {
+    /// Offset of the entry that failed.
+    pub entry_offset: u64,
+    /// Where parsing of the bad entry stopped (its apparent extent).
+    pub extent_end: u64,
+    /// What failed, naming file and offset.
+    pub error: Error,
+    /// Whether a valid entry follows the bad one (then it is not a torn tail).
+    pub followed_by_valid: bool,
+}
+
+/// Result of scanning one segment.
+#[derive(Debug)]
+pub(crate) struct SegmentScan {
+    pub entries: Vec<ScannedEntry>,
+    pub problem: Option<Problem>,
+}
+
+enum Parse {
+    /// No entry starts here (zeros, stale data, end of file).
+    End,
+    Complete(ScannedEntry),
+    /// The entry is incomplete or fails a check.
+    Bad {
+        extent_end: u64,
+        error: Error,
+    },
+}
+
+/// Length of the okaywal segment header, or an error naming the file.
+pub(crate) fn header_len(buf: &[u8], path: &Path, expected_info: &[u8]) -> Result<u64, Error> {
+    if buf.len() < 5 || &buf[0..3] != b"okw" {
+        return Err(Error::Corrupted {
+            file: path.to_path_buf(),
+            offset: 0,
+            reason: "missing okaywal segment magic".into(),
+        });
+    }
+    if buf[3] != 0 {
+        return Err(Error::Corrupted {
+            file: path.to_path_buf(),
+            offset: 3,
+            reason: format!("unsupported okaywal segment version {}", buf[3]),
+        });
+    }
+    let info_len = buf[4] as usize;
+    if buf.len() < 5 + info_len {
+        return Err(Error::Corrupted {
+            file: path.to_path_buf(),
+            offset: 4,
+            reason: "segment header truncated".into(),
+        });
+    }
+    let info = &buf[5..5 + info_len];
+    if info != expected_info {
+        return Err(Error::Corrupted {
+            file: path.to_path_buf(),
+            offset: 5,
+            reason: format!(
+                "segment was written with format {:?}, this build reads {:?}",
+                String::from_utf8_lossy(info),
+                String::from_utf8_lossy(expected_info)
+            ),
+        });
+    }
+    Ok(5 + info_len as u64)
+}
+
+fn parse_entry(buf: &[u8], pos: u64, file_id: u64, min_id: u64, path: &Path) -> Parse {
+    let len = buf.len() as u64;
+    let p0 = pos as usize;
+    if pos >= len || buf[p0] != NEW_ENTRY {
+        return Parse::End;
+    }
+    let bad = |extent_end: u64, offset: u64, reason: String| Parse::Bad {
+        extent_end,
+        error: Error::Corrupted {
+            file: path.to_path_buf(),
+            offset,
+            reason,
+        },
+    };
+    if pos + ENTRY_HEADER_LEN > len {
+        return bad(len, pos, "entry header cut short (torn write)".into());
+    }
+    let mut id_bytes = [0u8; 8];
+    id_bytes.copy_from_slice(&buf[p0 + 1..p0 + 9]);
+    let entry_id = u64::from_le_bytes(id_bytes);
+    if entry_id < file_id || entry_id < min_id {
+        // A stale entry from an earlier use of this recycled file.
+        return Parse::End;
+    }
+    let mut p = pos + ENTRY_HEADER_LEN;
+    let mut frames = Vec::new();
+    loop {
+        if p >= len {
+            return bad(len, p, "entry has no end marker (torn write)".into());
+        }
+        match buf[p as usize] {
+            CHUNK => {
+                if p + 5 > len {
+                    return bad(len, p, "chunk header cut short (torn write)".into());
+                }
+                let mut lb = [0u8; 4];
+                lb.copy_from_slice(&buf[p as usize + 1..p as usize + 5]);
+                let clen = u64::from(u32::from_le_bytes(lb));
+                let data_at = p + 5;
+                if data_at + clen + 4 > len {
+                    return bad(
+                        len,
+                        p,
+                        format!("chunk of {clen} bytes runs past the end of the file (torn write)"),
+                    );
+                }
+                let data = &buf[data_at as usize..(data_at + clen) as usize];
+                let mut cb = [0u8; 4];
+                cb.copy_from_slice(&buf[(data_at + clen) as usize..(data_at + clen + 4) as usize]);
+                let stored = u32::from_le_bytes(cb);
+                let computed = crc32c::crc32c(data);
+                let end = data_at + clen + 4;
+                if stored != computed {
+                    return Parse::Bad {
+                        extent_end: end,
+                        error: Error::ChecksumMismatch {
+                            file: path.to_path_buf(),
+                            offset: data_at,
+                            expected: stored,
+                            got: computed,
+                        },
+                    };
+                }
+                match frame::decode(data) {
+                    Ok((h, events)) => frames.push((data_at, h, events)),
+                    Err(e) => {
+                        return Parse::Bad {
+                            extent_end: end,
+                            error: Error::from_frame(path, data_at, e),
+                        }
+                    }
+                }
+                p = end;
+            }
+            END_OF_ENTRY => {
+                return Parse::Complete(ScannedEntry {
+                    entry_id,
+                    offset: pos,
+                    end: p + 1,
+                    frames,
+                })
+            }
+            other => return bad(
+                p + 1,
+                p,
+                format!(
+                    "unexpected byte {other:#04x} inside entry {entry_id} (aborted or torn write)"
+                ),
+            ),
+        }
+    }
+}
+
+/// Scans a whole segment held in `buf`. `expected_seq` is the sequence the first event must
+/// carry (None when unknown); sequence continuity inside the segment is checked.
+pub(crate) fn scan(
+    buf: &[u8],
+    path: &Path,
+    file_id: u64,
+    expected_info: &[u8],
+    mut expected_seq: Option<u64>,
+) -> Result<SegmentScan, Error> {
+    let mut pos = header_len(buf, path, expected_info)?;
+    let mut entries: Vec<ScannedEntry> = Vec::new();
+    let mut min_id = file_id;
+    loop {
+        match parse_entry(buf, pos, file_id, min_id, path) {
+            Parse::End => {
+                return Ok(SegmentScan {
+                    entries,
+                    problem: None,
+                })
+            }
+            Parse::Complete(entry) => {
+                if let (Some(want), Some(first)) = (expected_seq, entry.first_seq()) {
+                    if first != want {
+                        let problem = Problem {
+                            entry_offset: pos,
+                            extent_end: entry.end,
+                            error: Error::Gap {
+                                file: path.to_path_buf(),
+                                expected: want,
+                                found: first,
+                            },
+                            followed_by_valid: true,
+                        };
+                        return Ok(SegmentScan {
+                            entries,
+                            problem: Some(problem),
+                        });
+                    }
+                }
+                for w in entry.frames.windows(2) {
+                    if w[1].1.first_seq != w[0].1.last_seq() + 1 {
+                        return Err(Error::Gap {
+                            file: path.to_path_buf(),
+                            expected: w[0].1.last_seq() + 1,
+                            found: w[1].1.first_seq,
+                        });
+                    }
+                }
+                if let Some(last) = entry.last_seq() {
+                    expected_seq = Some(last + 1);
+                }
+                min_id = entry.entry_id + 1;
+                pos = entry.end;
+                entries.push(entry);
+            }
+            Parse::Bad { extent_end, error } => {
+                let followed_by_valid = valid_entry_after(buf, pos + 1, file_id, min_id, path);
+                return Ok(SegmentScan {
+                    entries,
+                    problem: Some(Problem {
+                        entry_offset: pos,
+                        extent_end,
+                        error,
+                        followed_by_valid,
+                    }),
+                });
+            }
+        }
+    }
+}
+
+/// Is there any complete, valid entry starting after `from`? Distinguishes a torn tail
+/// (nothing valid follows) from corruption in the middle of the log.
+fn valid_entry_after(buf: &[u8], from: u64, file_id: u64, min_id: u64, path: &Path) -> bool {
+    // Entry ids are dense; allow generous slack for rolled-back ids.
+    let max_id = min_id.saturating_add(1 << 24);
+    let mut q = from as usize;
+    while q < buf.len() {
+        match buf[q..].iter().position(|&b| b == NEW_ENTRY) {
+            None => return false,
+            Some(i) => q += i,
+        }
+        if q + 9 <= buf.len() {
+            let mut id_bytes = [0u8; 8];
+            id_bytes.copy_from_slice(&buf[q + 1..q + 9]);
+            let id = u64::from_le_bytes(id_bytes);
+            if id >= min_id && id <= max_id {
+                if let Parse::Complete(e) = parse_entry(buf, q as u64, file_id, min_id, path) {
+                    if !e.frames.is_empty() {
+                        return true;
+                    }
+                }
+            }
+        }
+        q += 1;
+    }
+    false
+}
+
+/// Parses the numeric id of a live segment file name (`wal-N`); None for others
+/// (including checkpointed `wal-N-cp`).
+pub(crate) fn live_segment_id(name: &str) -> Option<u64> {
+    let rest = name.strip_prefix("wal-")?;
+    if rest.bytes().all(|b| b.is_ascii_digit()) && !rest.is_empty() {
+        rest.parse().ok()
+    } else {
+        None
+    }
+}
