@@ -7,16 +7,27 @@ use std::io;
 use std::path::Path;
 use std::sync::Arc;
 
-/// okaywal's callbacks: recovery is a no-op (our own scan validated and repaired the
-/// segments before okaywal opened them); checkpointing archives the segment.
+/// okaywal's callbacks: recovery re-reads each entry (our own scan validated and repaired
+/// the segments before okaywal opened them); checkpointing archives the segment.
 #[derive(Debug)]
 struct Archiver {
     shared: Arc<Shared>,
 }
 
 impl LogManager for Archiver {
-    fn recover(&mut self, _entry: &mut Entry<'_>) -> io::Result<()> {
-        Ok(())
+    fn recover(&mut self, entry: &mut Entry<'_>) -> io::Result<()> {
+        // Every chunk must be read to the end, crc included. If a chunk is left for okaywal
+        // to skip, okaywal 0.3.1 skips its 4-byte crc twice (`skip_remaining_bytes` and then
+        // `Drop`), computes a wrong end of the valid data, and the next append overwrites
+        // the last acknowledged entry. Pinned by the test
+        // `reopen_then_append_never_overwrites_acknowledged_entries`.
+        match entry.read_all_chunks()? {
+            Some(_) => Ok(()),
+            None => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "okaywal found an aborted entry that recovery had not repaired",
+            )),
+        }
     }
 
     fn checkpoint_to(

@@ -1,0 +1,186 @@
+//! A torn tail (a partial last entry) recovers to the prefix and is reported; damage in the
+//! middle of the log is an error naming the file and offset; salvage mode says what it dropped.
+
+mod common;
+
+use common::*;
+use magray_wal::*;
+use std::path::Path;
+
+fn small(dir: &Path) -> LogConfig {
+    let mut c = LogConfig::new(dir);
+    c.segment_bytes = 1 << 20;
+    c
+}
+
+fn read_all(log: &Log) -> Vec<Envelope> {
+    log.history(1).collect::<Result<Vec<_>>>().expect("history reads")
+}
+
+/// Writes `n` single-writer batches and returns the log dir's pristine copy.
+fn build(dir: &Path, n: u64) -> Vec<Envelope> {
+    let log = Log::open(small(dir)).expect("open");
+    for c in 0..n {
+        log.append(batch(0, c, 100)).expect("append");
+    }
+    let all = read_all(&log);
+    log.close().expect("close");
+    all
+}
+
+#[test]
+fn truncating_the_last_entry_at_every_offset_recovers_the_prefix() {
+    let pristine = tempfile::tempdir().unwrap();
+    let all = build(pristine.path(), 6);
+    let seg = last_segment(pristine.path());
+    let (spans, problem) = inspect::segment_entries(&seg).unwrap();
+    assert!(problem.is_none());
+    let last = spans.last().unwrap().clone();
+    let (first_lost, _) = last.seqs.unwrap();
+    let prefix: Vec<Envelope> = all.iter().filter(|e| e.seq < first_lost).cloned().collect();
+    let name = seg.file_name().unwrap().to_owned();
+
+    for cut in last.start..last.end {
+        let work = tempfile::tempdir().unwrap();
+        copy_dir(pristine.path(), work.path());
+        let f = std::fs::OpenOptions::new()
+            .write(true)
+            .open(work.path().join("wal").join(&name))
+            .unwrap();
+        f.set_len(cut).unwrap();
+        drop(f);
+
+        let log = Log::open(small(work.path()))
+            .unwrap_or_else(|e| panic!("cut at {cut}: open failed: {e}"));
+        let report = log.recovery_report().clone();
+        if cut == last.start {
+            assert!(report.torn_tail.is_none(), "cut at the entry boundary is a clean end");
+        } else {
+            let torn = report
+                .torn_tail
+                .unwrap_or_else(|| panic!("cut at {cut}: torn tail not reported"));
+            assert_eq!(torn.offset, last.start, "cut at {cut}");
+            assert_eq!(torn.bytes, cut - last.start, "cut at {cut}");
+            assert_eq!(torn.from_seq, first_lost, "cut at {cut}");
+            assert!(torn.file.ends_with(&name));
+        }
+        assert_eq!(report.last_seq, first_lost - 1);
+        assert_eq!(read_all(&log), prefix, "cut at {cut}");
+        // The log continues where the prefix ended, and the repair is durable.
+        let at = log.append(batch(1, 0, 10)).unwrap();
+        assert_eq!(at.first_seq, first_lost);
+        log.close().unwrap();
+        let log = Log::open(small(work.path())).unwrap();
+        assert!(log.recovery_report().torn_tail.is_none());
+        assert_eq!(read_all(&log).len(), prefix.len() + 1);
+        log.close().unwrap();
+    }
+}
+
+#[test]
+fn a_torn_tail_with_garbage_after_a_preallocated_prefix_is_tolerated() {
+    // A crash can leave a complete-looking last entry whose bytes never all reached disk.
+    let dir = tempfile::tempdir().unwrap();
+    let all = build(dir.path(), 4);
+    let seg = last_segment(dir.path());
+    let (spans, _) = inspect::segment_entries(&seg).unwrap();
+    let last = spans.last().unwrap().clone();
+    let mut bytes = std::fs::read(&seg).unwrap();
+    bytes[(last.start + last.end) as usize / 2] ^= 0x40;
+    std::fs::write(&seg, &bytes).unwrap();
+    let log = Log::open(small(dir.path())).unwrap();
+    let torn = log.recovery_report().torn_tail.clone().expect("reported");
+    assert_eq!(torn.offset, last.start);
+    assert!(torn.reason.contains("checksum") || torn.reason.contains("corruption"), "{}", torn.reason);
+    assert_eq!(read_all(&log), all[..all.len() - spans.last().map(|s| {
+        let (a, b) = s.seqs.unwrap();
+        (b - a + 1) as usize
+    }).unwrap()].to_vec());
+    log.close().unwrap();
+}
+
+#[test]
+fn a_bit_flip_in_the_middle_of_the_log_names_file_and_offset() {
+    let dir = tempfile::tempdir().unwrap();
+    build(dir.path(), 10);
+    let seg = last_segment(dir.path());
+    let (spans, _) = inspect::segment_entries(&seg).unwrap();
+    let victim = spans[3].clone();
+    let at = victim.start + (victim.end - victim.start) * 2 / 3;
+    let mut bytes = std::fs::read(&seg).unwrap();
+    bytes[at as usize] ^= 0x01;
+    std::fs::write(&seg, &bytes).unwrap();
+
+    let err = Log::open(small(dir.path())).expect_err("mid-log damage must refuse to open");
+    assert!(err.is_corruption(), "{err}");
+    let msg = err.to_string();
+    assert!(msg.contains(&seg.display().to_string()), "error names the file: {msg}");
+    match err {
+        Error::ChecksumMismatch { offset, .. } | Error::Corrupted { offset, .. } => {
+            assert!(offset >= victim.start && offset < victim.end, "offset {offset} inside the damaged entry {victim:?}");
+        }
+        other => panic!("unexpected error kind {other:?}"),
+    }
+    // Offline readers refuse the same way and never skip it.
+    let offline: Result<Vec<_>> = History::open_offline(dir.path(), 1).collect();
+    assert!(offline.expect_err("offline read must fail").is_corruption());
+}
+
+#[test]
+fn salvage_stops_at_the_last_good_event_and_says_what_it_dropped() {
+    let dir = tempfile::tempdir().unwrap();
+    let all = build(dir.path(), 10);
+    let seg = last_segment(dir.path());
+    let (spans, _) = inspect::segment_entries(&seg).unwrap();
+    let victim = spans[3].clone();
+    let mut bytes = std::fs::read(&seg).unwrap();
+    bytes[(victim.end - 6) as usize] ^= 0x80;
+    std::fs::write(&seg, &bytes).unwrap();
+
+    let mut cfg = small(dir.path());
+    cfg.recovery = RecoveryMode::Salvage;
+    let log = Log::open(cfg).unwrap();
+    let s = log.recovery_report().salvaged.clone().expect("salvage report");
+    let (first_bad, _) = victim.seqs.unwrap();
+    assert_eq!(s.dropped_from_seq, first_bad);
+    assert_eq!(s.offset, victim.start);
+    assert!(s.saved_in.join(seg.file_name().unwrap()).exists(), "damaged segment copied aside");
+    let kept = read_all(&log);
+    assert_eq!(kept, all.iter().filter(|e| e.seq < first_bad).cloned().collect::<Vec<_>>());
+    log.close().unwrap();
+}
+
+#[test]
+fn an_empty_segment_from_an_interrupted_creation_is_removed() {
+    let dir = tempfile::tempdir().unwrap();
+    let all = build(dir.path(), 3);
+    let stray = dir.path().join("wal").join("wal-999999");
+    std::fs::write(&stray, vec![0u8; 4096]).unwrap();
+    let log = Log::open(small(dir.path())).unwrap();
+    assert_eq!(log.recovery_report().removed_empty_segments, vec![stray.clone()]);
+    assert!(!stray.exists());
+    assert_eq!(read_all(&log), all);
+    log.close().unwrap();
+}
+
+/// Regression: okaywal 0.3.1 double-skips the crc of chunks a `LogManager::recover` leaves
+/// unread, resumes writing inside the last entry, and destroys acknowledged data.
+#[test]
+fn reopen_then_append_never_overwrites_acknowledged_entries() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut acked = build(dir.path(), 3);
+    for round in 0..4u64 {
+        let log = Log::open(small(dir.path())).unwrap();
+        assert!(log.recovery_report().torn_tail.is_none(), "round {round}");
+        let at = log.append(batch(7, round, 50)).unwrap();
+        assert_eq!(at.first_seq, acked.len() as u64 + 1);
+        acked = read_all(&log);
+        log.close().unwrap();
+        let seg = last_segment(dir.path());
+        let (spans, problem) = inspect::segment_entries(&seg).unwrap();
+        assert!(problem.is_none(), "round {round}: {problem:?}");
+        assert_eq!(spans.last().unwrap().seqs.unwrap().1, acked.len() as u64);
+    }
+    let offline: Vec<Envelope> = History::open_offline(dir.path(), 1).collect::<Result<_>>().unwrap();
+    assert_eq!(offline, acked);
+}
