@@ -1,1 +1,180 @@
-fn main() {}
+//! `wal_append`: durable appends per second and latency (p50/p99) for 1, 4, 16 and 64
+//! concurrent writers, with 256 B and 2 KiB events, against this disk's raw append +
+//! fdatasync latency measured in the same run.
+//!
+//! `cargo bench --bench wal_append` runs criterion (throughput) and then prints the report
+//! table. `WAL_BENCH_REPORT_ONLY=1 cargo bench --bench wal_append` prints only the table.
+//! Set `WAL_BENCH_DIR` to measure another filesystem (default: a temp dir under target/).
+
+use criterion::{Criterion, Throughput};
+use magray_wal::{frame, Event, Inserted, Layer, Log, LogConfig};
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const WRITERS: [usize; 4] = [1, 4, 16, 64];
+const SIZES: [usize; 2] = [256, 2048];
+
+fn bench_root() -> PathBuf {
+    std::env::var_os("WAL_BENCH_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("target/bench-tmp"))
+}
+
+/// An insert event whose encoded frame is `target` bytes (± a few).
+fn event_of_size(target: usize) -> Event {
+    let make = |n: usize| {
+        Event::Inserted(Inserted {
+            id: [1; 16],
+            layer: Layer::Interact,
+            kind: "message".into(),
+            text: "x".repeat(n),
+            embedding: vec![],
+            tags: vec![],
+            project: None,
+            session: None,
+            refs: vec![],
+            content_hash: 0,
+            ts_us: 0,
+        })
+    };
+    let frame_len = |e: Event| frame::encode(1, 0, vec![e]).expect("encodes").len();
+    let base = frame_len(make(0));
+    make(target.saturating_sub(base))
+}
+
+fn open_log(tag: &str) -> (tempfile::TempDir, Arc<Log>) {
+    std::fs::create_dir_all(bench_root()).expect("bench dir");
+    let dir = tempfile::Builder::new()
+        .prefix(tag)
+        .tempdir_in(bench_root())
+        .expect("tempdir");
+    let log = Log::open(LogConfig::new(dir.path())).expect("open log");
+    (dir, Arc::new(log))
+}
+
+/// Runs `writers` threads appending `per_writer` single-event batches; returns latencies.
+fn run_writers(log: &Arc<Log>, writers: usize, per_writer: usize, event: &Event) -> Vec<Duration> {
+    let handles: Vec<_> = (0..writers)
+        .map(|_| {
+            let log = log.clone();
+            let event = event.clone();
+            std::thread::spawn(move || {
+                let mut lat = Vec::with_capacity(per_writer);
+                for _ in 0..per_writer {
+                    let t = Instant::now();
+                    log.append(vec![event.clone()]).expect("append");
+                    lat.push(t.elapsed());
+                }
+                lat
+            })
+        })
+        .collect();
+    handles
+        .into_iter()
+        .flat_map(|h| h.join().expect("writer thread"))
+        .collect()
+}
+
+/// Raw append + fdatasync latencies of `size`-byte writes on the bench filesystem.
+fn raw_fsync(size: usize, n: usize) -> Vec<Duration> {
+    std::fs::create_dir_all(bench_root()).expect("bench dir");
+    let dir = tempfile::tempdir_in(bench_root()).expect("tempdir");
+    let mut f = std::fs::File::create(dir.path().join("raw")).expect("create");
+    let buf = vec![0xabu8; size];
+    (0..n)
+        .map(|_| {
+            let t = Instant::now();
+            f.write_all(&buf).expect("write");
+            f.sync_data().expect("fdatasync");
+            t.elapsed()
+        })
+        .collect()
+}
+
+fn pct(v: &mut [Duration], p: f64) -> Duration {
+    v.sort();
+    v[((v.len() - 1) as f64 * p).round() as usize]
+}
+
+fn criterion_benches(c: &mut Criterion) {
+    for size in SIZES {
+        let event = event_of_size(size);
+        let mut group = c.benchmark_group(format!("wal_append/{size}B"));
+        group
+            .sample_size(10)
+            .measurement_time(Duration::from_secs(4));
+        for writers in WRITERS {
+            let (_dir, log) = open_log("crit");
+            group.throughput(Throughput::Elements(writers as u64));
+            group.bench_function(format!("{writers}_writers"), |b| {
+                b.iter_custom(|iters| {
+                    let t = Instant::now();
+                    run_writers(&log, writers, iters as usize, &event);
+                    t.elapsed()
+                })
+            });
+        }
+        group.finish();
+    }
+}
+
+fn report() {
+    println!("\nwal_append report (medians of per-call latency; events/s = acknowledged events per second)");
+    println!("filesystem: {}", bench_root().display());
+    println!(
+        "{:>6} {:>8} {:>12} {:>10} {:>10} {:>14} {:>16}",
+        "size", "writers", "events/s", "p50 ms", "p99 ms", "vs 1 writer", "p50 / raw fsync"
+    );
+    for size in SIZES {
+        let mut raw = raw_fsync(size, 300);
+        let raw_p50 = pct(&mut raw, 0.5);
+        let raw_p99 = pct(&mut raw, 0.99);
+        println!(
+            "{:>6} {:>8} {:>12.0} {:>10.3} {:>10.3} {:>14} {:>16}   <- raw append+fdatasync",
+            size,
+            "raw",
+            1.0 / raw_p50.as_secs_f64(),
+            raw_p50.as_secs_f64() * 1e3,
+            raw_p99.as_secs_f64() * 1e3,
+            "",
+            ""
+        );
+        let event = event_of_size(size);
+        let mut one_writer_rate = 0.0;
+        for writers in WRITERS {
+            let (_dir, log) = open_log("report");
+            // Warm up (segment preallocation), then a fixed amount of work per writer.
+            run_writers(&log, writers, 20, &event);
+            let per_writer = (3000 / writers).clamp(40, 500);
+            let t = Instant::now();
+            let mut lat = run_writers(&log, writers, per_writer, &event);
+            let rate = (writers * per_writer) as f64 / t.elapsed().as_secs_f64();
+            if writers == 1 {
+                one_writer_rate = rate;
+            }
+            let p50 = pct(&mut lat, 0.5);
+            let p99 = pct(&mut lat, 0.99);
+            println!(
+                "{:>6} {:>8} {:>12.0} {:>10.3} {:>10.3} {:>13.1}x {:>15.2}x",
+                size,
+                writers,
+                rate,
+                p50.as_secs_f64() * 1e3,
+                p99.as_secs_f64() * 1e3,
+                rate / one_writer_rate,
+                p50.as_secs_f64() / raw_p50.as_secs_f64()
+            );
+        }
+    }
+}
+
+fn main() {
+    if std::env::var_os("WAL_BENCH_REPORT_ONLY").is_none() {
+        let mut c = Criterion::default().configure_from_args();
+        criterion_benches(&mut c);
+        c.final_summary();
+    }
+    report();
+}

@@ -230,8 +230,9 @@ impl Event {
     }
 }
 
-/// An event with its place in history.
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+/// An event with its place in history. On disk, sequence and timestamp are carried by the
+/// frame header (base sequence + index), not repeated per event.
+#[derive(Debug, Clone, PartialEq)]
 pub struct Envelope {
     /// Sequence number: gap-free and monotonic across restarts, starting at 1.
     pub seq: u64,
@@ -241,8 +242,8 @@ pub struct Envelope {
     pub event: Event,
 }
 
-/// What one frame holds: one caller's atomic batch.
+/// What one frame's payload holds: one caller's atomic batch.
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub(crate) struct Batch {
-    pub(crate) events: Vec<Envelope>,
+    pub(crate) events: Vec<Event>,
 }

@@ -5,33 +5,39 @@
 //!  0     4    magic            b"MGEV"
 //!  4     2    format version   u16 LE (FRAME_FORMAT_VERSION)
 //!  6     2    flags            u16 LE, must be 0
-//!  8     8    first_seq        u64 LE, sequence of the first event
-//! 16     4    count            u32 LE, number of events (>= 1)
-//! 20     4    payload_len      u32 LE
-//! 24     4    payload_crc      u32 LE, crc32 (IEEE, crc32fast) of the payload
-//! 28     4    header_crc       u32 LE, crc32 of bytes 0..28 (checks the length before it is trusted)
-//! 32     ...  payload          rkyv `Batch`
+//!  8     8    first_seq        u64 LE, sequence of the first event (event i has first_seq + i)
+//! 16     8    ts_us            u64 LE, commit time of the batch, µs since the Unix epoch (UTC)
+//! 24     4    count            u32 LE, number of events (>= 1)
+//! 28     4    payload_len      u32 LE
+//! 32     4    payload_crc      u32 LE, crc32 (IEEE, crc32fast) of the payload
+//! 36     4    header_crc       u32 LE, crc32 of bytes 0..36 (checks the length before it is trusted)
+//! 40     ...  payload          rkyv `Batch { events: Vec<Event> }`
 //! ```
 //!
+//! Sequence and timestamp live in the header, so a caller's thread can serialise and
+//! checksum its payload before it reaches the single writer thread, which only stamps the
+//! 40-byte header (Kafka's record batches use the same base-offset idea).
+//!
 //! Decoding checks, in order: length, magic, header crc, version, flags, payload length bound,
-//! payload crc, then rkyv's checked `access` on a 16-byte aligned copy, then that the events'
-//! sequences match the header. Never unchecked access on disk bytes.
+//! payload crc, then rkyv's checked `access` on a 16-byte aligned copy, then that the event
+//! count matches the header. Never unchecked access on disk bytes.
 
-use crate::event::{Batch, Envelope, EVENT_FORMAT_VERSION};
+use crate::event::{Batch, Envelope, Event, EVENT_FORMAT_VERSION};
 use rkyv::rancor::BoxedError;
 use rkyv::util::AlignedVec;
 
 /// Frame magic.
 pub const FRAME_MAGIC: [u8; 4] = *b"MGEV";
 /// Version of the frame layout. Changelog:
-/// - 1: initial layout (32-byte header, rkyv payload of event format 1).
+/// - 1: initial layout (40-byte header with base sequence and timestamp, rkyv payload of
+///   event format 1).
 pub const FRAME_FORMAT_VERSION: u16 = 1;
 /// Size of the frame header.
-pub const FRAME_HEADER_LEN: usize = 32;
+pub const FRAME_HEADER_LEN: usize = 40;
 /// Largest payload a frame may declare (256 MiB). Checked before anything is allocated.
 pub const MAX_FRAME_PAYLOAD: usize = 256 << 20;
 
-const _: () = assert!(FRAME_HEADER_LEN == 4 + 2 + 2 + 8 + 4 + 4 + 4 + 4);
+const _: () = assert!(FRAME_HEADER_LEN == 4 + 2 + 2 + 8 + 8 + 4 + 4 + 4 + 4);
 const _: () = assert!(EVENT_FORMAT_VERSION == FRAME_FORMAT_VERSION);
 
 /// Why a frame failed to decode. `offset` is relative to the start of the frame.
@@ -84,6 +90,8 @@ fn malformed(offset: u64, reason: impl Into<String>) -> FrameError {
 pub struct FrameHeader {
     /// Sequence of the first event.
     pub first_seq: u64,
+    /// Commit timestamp of the batch (µs).
+    pub ts_us: u64,
     /// Number of events.
     pub count: u32,
     /// Payload length in bytes.
@@ -97,36 +105,72 @@ impl FrameHeader {
     }
 }
 
-/// Encodes one batch. `events` must be non-empty with contiguous sequences; a batch whose
-/// payload would exceed [`MAX_FRAME_PAYLOAD`] is refused.
-pub fn encode(events: &[Envelope]) -> Result<Vec<u8>, crate::Error> {
-    assert!(!events.is_empty(), "a frame holds at least one event");
-    debug_assert!(events.windows(2).all(|w| w[1].seq == w[0].seq + 1));
-    let batch = Batch {
-        events: events.to_vec(),
-    };
-    let payload = match rkyv::to_bytes::<BoxedError>(&batch) {
-        Ok(bytes) => bytes,
-        // Serialising plain owned data into a Vec cannot fail except on allocation failure.
-        Err(e) => panic!("rkyv serialisation of an in-memory batch failed: {e}"),
-    };
-    if payload.len() > MAX_FRAME_PAYLOAD {
-        return Err(crate::Error::InvalidBatch(format!(
-            "batch encodes to {} bytes, above the {MAX_FRAME_PAYLOAD}-byte frame limit; split it",
-            payload.len()
-        )));
+/// A serialised, checksummed batch waiting for its sequence and timestamp.
+#[derive(Debug, Clone)]
+pub struct Payload {
+    bytes: Vec<u8>,
+    count: u32,
+    crc: u32,
+}
+
+impl Payload {
+    /// Serialises a batch (on the caller's thread). Refuses an empty batch or one whose
+    /// payload would exceed [`MAX_FRAME_PAYLOAD`].
+    pub fn encode(events: Vec<Event>) -> Result<Payload, crate::Error> {
+        if events.is_empty() {
+            return Err(crate::Error::InvalidBatch(
+                "a batch needs at least one event".into(),
+            ));
+        }
+        let count = u32::try_from(events.len())
+            .map_err(|_| crate::Error::InvalidBatch("too many events in one batch".into()))?;
+        let bytes = match rkyv::to_bytes::<BoxedError>(&Batch { events }) {
+            Ok(b) => b.into_vec(),
+            // Serialising plain owned data into a Vec fails only on allocation failure.
+            Err(e) => panic!("rkyv serialisation of an in-memory batch failed: {e}"),
+        };
+        if bytes.len() > MAX_FRAME_PAYLOAD {
+            return Err(crate::Error::InvalidBatch(format!(
+                "batch encodes to {} bytes, above the {MAX_FRAME_PAYLOAD}-byte frame limit; split it",
+                bytes.len()
+            )));
+        }
+        let crc = crc32fast::hash(&bytes);
+        Ok(Payload { bytes, count, crc })
     }
-    let mut out = Vec::with_capacity(FRAME_HEADER_LEN + payload.len());
-    out.extend_from_slice(&FRAME_MAGIC);
-    out.extend_from_slice(&FRAME_FORMAT_VERSION.to_le_bytes());
-    out.extend_from_slice(&0u16.to_le_bytes());
-    out.extend_from_slice(&events[0].seq.to_le_bytes());
-    out.extend_from_slice(&(events.len() as u32).to_le_bytes());
-    out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
-    out.extend_from_slice(&crc32fast::hash(&payload).to_le_bytes());
-    let header_crc = crc32fast::hash(&out[..28]);
-    out.extend_from_slice(&header_crc.to_le_bytes());
-    out.extend_from_slice(&payload);
+
+    /// Number of events.
+    pub fn count(&self) -> u32 {
+        self.count
+    }
+
+    /// Serialised bytes.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// The header that places this payload at `first_seq`, committed at `ts_us`.
+    pub fn header(&self, first_seq: u64, ts_us: u64) -> [u8; FRAME_HEADER_LEN] {
+        let mut h = [0u8; FRAME_HEADER_LEN];
+        h[0..4].copy_from_slice(&FRAME_MAGIC);
+        h[4..6].copy_from_slice(&FRAME_FORMAT_VERSION.to_le_bytes());
+        h[8..16].copy_from_slice(&first_seq.to_le_bytes());
+        h[16..24].copy_from_slice(&ts_us.to_le_bytes());
+        h[24..28].copy_from_slice(&self.count.to_le_bytes());
+        h[28..32].copy_from_slice(&(self.bytes.len() as u32).to_le_bytes());
+        h[32..36].copy_from_slice(&self.crc.to_le_bytes());
+        let hcrc = crc32fast::hash(&h[..36]);
+        h[36..40].copy_from_slice(&hcrc.to_le_bytes());
+        h
+    }
+}
+
+/// Encodes a whole frame: `events` placed at `first_seq`, committed at `ts_us`.
+pub fn encode(first_seq: u64, ts_us: u64, events: Vec<Event>) -> Result<Vec<u8>, crate::Error> {
+    let p = Payload::encode(events)?;
+    let mut out = Vec::with_capacity(FRAME_HEADER_LEN + p.bytes.len());
+    out.extend_from_slice(&p.header(first_seq, ts_us));
+    out.extend_from_slice(&p.bytes);
     Ok(out)
 }
 
@@ -156,11 +200,11 @@ pub fn decode_header(bytes: &[u8]) -> Result<FrameHeader, FrameError> {
     if bytes[0..4] != FRAME_MAGIC {
         return Err(malformed(0, format!("bad magic {:02x?}", &bytes[0..4])));
     }
-    let stored = u32_at(bytes, 28);
-    let computed = crc32fast::hash(&bytes[..28]);
+    let stored = u32_at(bytes, 36);
+    let computed = crc32fast::hash(&bytes[..36]);
     if stored != computed {
         return Err(FrameError {
-            offset: 28,
+            offset: 36,
             kind: FrameErrorKind::Checksum {
                 expected: stored,
                 got: computed,
@@ -180,11 +224,12 @@ pub fn decode_header(bytes: &[u8]) -> Result<FrameHeader, FrameError> {
     }
     let header = FrameHeader {
         first_seq: u64_at(bytes, 8),
-        count: u32_at(bytes, 16),
-        payload_len: u32_at(bytes, 20),
+        ts_us: u64_at(bytes, 16),
+        count: u32_at(bytes, 24),
+        payload_len: u32_at(bytes, 28),
     };
     if header.count == 0 {
-        return Err(malformed(16, "frame declares zero events"));
+        return Err(malformed(24, "frame declares zero events"));
     }
     if header.first_seq == 0
         || header
@@ -199,7 +244,7 @@ pub fn decode_header(bytes: &[u8]) -> Result<FrameHeader, FrameError> {
     }
     if header.payload_len as usize > MAX_FRAME_PAYLOAD {
         return Err(malformed(
-            20,
+            28,
             format!(
                 "payload length {} exceeds the {MAX_FRAME_PAYLOAD}-byte limit",
                 header.payload_len
@@ -215,7 +260,7 @@ pub fn decode(bytes: &[u8]) -> Result<(FrameHeader, Vec<Envelope>), FrameError> 
     let payload = &bytes[FRAME_HEADER_LEN..];
     if payload.len() != header.payload_len as usize {
         return Err(malformed(
-            20,
+            28,
             format!(
                 "header declares {} payload bytes but the frame holds {}",
                 header.payload_len,
@@ -223,7 +268,7 @@ pub fn decode(bytes: &[u8]) -> Result<(FrameHeader, Vec<Envelope>), FrameError> 
             ),
         ));
     }
-    let stored = u32_at(bytes, 24);
+    let stored = u32_at(bytes, 32);
     let computed = crc32fast::hash(payload);
     if stored != computed {
         return Err(FrameError {
@@ -251,7 +296,7 @@ pub fn decode(bytes: &[u8]) -> Result<(FrameHeader, Vec<Envelope>), FrameError> 
     })?;
     if batch.events.len() != header.count as usize {
         return Err(malformed(
-            16,
+            24,
             format!(
                 "header declares {} events, payload holds {}",
                 header.count,
@@ -259,14 +304,15 @@ pub fn decode(bytes: &[u8]) -> Result<(FrameHeader, Vec<Envelope>), FrameError> 
             ),
         ));
     }
-    for (i, env) in batch.events.iter().enumerate() {
-        let want = header.first_seq + i as u64;
-        if env.seq != want {
-            return Err(malformed(
-                FRAME_HEADER_LEN as u64,
-                format!("event {i} has sequence {}, expected {want}", env.seq),
-            ));
-        }
-    }
-    Ok((header, batch.events))
+    let events = batch
+        .events
+        .into_iter()
+        .enumerate()
+        .map(|(i, event)| Envelope {
+            seq: header.first_seq + i as u64,
+            ts_us: header.ts_us,
+            event,
+        })
+        .collect();
+    Ok((header, events))
 }

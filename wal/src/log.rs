@@ -4,10 +4,11 @@ use crate::backend::faulty::FaultyBackend;
 use crate::backend::okay::OkayBackend;
 use crate::backend::shared::{Retention, Shared};
 use crate::backend::LogBackend;
+use crate::backend::OutFrame;
 use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, Result};
-use crate::event::{Envelope, Event, EVENT_FORMAT_VERSION};
-use crate::frame::{self, FRAME_FORMAT_VERSION};
+use crate::event::{Event, EVENT_FORMAT_VERSION};
+use crate::frame::{Payload, FRAME_FORMAT_VERSION};
 use crate::history::History;
 use crate::recovery::{self, RecoveryMode, RecoveryReport};
 use std::path::{Path, PathBuf};
@@ -88,7 +89,7 @@ pub struct Appended {
 }
 
 struct Request {
-    events: Vec<Event>,
+    payload: Payload,
     reply: oneshot::Sender<Result<Appended>>,
 }
 
@@ -219,16 +220,13 @@ impl Log {
         &self,
         events: Vec<Event>,
     ) -> Result<(Request, oneshot::Receiver<Result<Appended>>)> {
-        if events.is_empty() {
-            return Err(Error::InvalidBatch(
-                "a batch needs at least one event".into(),
-            ));
-        }
         if let Some(reason) = self.shared.failure() {
             return Err(Error::Poisoned { reason });
         }
+        // Serialise and checksum here, on the caller's thread, not in the writer.
+        let payload = Payload::encode(events)?;
         let (reply, rx) = oneshot::channel();
-        Ok((Request { events, reply }, rx))
+        Ok((Request { payload, reply }, rx))
     }
 
     fn poisoned_or_closed(&self) -> Error {
@@ -338,81 +336,65 @@ struct WriterState {
 
 impl WriterState {
     fn run(mut self, mut rx: mpsc::Receiver<Request>) {
-        let mut frames: Vec<Vec<u8>> = Vec::new();
-        let mut waiting: Vec<(oneshot::Sender<Result<Appended>>, Appended)> = Vec::new();
+        let mut round: Vec<(Request, [u8; crate::frame::FRAME_HEADER_LEN], Appended)> = Vec::new();
         while let Some(first) = rx.blocking_recv() {
             if let Some(reason) = self.shared.failure() {
                 let _ = first.reply.send(Err(Error::Poisoned { reason }));
                 continue;
             }
-            let ts = self.clock.now_us().max(self.last_ts);
+            let ts_us = self.clock.now_us().max(self.last_ts);
             let mut bytes = 0usize;
             let mut next = Some(first);
             // Drain every queued caller into one entry (bounded by max_entry_bytes).
             while let Some(req) = next.take() {
-                match self.encode(req.events, ts) {
-                    Ok((frame, appended)) => {
-                        bytes += frame.len();
-                        frames.push(frame);
-                        waiting.push((req.reply, appended));
-                    }
-                    Err(e) => {
-                        let _ = req.reply.send(Err(e));
-                    }
-                }
+                let first_seq = self.next_seq;
+                let last_seq = first_seq + u64::from(req.payload.count()) - 1;
+                self.next_seq = last_seq + 1;
+                let header = req.payload.header(first_seq, ts_us);
+                bytes += header.len() + req.payload.bytes().len();
+                round.push((
+                    req,
+                    header,
+                    Appended {
+                        first_seq,
+                        last_seq,
+                        ts_us,
+                    },
+                ));
                 if bytes < self.max_entry_bytes {
                     next = rx.try_recv().ok();
                 }
             }
-            if frames.is_empty() {
-                continue;
-            }
-            match self.backend.append(&frames) {
+            let frames: Vec<OutFrame<'_>> = round
+                .iter()
+                .map(|(req, header, _)| OutFrame {
+                    header: *header,
+                    payload: req.payload.bytes(),
+                })
+                .collect();
+            let result = self.backend.append(&frames);
+            drop(frames);
+            match result {
                 Ok(()) => {
                     let last = self.next_seq - 1;
-                    self.last_ts = ts;
+                    self.last_ts = ts_us;
                     self.durable.store(last, Ordering::Release);
                     self.durable_tx.send_replace(last);
-                    for (reply, appended) in waiting.drain(..) {
-                        let _ = reply.send(Ok(appended));
+                    for (req, _, appended) in round.drain(..) {
+                        let _ = req.reply.send(Ok(appended));
                     }
                 }
                 Err(e) => {
                     // fsyncgate: never retry a failed write or fsync; refuse everything after.
                     let reason = format!("writing or syncing the log failed: {e}");
                     self.shared.fail(reason.clone());
-                    for (reply, _) in waiting.drain(..) {
-                        let _ = reply.send(Err(Error::Poisoned {
+                    for (req, _, _) in round.drain(..) {
+                        let _ = req.reply.send(Err(Error::Poisoned {
                             reason: reason.clone(),
                         }));
                     }
                 }
             }
-            frames.clear();
         }
-    }
-
-    fn encode(&mut self, events: Vec<Event>, ts_us: u64) -> Result<(Vec<u8>, Appended)> {
-        let first_seq = self.next_seq;
-        let envelopes: Vec<Envelope> = events
-            .into_iter()
-            .enumerate()
-            .map(|(i, event)| Envelope {
-                seq: first_seq + i as u64,
-                ts_us,
-                event,
-            })
-            .collect();
-        let frame = frame::encode(&envelopes)?;
-        let last_seq = first_seq + envelopes.len() as u64 - 1;
-        self.next_seq = last_seq + 1;
-        Ok((
-            frame,
-            Appended {
-                first_seq,
-                last_seq,
-                ts_us,
-            },
-        ))
     }
 }

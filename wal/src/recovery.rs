@@ -168,6 +168,10 @@ pub(crate) fn recover(
                 }
             }
         }
+        let repaired_tail = scan.problem.is_some();
+        if !repaired_tail {
+            neutralise_stale_entry_marker(&path, &buf, scan.valid_end)?;
+        }
         if let Some(problem) = scan.problem {
             let from_seq = expected.unwrap_or(report.last_seq + 1);
             if is_last && !problem.followed_by_valid {
@@ -202,6 +206,22 @@ pub(crate) fn recover(
     }
     report.live_segments = segments.len();
     Ok(report)
+}
+
+/// okaywal reads any `0x01` + id >= file id as an entry start, and a recycled segment keeps
+/// stale bytes after its valid end. If such a byte sits right at the end, overwrite it with
+/// 0 so okaywal's own parser stops exactly where ours did (the bytes are stale, never data).
+fn neutralise_stale_entry_marker(path: &Path, buf: &[u8], valid_end: u64) -> Result<()> {
+    if buf.get(valid_end as usize) != Some(&1) {
+        return Ok(());
+    }
+    use std::io::{Seek, SeekFrom, Write};
+    let mut f = OpenOptions::new().write(true).open(path).at(path)?;
+    f.seek(SeekFrom::Start(valid_end)).at(path)?;
+    f.write_all(&[0]).at(path)?;
+    f.sync_all().at(path)?;
+    tracing::debug!(file = %path.display(), offset = valid_end, "cleared a stale entry marker after the valid end");
+    Ok(())
 }
 
 /// Copies the damaged segment and every later one into `salvage_dir`, truncates the damaged

@@ -145,7 +145,7 @@ proptest! {
 
     #[test]
     fn frame_round_trips(envs in envelopes()) {
-        let bytes = frame::encode(&envs).unwrap();
+        let bytes = encode_envs(&envs);
         let (header, decoded) = frame::decode(&bytes).unwrap();
         prop_assert_eq!(header.first_seq, envs[0].seq);
         prop_assert_eq!(header.count as usize, envs.len());
@@ -154,7 +154,7 @@ proptest! {
 
     #[test]
     fn any_single_bit_flip_is_detected(envs in envelopes(), pick in any::<prop::sample::Index>(), bit in 0u8..8) {
-        let mut bytes = frame::encode(&envs).unwrap();
+        let mut bytes = encode_envs(&envs);
         let at = pick.index(bytes.len());
         bytes[at] ^= 1 << bit;
         prop_assert!(frame::decode(&bytes).is_err(), "flip at byte {} bit {} went unnoticed", at, bit);
@@ -175,10 +175,11 @@ proptest! {
         out.extend_from_slice(&frame::FRAME_FORMAT_VERSION.to_le_bytes());
         out.extend_from_slice(&0u16.to_le_bytes());
         out.extend_from_slice(&first.to_le_bytes());
+        out.extend_from_slice(&7u64.to_le_bytes());
         out.extend_from_slice(&count.to_le_bytes());
         out.extend_from_slice(&(payload.len() as u32).to_le_bytes());
         out.extend_from_slice(&crc32fast_hash(&payload).to_le_bytes());
-        let h = crc32fast_hash(&out[..28]);
+        let h = crc32fast_hash(&out[..36]);
         out.extend_from_slice(&h.to_le_bytes());
         prop_assert_eq!(out.len(), FRAME_HEADER_LEN);
         out.extend_from_slice(&payload);
@@ -200,6 +201,11 @@ proptest! {
         let _ = inspect::scan_segment_bytes(&bytes);
         let _ = inspect::scan_segment_bytes(&tail);
     }
+}
+
+fn encode_envs(envs: &[Envelope]) -> Vec<u8> {
+    let events = envs.iter().map(|e| e.event.clone()).collect();
+    frame::encode(envs[0].seq, envs[0].ts_us, events).unwrap()
 }
 
 fn crc32fast_hash(b: &[u8]) -> u32 {

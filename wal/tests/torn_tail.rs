@@ -14,7 +14,9 @@ fn small(dir: &Path) -> LogConfig {
 }
 
 fn read_all(log: &Log) -> Vec<Envelope> {
-    log.history(1).collect::<Result<Vec<_>>>().expect("history reads")
+    log.history(1)
+        .collect::<Result<Vec<_>>>()
+        .expect("history reads")
 }
 
 /// Writes `n` single-writer batches and returns the log dir's pristine copy.
@@ -54,7 +56,10 @@ fn truncating_the_last_entry_at_every_offset_recovers_the_prefix() {
             .unwrap_or_else(|e| panic!("cut at {cut}: open failed: {e}"));
         let report = log.recovery_report().clone();
         if cut == last.start {
-            assert!(report.torn_tail.is_none(), "cut at the entry boundary is a clean end");
+            assert!(
+                report.torn_tail.is_none(),
+                "cut at the entry boundary is a clean end"
+            );
         } else {
             let torn = report
                 .torn_tail
@@ -91,11 +96,23 @@ fn a_torn_tail_with_garbage_after_a_preallocated_prefix_is_tolerated() {
     let log = Log::open(small(dir.path())).unwrap();
     let torn = log.recovery_report().torn_tail.clone().expect("reported");
     assert_eq!(torn.offset, last.start);
-    assert!(torn.reason.contains("checksum") || torn.reason.contains("corruption"), "{}", torn.reason);
-    assert_eq!(read_all(&log), all[..all.len() - spans.last().map(|s| {
-        let (a, b) = s.seqs.unwrap();
-        (b - a + 1) as usize
-    }).unwrap()].to_vec());
+    assert!(
+        torn.reason.contains("checksum") || torn.reason.contains("corruption"),
+        "{}",
+        torn.reason
+    );
+    assert_eq!(
+        read_all(&log),
+        all[..all.len()
+            - spans
+                .last()
+                .map(|s| {
+                    let (a, b) = s.seqs.unwrap();
+                    (b - a + 1) as usize
+                })
+                .unwrap()]
+            .to_vec()
+    );
     log.close().unwrap();
 }
 
@@ -114,10 +131,16 @@ fn a_bit_flip_in_the_middle_of_the_log_names_file_and_offset() {
     let err = Log::open(small(dir.path())).expect_err("mid-log damage must refuse to open");
     assert!(err.is_corruption(), "{err}");
     let msg = err.to_string();
-    assert!(msg.contains(&seg.display().to_string()), "error names the file: {msg}");
+    assert!(
+        msg.contains(&seg.display().to_string()),
+        "error names the file: {msg}"
+    );
     match err {
         Error::ChecksumMismatch { offset, .. } | Error::Corrupted { offset, .. } => {
-            assert!(offset >= victim.start && offset < victim.end, "offset {offset} inside the damaged entry {victim:?}");
+            assert!(
+                offset >= victim.start && offset < victim.end,
+                "offset {offset} inside the damaged entry {victim:?}"
+            );
         }
         other => panic!("unexpected error kind {other:?}"),
     }
@@ -140,13 +163,26 @@ fn salvage_stops_at_the_last_good_event_and_says_what_it_dropped() {
     let mut cfg = small(dir.path());
     cfg.recovery = RecoveryMode::Salvage;
     let log = Log::open(cfg).unwrap();
-    let s = log.recovery_report().salvaged.clone().expect("salvage report");
+    let s = log
+        .recovery_report()
+        .salvaged
+        .clone()
+        .expect("salvage report");
     let (first_bad, _) = victim.seqs.unwrap();
     assert_eq!(s.dropped_from_seq, first_bad);
     assert_eq!(s.offset, victim.start);
-    assert!(s.saved_in.join(seg.file_name().unwrap()).exists(), "damaged segment copied aside");
+    assert!(
+        s.saved_in.join(seg.file_name().unwrap()).exists(),
+        "damaged segment copied aside"
+    );
     let kept = read_all(&log);
-    assert_eq!(kept, all.iter().filter(|e| e.seq < first_bad).cloned().collect::<Vec<_>>());
+    assert_eq!(
+        kept,
+        all.iter()
+            .filter(|e| e.seq < first_bad)
+            .cloned()
+            .collect::<Vec<_>>()
+    );
     log.close().unwrap();
 }
 
@@ -157,7 +193,10 @@ fn an_empty_segment_from_an_interrupted_creation_is_removed() {
     let stray = dir.path().join("wal").join("wal-999999");
     std::fs::write(&stray, vec![0u8; 4096]).unwrap();
     let log = Log::open(small(dir.path())).unwrap();
-    assert_eq!(log.recovery_report().removed_empty_segments, vec![stray.clone()]);
+    assert_eq!(
+        log.recovery_report().removed_empty_segments,
+        vec![stray.clone()]
+    );
     assert!(!stray.exists());
     assert_eq!(read_all(&log), all);
     log.close().unwrap();
@@ -181,6 +220,74 @@ fn reopen_then_append_never_overwrites_acknowledged_entries() {
         assert!(problem.is_none(), "round {round}: {problem:?}");
         assert_eq!(spans.last().unwrap().seqs.unwrap().1, acked.len() as u64);
     }
-    let offline: Vec<Envelope> = History::open_offline(dir.path(), 1).collect::<Result<_>>().unwrap();
+    let offline: Vec<Envelope> = History::open_offline(dir.path(), 1)
+        .collect::<Result<_>>()
+        .unwrap();
     assert_eq!(offline, acked);
+}
+
+/// Regression: a recycled okaywal segment keeps stale bytes after its valid end; a `0x01`
+/// followed by a large number there (common in rkyv payloads) looked like an entry to
+/// okaywal's parser, so opening (or archiving) failed. Found by the kill test.
+#[test]
+fn stale_bytes_after_a_recycled_segments_end_are_not_taken_for_an_entry() {
+    let dir = tempfile::tempdir().unwrap();
+    let all = build(dir.path(), 5);
+    let seg = last_segment(dir.path());
+    let (spans, _) = inspect::segment_entries(&seg).unwrap();
+    let end = spans.last().unwrap().end as usize;
+    let next_id = spans.last().unwrap().entry_id + 1;
+    let mut bytes = std::fs::read(&seg).unwrap();
+    // Stale look-alike: marker, an id from the future, then junk.
+    bytes[end] = 1;
+    bytes[end + 1..end + 9].copy_from_slice(&(next_id + 1000).to_le_bytes());
+    bytes[end + 9] = 2;
+    bytes[end + 10..end + 14].copy_from_slice(&77u32.to_le_bytes());
+    std::fs::write(&seg, &bytes).unwrap();
+
+    let log = Log::open(small(dir.path())).expect("stale bytes are not an entry");
+    assert!(log.recovery_report().torn_tail.is_none());
+    assert_eq!(read_all(&log), all);
+    let at = log.append(batch(3, 0, 10)).unwrap();
+    assert_eq!(at.first_seq, all.len() as u64 + 1);
+    log.checkpoint().expect("the segment archives cleanly");
+    log.close().unwrap();
+    let offline: Vec<Envelope> = History::open_offline(dir.path(), 1)
+        .collect::<Result<_>>()
+        .unwrap();
+    assert_eq!(offline.len(), all.len() + 1);
+}
+
+#[test]
+fn a_damaged_entry_header_in_the_middle_is_corruption_not_the_end() {
+    for (what, delta) in [
+        ("entry marker", 0u64),
+        ("entry id", 3),
+        ("chunk marker", 9),
+        ("chunk length", 11),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        build(dir.path(), 8);
+        let seg = last_segment(dir.path());
+        let (spans, _) = inspect::segment_entries(&seg).unwrap();
+        let victim = spans[4].clone();
+        let mut bytes = std::fs::read(&seg).unwrap();
+        bytes[(victim.start + delta) as usize] ^= 0x10;
+        std::fs::write(&seg, &bytes).unwrap();
+        let err = Log::open(small(dir.path())).expect_err(what);
+        assert!(err.is_corruption(), "{what}: {err}");
+        assert!(
+            err.to_string().contains(&seg.display().to_string()),
+            "{what}: {err}"
+        );
+        match err {
+            Error::ChecksumMismatch { offset, .. } | Error::Corrupted { offset, .. } => {
+                assert!(
+                    offset >= victim.start && offset < victim.end,
+                    "{what}: offset {offset} in {victim:?}"
+                )
+            }
+            other => panic!("{what}: {other:?}"),
+        }
+    }
 }

@@ -1,7 +1,7 @@
 //! Fault injection for tests: fails the N-th append the way a failed fsync does (the bytes
 //! may well be on disk; the caller is told it failed). Real ENOSPC is tested on a tiny tmpfs.
 
-use super::LogBackend;
+use super::{LogBackend, OutFrame};
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -23,9 +23,9 @@ pub(crate) struct FaultyBackend {
 }
 
 impl LogBackend for FaultyBackend {
-    fn append(&self, chunks: &[Vec<u8>]) -> io::Result<()> {
+    fn append(&self, frames: &[OutFrame<'_>]) -> io::Result<()> {
         let n = self.plan.appends.fetch_add(1, Ordering::SeqCst) + 1;
-        self.inner.append(chunks)?;
+        self.inner.append(frames)?;
         if n == self.plan.fail_append_number.load(Ordering::SeqCst) {
             return Err(io::Error::new(
                 io::ErrorKind::Other,

@@ -8,11 +8,19 @@ pub(crate) mod shared;
 
 /// What the log needs from the segment store underneath it.
 pub(crate) trait LogBackend: Send + Sync + std::fmt::Debug {
-    /// Appends one atomic entry made of `chunks` (our frames). Returns only once the entry
-    /// is durable (fsync). Any error is final: the caller poisons the log.
-    fn append(&self, chunks: &[Vec<u8>]) -> std::io::Result<()>;
+    /// Appends one atomic entry made of `frames` (one chunk each: header then payload).
+    /// Returns only once the entry is durable (fsync). Any error is final: the caller
+    /// poisons the log.
+    fn append(&self, frames: &[OutFrame<'_>]) -> std::io::Result<()>;
     /// Hands the active segment to the archiver now (regardless of its size).
     fn checkpoint_active(&self) -> std::io::Result<()>;
     /// Waits for background checkpointing to finish and releases the files.
     fn shutdown(&self) -> std::io::Result<()>;
+}
+
+/// A frame on its way to disk, in two pieces so the payload is never copied to join them.
+#[derive(Debug)]
+pub(crate) struct OutFrame<'a> {
+    pub header: [u8; crate::frame::FRAME_HEADER_LEN],
+    pub payload: &'a [u8],
 }

@@ -5,10 +5,12 @@
 //! entry:  0x01 | entry_id u64 LE | chunk* | 0x03
 //! chunk:  0x02 | len u32 LE | data[len] | crc32c(data) u32 LE
 //! ```
-//! A segment is preallocated and recycled, so the valid prefix is followed by zeros or by
-//! stale entries of an earlier incarnation (whose ids are below the file id): both end the
-//! segment. Each chunk holds one of our frames; both okaywal's crc32c and our frame checks
-//! are verified.
+//! A segment is preallocated and recycled without being cleared, so the valid prefix is
+//! followed by zeros or by stale bytes of an earlier incarnation. okaywal itself accepts any
+//! `0x01` followed by an id >= the file id as an entry, and stale rkyv payloads are full of
+//! such bytes; we are stricter: our single writer never rolls an entry back (it poisons the
+//! log instead), so entry ids inside a segment are consecutive, and anything else ends it.
+//! Each chunk holds one of our frames; okaywal's crc32c and our frame checks are verified.
 
 use crate::error::Error;
 use crate::event::Envelope;
@@ -26,7 +28,8 @@ pub(crate) struct ScannedEntry {
     pub entry_id: u64,
     pub offset: u64,
     pub end: u64,
-    /// Frames in the entry: (file offset of the frame, header, events).
+    /// Frames in the entry: (file offset of the frame, header, events). The frame's bytes
+    /// are `offset .. offset + FRAME_HEADER_LEN + header.payload_len`.
     pub frames: Vec<(u64, FrameHeader, Vec<Envelope>)>,
 }
 
@@ -56,6 +59,8 @@ pub(crate) struct Problem {
 #[derive(Debug)]
 pub(crate) struct SegmentScan {
     pub entries: Vec<ScannedEntry>,
+    /// End of the last valid entry: where okaywal resumes writing.
+    pub valid_end: u64,
     pub problem: Option<Problem>,
 }
 
@@ -109,7 +114,9 @@ pub(crate) fn header_len(buf: &[u8], path: &Path, expected_info: &[u8]) -> Resul
     Ok(5 + info_len as u64)
 }
 
-fn parse_entry(buf: &[u8], pos: u64, file_id: u64, min_id: u64, path: &Path) -> Parse {
+/// Parses the entry at `pos`. `expected_id` is the id it must carry (the previous id + 1),
+/// None for a segment's first entry (which must carry at least `file_id`).
+fn parse_entry(buf: &[u8], pos: u64, file_id: u64, expected_id: Option<u64>, path: &Path) -> Parse {
     let len = buf.len() as u64;
     let p0 = pos as usize;
     if pos >= len || buf[p0] != NEW_ENTRY {
@@ -129,8 +136,12 @@ fn parse_entry(buf: &[u8], pos: u64, file_id: u64, min_id: u64, path: &Path) -> 
     let mut id_bytes = [0u8; 8];
     id_bytes.copy_from_slice(&buf[p0 + 1..p0 + 9]);
     let entry_id = u64::from_le_bytes(id_bytes);
-    if entry_id < file_id || entry_id < min_id {
-        // A stale entry from an earlier use of this recycled file.
+    let plausible = match expected_id {
+        Some(want) => entry_id == want,
+        None => entry_id >= file_id,
+    };
+    if !plausible {
+        // Stale bytes from an earlier use of this recycled file.
         return Parse::End;
     }
     let mut p = pos + ENTRY_HEADER_LEN;
@@ -191,13 +202,15 @@ fn parse_entry(buf: &[u8], pos: u64, file_id: u64, min_id: u64, path: &Path) -> 
                     frames,
                 })
             }
-            other => return bad(
-                p + 1,
-                p,
-                format!(
+            other => {
+                return bad(
+                    p + 1,
+                    p,
+                    format!(
                     "unexpected byte {other:#04x} inside entry {entry_id} (aborted or torn write)"
                 ),
-            ),
+                )
+            }
         }
     }
 }
@@ -213,14 +226,37 @@ pub(crate) fn scan(
 ) -> Result<SegmentScan, Error> {
     let mut pos = header_len(buf, path, expected_info)?;
     let mut entries: Vec<ScannedEntry> = Vec::new();
-    let mut min_id = file_id;
+    let mut expected_id: Option<u64> = None;
     loop {
-        match parse_entry(buf, pos, file_id, min_id, path) {
+        let done = |entries, problem| {
+            Ok(SegmentScan {
+                entries,
+                valid_end: pos,
+                problem,
+            })
+        };
+        match parse_entry(buf, pos, file_id, expected_id, path) {
             Parse::End => {
-                return Ok(SegmentScan {
-                    entries,
-                    problem: None,
-                })
+                // A damaged entry header also looks like the end: it is only the end if no
+                // valid entry follows.
+                let min_id = expected_id.unwrap_or(file_id);
+                if valid_entry_after(buf, pos, file_id, min_id, path) {
+                    let problem = Problem {
+                        entry_offset: pos,
+                        extent_end: pos + 1,
+                        error: Error::Corrupted {
+                            file: path.to_path_buf(),
+                            offset: pos,
+                            reason: format!(
+                                "expected the header of entry {min_id} here, found {:#04x}; valid entries follow",
+                                buf.get(pos as usize).copied().unwrap_or(0)
+                            ),
+                        },
+                        followed_by_valid: true,
+                    };
+                    return done(entries, Some(problem));
+                }
+                return done(entries, None);
             }
             Parse::Complete(entry) => {
                 if let (Some(want), Some(first)) = (expected_seq, entry.first_seq()) {
@@ -235,10 +271,7 @@ pub(crate) fn scan(
                             },
                             followed_by_valid: true,
                         };
-                        return Ok(SegmentScan {
-                            entries,
-                            problem: Some(problem),
-                        });
+                        return done(entries, Some(problem));
                     }
                 }
                 for w in entry.frames.windows(2) {
@@ -253,21 +286,22 @@ pub(crate) fn scan(
                 if let Some(last) = entry.last_seq() {
                     expected_seq = Some(last + 1);
                 }
-                min_id = entry.entry_id + 1;
+                expected_id = Some(entry.entry_id + 1);
                 pos = entry.end;
                 entries.push(entry);
             }
             Parse::Bad { extent_end, error } => {
+                let min_id = expected_id.unwrap_or(file_id);
                 let followed_by_valid = valid_entry_after(buf, pos + 1, file_id, min_id, path);
-                return Ok(SegmentScan {
+                return done(
                     entries,
-                    problem: Some(Problem {
+                    Some(Problem {
                         entry_offset: pos,
                         extent_end,
                         error,
                         followed_by_valid,
                     }),
-                });
+                );
             }
         }
     }
@@ -276,10 +310,11 @@ pub(crate) fn scan(
 /// Is there any complete, valid entry starting after `from`? Distinguishes a torn tail
 /// (nothing valid follows) from corruption in the middle of the log.
 fn valid_entry_after(buf: &[u8], from: u64, file_id: u64, min_id: u64, path: &Path) -> bool {
-    // Entry ids are dense; allow generous slack for rolled-back ids.
+    // Ids are consecutive; a damaged stretch can hide a bounded number of entries.
     let max_id = min_id.saturating_add(1 << 24);
     let mut q = from as usize;
-    while q < buf.len() {
+    let mut candidates = 0u32;
+    while q < buf.len() && candidates < 100_000 {
         match buf[q..].iter().position(|&b| b == NEW_ENTRY) {
             None => return false,
             Some(i) => q += i,
@@ -289,7 +324,8 @@ fn valid_entry_after(buf: &[u8], from: u64, file_id: u64, min_id: u64, path: &Pa
             id_bytes.copy_from_slice(&buf[q + 1..q + 9]);
             let id = u64::from_le_bytes(id_bytes);
             if id >= min_id && id <= max_id {
-                if let Parse::Complete(e) = parse_entry(buf, q as u64, file_id, min_id, path) {
+                candidates += 1;
+                if let Parse::Complete(e) = parse_entry(buf, q as u64, file_id, Some(id), path) {
                     if !e.frames.is_empty() {
                         return true;
                     }

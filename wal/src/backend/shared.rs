@@ -7,7 +7,6 @@
 use crate::archive;
 use crate::error::{Error, Result};
 use crate::frame;
-use okaywal::SegmentReader;
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Condvar, Mutex, MutexGuard};
@@ -122,39 +121,59 @@ impl Shared {
 
     /// Copies a segment's entries into the archive; durable before it returns, and no
     /// in-process reader is still reading the segment when it returns.
-    pub fn archive_segment(&self, last_id: u64, reader: &mut SegmentReader) -> Result<()> {
-        let mut frames = Vec::new();
-        while let Some(mut entry) = reader
-            .read_entry()
-            .map_err(|e| Error::io(&self.wal_dir, e))?
-        {
-            // None = an aborted entry: it was never acknowledged, so it is not history.
-            if let Some(chunks) = entry
-                .read_all_chunks()
-                .map_err(|e| Error::io(&self.wal_dir, e))?
-            {
-                frames.extend(chunks);
-            }
+    ///
+    /// The segment is parsed with our own strict scanner, not okaywal's `SegmentReader`:
+    /// okaywal would take stale bytes after the valid end of a recycled file for an entry.
+    pub fn archive_segment(&self, last_id: u64) -> Result<()> {
+        let (id, path) = crate::recovery::list_live_segments(&self.wal_dir)?
+            .into_iter()
+            .filter(|(id, _)| *id <= last_id)
+            .next_back()
+            .ok_or_else(|| Error::Corrupted {
+                file: self.wal_dir.clone(),
+                offset: 0,
+                reason: format!("no live segment holds checkpointed entry {last_id}"),
+            })?;
+        let buf = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+        let scan = super::segment::scan(&buf, &path, id, &self.version_info, None)?;
+        if let Some(problem) = scan.problem {
+            return Err(problem.error);
         }
+        if scan.entries.last().map(|e| e.entry_id) != Some(last_id) {
+            return Err(Error::Corrupted {
+                file: path.clone(),
+                offset: scan.valid_end,
+                reason: format!("okaywal checkpoints through entry {last_id}, the segment's valid entries end earlier"),
+            });
+        }
+        let frames: Vec<Vec<u8>> = scan
+            .entries
+            .iter()
+            .flat_map(|e| e.frames.iter())
+            .map(|(at, h, _)| {
+                let at = *at as usize;
+                buf[at..at + frame::FRAME_HEADER_LEN + h.payload_len as usize].to_vec()
+            })
+            .collect();
         let mut last_seq = None;
-        if let (Some(first), Some(last)) = (frames.first(), frames.last()) {
-            let bad = |e| Error::from_frame(&self.wal_dir, 0, e);
-            let first_seq = frame::decode_header(first).map_err(bad)?.first_seq;
-            let l = frame::decode_header(last).map_err(bad)?.last_seq();
-            let already = archive::list(&self.archive_dir)?
-                .into_iter()
-                .any(|f| f.first_seq == first_seq && f.last_seq == l);
-            if already {
-                tracing::info!(
-                    first_seq,
-                    last_seq = l,
-                    "segment already archived before a restart"
-                );
-            } else {
-                let f = archive::write(&self.archive_dir, &frames)?;
-                tracing::debug!(path = %f.path.display(), "archived log segment");
+        if let (Some(first), Some(last)) = (scan.entries.first(), scan.entries.last()) {
+            let (first_seq, l) = (first.first_seq(), last.last_seq());
+            if let (Some(first_seq), Some(l)) = (first_seq, l) {
+                let already = archive::list(&self.archive_dir)?
+                    .into_iter()
+                    .any(|f| f.first_seq == first_seq && f.last_seq == l);
+                if already {
+                    tracing::info!(
+                        first_seq,
+                        last_seq = l,
+                        "segment already archived before a restart"
+                    );
+                } else {
+                    let f = archive::write(&self.archive_dir, &frames)?;
+                    tracing::debug!(path = %f.path.display(), "archived log segment");
+                }
+                last_seq = Some(l);
             }
-            last_seq = Some(l);
         }
         let mut st = self.lock();
         st.archived_entry_id = st.archived_entry_id.max(last_id);

@@ -9,7 +9,11 @@ pub fn insert_event(writer: u64, counter: u64, index: u64, text_len: usize) -> E
     id[..8].copy_from_slice(&writer.to_le_bytes());
     id[8..].copy_from_slice(&(counter * 16 + index).to_le_bytes());
     let base = format!("w{writer}-c{counter}-i{index}-");
-    let text: String = base.chars().cycle().take(text_len.max(base.len())).collect();
+    let text: String = base
+        .chars()
+        .cycle()
+        .take(text_len.max(base.len()))
+        .collect();
     let embedding = (0..8)
         .map(|k| ((writer * 31 + counter * 7 + index * 3 + k) % 97) as f32 / 97.0)
         .collect();
