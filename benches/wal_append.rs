@@ -15,6 +15,10 @@ use std::time::{Duration, Instant};
 
 const WRITERS: [usize; 4] = [1, 4, 16, 64];
 const SIZES: [usize; 2] = [256, 2048];
+/// The log's default segment size (LogConfig::new).
+const SEGMENT_BYTES: usize = 8 << 20;
+/// Measurement window per configuration in the report.
+const WINDOW: Duration = Duration::from_millis(1500);
 
 fn bench_root() -> PathBuf {
     std::env::var_os("WAL_BENCH_DIR")
@@ -54,15 +58,25 @@ fn open_log(tag: &str) -> (tempfile::TempDir, Arc<Log>) {
     (dir, Arc::new(log))
 }
 
-/// Runs `writers` threads appending `per_writer` single-event batches; returns latencies.
-fn run_writers(log: &Arc<Log>, writers: usize, per_writer: usize, event: &Event) -> Vec<Duration> {
+/// Runs `writers` threads appending single-event batches until each has done `per_writer`
+/// or `deadline` passes; returns latencies.
+fn run_writers_until(
+    log: &Arc<Log>,
+    writers: usize,
+    per_writer: usize,
+    deadline: Option<Instant>,
+    event: &Event,
+) -> Vec<Duration> {
     let handles: Vec<_> = (0..writers)
         .map(|_| {
             let log = log.clone();
             let event = event.clone();
             std::thread::spawn(move || {
-                let mut lat = Vec::with_capacity(per_writer);
+                let mut lat = Vec::with_capacity(per_writer.min(1 << 16));
                 for _ in 0..per_writer {
+                    if deadline.is_some_and(|d| Instant::now() >= d) {
+                        break;
+                    }
                     let t = Instant::now();
                     log.append(vec![event.clone()]).expect("append");
                     lat.push(t.elapsed());
@@ -75,6 +89,46 @@ fn run_writers(log: &Arc<Log>, writers: usize, per_writer: usize, event: &Event)
         .into_iter()
         .flat_map(|h| h.join().expect("writer thread"))
         .collect()
+}
+
+/// Runs `writers` tokio tasks (on a 2-worker runtime) appending until `deadline`.
+fn run_tasks_until(
+    log: &Arc<Log>,
+    writers: usize,
+    deadline: Instant,
+    event: &Event,
+) -> Vec<Duration> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .build()
+        .expect("runtime");
+    rt.block_on(async {
+        let handles: Vec<_> = (0..writers)
+            .map(|_| {
+                let log = log.clone();
+                let event = event.clone();
+                tokio::spawn(async move {
+                    let mut lat = Vec::new();
+                    while Instant::now() < deadline {
+                        let t = Instant::now();
+                        log.append_async(vec![event.clone()]).await.expect("append");
+                        lat.push(t.elapsed());
+                    }
+                    lat
+                })
+            })
+            .collect();
+        let mut all = Vec::new();
+        for h in handles {
+            all.extend(h.await.expect("task"));
+        }
+        all
+    })
+}
+
+/// Runs `writers` threads appending `per_writer` single-event batches; returns latencies.
+fn run_writers(log: &Arc<Log>, writers: usize, per_writer: usize, event: &Event) -> Vec<Duration> {
+    run_writers_until(log, writers, per_writer, None, event)
 }
 
 /// Raw append + fdatasync latencies of `size`-byte writes on the bench filesystem.
@@ -121,7 +175,13 @@ fn criterion_benches(c: &mut Criterion) {
 }
 
 fn report() {
-    println!("\nwal_append report (medians of per-call latency; events/s = acknowledged events per second)");
+    println!(
+        "\nwal_append report: steady state (after two segment rotations), {WINDOW:?} per row;"
+    );
+    println!(
+        "p50/p99 of per-call latency; events/s = acknowledged single-event batches per second;"
+    );
+    println!("writers N = N OS threads calling append; Nt = N tokio tasks on 2 workers calling append_async");
     println!("filesystem: {}", bench_root().display());
     println!(
         "{:>6} {:>8} {:>12} {:>10} {:>10} {:>14} {:>16}",
@@ -143,15 +203,24 @@ fn report() {
         );
         let event = event_of_size(size);
         let mut one_writer_rate = 0.0;
-        for writers in WRITERS {
+        for (tasks, writers) in WRITERS
+            .map(|w| (false, w))
+            .into_iter()
+            .chain(WRITERS.map(|w| (true, w)))
+        {
             let (_dir, log) = open_log("report");
-            // Warm up (segment preallocation), then a fixed amount of work per writer.
-            run_writers(&log, writers, 20, &event);
-            let per_writer = (3000 / writers).clamp(40, 500);
+            // Steady state: write two segments' worth first, so okaywal has recycled segment
+            // files instead of zero-filling new ones, then measure a fixed window.
+            let warm = (2 * SEGMENT_BYTES / size).div_ceil(writers);
+            run_writers(&log, writers, warm, &event);
             let t = Instant::now();
-            let mut lat = run_writers(&log, writers, per_writer, &event);
-            let rate = (writers * per_writer) as f64 / t.elapsed().as_secs_f64();
-            if writers == 1 {
+            let mut lat = if tasks {
+                run_tasks_until(&log, writers, t + WINDOW, &event)
+            } else {
+                run_writers_until(&log, writers, usize::MAX, Some(t + WINDOW), &event)
+            };
+            let rate = lat.len() as f64 / t.elapsed().as_secs_f64();
+            if writers == 1 && !tasks {
                 one_writer_rate = rate;
             }
             let p50 = pct(&mut lat, 0.5);
@@ -159,7 +228,7 @@ fn report() {
             println!(
                 "{:>6} {:>8} {:>12.0} {:>10.3} {:>10.3} {:>13.1}x {:>15.2}x",
                 size,
-                writers,
+                format!("{writers}{}", if tasks { "t" } else { "" }),
                 rate,
                 p50.as_secs_f64() * 1e3,
                 p99.as_secs_f64() * 1e3,

@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 //! After several checkpoints, history reads back contiguously from sequence 1 across the
 //! archive and the live log, and stops at the right event by sequence or timestamp.
 

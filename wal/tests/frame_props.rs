@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 //! Property tests: frames round-trip; any single bit flip is detected; arbitrary bytes
 //! given to any decoder return an error, never panic.
 

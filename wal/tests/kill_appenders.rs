@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 //! Kill test: a child process appending from 4 concurrent writers is SIGKILLed at random
 //! moments; after each kill every acknowledged batch reads back identical, sequences are
 //! contiguous, and nothing unacknowledged is half there.

@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 //! A failed write or fsync poisons the log: the caller and every later caller get
 //! `Poisoned`, nothing is retried, and a reopen recovers everything acknowledged.
 

@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 //! A torn tail (a partial last entry) recovers to the prefix and is reported; damage in the
 //! middle of the log is an error naming the file and offset; salvage mode says what it dropped.
 

@@ -27,10 +27,7 @@ impl LogBackend for FaultyBackend {
         let n = self.plan.appends.fetch_add(1, Ordering::SeqCst) + 1;
         self.inner.append(frames)?;
         if n == self.plan.fail_append_number.load(Ordering::SeqCst) {
-            return Err(io::Error::new(
-                io::ErrorKind::Other,
-                "injected EIO from fsync (fault plan)",
-            ));
+            return Err(io::Error::other("injected EIO from fsync (fault plan)"));
         }
         Ok(())
     }

@@ -127,8 +127,7 @@ impl Shared {
     pub fn archive_segment(&self, last_id: u64) -> Result<()> {
         let (id, path) = crate::recovery::list_live_segments(&self.wal_dir)?
             .into_iter()
-            .filter(|(id, _)| *id <= last_id)
-            .next_back()
+            .rfind(|(id, _)| *id <= last_id)
             .ok_or_else(|| Error::Corrupted {
                 file: self.wal_dir.clone(),
                 offset: 0,

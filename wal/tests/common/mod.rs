@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 #![allow(dead_code)]
 //! Shared helpers for the log's integration tests.
 
