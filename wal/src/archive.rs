@@ -124,8 +124,9 @@ pub fn write(dir: &Path, frames: &[Vec<u8>]) -> Result<ArchiveFile> {
     let (mut first, mut last) = (None::<(u64, u64)>, None::<(u64, u64)>);
     let mut raw = Vec::with_capacity(frames.iter().map(Vec::len).sum());
     for f in frames {
-        // Validate on write too: never archive bytes we could not read back.
-        let (h, events) = frame::decode(f).map_err(|e| Error::Corrupted {
+        // The caller decoded these frames fully while scanning the segment; re-check the
+        // header and checksum (cheap) rather than deserialise every event again.
+        let h = frame::check_crc(f).map_err(|e| Error::Corrupted {
             file: dir.to_path_buf(),
             offset: 0,
             reason: format!("refusing to archive an invalid frame: {e}"),
@@ -138,9 +139,8 @@ pub fn write(dir: &Path, frames: &[Vec<u8>]) -> Result<ArchiveFile> {
                 )));
             }
         }
-        let (fe, le) = (&events[0], &events[events.len() - 1]);
-        first.get_or_insert((fe.seq, fe.ts_us));
-        last = Some((le.seq, le.ts_us));
+        first.get_or_insert((h.first_seq, h.ts_us));
+        last = Some((h.last_seq(), h.ts_us));
         raw.extend_from_slice(f);
     }
     let (Some((first_seq, first_ts)), Some((last_seq, last_ts))) = (first, last) else {

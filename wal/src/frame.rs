@@ -254,6 +254,28 @@ pub fn decode_header(bytes: &[u8]) -> Result<FrameHeader, FrameError> {
     Ok(header)
 }
 
+/// Checks a whole frame's header and payload checksum without deserialising the events
+/// (for bytes that were fully decoded moments ago, e.g. when archiving a scanned segment).
+pub fn check_crc(bytes: &[u8]) -> Result<FrameHeader, FrameError> {
+    let header = decode_header(bytes)?;
+    let payload = &bytes[FRAME_HEADER_LEN..];
+    if payload.len() != header.payload_len as usize {
+        return Err(malformed(28, "frame length does not match its header"));
+    }
+    let stored = u32_at(bytes, 32);
+    let computed = crc32fast::hash(payload);
+    if stored != computed {
+        return Err(FrameError {
+            offset: FRAME_HEADER_LEN as u64,
+            kind: FrameErrorKind::Checksum {
+                expected: stored,
+                got: computed,
+            },
+        });
+    }
+    Ok(header)
+}
+
 /// Decodes a whole frame; `bytes` must be exactly one frame.
 pub fn decode(bytes: &[u8]) -> Result<(FrameHeader, Vec<Envelope>), FrameError> {
     let header = decode_header(bytes)?;
