@@ -152,8 +152,9 @@ impl History {
         })
     }
 
-    /// Reads the next live segment. Some(true) = events buffered, Some(false) = segment had
-    /// nothing at or after `next_seq`, None = no segment left.
+    /// Reads live segments in order until one holds events at or after `next_seq`.
+    /// Some(true) = events buffered, Some(false) = a segment vanished (archived meanwhile),
+    /// None = no segment left.
     fn fill_live(&mut self) -> Result<Option<bool>> {
         let segments = list_live_segments(&self.wal_dir)?;
         let count = segments.len();
@@ -211,7 +212,11 @@ impl History {
                 }
             }
             self.source = path;
-            return Ok(Some(pushed));
+            if pushed {
+                return Ok(Some(true));
+            }
+            // Nothing at or after next_seq here (already read from the archive): try the
+            // next segment without spending one of fill()'s bounded retries.
         }
         Ok(None)
     }
