@@ -260,27 +260,6 @@ pub fn check_crc(bytes: &[u8]) -> Result<FrameHeader, FrameError> {
     let header = decode_header(bytes)?;
     let payload = &bytes[FRAME_HEADER_LEN..];
     if payload.len() != header.payload_len as usize {
-        return Err(malformed(28, "frame length does not match its header"));
-    }
-    let stored = u32_at(bytes, 32);
-    let computed = crc32fast::hash(payload);
-    if stored != computed {
-        return Err(FrameError {
-            offset: FRAME_HEADER_LEN as u64,
-            kind: FrameErrorKind::Checksum {
-                expected: stored,
-                got: computed,
-            },
-        });
-    }
-    Ok(header)
-}
-
-/// Decodes a whole frame; `bytes` must be exactly one frame.
-pub fn decode(bytes: &[u8]) -> Result<(FrameHeader, Vec<Envelope>), FrameError> {
-    let header = decode_header(bytes)?;
-    let payload = &bytes[FRAME_HEADER_LEN..];
-    if payload.len() != header.payload_len as usize {
         return Err(malformed(
             28,
             format!(
@@ -301,6 +280,13 @@ pub fn decode(bytes: &[u8]) -> Result<(FrameHeader, Vec<Envelope>), FrameError> 
             },
         });
     }
+    Ok(header)
+}
+
+/// Decodes a whole frame; `bytes` must be exactly one frame.
+pub fn decode(bytes: &[u8]) -> Result<(FrameHeader, Vec<Envelope>), FrameError> {
+    let header = check_crc(bytes)?;
+    let payload = &bytes[FRAME_HEADER_LEN..];
     // rkyv needs aligned bytes; disk bytes (inside okaywal chunks) are not.
     let mut aligned = AlignedVec::<16>::with_capacity(payload.len());
     aligned.extend_from_slice(payload);
