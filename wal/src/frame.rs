@@ -117,6 +117,12 @@ impl Payload {
     /// Serialises a batch (on the caller's thread). Refuses an empty batch or one whose
     /// payload would exceed [`MAX_FRAME_PAYLOAD`].
     pub fn encode(events: Vec<Event>) -> Result<Payload, crate::Error> {
+        Self::encode_keep(events).map(|(p, _)| p)
+    }
+
+    /// Like [`Payload::encode`], and hands the events back (the engine applies them to its
+    /// projections after the append, without cloning every embedding).
+    pub fn encode_keep(events: Vec<Event>) -> Result<(Payload, Vec<Event>), crate::Error> {
         if events.is_empty() {
             return Err(crate::Error::InvalidBatch(
                 "a batch needs at least one event".into(),
@@ -124,7 +130,8 @@ impl Payload {
         }
         let count = u32::try_from(events.len())
             .map_err(|_| crate::Error::InvalidBatch("too many events in one batch".into()))?;
-        let bytes = match rkyv::to_bytes::<BoxedError>(&Batch { events }) {
+        let batch = Batch { events };
+        let bytes = match rkyv::to_bytes::<BoxedError>(&batch) {
             Ok(b) => b.into_vec(),
             // Serialising plain owned data into a Vec fails only on allocation failure.
             Err(e) => panic!("rkyv serialisation of an in-memory batch failed: {e}"),
@@ -136,7 +143,7 @@ impl Payload {
             )));
         }
         let crc = crc32fast::hash(&bytes);
-        Ok(Payload { bytes, count, crc })
+        Ok((Payload { bytes, count, crc }, batch.events))
     }
 
     /// Number of events.

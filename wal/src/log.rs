@@ -216,17 +216,18 @@ impl Log {
         self.shared.failure()
     }
 
+    #[allow(clippy::type_complexity)]
     fn request(
         &self,
         events: Vec<Event>,
-    ) -> Result<(Request, oneshot::Receiver<Result<Appended>>)> {
+    ) -> Result<(Request, oneshot::Receiver<Result<Appended>>, Vec<Event>)> {
         if let Some(reason) = self.shared.failure() {
             return Err(Error::Poisoned { reason });
         }
         // Serialise and checksum here, on the caller's thread, not in the writer.
-        let payload = Payload::encode(events)?;
+        let (payload, events) = Payload::encode_keep(events)?;
         let (reply, rx) = oneshot::channel();
-        Ok((Request { payload, reply }, rx))
+        Ok((Request { payload, reply }, rx, events))
     }
 
     fn poisoned_or_closed(&self) -> Error {
@@ -239,19 +240,33 @@ impl Log {
     /// Appends one atomic batch from a plain thread; returns once it is durable.
     /// Must not be called from inside an async runtime (use [`Log::append_async`]).
     pub fn append(&self, events: Vec<Event>) -> Result<Appended> {
-        let (req, rx) = self.request(events)?;
+        self.append_keep(events).map(|(at, _)| at)
+    }
+
+    /// [`Log::append`], handing the events back once they are durable.
+    pub fn append_keep(&self, events: Vec<Event>) -> Result<(Appended, Vec<Event>)> {
+        let (req, rx, events) = self.request(events)?;
         let tx = self.tx.as_ref().ok_or(Error::Closed)?;
         tx.blocking_send(req)
             .map_err(|_| self.poisoned_or_closed())?;
-        rx.blocking_recv().map_err(|_| self.poisoned_or_closed())?
+        let at = rx
+            .blocking_recv()
+            .map_err(|_| self.poisoned_or_closed())??;
+        Ok((at, events))
     }
 
     /// Appends one atomic batch from async code; resolves once it is durable.
     pub async fn append_async(&self, events: Vec<Event>) -> Result<Appended> {
-        let (req, rx) = self.request(events)?;
+        self.append_keep_async(events).await.map(|(at, _)| at)
+    }
+
+    /// [`Log::append_async`], handing the events back once they are durable.
+    pub async fn append_keep_async(&self, events: Vec<Event>) -> Result<(Appended, Vec<Event>)> {
+        let (req, rx, events) = self.request(events)?;
         let tx = self.tx.as_ref().ok_or(Error::Closed)?;
         tx.send(req).await.map_err(|_| self.poisoned_or_closed())?;
-        rx.await.map_err(|_| self.poisoned_or_closed())?
+        let at = rx.await.map_err(|_| self.poisoned_or_closed())??;
+        Ok((at, events))
     }
 
     /// Archives the active segment now and waits until everything durable at the time of

@@ -1,0 +1,274 @@
+//! Engine configuration, in code or from `MEMORY_*` environment variables.
+
+use crate::error::{Error, Result};
+use magray_wal::{Clock, RecoveryMode, SystemClock};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// HNSW parameters (per layer).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HnswConfig {
+    /// Links per node (`MEMORY_HNSW_M`). 2..=128. Default 16.
+    pub m: usize,
+    /// Candidate list while building (`MEMORY_HNSW_EF_CONSTRUCTION`). Default 200.
+    pub ef_construction: usize,
+    /// Candidate list while searching (`MEMORY_HNSW_EF_SEARCH`); raised to `top_k` when
+    /// smaller. Default 50.
+    pub ef_search: usize,
+}
+
+impl Default for HnswConfig {
+    fn default() -> Self {
+        HnswConfig {
+            m: 16,
+            ef_construction: 200,
+            ef_search: 50,
+        }
+    }
+}
+
+/// Engine configuration. `Config::default()` suits an agent's store; [`Config::from_env`]
+/// reads overrides from the environment.
+#[derive(Clone)]
+pub struct Config {
+    /// Vector dimension (`MEMORY_DIMENSION`). Fixed when the store is created. Default 384.
+    pub dimension: usize,
+    /// Id of the model that makes the embeddings; recorded in the store's MANIFEST, and a
+    /// store is refused under another. Default `"external"` (the caller embeds).
+    pub model_id: String,
+    /// HNSW parameters.
+    pub hnsw: HnswConfig,
+    /// Longest accepted text in bytes (`MEMORY_MAX_TEXT_BYTES`). Default 1 MiB.
+    pub max_text_bytes: usize,
+    /// Write a snapshot after this many events (`MEMORY_CHECKPOINT_EVERY`); 0 = never by
+    /// count. Default 50,000.
+    pub checkpoint_every: u64,
+    /// Write a snapshot after this long if anything changed (`MEMORY_CHECKPOINT_INTERVAL_S`);
+    /// zero = never by time. Default 300 s.
+    pub checkpoint_interval: Duration,
+    /// Write a snapshot on clean close. Default true.
+    pub checkpoint_on_close: bool,
+    /// Snapshots kept (`MEMORY_SNAPSHOTS_KEEP`), at least 1. Default 2.
+    pub snapshots_keep: usize,
+    /// Embedding batcher: largest batch (`MEMORY_BATCH_SIZE`). Default 64.
+    pub batch_size: usize,
+    /// Embedding batcher: longest wait for a batch to fill (`MEMORY_FLUSH_INTERVAL_MS`).
+    /// Default 5 ms.
+    pub flush_interval: Duration,
+    /// Search hits are written as `Accessed` events at most this long after the search
+    /// (`MEMORY_ACCESS_FLUSH_MS`); a crash loses at most this window of access statistics,
+    /// never a record. Default 1 s.
+    pub access_flush_interval: Duration,
+    /// Buffered hits that trigger an early access flush. Default 4,096.
+    pub access_flush_hits: usize,
+    /// Layers with fewer live records than this are searched exactly (`MEMORY_EXACT_BELOW`).
+    /// Default 2,000.
+    pub exact_search_below: usize,
+    /// Rebuild a layer's index when tombstones exceed this fraction of its points (and 256).
+    /// Default 0.2.
+    pub rebuild_tombstone_ratio: f64,
+    /// Vectors the indexer inserts per round. Default 256.
+    pub index_batch: usize,
+    /// Ignore snapshots and replay the whole log from sequence 1 (verification).
+    pub full_replay: bool,
+    /// How the log treats damage at open.
+    pub recovery: RecoveryMode,
+    /// Log segment size. Default 8 MiB.
+    pub segment_bytes: u32,
+    /// Time source for event timestamps (tests inject a manual clock).
+    pub clock: Arc<dyn Clock>,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Config")
+            .field("dimension", &self.dimension)
+            .field("model_id", &self.model_id)
+            .field("hnsw", &self.hnsw)
+            .field("max_text_bytes", &self.max_text_bytes)
+            .field("checkpoint_every", &self.checkpoint_every)
+            .field("checkpoint_interval", &self.checkpoint_interval)
+            .field("snapshots_keep", &self.snapshots_keep)
+            .field("exact_search_below", &self.exact_search_below)
+            .field("full_replay", &self.full_replay)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            dimension: 384,
+            model_id: "external".into(),
+            hnsw: HnswConfig::default(),
+            max_text_bytes: 1 << 20,
+            checkpoint_every: 50_000,
+            checkpoint_interval: Duration::from_secs(300),
+            checkpoint_on_close: true,
+            snapshots_keep: 2,
+            batch_size: 64,
+            flush_interval: Duration::from_millis(5),
+            access_flush_interval: Duration::from_secs(1),
+            access_flush_hits: 4096,
+            exact_search_below: 2_000,
+            rebuild_tombstone_ratio: 0.2,
+            index_batch: 256,
+            full_replay: false,
+            recovery: RecoveryMode::default(),
+            segment_bytes: 8 << 20,
+            clock: Arc::new(SystemClock),
+        }
+    }
+}
+
+fn env_parse<T: std::str::FromStr>(var: &str) -> Result<Option<T>>
+where
+    T::Err: std::fmt::Display,
+{
+    match std::env::var(var) {
+        Ok(v) => v
+            .trim()
+            .parse::<T>()
+            .map(Some)
+            .map_err(|e| Error::Config(format!("{var}={v:?}: {e}"))),
+        Err(std::env::VarError::NotPresent) => Ok(None),
+        Err(std::env::VarError::NotUnicode(_)) => {
+            Err(Error::Config(format!("{var} is not valid UTF-8")))
+        }
+    }
+}
+
+/// The store directory: `MEMORY_DB_PATH`, else `$XDG_DATA_HOME/magray-memory/default`, else
+/// `~/.local/share/magray-memory/default`.
+pub fn default_store_path() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("MEMORY_DB_PATH") {
+        return Ok(PathBuf::from(p));
+    }
+    if let Some(x) = std::env::var_os("XDG_DATA_HOME") {
+        return Ok(PathBuf::from(x).join("magray-memory").join("default"));
+    }
+    match std::env::var_os("HOME") {
+        Some(h) => Ok(PathBuf::from(h).join(".local/share/magray-memory/default")),
+        None => Err(Error::Config(
+            "no store path: set MEMORY_DB_PATH (or HOME) to choose where the store lives".into(),
+        )),
+    }
+}
+
+impl Config {
+    /// Defaults overridden by `MEMORY_*` environment variables, validated.
+    pub fn from_env() -> Result<Config> {
+        let mut c = Config::default();
+        if let Some(v) = env_parse("MEMORY_DIMENSION")? {
+            c.dimension = v;
+        }
+        if let Some(v) = env_parse("MEMORY_HNSW_M")? {
+            c.hnsw.m = v;
+        }
+        if let Some(v) = env_parse("MEMORY_HNSW_EF_CONSTRUCTION")? {
+            c.hnsw.ef_construction = v;
+        }
+        if let Some(v) = env_parse("MEMORY_HNSW_EF_SEARCH")? {
+            c.hnsw.ef_search = v;
+        }
+        if let Some(v) = env_parse("MEMORY_MAX_TEXT_BYTES")? {
+            c.max_text_bytes = v;
+        }
+        if let Some(v) = env_parse("MEMORY_CHECKPOINT_EVERY")? {
+            c.checkpoint_every = v;
+        }
+        if let Some(v) = env_parse::<u64>("MEMORY_CHECKPOINT_INTERVAL_S")? {
+            c.checkpoint_interval = Duration::from_secs(v);
+        }
+        if let Some(v) = env_parse("MEMORY_SNAPSHOTS_KEEP")? {
+            c.snapshots_keep = v;
+        }
+        if let Some(v) = env_parse("MEMORY_BATCH_SIZE")? {
+            c.batch_size = v;
+        }
+        if let Some(v) = env_parse::<u64>("MEMORY_FLUSH_INTERVAL_MS")? {
+            c.flush_interval = Duration::from_millis(v);
+        }
+        if let Some(v) = env_parse::<u64>("MEMORY_ACCESS_FLUSH_MS")? {
+            c.access_flush_interval = Duration::from_millis(v);
+        }
+        if let Some(v) = env_parse("MEMORY_EXACT_BELOW")? {
+            c.exact_search_below = v;
+        }
+        c.validate()?;
+        Ok(c)
+    }
+
+    /// Checks every value; the error names the setting and the accepted range.
+    pub fn validate(&self) -> Result<()> {
+        let check = |ok: bool, msg: String| if ok { Ok(()) } else { Err(Error::Config(msg)) };
+        check(
+            (1..=16_384).contains(&self.dimension),
+            format!(
+                "dimension {} must be within 1..=16384 (MEMORY_DIMENSION)",
+                self.dimension
+            ),
+        )?;
+        // hnsw_rs exits the process above 256 links; we stay well below.
+        check(
+            (2..=128).contains(&self.hnsw.m),
+            format!(
+                "hnsw.m {} must be within 2..=128 (MEMORY_HNSW_M)",
+                self.hnsw.m
+            ),
+        )?;
+        check(
+            (self.hnsw.m..=4096).contains(&self.hnsw.ef_construction),
+            format!(
+                "hnsw.ef_construction {} must be within m..=4096 (MEMORY_HNSW_EF_CONSTRUCTION)",
+                self.hnsw.ef_construction
+            ),
+        )?;
+        check(
+            (1..=4096).contains(&self.hnsw.ef_search),
+            format!(
+                "hnsw.ef_search {} must be within 1..=4096 (MEMORY_HNSW_EF_SEARCH)",
+                self.hnsw.ef_search
+            ),
+        )?;
+        check(
+            (1..=64 << 20).contains(&self.max_text_bytes),
+            format!(
+                "max_text_bytes {} must be within 1..=64 MiB",
+                self.max_text_bytes
+            ),
+        )?;
+        check(
+            self.snapshots_keep >= 1,
+            "snapshots_keep must be at least 1 (MEMORY_SNAPSHOTS_KEEP)".into(),
+        )?;
+        check(
+            (1..=4096).contains(&self.batch_size),
+            format!(
+                "batch_size {} must be within 1..=4096 (MEMORY_BATCH_SIZE)",
+                self.batch_size
+            ),
+        )?;
+        check(
+            self.access_flush_hits >= 1,
+            "access_flush_hits must be at least 1".into(),
+        )?;
+        check(
+            self.rebuild_tombstone_ratio > 0.0 && self.rebuild_tombstone_ratio <= 1.0,
+            format!(
+                "rebuild_tombstone_ratio {} must be within (0, 1]",
+                self.rebuild_tombstone_ratio
+            ),
+        )?;
+        check(
+            self.index_batch >= 1,
+            "index_batch must be at least 1".into(),
+        )?;
+        check(
+            !self.model_id.is_empty() && !self.model_id.contains('\n'),
+            "model_id must be a non-empty single line".into(),
+        )?;
+        Ok(())
+    }
+}

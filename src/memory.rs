@@ -1,0 +1,1202 @@
+//! The `Memory` handle: the async API, the ordered apply path, and the background threads
+//! (indexer; access flush + automatic checkpoints).
+
+use crate::config::Config;
+use crate::error::{Error, Result};
+use crate::snapshot::{self, Capture, FileEntry, Writer};
+use crate::state::{fnv64, Graph, Projections};
+use crate::store_files::{StoreLock, StoreManifest, STORE_FORMAT_VERSION};
+use crate::types::*;
+use hnsw_rs::prelude::{DistDot, Hnsw};
+use magray_wal::{
+    AccessSource, Accessed, Appended, Envelope, Event, Hit, Inserted, Log, LogConfig,
+};
+use parking_lot::{Condvar, Mutex, RwLock};
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+use tokio::sync::{broadcast, mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+
+/// A stream of committed events (see [`Memory::subscribe`]).
+pub type EventStream = ReceiverStream<Result<Envelope>>;
+
+/// Capacity of the live-event broadcast a subscriber may fall behind by before it is told it
+/// lagged.
+const SUBSCRIBER_BUFFER: usize = 4096;
+
+struct SnapState {
+    latest: Option<(u64, PathBuf)>,
+    /// Sequence of the `Checkpointed` event written after the latest snapshot.
+    marker_seq: u64,
+    known_chunks: HashMap<String, FileEntry>,
+    at: Instant,
+}
+
+struct Wake {
+    flag: Mutex<bool>,
+    cv: Condvar,
+}
+
+impl Wake {
+    fn new() -> Wake {
+        Wake {
+            flag: Mutex::new(false),
+            cv: Condvar::new(),
+        }
+    }
+    fn notify(&self) {
+        *self.flag.lock() = true;
+        self.cv.notify_all();
+    }
+    fn wait(&self, timeout: Duration) {
+        let mut f = self.flag.lock();
+        if !*f {
+            self.cv.wait_for(&mut f, timeout);
+        }
+        *f = false;
+    }
+}
+
+pub(crate) struct Inner {
+    dir: PathBuf,
+    config: Config,
+    log: RwLock<Option<Arc<Log>>>,
+    state: RwLock<Projections>,
+    apply_q: Mutex<BTreeMap<u64, (Appended, Vec<Event>)>>,
+    applied_cv: Condvar,
+    applied_tx: watch::Sender<u64>,
+    events_tx: broadcast::Sender<Arc<Envelope>>,
+    index_lock: Mutex<()>,
+    index_wake: Wake,
+    maint_wake: Wake,
+    shutdown: AtomicBool,
+    failure: Mutex<Option<String>>,
+    access_buf: Mutex<Vec<Accessed>>,
+    access_hits: AtomicU64,
+    snap: Mutex<SnapState>,
+    inflight: Mutex<HashSet<u64>>,
+    graphs_loading: AtomicU64,
+    report: Mutex<OpenReport>,
+    _lock: StoreLock,
+}
+
+/// An open store. Cheap to share: wrap it in an `Arc`; every method takes `&self`.
+///
+/// Writes return once their events are durable in the log and applied to the projections;
+/// nothing is visible to readers before it is durable.
+pub struct Memory {
+    inner: Arc<Inner>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl std::fmt::Debug for Memory {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Memory")
+            .field("dir", &self.inner.dir)
+            .finish()
+    }
+}
+
+fn normalise(v: &[f32], dim: usize) -> Result<Vec<f32>> {
+    if v.len() != dim {
+        return Err(Error::DimensionMismatch {
+            expected: dim,
+            got: v.len(),
+        });
+    }
+    if let Some((index, value)) = v.iter().enumerate().find(|(_, x)| !x.is_finite()) {
+        return Err(Error::NonFiniteVector {
+            index,
+            value: *value,
+        });
+    }
+    let norm = v
+        .iter()
+        .map(|x| f64::from(*x) * f64::from(*x))
+        .sum::<f64>()
+        .sqrt();
+    if norm == 0.0 || !norm.is_finite() {
+        return Err(Error::ZeroVector);
+    }
+    Ok(v.iter().map(|x| (f64::from(*x) / norm) as f32).collect())
+}
+
+fn content_key(hash: u64, layer: Layer, project: Option<&str>) -> u64 {
+    hash ^ fnv64(format!("{}\u{0}{}", layer.name(), project.unwrap_or("")).as_bytes())
+}
+
+impl Memory {
+    /// Opens (creating if needed) the store in `dir`: takes the lock, checks the MANIFEST,
+    /// loads the newest valid snapshot, replays the log after it, and starts serving at once
+    /// (HNSW dumps load and un-indexed records are indexed in the background; until then
+    /// those records are searched exactly).
+    pub async fn open(dir: impl AsRef<Path>, config: Config) -> Result<Memory> {
+        let dir = dir.as_ref().to_path_buf();
+        tokio::task::spawn_blocking(move || Memory::open_blocking(dir, config))
+            .await
+            .map_err(|e| Error::Poisoned(format!("open task failed: {e}")))?
+    }
+
+    fn open_blocking(dir: PathBuf, config: Config) -> Result<Memory> {
+        let started = Instant::now();
+        config.validate()?;
+        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        let lock = StoreLock::acquire(&dir)?;
+        match StoreManifest::read(&dir)? {
+            Some(m) => {
+                if m.dimension != config.dimension {
+                    return Err(Error::StoreMismatch {
+                        path: StoreManifest::path(&dir),
+                        what: "dimension",
+                        stored: m.dimension.to_string(),
+                        given: config.dimension.to_string(),
+                    });
+                }
+                if m.model_id != config.model_id {
+                    return Err(Error::StoreMismatch {
+                        path: StoreManifest::path(&dir),
+                        what: "embedding model",
+                        stored: m.model_id,
+                        given: config.model_id.clone(),
+                    });
+                }
+            }
+            None => StoreManifest {
+                format: STORE_FORMAT_VERSION,
+                dimension: config.dimension,
+                model_id: config.model_id.clone(),
+                created_us: config.clock.now_us(),
+            }
+            .write(&dir)?,
+        }
+        let snap_root = dir.join("snapshots");
+        std::fs::create_dir_all(&snap_root).map_err(|e| Error::io(&snap_root, e))?;
+        magray_wal::fsutil::remove_temp_files(&snap_root)?;
+
+        let mut lc = LogConfig::new(&dir);
+        lc.recovery = config.recovery;
+        lc.segment_bytes = config.segment_bytes;
+        lc.clock = config.clock.clone();
+        let log = Log::open(lc)?;
+        let mut report = OpenReport {
+            log: log.recovery_report().clone(),
+            ..Default::default()
+        };
+
+        let mut loaded = None;
+        if !config.full_replay {
+            for (seq, path) in snapshot::list(&snap_root)? {
+                if seq > log.last_seq() {
+                    report.snapshots_rejected.push((
+                        path.display().to_string(),
+                        format!(
+                            "snapshot at {seq} is ahead of the log (last sequence {})",
+                            log.last_seq()
+                        ),
+                    ));
+                    continue;
+                }
+                match snapshot::load(&path, config.dimension) {
+                    Ok(l) => {
+                        loaded = Some((seq, path, l));
+                        break;
+                    }
+                    Err(e) => {
+                        tracing::warn!(snapshot = %path.display(), error = %e, "snapshot rejected; trying an older one");
+                        report
+                            .snapshots_rejected
+                            .push((path.display().to_string(), e.to_string()));
+                    }
+                }
+            }
+        }
+        let (mut proj, dumps, snap_state) = match loaded {
+            Some((seq, path, l)) => {
+                report.snapshot_seq = Some(seq);
+                let known: HashMap<String, FileEntry> = l
+                    .manifest
+                    .files
+                    .iter()
+                    .filter(|f| l.manifest.chunks.contains(&f.name))
+                    .map(|f| (f.name.clone(), f.clone()))
+                    .collect();
+                let dumps: Vec<(Layer, String)> = l
+                    .manifest
+                    .layers
+                    .iter()
+                    .filter_map(|le| le.dump.clone().map(|d| (le.layer, d)))
+                    .collect();
+                let manifest = l.manifest;
+                (
+                    l.projections,
+                    Some((path.clone(), manifest, dumps)),
+                    SnapState {
+                        latest: Some((seq, path)),
+                        marker_seq: seq,
+                        known_chunks: known,
+                        at: Instant::now(),
+                    },
+                )
+            }
+            None => (
+                Projections::new(config.dimension),
+                None,
+                SnapState {
+                    latest: None,
+                    marker_seq: 0,
+                    known_chunks: HashMap::new(),
+                    at: Instant::now(),
+                },
+            ),
+        };
+        let from = proj.applied_seq + 1;
+        for env in log.history(from) {
+            let env = env?;
+            if env.seq != proj.applied_seq + 1 {
+                return Err(Error::corrupted(
+                    dir.join("wal"),
+                    0,
+                    format!(
+                        "log replay expected sequence {} but read {}",
+                        proj.applied_seq + 1,
+                        env.seq
+                    ),
+                ));
+            }
+            proj.apply(&env)?;
+            report.replayed_events += 1;
+        }
+        if proj.applied_seq != log.last_seq() {
+            return Err(Error::corrupted(
+                dir.join("wal"),
+                0,
+                format!(
+                    "replay stopped at sequence {} but the log ends at {}",
+                    proj.applied_seq,
+                    log.last_seq()
+                ),
+            ));
+        }
+        // Layers without a usable dump are indexed from scratch; the others keep their slot
+        // list until the dump loads (searched exactly meanwhile).
+        let with_dump: HashSet<Layer> = dumps
+            .as_ref()
+            .map(|(_, _, d)| d.iter().map(|(l, _)| *l).collect())
+            .unwrap_or_default();
+        for l in Layer::ALL {
+            if !with_dump.contains(&l) {
+                let ls = &mut proj.layers[l.index()];
+                ls.in_index.clear();
+                ls.recompute_pending();
+            }
+        }
+        let applied = proj.applied_seq;
+        let (applied_tx, _) = watch::channel(applied);
+        let (events_tx, _) = broadcast::channel(SUBSCRIBER_BUFFER);
+        report.open_us = started.elapsed().as_micros() as u64;
+        let inner = Arc::new(Inner {
+            dir,
+            config,
+            log: RwLock::new(Some(Arc::new(log))),
+            state: RwLock::new(proj),
+            apply_q: Mutex::new(BTreeMap::new()),
+            applied_cv: Condvar::new(),
+            applied_tx,
+            events_tx,
+            index_lock: Mutex::new(()),
+            index_wake: Wake::new(),
+            maint_wake: Wake::new(),
+            shutdown: AtomicBool::new(false),
+            failure: Mutex::new(None),
+            access_buf: Mutex::new(Vec::new()),
+            access_hits: AtomicU64::new(0),
+            snap: Mutex::new(snap_state),
+            inflight: Mutex::new(HashSet::new()),
+            graphs_loading: AtomicU64::new(with_dump.len() as u64),
+            report: Mutex::new(report),
+            _lock: lock,
+        });
+        let mut threads = Vec::new();
+        let i = inner.clone();
+        threads.push(
+            std::thread::Builder::new()
+                .name("magray-indexer".into())
+                .spawn(move || i.guard("indexer", |i| i.indexer(dumps)))
+                .map_err(|e| Error::io(&inner.dir, e))?,
+        );
+        let i = inner.clone();
+        threads.push(
+            std::thread::Builder::new()
+                .name("magray-maint".into())
+                .spawn(move || i.guard("maintenance", |i| i.maintenance()))
+                .map_err(|e| Error::io(&inner.dir, e))?,
+        );
+        Ok(Memory {
+            inner,
+            threads: Mutex::new(threads),
+        })
+    }
+
+    /// Flushes pending access statistics, writes a snapshot (unless
+    /// `Config::checkpoint_on_close` is off), stops the background threads and closes the log.
+    pub async fn close(self) -> Result<()> {
+        let inner = self.inner.clone();
+        let threads = std::mem::take(&mut *self.threads.lock());
+        drop(self);
+        tokio::task::spawn_blocking(move || inner.close_blocking(threads))
+            .await
+            .map_err(|e| Error::Poisoned(format!("close task failed: {e}")))?
+    }
+
+    /// Inserts one record; returns its id once durable (or the id of an identical record —
+    /// same text, layer and project — already stored).
+    pub async fn insert(&self, record: NewRecord) -> Result<RecordId> {
+        let mut ids = self.insert_batch(vec![record]).await?;
+        ids.pop()
+            .ok_or_else(|| Error::InvalidInput("empty insert".into()))
+    }
+
+    /// Inserts records as one atomic batch (one log entry): all or none. Every record is
+    /// validated first; any invalid one fails the call and nothing is written.
+    pub async fn insert_batch(&self, records: Vec<NewRecord>) -> Result<Vec<RecordId>> {
+        if records.is_empty() {
+            return Ok(Vec::new());
+        }
+        let inner = &self.inner;
+        inner.check()?;
+        let dim = inner.config.dimension;
+        // Validate and normalise before touching any shared state.
+        let mut prepared = Vec::with_capacity(records.len());
+        for r in records {
+            inner.validate_text(&r.text)?;
+            let v = normalise(&r.embedding, dim)?;
+            let hash = fnv64(r.text.as_bytes());
+            prepared.push((r, v, hash));
+        }
+        let keys: Vec<u64> = prepared
+            .iter()
+            .map(|(r, _, h)| content_key(*h, r.layer, r.project.as_deref()))
+            .collect();
+        let _reserved = inner.reserve(&keys).await?;
+        let now = inner.config.clock.now_us();
+        let mut ids = Vec::with_capacity(prepared.len());
+        let mut events = Vec::new();
+        let mut in_batch: HashMap<u64, Vec<(usize, RecordId)>> = HashMap::new();
+        {
+            let st = inner.state.read();
+            for (i, (r, v, hash)) in prepared.into_iter().enumerate() {
+                if let Some(id) = st.find_duplicate(&r.text, hash, r.layer, r.project.as_deref()) {
+                    ids.push(RecordId(id));
+                    continue;
+                }
+                let same = in_batch.entry(keys[i]).or_default();
+                if let Some((_, id)) = same.iter().find(|(j, _)| {
+                    let Event::Inserted(e) = &events[*j] else {
+                        return false;
+                    };
+                    e.text == r.text && e.layer == r.layer && e.project == r.project
+                }) {
+                    ids.push(*id);
+                    continue;
+                }
+                let id = RecordId::new_v7();
+                same.push((events.len(), id));
+                ids.push(id);
+                events.push(Event::Inserted(Inserted {
+                    id: id.0,
+                    layer: r.layer,
+                    kind: r.kind,
+                    text: r.text,
+                    embedding: v,
+                    tags: r.tags,
+                    project: r.project,
+                    session: r.session,
+                    refs: r.refs.into_iter().map(|x| x.0).collect(),
+                    content_hash: hash,
+                    ts_us: r.ts_us.unwrap_or(now),
+                }));
+            }
+        }
+        if !events.is_empty() {
+            inner.commit(events).await?;
+        }
+        Ok(ids)
+    }
+
+    /// The record with this id.
+    pub async fn get(&self, id: RecordId) -> Result<Record> {
+        self.inner.check()?;
+        let rec = self
+            .inner
+            .state
+            .read()
+            .get(&id.0)
+            .map(|r| r.to_record())
+            .ok_or(Error::NotFound(id))?;
+        self.inner.record_access(Accessed {
+            source: AccessSource::Get,
+            session: None,
+            project: None,
+            hits: vec![Hit {
+                id: id.0,
+                rank: 0,
+                score: 0.0,
+            }],
+        });
+        Ok(rec)
+    }
+
+    /// Nearest records to `query` (cosine similarity), best first.
+    pub async fn search(&self, query: &[f32], options: &SearchOptions) -> Result<Vec<SearchHit>> {
+        self.inner.check()?;
+        self.inner.search(query, options)
+    }
+
+    /// Several searches with the same options.
+    pub async fn search_batch(
+        &self,
+        queries: &[Vec<f32>],
+        options: &SearchOptions,
+    ) -> Result<Vec<Vec<SearchHit>>> {
+        self.inner.check()?;
+        queries
+            .iter()
+            .map(|q| self.inner.search(q, options))
+            .collect()
+    }
+
+    /// Deletes a record.
+    pub async fn delete(&self, id: RecordId) -> Result<()> {
+        self.inner.check()?;
+        self.inner.require(id)?;
+        self.inner.commit(vec![Event::Deleted { id: id.0 }]).await?;
+        Ok(())
+    }
+
+    /// Replaces `old` by a new record, atomically (one log entry); returns the new id.
+    pub async fn supersede(&self, old: RecordId, record: NewRecord) -> Result<RecordId> {
+        let inner = &self.inner;
+        inner.check()?;
+        inner.validate_text(&record.text)?;
+        let v = normalise(&record.embedding, inner.config.dimension)?;
+        inner.require(old)?;
+        let id = RecordId::new_v7();
+        let hash = fnv64(record.text.as_bytes());
+        let now = inner.config.clock.now_us();
+        inner
+            .commit(vec![
+                Event::Inserted(Inserted {
+                    id: id.0,
+                    layer: record.layer,
+                    kind: record.kind,
+                    text: record.text,
+                    embedding: v,
+                    tags: record.tags,
+                    project: record.project,
+                    session: record.session,
+                    refs: record.refs.into_iter().map(|x| x.0).collect(),
+                    content_hash: hash,
+                    ts_us: record.ts_us.unwrap_or(now),
+                }),
+                Event::Superseded {
+                    old: old.0,
+                    new: id.0,
+                },
+            ])
+            .await?;
+        Ok(id)
+    }
+
+    /// Records the user's rating of a record (`0.0..=1.0`).
+    pub async fn rate(&self, id: RecordId, rating: f32) -> Result<()> {
+        self.inner.check()?;
+        if !(0.0..=1.0).contains(&rating) {
+            return Err(Error::InvalidRating(rating));
+        }
+        self.inner.require(id)?;
+        self.inner
+            .commit(vec![Event::Rated { id: id.0, rating }])
+            .await?;
+        Ok(())
+    }
+
+    /// Writes buffered search/get accesses to the log now.
+    pub async fn flush_accesses(&self) -> Result<()> {
+        let events = self.inner.take_accesses();
+        if !events.is_empty() {
+            self.inner.commit(events).await?;
+        }
+        Ok(())
+    }
+
+    /// Writes a snapshot of every projection now; returns its sequence.
+    pub async fn checkpoint(&self) -> Result<u64> {
+        self.inner.check()?;
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || inner.checkpoint_blocking())
+            .await
+            .map_err(|e| Error::Poisoned(format!("checkpoint task failed: {e}")))?
+    }
+
+    /// Waits until every live record is in its layer's HNSW index (benchmarks, tests).
+    pub async fn wait_indexed(&self) -> Result<()> {
+        loop {
+            self.inner.check()?;
+            let done = {
+                let st = self.inner.state.read();
+                self.inner.graphs_loading.load(Ordering::Acquire) == 0
+                    && st.layers.iter().all(|l| {
+                        l.pending.iter().all(|s| !l.members.contains(s))
+                            && !needs_rebuild(l, &self.inner.config)
+                    })
+            };
+            if done {
+                return Ok(());
+            }
+            self.inner.index_wake.notify();
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    /// Figures for `status` and monitoring.
+    pub fn stats(&self) -> Stats {
+        let inner = &self.inner;
+        let st = inner.state.read();
+        let mut layers: [LayerStats; 3] = Default::default();
+        for (i, ls) in st.layers.iter().enumerate() {
+            layers[i] = LayerStats {
+                records: ls.members.len() as u64,
+                indexed: ls.indexed,
+                pending: if ls.graph.is_some() {
+                    ls.pending.iter().filter(|s| ls.members.contains(s)).count() as u64
+                } else {
+                    ls.members.len() as u64
+                },
+                tombstones: ls.tombstones,
+                index_ready: ls.graph.is_some(),
+            };
+        }
+        let snap = inner.snap.lock();
+        let last_snapshot_seq = snap.latest.as_ref().map(|(s, _)| *s);
+        Stats {
+            last_seq: inner
+                .log
+                .read()
+                .as_ref()
+                .map(|l| l.last_seq())
+                .unwrap_or(st.applied_seq),
+            applied_seq: st.applied_seq,
+            layers,
+            last_snapshot_seq,
+            events_since_snapshot: st.applied_seq.saturating_sub(snap.marker_seq),
+            pending_accesses: inner.access_hits.load(Ordering::Relaxed),
+            dimension: st.dim,
+            open: inner.report.lock().clone(),
+        }
+    }
+
+    /// Every event from `from_seq` on: history (archive and live log), then new events as
+    /// they commit. The buffer is bounded: a subscriber that falls more than 4,096 events
+    /// behind receives [`Error::Lagged`] with the sequence to resubscribe from, and the
+    /// stream ends. Writers never wait for subscribers.
+    pub fn subscribe(&self, from_seq: u64) -> Result<EventStream> {
+        self.inner.check()?;
+        let mut live = self.inner.events_tx.subscribe();
+        let log = self.inner.log()?;
+        let (tx, rx) = mpsc::channel(1024);
+        std::thread::Builder::new()
+            .name("magray-subscriber".into())
+            .spawn(move || {
+                let mut next = from_seq.max(1);
+                for env in log.history(next) {
+                    let item = env.map_err(Error::from);
+                    let stop = item.is_err();
+                    if let Ok(e) = &item {
+                        next = e.seq + 1;
+                    }
+                    if tx.blocking_send(item).is_err() || stop {
+                        return;
+                    }
+                }
+                drop(log);
+                loop {
+                    match live.blocking_recv() {
+                        Ok(env) => {
+                            if env.seq < next {
+                                continue;
+                            }
+                            next = env.seq + 1;
+                            if tx.blocking_send(Ok((*env).clone())).is_err() {
+                                return;
+                            }
+                        }
+                        Err(broadcast::error::RecvError::Lagged(_)) => {
+                            let _ = tx.blocking_send(Err(Error::Lagged { resume_from: next }));
+                            return;
+                        }
+                        Err(broadcast::error::RecvError::Closed) => return,
+                    }
+                }
+            })
+            .map_err(|e| Error::io(&self.inner.dir, e))?;
+        Ok(ReceiverStream::new(rx))
+    }
+
+    /// The store directory.
+    pub fn dir(&self) -> &Path {
+        &self.inner.dir
+    }
+}
+
+impl Drop for Memory {
+    fn drop(&mut self) {
+        // Without close(): stop the background threads; the log closes when the last
+        // reference goes. Nothing acknowledged is lost (it is in the log already).
+        self.inner.shutdown.store(true, Ordering::Release);
+        self.inner.index_wake.notify();
+        self.inner.maint_wake.notify();
+        // The threads stop within one batch; joining them here means the store lock is
+        // released (with the last reference) by the time a drop returns.
+        for t in std::mem::take(&mut *self.threads.lock()) {
+            let _ = t.join();
+        }
+    }
+}
+
+fn needs_rebuild(ls: &crate::state::LayerState, c: &Config) -> bool {
+    ls.graph.is_some()
+        && ls.tombstones >= 256
+        && ls.tombstones as f64 > c.rebuild_tombstone_ratio * ls.indexed as f64
+}
+
+struct Reservation<'a> {
+    inner: &'a Inner,
+    keys: Vec<u64>,
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        let mut f = self.inner.inflight.lock();
+        for k in &self.keys {
+            f.remove(k);
+        }
+    }
+}
+
+impl Inner {
+    fn guard(self: Arc<Self>, what: &str, f: impl FnOnce(&Arc<Inner>)) {
+        let me = self.clone();
+        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&me))).is_err() {
+            self.fail(format!("the {what} thread panicked"));
+        }
+    }
+
+    fn fail(&self, reason: String) {
+        tracing::error!(%reason, "magray-memory stops accepting work");
+        let mut f = self.failure.lock();
+        if f.is_none() {
+            *f = Some(reason);
+        }
+        self.applied_cv.notify_all();
+    }
+
+    fn check(&self) -> Result<()> {
+        if let Some(r) = self.failure.lock().clone() {
+            return Err(Error::Poisoned(r));
+        }
+        if self.shutdown.load(Ordering::Acquire) {
+            return Err(Error::Closed);
+        }
+        Ok(())
+    }
+
+    fn log(&self) -> Result<Arc<Log>> {
+        self.log.read().clone().ok_or(Error::Closed)
+    }
+
+    fn validate_text(&self, text: &str) -> Result<()> {
+        if text.trim().is_empty() {
+            return Err(Error::EmptyText);
+        }
+        if text.len() > self.config.max_text_bytes {
+            return Err(Error::TextTooLong {
+                len: text.len(),
+                limit: self.config.max_text_bytes,
+            });
+        }
+        Ok(())
+    }
+
+    fn require(&self, id: RecordId) -> Result<()> {
+        if self.state.read().get(&id.0).is_some() {
+            Ok(())
+        } else {
+            Err(Error::NotFound(id))
+        }
+    }
+
+    /// Reserves content keys so two concurrent inserts of the same content resolve to one
+    /// record: a second caller waits for the first to apply, then finds it as a duplicate.
+    async fn reserve(&self, keys: &[u64]) -> Result<Reservation<'_>> {
+        let mut rx = self.applied_tx.subscribe();
+        loop {
+            {
+                let mut f = self.inflight.lock();
+                if keys.iter().all(|k| !f.contains(k)) {
+                    let mut uniq = keys.to_vec();
+                    uniq.sort_unstable();
+                    uniq.dedup();
+                    for k in &uniq {
+                        f.insert(*k);
+                    }
+                    return Ok(Reservation {
+                        inner: self,
+                        keys: uniq,
+                    });
+                }
+            }
+            self.check()?;
+            // Wait for any apply, then look again (bounded, in case the holder failed).
+            let _ = tokio::time::timeout(Duration::from_millis(50), rx.changed()).await;
+        }
+    }
+
+    /// Appends a batch and waits until it is applied. The append and the hand-off to the
+    /// apply queue run in their own task, so a caller that gives up (drops the future)
+    /// cannot leave a hole in the apply order.
+    async fn commit(self: &Arc<Self>, events: Vec<Event>) -> Result<Appended> {
+        let log = self.log()?;
+        let me = self.clone();
+        let at = tokio::spawn(async move {
+            let (at, events) = log.append_keep_async(events).await?;
+            me.enqueue_apply(at, events);
+            Ok::<_, Error>(at)
+        })
+        .await
+        .map_err(|e| Error::Poisoned(format!("commit task failed: {e}")))??;
+        let mut rx = self.applied_tx.subscribe();
+        loop {
+            if *rx.borrow_and_update() >= at.last_seq {
+                return Ok(at);
+            }
+            self.check()?;
+            if rx.changed().await.is_err() {
+                return Err(Error::Closed);
+            }
+        }
+    }
+
+    fn commit_blocking(&self, events: Vec<Event>) -> Result<Appended> {
+        let log = self.log()?;
+        let (at, events) = log.append_keep(events)?;
+        drop(log);
+        self.enqueue_apply(at, events);
+        let mut q = self.apply_q.lock();
+        while *self.applied_tx.borrow() < at.last_seq {
+            if let Some(r) = self.failure.lock().clone() {
+                return Err(Error::Poisoned(r));
+            }
+            self.applied_cv.wait_for(&mut q, Duration::from_millis(100));
+        }
+        Ok(at)
+    }
+
+    /// Queues a durable batch and applies every batch that is next in sequence order.
+    fn enqueue_apply(&self, at: Appended, events: Vec<Event>) {
+        let mut q = self.apply_q.lock();
+        q.insert(at.first_seq, (at, events));
+        let mut st = self.state.write();
+        let live = self.events_tx.receiver_count() > 0;
+        while let Some(entry) = q.first_entry() {
+            if *entry.key() != st.applied_seq + 1 {
+                break;
+            }
+            let (at, events) = entry.remove();
+            for (i, event) in events.into_iter().enumerate() {
+                let env = Envelope {
+                    seq: at.first_seq + i as u64,
+                    ts_us: at.ts_us,
+                    event,
+                };
+                if let Err(e) = st.apply(&env) {
+                    drop(st);
+                    self.fail(format!("applying event {}: {e}", env.seq));
+                    return;
+                }
+                if live {
+                    let _ = self.events_tx.send(Arc::new(env));
+                }
+            }
+        }
+        let applied = st.applied_seq;
+        drop(st);
+        drop(q);
+        self.applied_tx.send_replace(applied);
+        self.applied_cv.notify_all();
+        self.index_wake.notify();
+    }
+
+    fn search(&self, query: &[f32], o: &SearchOptions) -> Result<Vec<SearchHit>> {
+        if o.top_k == 0 || o.top_k > 100 {
+            return Err(Error::InvalidTopK(o.top_k));
+        }
+        let q = normalise(query, self.config.dimension)?;
+        let layers: &[Layer] = if o.layers.is_empty() {
+            &Layer::ALL
+        } else {
+            &o.layers
+        };
+        let hits: Vec<SearchHit> = {
+            let st = self.state.read();
+            let mut cands = Vec::new();
+            for l in layers {
+                st.search_layer(
+                    *l,
+                    &q,
+                    o,
+                    self.config.hnsw.ef_search,
+                    self.config.exact_search_below,
+                    &mut cands,
+                );
+            }
+            cands.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+            let mut seen = HashSet::new();
+            cands
+                .into_iter()
+                .filter(|(s, slot)| o.score_threshold.is_none_or(|t| *s >= t) && seen.insert(*slot))
+                .take(o.top_k)
+                .filter_map(|(score, slot)| {
+                    st.live(slot).map(|r| SearchHit {
+                        id: RecordId(r.id),
+                        score,
+                        layer: r.layer,
+                        record: r.to_record(),
+                    })
+                })
+                .collect()
+        };
+        if o.record_access && !hits.is_empty() {
+            self.record_access(Accessed {
+                source: AccessSource::SearchHit,
+                session: o.session.clone(),
+                project: o.project.clone(),
+                hits: hits
+                    .iter()
+                    .enumerate()
+                    .map(|(rank, h)| Hit {
+                        id: h.id.0,
+                        rank: rank as u16,
+                        score: h.score,
+                    })
+                    .collect(),
+            });
+        }
+        Ok(hits)
+    }
+
+    fn record_access(&self, a: Accessed) {
+        let n = a.hits.len() as u64;
+        self.access_buf.lock().push(a);
+        if self.access_hits.fetch_add(n, Ordering::Relaxed) + n
+            >= self.config.access_flush_hits as u64
+        {
+            self.maint_wake.notify();
+        }
+    }
+
+    fn take_accesses(&self) -> Vec<Event> {
+        let buf = std::mem::take(&mut *self.access_buf.lock());
+        self.access_hits.store(0, Ordering::Relaxed);
+        buf.into_iter().map(Event::Accessed).collect()
+    }
+
+    fn maintenance(self: &Arc<Self>) {
+        let tick = self
+            .config
+            .access_flush_interval
+            .min(Duration::from_secs(1))
+            .max(Duration::from_millis(1));
+        let mut last_flush = Instant::now();
+        while !self.shutdown.load(Ordering::Acquire) {
+            self.maint_wake.wait(tick);
+            if self.shutdown.load(Ordering::Acquire) || self.failure.lock().is_some() {
+                break;
+            }
+            let due = last_flush.elapsed() >= self.config.access_flush_interval
+                || self.access_hits.load(Ordering::Relaxed) >= self.config.access_flush_hits as u64;
+            if due {
+                last_flush = Instant::now();
+                let events = self.take_accesses();
+                if !events.is_empty() {
+                    if let Err(e) = self.commit_blocking(events) {
+                        self.fail(format!("writing access statistics: {e}"));
+                        break;
+                    }
+                }
+            }
+            if self.checkpoint_due() {
+                if let Err(e) = self.checkpoint_blocking() {
+                    // A failed snapshot loses nothing (the log has it all); retry next time.
+                    tracing::warn!(error = %e, "automatic checkpoint failed");
+                    self.snap.lock().at = Instant::now();
+                }
+            }
+        }
+    }
+
+    fn checkpoint_due(&self) -> bool {
+        let applied = *self.applied_tx.borrow();
+        let snap = self.snap.lock();
+        let since = applied.saturating_sub(snap.marker_seq);
+        if since == 0 {
+            return false;
+        }
+        (self.config.checkpoint_every > 0 && since >= self.config.checkpoint_every)
+            || (!self.config.checkpoint_interval.is_zero()
+                && snap.at.elapsed() >= self.config.checkpoint_interval)
+    }
+
+    fn checkpoint_blocking(&self) -> Result<u64> {
+        // One checkpoint at a time; the snap mutex is held throughout.
+        let mut snap = self.snap.lock();
+        while self.graphs_loading.load(Ordering::Acquire) > 0 {
+            self.check()?;
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let applied = self.state.read().applied_seq;
+        if applied == snap.marker_seq {
+            return Ok(snap.latest.as_ref().map(|(s, _)| *s).unwrap_or(0));
+        }
+        let root = self.dir.join("snapshots");
+        let (cap_seq, dst, new_chunk, entries) = {
+            let idx = self.index_lock.lock();
+            let mut cap = Capture::take(&self.state.read());
+            let seq = cap.seq;
+            let mut w = Writer::begin(&root, seq)?;
+            w.dump_graphs(&mut cap)?;
+            drop(idx);
+            let prev = snap.latest.as_ref().map(|(_, p)| p.clone());
+            let (dst, new_chunk, entries) = w.finish(
+                cap,
+                prev.as_deref(),
+                &snap.known_chunks,
+                self.config.clock.now_us(),
+            )?;
+            (seq, dst, new_chunk, entries)
+        };
+        if let Some(name) = new_chunk {
+            self.state.write().vectors.adopt_chunk(&dst.join(name))?;
+        }
+        snap.known_chunks = entries.into_iter().map(|e| (e.name.clone(), e)).collect();
+        snap.latest = Some((cap_seq, dst));
+        snap.at = Instant::now();
+        let at = self.commit_blocking(vec![Event::Checkpointed {
+            snapshot_seq: cap_seq,
+        }])?;
+        snap.marker_seq = at.last_seq;
+        // Keep the newest K snapshots; the log keeps (at least) what the oldest needs.
+        let all = snapshot::list(&root)?;
+        for (_, p) in all.iter().skip(self.config.snapshots_keep) {
+            std::fs::remove_dir_all(p).map_err(|e| Error::io(p, e))?;
+        }
+        if let Some((oldest, _)) = all.iter().take(self.config.snapshots_keep).last() {
+            self.log()?.set_retention_floor(*oldest)?;
+        }
+        Ok(cap_seq)
+    }
+
+    fn new_graph(&self, hint: usize) -> Graph {
+        let h = self.config.hnsw;
+        Hnsw::new(h.m, hint.max(10_000), 16, h.ef_construction, DistDot)
+    }
+
+    fn indexer(
+        self: &Arc<Self>,
+        dumps: Option<(PathBuf, snapshot::ManifestBody, Vec<(Layer, String)>)>,
+    ) {
+        if let Some((dir, manifest, list)) = dumps {
+            for (layer, base) in list {
+                let res = snapshot::load_graph(&dir, &manifest, &base);
+                let _idx = self.index_lock.lock();
+                let mut st = self.state.write();
+                let nslots = st.slots.len() as u32;
+                let ls = &mut st.layers[layer.index()];
+                match res {
+                    Ok(g) if ls.in_index.ones().iter().all(|s| *s < nslots) => {
+                        let ones = ls.in_index.ones();
+                        ls.indexed = ones.len() as u64;
+                        ls.tombstones =
+                            ones.iter().filter(|s| !ls.members.contains(s)).count() as u64;
+                        ls.graph = Some(Arc::new(g));
+                    }
+                    other => {
+                        let why = match other {
+                            Err(e) => e.to_string(),
+                            Ok(_) => "the dump indexes slots the log does not have".into(),
+                        };
+                        tracing::warn!(layer = %layer, reason = %why, "HNSW dump unusable; rebuilding the index");
+                        self.report.lock().index_rebuilds.push((layer, why));
+                        ls.in_index.clear();
+                        ls.indexed = 0;
+                        ls.tombstones = 0;
+                    }
+                }
+                ls.recompute_pending();
+                drop(st);
+                self.graphs_loading.fetch_sub(1, Ordering::AcqRel);
+            }
+        }
+        while !self.shutdown.load(Ordering::Acquire) {
+            let mut worked = false;
+            for layer in Layer::ALL {
+                if self.shutdown.load(Ordering::Acquire) {
+                    return;
+                }
+                let rebuild = needs_rebuild(&self.state.read().layers[layer.index()], &self.config);
+                if rebuild {
+                    self.rebuild(layer);
+                    worked = true;
+                    continue;
+                }
+                worked |= self.index_some(layer);
+            }
+            if !worked {
+                self.index_wake.wait(Duration::from_millis(200));
+            }
+        }
+    }
+
+    /// Inserts up to `index_batch` pending vectors of a layer into its graph.
+    fn index_some(&self, layer: Layer) -> bool {
+        let _idx = self.index_lock.lock();
+        let (graph, fresh, consumed, batch) = {
+            let st = self.state.read();
+            let ls = &st.layers[layer.index()];
+            if ls.pending.is_empty() {
+                return false;
+            }
+            let mut batch = Vec::new();
+            let mut consumed = 0;
+            for &slot in &ls.pending {
+                if batch.len() >= self.config.index_batch {
+                    break;
+                }
+                consumed += 1;
+                let live = st.live(slot).is_some_and(|r| r.layer == layer);
+                if live && !ls.in_index.get(slot) && !batch.iter().any(|(s, _)| *s == slot) {
+                    batch.push((slot, st.vectors.get(slot).to_vec()));
+                }
+            }
+            let (graph, fresh) = match &ls.graph {
+                Some(g) => (g.clone(), false),
+                None => (Arc::new(self.new_graph(ls.members.len() * 2)), true),
+            };
+            (graph, fresh, consumed, batch)
+        };
+        for (slot, v) in &batch {
+            graph.insert((v.as_slice(), *slot as usize));
+        }
+        let mut st = self.state.write();
+        let ls = &mut st.layers[layer.index()];
+        ls.pending.drain(..consumed);
+        for (slot, _) in &batch {
+            ls.in_index.set(*slot);
+            if !ls.members.contains(slot) {
+                ls.tombstones += 1; // died while we were inserting it
+            }
+        }
+        ls.indexed += batch.len() as u64;
+        if fresh {
+            ls.graph = Some(graph);
+        }
+        true
+    }
+
+    /// Builds a fresh graph of a layer's live records beside the old one, then swaps.
+    fn rebuild(&self, layer: Layer) {
+        let mut members: Vec<u32> = self.state.read().layers[layer.index()]
+            .members
+            .iter()
+            .copied()
+            .collect();
+        members.sort_unstable();
+        tracing::info!(layer = %layer, records = members.len(), "rebuilding HNSW index (tombstones over threshold)");
+        let graph = self.new_graph(members.len() * 2);
+        for chunk in members.chunks(self.config.index_batch) {
+            if self.shutdown.load(Ordering::Acquire) {
+                return;
+            }
+            let vs: Vec<(u32, Vec<f32>)> = {
+                let st = self.state.read();
+                chunk
+                    .iter()
+                    .map(|s| (*s, st.vectors.get(*s).to_vec()))
+                    .collect()
+            };
+            for (s, v) in &vs {
+                graph.insert((v.as_slice(), *s as usize));
+            }
+        }
+        let _idx = self.index_lock.lock();
+        let mut st = self.state.write();
+        let ls = &mut st.layers[layer.index()];
+        ls.in_index.clear();
+        for s in &members {
+            ls.in_index.set(*s);
+        }
+        ls.indexed = members.len() as u64;
+        ls.tombstones = members.iter().filter(|s| !ls.members.contains(s)).count() as u64;
+        ls.graph = Some(Arc::new(graph));
+        ls.recompute_pending();
+    }
+
+    fn close_blocking(self: Arc<Self>, threads: Vec<JoinHandle<()>>) -> Result<()> {
+        let mut result = Ok(());
+        if self.failure.lock().is_none() {
+            let events = self.take_accesses();
+            if !events.is_empty() {
+                result = self.commit_blocking(events).map(|_| ());
+            }
+            if result.is_ok() && self.config.checkpoint_on_close {
+                result = self.checkpoint_blocking().map(|_| ());
+            }
+        }
+        self.shutdown.store(true, Ordering::Release);
+        self.index_wake.notify();
+        self.maint_wake.notify();
+        for t in threads {
+            let _ = t.join();
+        }
+        let log = self.log.write().take();
+        if let Some(mut log) = log {
+            // Subscribers reading history hold the log briefly; wait for them (bounded).
+            let deadline = Instant::now() + Duration::from_secs(10);
+            let log = loop {
+                match Arc::try_unwrap(log) {
+                    Ok(l) => break Some(l),
+                    Err(l) if Instant::now() < deadline => {
+                        log = l;
+                        std::thread::sleep(Duration::from_millis(2));
+                    }
+                    Err(_) => break None,
+                }
+            };
+            if let Some(l) = log {
+                let r = l.close().map_err(Error::from);
+                if result.is_ok() {
+                    result = r;
+                }
+            }
+        }
+        if let Some(r) = self.failure.lock().clone() {
+            if result.is_ok() {
+                result = Err(Error::Poisoned(r));
+            }
+        }
+        result
+    }
+}

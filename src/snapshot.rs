@@ -1,0 +1,674 @@
+//! Snapshots: every projection at one sequence S, in `snapshots/<S>/`.
+//!
+//! Files: `records.zst` and `stats.zst` (zstd over rkyv), vector chunks (`vectors-*.f32`,
+//! raw little-endian f32 for memmap2; immutable, hard-linked from the previous snapshot),
+//! HNSW dumps (`hnsw-<layer>.hnsw.graph` / `.hnsw.data`, written by hnsw_rs) and `MANIFEST`:
+//! a 32-byte header (magic `MGSM`, format version, body length, body crc32, header crc32)
+//! then an rkyv body listing every file with its length and crc32.
+//!
+//! Written into `snapshots/.tmp-<S>/`; every file is fsynced, then the directory, then it is
+//! renamed to `snapshots/<S:020>` and `snapshots/` is fsynced. A snapshot is valid only if its
+//! manifest and every file it lists check out; open falls back to the next older one.
+
+use crate::error::{Error, Result};
+use crate::state::{Graph, LayerState, Projections, RecordData};
+use crate::types::{AccessStats, Layer};
+use crate::vectors::{self, Vectors};
+use hnsw_rs::prelude::{AnnT, DistDot, HnswIo};
+use magray_wal::fsutil::{sync_dir, TEMP_PREFIX};
+use rkyv::rancor::BoxedError;
+use rkyv::util::AlignedVec;
+use rkyv::{Archive, Deserialize, Serialize};
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{Read, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+/// Snapshot format version (MANIFEST, records, stats). Changelog in docs/format.md.
+pub const SNAPSHOT_FORMAT_VERSION: u32 = 1;
+const MAGIC: [u8; 4] = *b"MGSM";
+const HEADER_LEN: usize = 32;
+/// Largest manifest body we accept (checked before allocating).
+const MAX_MANIFEST: u64 = 64 << 20;
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub(crate) struct FileEntry {
+    pub(crate) name: String,
+    pub(crate) len: u64,
+    pub(crate) crc: u32,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub(crate) struct LayerEntry {
+    pub(crate) layer: Layer,
+    /// Slots in the dumped graph.
+    pub(crate) indexed: Vec<u32>,
+    /// Dump basename, if the layer had a graph.
+    pub(crate) dump: Option<String>,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub(crate) struct ManifestBody {
+    pub(crate) format: u32,
+    pub(crate) seq: u64,
+    pub(crate) ts_us: u64,
+    pub(crate) dim: u32,
+    pub(crate) nslots: u32,
+    pub(crate) created_us: u64,
+    pub(crate) files: Vec<FileEntry>,
+    /// Vector chunk files, in slot order (also listed in `files`).
+    pub(crate) chunks: Vec<String>,
+    pub(crate) layers: Vec<LayerEntry>,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub(crate) struct SnapRecord {
+    slot: u32,
+    id: [u8; 16],
+    layer: Layer,
+    kind: String,
+    text: String,
+    tags: Vec<String>,
+    project: Option<String>,
+    session: Option<String>,
+    refs: Vec<[u8; 16]>,
+    content_hash: u64,
+    ts_us: u64,
+    inserted_seq: u64,
+    rating: Option<f32>,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub(crate) struct SnapStat {
+    slot: u32,
+    count: u64,
+    last_access_us: u64,
+    decayed: [f64; 3],
+    search_hits: u64,
+    rank_sum: u64,
+    score_sum: f64,
+    sessions: Vec<u64>,
+    projects: Vec<u64>,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+struct Records {
+    records: Vec<SnapRecord>,
+}
+
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+struct Stats {
+    stats: Vec<SnapStat>,
+}
+
+/// Everything a snapshot needs, copied out under the state lock.
+pub(crate) struct Capture {
+    pub(crate) seq: u64,
+    pub(crate) ts_us: u64,
+    pub(crate) nslots: u32,
+    pub(crate) dim: usize,
+    records: Vec<SnapRecord>,
+    stats: Vec<SnapStat>,
+    pub(crate) layers: Vec<(Layer, Vec<u32>, Option<Arc<Graph>>)>,
+    new_chunk: Option<(u32, Vec<u8>)>,
+    old_chunks: Vec<String>,
+}
+
+impl Capture {
+    pub(crate) fn take(p: &Projections) -> Capture {
+        let mut records = Vec::new();
+        let mut stats = Vec::new();
+        for (slot, r) in p.slots.iter().enumerate() {
+            let Some(r) = r else { continue };
+            let slot = slot as u32;
+            records.push(SnapRecord {
+                slot,
+                id: r.id,
+                layer: r.layer,
+                kind: r.kind.clone(),
+                text: r.text.clone(),
+                tags: r.tags.clone(),
+                project: r.project.clone(),
+                session: r.session.clone(),
+                refs: r.refs.clone(),
+                content_hash: r.content_hash,
+                ts_us: r.ts_us,
+                inserted_seq: r.inserted_seq,
+                rating: r.rating,
+            });
+            if r.stats.count > 0 {
+                let mut sessions: Vec<u64> = r.sessions.iter().copied().collect();
+                let mut projects: Vec<u64> = r.projects.iter().copied().collect();
+                sessions.sort_unstable();
+                projects.sort_unstable();
+                stats.push(SnapStat {
+                    slot,
+                    count: r.stats.count,
+                    last_access_us: r.stats.last_access_us,
+                    decayed: r.stats.decayed,
+                    search_hits: r.stats.search_hits,
+                    rank_sum: r.stats.rank_sum,
+                    score_sum: r.stats.score_sum,
+                    sessions,
+                    projects,
+                });
+            }
+        }
+        let nslots = p.vectors.len();
+        let new_chunk = (nslots > p.vectors.tail_start()).then(|| p.vectors.tail_range(nslots));
+        let layers = Layer::ALL
+            .iter()
+            .map(|l| {
+                let ls: &LayerState = &p.layers[l.index()];
+                match &ls.graph {
+                    Some(g) => (*l, ls.in_index.ones(), Some(g.clone())),
+                    None => (*l, Vec::new(), None),
+                }
+            })
+            .collect();
+        Capture {
+            seq: p.applied_seq,
+            ts_us: p.last_ts_us,
+            nslots,
+            dim: p.dim,
+            records,
+            stats,
+            layers,
+            new_chunk,
+            old_chunks: p.vectors.chunk_names(),
+        }
+    }
+}
+
+fn encode<T>(v: &T) -> Vec<u8>
+where
+    T: for<'a> Serialize<
+        rkyv::api::high::HighSerializer<
+            AlignedVec,
+            rkyv::ser::allocator::ArenaHandle<'a>,
+            BoxedError,
+        >,
+    >,
+{
+    match rkyv::to_bytes::<BoxedError>(v) {
+        Ok(b) => b.into_vec(),
+        // Serialising owned in-memory data fails only on allocation failure.
+        Err(e) => panic!("rkyv serialisation of snapshot data failed: {e}"),
+    }
+}
+
+fn decode<T>(bytes: &[u8], file: &Path) -> Result<T>
+where
+    T: Archive,
+    T::Archived: for<'a> rkyv::bytecheck::CheckBytes<rkyv::api::high::HighValidator<'a, BoxedError>>
+        + Deserialize<T, rkyv::api::high::HighDeserializer<BoxedError>>,
+{
+    let mut aligned = AlignedVec::<16>::with_capacity(bytes.len());
+    aligned.extend_from_slice(bytes);
+    rkyv::from_bytes::<T, BoxedError>(&aligned)
+        .map_err(|e| Error::corrupted(file, 0, format!("structure check failed: {e}")))
+}
+
+fn sync_file(path: &Path) -> Result<()> {
+    File::open(path)
+        .and_then(|f| f.sync_all())
+        .map_err(|e| Error::io(path, e))
+}
+
+fn crc_file(path: &Path) -> Result<(u64, u32)> {
+    let mut f = File::open(path).map_err(|e| Error::io(path, e))?;
+    let mut h = crc32fast::Hasher::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut len = 0u64;
+    loop {
+        let n = f.read(&mut buf).map_err(|e| Error::io(path, e))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+        len += n as u64;
+    }
+    Ok((len, h.finalize()))
+}
+
+fn write_file(path: &Path, bytes: &[u8]) -> Result<FileEntry> {
+    let mut f = File::create(path).map_err(|e| Error::io(path, e))?;
+    f.write_all(bytes)
+        .and_then(|_| f.sync_all())
+        .map_err(|e| Error::io(path, e))?;
+    Ok(FileEntry {
+        name: file_name(path),
+        len: bytes.len() as u64,
+        crc: crc32fast::hash(bytes),
+    })
+}
+
+fn file_name(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default()
+}
+
+/// Directory name of the snapshot at `seq`.
+pub(crate) fn dir_name(seq: u64) -> String {
+    format!("{seq:020}")
+}
+
+/// Valid-looking snapshot directories under `root`, newest first.
+pub(crate) fn list(root: &Path) -> Result<Vec<(u64, PathBuf)>> {
+    let mut out = Vec::new();
+    let rd = match std::fs::read_dir(root) {
+        Ok(rd) => rd,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(out),
+        Err(e) => return Err(Error::io(root, e)),
+    };
+    for e in rd {
+        let e = e.map_err(|e| Error::io(root, e))?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        if name.len() == 20 {
+            if let Ok(seq) = name.parse::<u64>() {
+                out.push((seq, e.path()));
+            }
+        }
+    }
+    out.sort_by(|a, b| b.0.cmp(&a.0));
+    Ok(out)
+}
+
+/// A snapshot being written; graphs are dumped into it under the caller's index lock.
+pub(crate) struct Writer {
+    tmp: PathBuf,
+    root: PathBuf,
+    dumps: Vec<(Layer, Vec<u32>, Option<String>)>,
+}
+
+impl Writer {
+    pub(crate) fn begin(root: &Path, seq: u64) -> Result<Writer> {
+        std::fs::create_dir_all(root).map_err(|e| Error::io(root, e))?;
+        let tmp = root.join(format!("{TEMP_PREFIX}{}", dir_name(seq)));
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        }
+        std::fs::create_dir(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        Ok(Writer {
+            tmp,
+            root: root.to_path_buf(),
+            dumps: Vec::new(),
+        })
+    }
+
+    /// Dumps each captured graph (call with the index lock held, so the graph and its slot
+    /// list agree).
+    pub(crate) fn dump_graphs(&mut self, cap: &mut Capture) -> Result<()> {
+        for (layer, indexed, graph) in cap.layers.drain(..) {
+            let Some(g) = graph else {
+                self.dumps.push((layer, Vec::new(), None));
+                continue;
+            };
+            let base = format!("hnsw-{}", layer.name());
+            let tmp = self.tmp.clone();
+            // hnsw_rs panics when it cannot create its files; keep that from unwinding into us.
+            let res =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| g.file_dump(&tmp, &base)));
+            match res {
+                Ok(Ok(name)) if name == base => {}
+                Ok(Ok(name)) => {
+                    return Err(Error::InvalidInput(format!(
+                        "hnsw_rs dumped under {name:?} instead of {base:?}"
+                    )))
+                }
+                Ok(Err(e)) => return Err(Error::io(&tmp, std::io::Error::other(e.to_string()))),
+                Err(_) => {
+                    return Err(Error::io(
+                        &tmp,
+                        std::io::Error::other("hnsw_rs panicked while dumping"),
+                    ))
+                }
+            }
+            self.dumps.push((layer, indexed, Some(base)));
+        }
+        Ok(())
+    }
+
+    /// Writes the remaining files and the manifest, syncs, renames into place. `prev` is the
+    /// directory of the newest snapshot (holds the chunk files to hard-link) and the entries
+    /// already known for them.
+    pub(crate) fn finish(
+        self,
+        cap: Capture,
+        prev: Option<&Path>,
+        known_chunks: &HashMap<String, FileEntry>,
+        created_us: u64,
+    ) -> Result<(PathBuf, Option<String>, Vec<FileEntry>)> {
+        let tmp = &self.tmp;
+        let mut files = Vec::new();
+        let rec = zstd::bulk::compress(
+            &encode(&Records {
+                records: cap.records,
+            }),
+            1,
+        )
+        .map_err(|e| Error::io(tmp.join("records.zst"), e))?;
+        files.push(write_file(&tmp.join("records.zst"), &rec)?);
+        let st = zstd::bulk::compress(&encode(&Stats { stats: cap.stats }), 1)
+            .map_err(|e| Error::io(tmp.join("stats.zst"), e))?;
+        files.push(write_file(&tmp.join("stats.zst"), &st)?);
+        let mut chunks = Vec::new();
+        let mut chunk_entries = Vec::new();
+        for name in &cap.old_chunks {
+            let src = prev
+                .ok_or_else(|| {
+                    Error::InvalidInput("vector chunks without a previous snapshot".into())
+                })?
+                .join(name);
+            let dst = tmp.join(name);
+            std::fs::hard_link(&src, &dst).map_err(|e| Error::io(&dst, e))?;
+            let entry = match known_chunks.get(name) {
+                Some(e) => e.clone(),
+                None => {
+                    let (len, crc) = crc_file(&dst)?;
+                    FileEntry {
+                        name: name.clone(),
+                        len,
+                        crc,
+                    }
+                }
+            };
+            chunks.push(name.clone());
+            chunk_entries.push(entry.clone());
+            files.push(entry);
+        }
+        let mut new_chunk = None;
+        if let Some((start, bytes)) = &cap.new_chunk {
+            let count = (bytes.len() / (cap.dim * 4)) as u32;
+            let name = vectors::chunk_name(*start, count);
+            let path = tmp.join(&name);
+            vectors::write_chunk(&path, cap.dim, *start, bytes)?;
+            let (len, crc) = crc_file(&path)?;
+            let entry = FileEntry {
+                name: name.clone(),
+                len,
+                crc,
+            };
+            chunks.push(name.clone());
+            chunk_entries.push(entry.clone());
+            files.push(entry);
+            new_chunk = Some(name);
+        }
+        let mut layers = Vec::new();
+        for (layer, indexed, dump) in self.dumps {
+            if let Some(base) = &dump {
+                for ext in ["hnsw.graph", "hnsw.data"] {
+                    let p = tmp.join(format!("{base}.{ext}"));
+                    sync_file(&p)?;
+                    let (len, crc) = crc_file(&p)?;
+                    files.push(FileEntry {
+                        name: file_name(&p),
+                        len,
+                        crc,
+                    });
+                }
+            }
+            layers.push(LayerEntry {
+                layer,
+                indexed,
+                dump,
+            });
+        }
+        let body = ManifestBody {
+            format: SNAPSHOT_FORMAT_VERSION,
+            seq: cap.seq,
+            ts_us: cap.ts_us,
+            dim: cap.dim as u32,
+            nslots: cap.nslots,
+            created_us,
+            files,
+            chunks,
+            layers,
+        };
+        let body_bytes = encode(&body);
+        let mut h = [0u8; HEADER_LEN];
+        h[0..4].copy_from_slice(&MAGIC);
+        h[4..8].copy_from_slice(&SNAPSHOT_FORMAT_VERSION.to_le_bytes());
+        h[8..16].copy_from_slice(&(body_bytes.len() as u64).to_le_bytes());
+        h[16..20].copy_from_slice(&crc32fast::hash(&body_bytes).to_le_bytes());
+        let hcrc = crc32fast::hash(&h[..28]);
+        h[28..32].copy_from_slice(&hcrc.to_le_bytes());
+        let mut m = h.to_vec();
+        m.extend_from_slice(&body_bytes);
+        write_file(&tmp.join("MANIFEST"), &m)?;
+        sync_dir(tmp)?;
+        let dst = self.root.join(dir_name(cap.seq));
+        if dst.exists() {
+            std::fs::remove_dir_all(&dst).map_err(|e| Error::io(&dst, e))?;
+        }
+        std::fs::rename(tmp, &dst).map_err(|e| Error::io(&dst, e))?;
+        sync_dir(&self.root)?;
+        Ok((dst, new_chunk, chunk_entries))
+    }
+}
+
+/// Reads and validates a snapshot's MANIFEST.
+pub(crate) fn read_manifest(dir: &Path) -> Result<ManifestBody> {
+    let path = dir.join("MANIFEST");
+    let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+    if bytes.len() < HEADER_LEN {
+        return Err(Error::corrupted(
+            &path,
+            0,
+            "shorter than the manifest header",
+        ));
+    }
+    let u32_at =
+        |at: usize| u32::from_le_bytes([bytes[at], bytes[at + 1], bytes[at + 2], bytes[at + 3]]);
+    if bytes[0..4] != MAGIC {
+        return Err(Error::corrupted(
+            &path,
+            0,
+            "bad magic (not a snapshot manifest)",
+        ));
+    }
+    if crc32fast::hash(&bytes[..28]) != u32_at(28) {
+        return Err(Error::corrupted(&path, 28, "header checksum mismatch"));
+    }
+    let version = u32_at(4);
+    if version == 0 || version > SNAPSHOT_FORMAT_VERSION {
+        return Err(Error::corrupted(
+            &path,
+            4,
+            format!("snapshot format {version} is not supported by this build"),
+        ));
+    }
+    let mut l = [0u8; 8];
+    l.copy_from_slice(&bytes[8..16]);
+    let len = u64::from_le_bytes(l);
+    if len > MAX_MANIFEST || HEADER_LEN as u64 + len != bytes.len() as u64 {
+        return Err(Error::corrupted(
+            &path,
+            8,
+            format!(
+                "body length {len} does not match the file ({} bytes)",
+                bytes.len()
+            ),
+        ));
+    }
+    let body = &bytes[HEADER_LEN..];
+    if crc32fast::hash(body) != u32_at(16) {
+        return Err(Error::corrupted(
+            &path,
+            HEADER_LEN as u64,
+            "body checksum mismatch",
+        ));
+    }
+    let m: ManifestBody = decode(body, &path)?;
+    for f in &m.files {
+        if f.name.contains('/') || f.name.starts_with('.') {
+            return Err(Error::corrupted(
+                &path,
+                HEADER_LEN as u64,
+                format!("bad file name {:?}", f.name),
+            ));
+        }
+    }
+    Ok(m)
+}
+
+/// Checks one listed file's length and crc32.
+pub(crate) fn check_file(dir: &Path, entry: &FileEntry) -> Result<()> {
+    let path = dir.join(&entry.name);
+    let (len, crc) = crc_file(&path)?;
+    if len != entry.len {
+        return Err(Error::corrupted(
+            &path,
+            len.min(entry.len),
+            format!("file is {len} bytes; the manifest says {}", entry.len),
+        ));
+    }
+    if crc != entry.crc {
+        return Err(Error::corrupted(
+            &path,
+            0,
+            "checksum mismatch against the manifest",
+        ));
+    }
+    Ok(())
+}
+
+/// A snapshot loaded into projections (graphs load later, in the background).
+pub(crate) struct Loaded {
+    pub(crate) projections: Projections,
+    pub(crate) manifest: ManifestBody,
+}
+
+/// Loads the snapshot in `dir`: validates the manifest and every non-graph file, decodes the
+/// records and stats and maps the vector chunks.
+pub(crate) fn load(dir: &Path, dim: usize) -> Result<Loaded> {
+    let m = read_manifest(dir)?;
+    let mpath = dir.join("MANIFEST");
+    if m.dim as usize != dim {
+        return Err(Error::corrupted(
+            &mpath,
+            0,
+            format!(
+                "snapshot dimension {} differs from the store's {dim}",
+                m.dim
+            ),
+        ));
+    }
+    for f in &m.files {
+        if !f.name.starts_with("hnsw-") {
+            check_file(dir, f)?;
+        }
+    }
+    let read_zst = |name: &str| -> Result<Vec<u8>> {
+        let p = dir.join(name);
+        let raw = std::fs::read(&p).map_err(|e| Error::io(&p, e))?;
+        zstd::stream::decode_all(&raw[..])
+            .map_err(|e| Error::corrupted(&p, 0, format!("zstd: {e}")))
+    };
+    let rpath = dir.join("records.zst");
+    let recs: Records = decode(&read_zst("records.zst")?, &rpath)?;
+    let spath = dir.join("stats.zst");
+    let stats: Stats = decode(&read_zst("stats.zst")?, &spath)?;
+    let mut slots: Vec<Option<RecordData>> = Vec::new();
+    slots.resize_with(m.nslots as usize, || None);
+    for r in recs.records {
+        let Some(cell) = slots.get_mut(r.slot as usize) else {
+            return Err(Error::corrupted(
+                &rpath,
+                0,
+                format!("slot {} beyond {}", r.slot, m.nslots),
+            ));
+        };
+        *cell = Some(RecordData {
+            id: r.id,
+            layer: r.layer,
+            kind: r.kind,
+            text: r.text,
+            tags: r.tags,
+            project: r.project,
+            session: r.session,
+            refs: r.refs,
+            content_hash: r.content_hash,
+            ts_us: r.ts_us,
+            inserted_seq: r.inserted_seq,
+            rating: r.rating,
+            stats: AccessStats::default(),
+            sessions: Default::default(),
+            projects: Default::default(),
+        });
+    }
+    for s in stats.stats {
+        let Some(Some(r)) = slots.get_mut(s.slot as usize) else {
+            return Err(Error::corrupted(
+                &spath,
+                0,
+                format!("stats for dead slot {}", s.slot),
+            ));
+        };
+        r.stats = AccessStats {
+            count: s.count,
+            last_access_us: s.last_access_us,
+            decayed: s.decayed,
+            distinct_sessions: s.sessions.len() as u32,
+            distinct_projects: s.projects.len() as u32,
+            search_hits: s.search_hits,
+            rank_sum: s.rank_sum,
+            score_sum: s.score_sum,
+        };
+        r.sessions = s.sessions.into_iter().collect();
+        r.projects = s.projects.into_iter().collect();
+    }
+    let chunk_paths: Vec<PathBuf> = m.chunks.iter().map(|c| dir.join(c)).collect();
+    let vectors = Vectors::from_chunks(dim, &chunk_paths, m.nslots)?;
+    let mut p = Projections::from_parts(dim, m.seq, m.ts_us, slots, vectors);
+    for le in &m.layers {
+        let ls = &mut p.layers[le.layer.index()];
+        if le.dump.is_some() {
+            for s in &le.indexed {
+                ls.in_index.set(*s);
+            }
+        }
+    }
+    Ok(Loaded {
+        projections: p,
+        manifest: m,
+    })
+}
+
+/// Loads one layer's HNSW dump, after checking both files against the manifest (hnsw_rs's
+/// loader asserts and even exits the process on malformed input, so it only ever sees bytes
+/// whose crc matches what we wrote).
+pub(crate) fn load_graph(dir: &Path, m: &ManifestBody, base: &str) -> Result<Graph> {
+    for ext in ["hnsw.graph", "hnsw.data"] {
+        let name = format!("{base}.{ext}");
+        let entry = m.files.iter().find(|f| f.name == name).ok_or_else(|| {
+            Error::corrupted(dir.join("MANIFEST"), 0, format!("{name} not listed"))
+        })?;
+        check_file(dir, entry)?;
+    }
+    // The reloaded graph borrows its HnswIo for its whole life; it copies the vectors into
+    // memory (no mmap option), so leaking the small HnswIo struct once per load gives the
+    // 'static graph the engine keeps.
+    let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let io: &'static mut HnswIo = Box::leak(Box::new(HnswIo::new(dir, base)));
+        io.load_hnsw::<f32, DistDot>()
+    }));
+    match res {
+        Ok(Ok(mut g)) => {
+            g.set_searching_mode(false);
+            Ok(g)
+        }
+        Ok(Err(e)) => Err(Error::corrupted(
+            dir.join(format!("{base}.hnsw.graph")),
+            0,
+            e.to_string(),
+        )),
+        Err(_) => Err(Error::corrupted(
+            dir.join(format!("{base}.hnsw.graph")),
+            0,
+            "hnsw_rs panicked while loading",
+        )),
+    }
+}

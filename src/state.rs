@@ -1,0 +1,453 @@
+//! The projections: per-layer record tables, access statistics, vectors by slot and the
+//! per-layer index bookkeeping. `apply` is the only way they change, one event at a time in
+//! log order; events at or below `applied_seq` are skipped, so replay is idempotent.
+//!
+//! Slots are assigned to inserted records in log order and never reused, so a full replay and
+//! a snapshot plus delta give every record the same slot (and HNSW dumps stay valid).
+
+use crate::error::{Error, Result};
+use crate::types::{AccessStats, Layer, Record, RecordId, SearchOptions, DECAY_HALF_LIVES_US};
+use crate::vectors::Vectors;
+use hnsw_rs::prelude::{DistDot, Distance, Hnsw};
+use magray_wal::{AccessSource, Envelope, Event, Id, Inserted};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+
+/// The HNSW graph type of one layer.
+pub(crate) type Graph = Hnsw<'static, f32, DistDot>;
+
+/// FNV-1a, 64 bit: a stable hash for content keys and session/project names (it is written
+/// into events, so it must never change with a compiler or library version).
+pub(crate) fn fnv64(bytes: &[u8]) -> u64 {
+    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in bytes {
+        h ^= u64::from(*b);
+        h = h.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    h
+}
+
+fn content_key(content_hash: u64, layer: Layer, project: Option<&str>) -> u64 {
+    let mut k = content_hash ^ (layer.index() as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    if let Some(p) = project {
+        k ^= fnv64(p.as_bytes()).rotate_left(17);
+    }
+    k
+}
+
+/// One live record.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct RecordData {
+    pub(crate) id: Id,
+    pub(crate) layer: Layer,
+    pub(crate) kind: String,
+    pub(crate) text: String,
+    pub(crate) tags: Vec<String>,
+    pub(crate) project: Option<String>,
+    pub(crate) session: Option<String>,
+    pub(crate) refs: Vec<Id>,
+    pub(crate) content_hash: u64,
+    pub(crate) ts_us: u64,
+    pub(crate) inserted_seq: u64,
+    pub(crate) rating: Option<f32>,
+    pub(crate) stats: AccessStats,
+    pub(crate) sessions: HashSet<u64>,
+    pub(crate) projects: HashSet<u64>,
+}
+
+impl RecordData {
+    pub(crate) fn to_record(&self) -> Record {
+        Record {
+            id: RecordId(self.id),
+            layer: self.layer,
+            kind: self.kind.clone(),
+            text: self.text.clone(),
+            tags: self.tags.clone(),
+            project: self.project.clone(),
+            session: self.session.clone(),
+            refs: self.refs.iter().map(|r| RecordId(*r)).collect(),
+            ts_us: self.ts_us,
+            inserted_seq: self.inserted_seq,
+            rating: self.rating,
+            stats: self.stats.clone(),
+        }
+    }
+
+    fn matches(&self, o: &SearchOptions) -> bool {
+        if let Some(p) = &o.project {
+            if self.project.as_ref() != Some(p) {
+                return false;
+            }
+        }
+        if let Some(s) = &o.session {
+            if self.session.as_ref() != Some(s) {
+                return false;
+            }
+        }
+        if let Some((lo, hi)) = o.time_range {
+            if self.ts_us < lo || self.ts_us > hi {
+                return false;
+            }
+        }
+        o.tags.iter().all(|t| self.tags.contains(t))
+    }
+}
+
+/// A growable bitset over slots.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct Bits(Vec<u64>);
+
+impl Bits {
+    pub(crate) fn get(&self, i: u32) -> bool {
+        self.0
+            .get(i as usize / 64)
+            .is_some_and(|w| w & (1 << (i % 64)) != 0)
+    }
+    pub(crate) fn set(&mut self, i: u32) {
+        let w = i as usize / 64;
+        if w >= self.0.len() {
+            self.0.resize(w + 1, 0);
+        }
+        self.0[w] |= 1 << (i % 64);
+    }
+    pub(crate) fn clear(&mut self) {
+        self.0.clear();
+    }
+    pub(crate) fn ones(&self) -> Vec<u32> {
+        let mut out = Vec::new();
+        for (w, word) in self.0.iter().enumerate() {
+            let mut x = *word;
+            while x != 0 {
+                let b = x.trailing_zeros();
+                out.push(w as u32 * 64 + b);
+                x &= x - 1;
+            }
+        }
+        out
+    }
+}
+
+/// One layer's membership and index bookkeeping.
+#[derive(Default)]
+pub(crate) struct LayerState {
+    /// Live slots in this layer.
+    pub(crate) members: HashSet<u32>,
+    /// Slots waiting to be inserted into the index, oldest first; may hold slots that died or
+    /// moved since (skipped). Searched exactly.
+    pub(crate) pending: VecDeque<u32>,
+    /// Slots present in the HNSW graph (live or not).
+    pub(crate) in_index: Bits,
+    /// Points in the graph whose record is no longer live in this layer.
+    pub(crate) tombstones: u64,
+    /// Points in the graph.
+    pub(crate) indexed: u64,
+    /// The graph; `None` while a dump loads or before the first insert (then the whole layer
+    /// is searched exactly).
+    pub(crate) graph: Option<Arc<Graph>>,
+}
+
+impl std::fmt::Debug for LayerState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("LayerState")
+            .field("members", &self.members.len())
+            .field("pending", &self.pending.len())
+            .field("indexed", &self.indexed)
+            .field("tombstones", &self.tombstones)
+            .field("graph", &self.graph.is_some())
+            .finish()
+    }
+}
+
+impl LayerState {
+    fn forget(&mut self, slot: u32) {
+        self.members.remove(&slot);
+        if self.in_index.get(slot) {
+            self.tombstones += 1;
+        }
+    }
+
+    /// Recomputes `pending` as the live members not in the graph, in slot order.
+    pub(crate) fn recompute_pending(&mut self) {
+        let mut p: Vec<u32> = self
+            .members
+            .iter()
+            .copied()
+            .filter(|s| !self.in_index.get(*s))
+            .collect();
+        p.sort_unstable();
+        self.pending = p.into();
+    }
+}
+
+/// All projections.
+#[derive(Debug)]
+pub(crate) struct Projections {
+    pub(crate) dim: usize,
+    pub(crate) applied_seq: u64,
+    pub(crate) last_ts_us: u64,
+    pub(crate) slots: Vec<Option<RecordData>>,
+    pub(crate) by_id: HashMap<Id, u32>,
+    by_content: HashMap<u64, u32>,
+    pub(crate) layers: [LayerState; 3],
+    pub(crate) vectors: Vectors,
+}
+
+impl Projections {
+    pub(crate) fn new(dim: usize) -> Projections {
+        Projections {
+            dim,
+            applied_seq: 0,
+            last_ts_us: 0,
+            slots: Vec::new(),
+            by_id: HashMap::new(),
+            by_content: HashMap::new(),
+            layers: Default::default(),
+            vectors: Vectors::new(dim),
+        }
+    }
+
+    /// Rebuilds the id and content maps and layer membership from `slots` (snapshot load).
+    pub(crate) fn from_parts(
+        dim: usize,
+        applied_seq: u64,
+        last_ts_us: u64,
+        slots: Vec<Option<RecordData>>,
+        vectors: Vectors,
+    ) -> Projections {
+        let mut p = Projections::new(dim);
+        p.applied_seq = applied_seq;
+        p.last_ts_us = last_ts_us;
+        p.vectors = vectors;
+        for (slot, rec) in slots.iter().enumerate() {
+            if let Some(r) = rec {
+                let slot = slot as u32;
+                p.by_id.insert(r.id, slot);
+                p.by_content.insert(
+                    content_key(r.content_hash, r.layer, r.project.as_deref()),
+                    slot,
+                );
+                p.layers[r.layer.index()].members.insert(slot);
+            }
+        }
+        p.slots = slots;
+        p
+    }
+
+    pub(crate) fn live(&self, slot: u32) -> Option<&RecordData> {
+        self.slots.get(slot as usize).and_then(|r| r.as_ref())
+    }
+
+    pub(crate) fn get(&self, id: &Id) -> Option<&RecordData> {
+        self.by_id.get(id).and_then(|s| self.live(*s))
+    }
+
+    pub(crate) fn slot_of(&self, id: &Id) -> Option<u32> {
+        self.by_id.get(id).copied()
+    }
+
+    /// An existing live record with the same text, layer and project.
+    pub(crate) fn find_duplicate(
+        &self,
+        text: &str,
+        hash: u64,
+        layer: Layer,
+        project: Option<&str>,
+    ) -> Option<Id> {
+        let slot = *self.by_content.get(&content_key(hash, layer, project))?;
+        let r = self.live(slot)?;
+        (r.layer == layer && r.project.as_deref() == project && r.text == text).then_some(r.id)
+    }
+
+    /// Applies one event. Events at or below `applied_seq` are skipped.
+    pub(crate) fn apply(&mut self, env: &Envelope) -> Result<()> {
+        if env.seq <= self.applied_seq {
+            return Ok(());
+        }
+        match &env.event {
+            Event::Inserted(ins) => self.insert(env.seq, ins)?,
+            Event::Accessed(a) => {
+                let sess = a.session.as_deref().map(|s| fnv64(s.as_bytes()));
+                let proj = a.project.as_deref().map(|s| fnv64(s.as_bytes()));
+                for hit in &a.hits {
+                    let Some(slot) = self.slot_of(&hit.id) else {
+                        continue;
+                    };
+                    let Some(Some(r)) = self.slots.get_mut(slot as usize) else {
+                        continue;
+                    };
+                    touch(r, env.ts_us, a.source, hit.rank, hit.score, sess, proj);
+                }
+            }
+            Event::Rated { id, rating } => {
+                if let Some(slot) = self.slot_of(id) {
+                    if let Some(Some(r)) = self.slots.get_mut(slot as usize) {
+                        r.rating = Some(*rating);
+                    }
+                }
+            }
+            Event::Promoted(list) => {
+                for p in list {
+                    let Some(slot) = self.slot_of(&p.id) else {
+                        continue;
+                    };
+                    let Some(Some(r)) = self.slots.get_mut(slot as usize) else {
+                        continue;
+                    };
+                    if r.layer != p.from || p.from == p.to {
+                        continue;
+                    }
+                    let old = content_key(r.content_hash, r.layer, r.project.as_deref());
+                    r.layer = p.to;
+                    let new = content_key(r.content_hash, r.layer, r.project.as_deref());
+                    if self.by_content.get(&old) == Some(&slot) {
+                        self.by_content.remove(&old);
+                    }
+                    self.by_content.insert(new, slot);
+                    self.layers[p.from.index()].forget(slot);
+                    let to = &mut self.layers[p.to.index()];
+                    to.members.insert(slot);
+                    to.pending.push_back(slot);
+                }
+            }
+            Event::Expired { ids, .. } => {
+                for id in ids {
+                    self.remove(id);
+                }
+            }
+            Event::Deleted { id } => self.remove(id),
+            Event::Superseded { old, .. } => self.remove(old),
+            Event::Checkpointed { .. } => {}
+        }
+        self.applied_seq = env.seq;
+        self.last_ts_us = self.last_ts_us.max(env.ts_us);
+        Ok(())
+    }
+
+    fn insert(&mut self, seq: u64, ins: &Inserted) -> Result<()> {
+        if ins.embedding.len() != self.dim {
+            return Err(Error::InvalidInput(format!(
+                "event {seq} inserts a {}-dimensional vector into a {}-dimensional store",
+                ins.embedding.len(),
+                self.dim
+            )));
+        }
+        if self.by_id.contains_key(&ins.id) {
+            // An id is inserted once; a repeat is ignored so replay stays deterministic.
+            return Ok(());
+        }
+        let slot = self.vectors.push(&ins.embedding);
+        debug_assert_eq!(slot as usize, self.slots.len());
+        self.slots.push(Some(RecordData {
+            id: ins.id,
+            layer: ins.layer,
+            kind: ins.kind.clone(),
+            text: ins.text.clone(),
+            tags: ins.tags.clone(),
+            project: ins.project.clone(),
+            session: ins.session.clone(),
+            refs: ins.refs.clone(),
+            content_hash: ins.content_hash,
+            ts_us: ins.ts_us,
+            inserted_seq: seq,
+            rating: None,
+            stats: AccessStats::default(),
+            sessions: HashSet::new(),
+            projects: HashSet::new(),
+        }));
+        self.by_id.insert(ins.id, slot);
+        self.by_content.insert(
+            content_key(ins.content_hash, ins.layer, ins.project.as_deref()),
+            slot,
+        );
+        let l = &mut self.layers[ins.layer.index()];
+        l.members.insert(slot);
+        l.pending.push_back(slot);
+        Ok(())
+    }
+
+    fn remove(&mut self, id: &Id) {
+        let Some(slot) = self.by_id.remove(id) else {
+            return;
+        };
+        let Some(r) = self.slots.get_mut(slot as usize).and_then(Option::take) else {
+            return;
+        };
+        let key = content_key(r.content_hash, r.layer, r.project.as_deref());
+        if self.by_content.get(&key) == Some(&slot) {
+            self.by_content.remove(&key);
+        }
+        self.layers[r.layer.index()].forget(slot);
+    }
+
+    /// Candidates of one layer for a query: HNSW (filtered: live, in this layer, matching the
+    /// options) plus an exact scan of the pending tail, or an exact scan of the whole layer
+    /// when it is small or its graph is not ready.
+    pub(crate) fn search_layer(
+        &self,
+        layer: Layer,
+        q: &[f32],
+        o: &SearchOptions,
+        ef: usize,
+        exact_below: usize,
+        out: &mut Vec<(f32, u32)>,
+    ) {
+        let ls = &self.layers[layer.index()];
+        let ok = |slot: u32| {
+            self.live(slot)
+                .is_some_and(|r| r.layer == layer && r.matches(o))
+        };
+        let exact = |slot: u32, out: &mut Vec<(f32, u32)>| {
+            if ok(slot) {
+                out.push((1.0 - DistDot.eval(q, self.vectors.get(slot)), slot));
+            }
+        };
+        match &ls.graph {
+            Some(g) if ls.members.len() >= exact_below => {
+                let filter = |d: &usize| ok(*d as u32);
+                for n in g.search_filter(q, o.top_k, ef.max(o.top_k), Some(&filter)) {
+                    out.push((1.0 - n.distance, n.d_id as u32));
+                }
+                for &slot in &ls.pending {
+                    exact(slot, out);
+                }
+            }
+            _ => {
+                for &slot in &ls.members {
+                    exact(slot, out);
+                }
+            }
+        }
+    }
+}
+
+fn touch(
+    r: &mut RecordData,
+    ts: u64,
+    source: AccessSource,
+    rank: u16,
+    score: f32,
+    sess: Option<u64>,
+    proj: Option<u64>,
+) {
+    let s = &mut r.stats;
+    let now = ts.max(s.last_access_us);
+    let dt = now - s.last_access_us;
+    for (v, hl) in s.decayed.iter_mut().zip(DECAY_HALF_LIVES_US) {
+        *v = *v * (-(dt as f64) / hl as f64 * std::f64::consts::LN_2).exp() + 1.0;
+    }
+    s.last_access_us = now;
+    s.count += 1;
+    if source == AccessSource::SearchHit {
+        s.search_hits += 1;
+        s.rank_sum += u64::from(rank);
+        s.score_sum += f64::from(score);
+    }
+    if let Some(h) = sess {
+        r.sessions.insert(h);
+        s.distinct_sessions = r.sessions.len() as u32;
+    }
+    if let Some(h) = proj {
+        r.projects.insert(h);
+        s.distinct_projects = r.projects.len() as u32;
+    }
+}

@@ -1,0 +1,141 @@
+//! The store's own small files: `LOCK` (one writer process) and `MANIFEST` (format
+//! version, dimension, model id, creation time; crc-checked).
+
+use crate::error::{Error, Result};
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+/// Version of the store layout (MANIFEST, snapshots). Changelog in docs/format.md.
+pub const STORE_FORMAT_VERSION: u32 = 1;
+
+/// An exclusive `flock` on `<store>/LOCK`, released when dropped (or when the process dies,
+/// so a crashed writer never leaves a stale lock).
+#[derive(Debug)]
+pub(crate) struct StoreLock {
+    _file: File,
+}
+
+impl StoreLock {
+    pub(crate) fn acquire(dir: &Path) -> Result<StoreLock> {
+        let path = dir.join("LOCK");
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(|e| Error::io(&path, e))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let mut holder = String::new();
+                let _ = file.read_to_string(&mut holder);
+                let holder = holder.trim();
+                return Err(Error::Locked {
+                    path,
+                    holder: if holder.is_empty() {
+                        "another handle".into()
+                    } else {
+                        holder.to_string()
+                    },
+                });
+            }
+            Err(std::fs::TryLockError::Error(e)) => return Err(Error::io(&path, e)),
+        }
+        let me = format!("pid {}\n", std::process::id());
+        file.set_len(0)
+            .and_then(|_| file.seek(SeekFrom::Start(0)))
+            .and_then(|_| file.write_all(me.as_bytes()))
+            .map_err(|e| Error::io(&path, e))?;
+        Ok(StoreLock { _file: file })
+    }
+}
+
+/// The store's identity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct StoreManifest {
+    pub(crate) format: u32,
+    pub(crate) dimension: usize,
+    pub(crate) model_id: String,
+    pub(crate) created_us: u64,
+}
+
+impl StoreManifest {
+    fn body(&self) -> String {
+        format!(
+            "magray-memory store\nformat={}\ndimension={}\nmodel={}\ncreated_us={}\n",
+            self.format, self.dimension, self.model_id, self.created_us
+        )
+    }
+
+    pub(crate) fn path(dir: &Path) -> PathBuf {
+        dir.join("MANIFEST")
+    }
+
+    pub(crate) fn write(&self, dir: &Path) -> Result<()> {
+        let body = self.body();
+        let text = format!("{body}crc32={:08x}\n", crc32fast::hash(body.as_bytes()));
+        magray_wal::fsutil::write_atomic(&Self::path(dir), text.as_bytes())?;
+        Ok(())
+    }
+
+    /// Reads and validates `<dir>/MANIFEST`; `Ok(None)` if there is none.
+    pub(crate) fn read(dir: &Path) -> Result<Option<StoreManifest>> {
+        let path = Self::path(dir);
+        let text = match std::fs::read(&path) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(Error::io(&path, e)),
+        };
+        let bad = |offset: usize, why: &str| Error::corrupted(&path, offset as u64, why);
+        let text = std::str::from_utf8(&text).map_err(|e| bad(e.valid_up_to(), "not UTF-8"))?;
+        let crc_at = text
+            .rfind("crc32=")
+            .ok_or_else(|| bad(text.len(), "no crc32 line"))?;
+        let (body, crc_line) = text.split_at(crc_at);
+        let want = u32::from_str_radix(crc_line.trim_start_matches("crc32=").trim(), 16)
+            .map_err(|_| bad(crc_at, "unreadable crc32 value"))?;
+        if crc32fast::hash(body.as_bytes()) != want {
+            return Err(bad(0, "checksum mismatch"));
+        }
+        let mut m = StoreManifest {
+            format: 0,
+            dimension: 0,
+            model_id: String::new(),
+            created_us: 0,
+        };
+        let mut offset = 0;
+        for (i, line) in body.lines().enumerate() {
+            let here = offset;
+            offset += line.len() + 1;
+            if i == 0 {
+                if line != "magray-memory store" {
+                    return Err(bad(here, "not a magray-memory MANIFEST"));
+                }
+                continue;
+            }
+            let (k, v) = line
+                .split_once('=')
+                .ok_or_else(|| bad(here, "line is not key=value"))?;
+            let num = |v: &str| v.parse::<u64>().map_err(|_| bad(here, "bad number"));
+            match k {
+                "format" => m.format = num(v)? as u32,
+                "dimension" => m.dimension = num(v)? as usize,
+                "model" => m.model_id = v.to_string(),
+                "created_us" => m.created_us = num(v)?,
+                _ => {} // later versions may add keys
+            }
+        }
+        if m.format == 0 || m.format > STORE_FORMAT_VERSION {
+            return Err(bad(
+                0,
+                &format!(
+                    "store format {} is not supported by this build (it reads up to {STORE_FORMAT_VERSION})",
+                    m.format
+                ),
+            ));
+        }
+        Ok(Some(m))
+    }
+}

@@ -1,0 +1,295 @@
+//! Public value types: ids, records, search options and results, statistics.
+
+use crate::error::Error;
+pub use magray_wal::Layer;
+use std::fmt;
+
+/// A record id: a UUIDv7 (time-ordered), shown in the usual hyphenated form.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct RecordId(pub [u8; 16]);
+
+impl RecordId {
+    pub(crate) fn new_v7() -> RecordId {
+        RecordId(*uuid::Uuid::now_v7().as_bytes())
+    }
+}
+
+impl fmt::Display for RecordId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&uuid::Uuid::from_bytes(self.0).hyphenated(), f)
+    }
+}
+
+impl fmt::Debug for RecordId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RecordId({self})")
+    }
+}
+
+impl std::str::FromStr for RecordId {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self, Error> {
+        uuid::Uuid::parse_str(s)
+            .map(|u| RecordId(*u.as_bytes()))
+            .map_err(|e| Error::InvalidInput(format!("{s:?} is not a record id (a UUID): {e}")))
+    }
+}
+
+/// Parses a layer name (`interact`, `insights`, `assets`; any case).
+pub fn parse_layer(s: &str) -> Result<Layer, Error> {
+    s.parse::<Layer>().map_err(Error::UnknownLayer)
+}
+
+/// A record to insert. Build it with [`NewRecord::new`] and the chained setters.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NewRecord {
+    /// The text (non-empty, at most `Config::max_text_bytes`).
+    pub text: String,
+    /// Its embedding: `Config::dimension` finite components, not all zero. The engine stores
+    /// it L2-normalised (scores are cosine similarities).
+    pub embedding: Vec<f32>,
+    /// Layer. Default [`Layer::Interact`].
+    pub layer: Layer,
+    /// Free-form kind. Default `"note"`.
+    pub kind: String,
+    /// Tags (search can require them).
+    pub tags: Vec<String>,
+    /// Project, if any.
+    pub project: Option<String>,
+    /// Session, if any.
+    pub session: Option<String>,
+    /// Records this one refers to.
+    pub refs: Vec<RecordId>,
+    /// The record's own time (µs since the Unix epoch); default: the commit time.
+    pub ts_us: Option<u64>,
+}
+
+impl NewRecord {
+    /// A note in the Interact layer.
+    pub fn new(text: impl Into<String>, embedding: Vec<f32>) -> NewRecord {
+        NewRecord {
+            text: text.into(),
+            embedding,
+            layer: Layer::Interact,
+            kind: "note".into(),
+            tags: Vec::new(),
+            project: None,
+            session: None,
+            refs: Vec::new(),
+            ts_us: None,
+        }
+    }
+    /// Sets the layer.
+    pub fn layer(mut self, layer: Layer) -> Self {
+        self.layer = layer;
+        self
+    }
+    /// Sets the kind.
+    pub fn kind(mut self, kind: impl Into<String>) -> Self {
+        self.kind = kind.into();
+        self
+    }
+    /// Adds a tag.
+    pub fn tag(mut self, tag: impl Into<String>) -> Self {
+        self.tags.push(tag.into());
+        self
+    }
+    /// Sets the project.
+    pub fn project(mut self, project: impl Into<String>) -> Self {
+        self.project = Some(project.into());
+        self
+    }
+    /// Sets the session.
+    pub fn session(mut self, session: impl Into<String>) -> Self {
+        self.session = Some(session.into());
+        self
+    }
+    /// Adds a reference.
+    pub fn refers_to(mut self, id: RecordId) -> Self {
+        self.refs.push(id);
+        self
+    }
+    /// Sets the record's own timestamp.
+    pub fn at_us(mut self, ts_us: u64) -> Self {
+        self.ts_us = Some(ts_us);
+        self
+    }
+}
+
+/// Access statistics of one record (a projection of `Accessed` events).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct AccessStats {
+    /// Times accessed (search hits, gets, explicit uses).
+    pub count: u64,
+    /// Commit time of the last access (µs), 0 if never.
+    pub last_access_us: u64,
+    /// Exponentially decayed access counts at half-lives of 1 h, 24 h and 7 d, as of
+    /// `last_access_us` (use [`AccessStats::decayed_at`] for another time).
+    pub decayed: [f64; 3],
+    /// Distinct sessions that accessed it.
+    pub distinct_sessions: u32,
+    /// Distinct projects that accessed it.
+    pub distinct_projects: u32,
+    /// Times returned by a search.
+    pub search_hits: u64,
+    /// Sum of ranks over search hits (0 = top), for the mean rank.
+    pub rank_sum: u64,
+    /// Sum of scores over search hits, for the mean score.
+    pub score_sum: f64,
+}
+
+/// Half-lives of [`AccessStats::decayed`], in microseconds.
+pub const DECAY_HALF_LIVES_US: [u64; 3] = [3_600_000_000, 86_400_000_000, 604_800_000_000];
+
+impl AccessStats {
+    /// The decayed counts as of `now_us`.
+    pub fn decayed_at(&self, now_us: u64) -> [f64; 3] {
+        let dt = now_us.saturating_sub(self.last_access_us) as f64;
+        let mut out = self.decayed;
+        for (v, hl) in out.iter_mut().zip(DECAY_HALF_LIVES_US) {
+            *v *= (-dt / hl as f64 * std::f64::consts::LN_2).exp();
+        }
+        out
+    }
+}
+
+/// A stored record.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Record {
+    /// Id.
+    pub id: RecordId,
+    /// Current layer.
+    pub layer: Layer,
+    /// Kind.
+    pub kind: String,
+    /// Text.
+    pub text: String,
+    /// Tags.
+    pub tags: Vec<String>,
+    /// Project.
+    pub project: Option<String>,
+    /// Session.
+    pub session: Option<String>,
+    /// References.
+    pub refs: Vec<RecordId>,
+    /// The record's own time (µs since the Unix epoch).
+    pub ts_us: u64,
+    /// Sequence of the event that inserted it.
+    pub inserted_seq: u64,
+    /// Latest user rating, if any.
+    pub rating: Option<f32>,
+    /// Access statistics.
+    pub stats: AccessStats,
+}
+
+/// What a search looks for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SearchOptions {
+    /// Layers to search; empty = all.
+    pub layers: Vec<Layer>,
+    /// How many results (1..=100). Default 10.
+    pub top_k: usize,
+    /// Drop results below this cosine similarity.
+    pub score_threshold: Option<f32>,
+    /// Every one of these tags must be on the record.
+    pub tags: Vec<String>,
+    /// Only this project.
+    pub project: Option<String>,
+    /// Only this session.
+    pub session: Option<String>,
+    /// Only records whose `ts_us` lies in this inclusive range.
+    pub time_range: Option<(u64, u64)>,
+    /// Record the hits as `Accessed` events (batched). Default true.
+    pub record_access: bool,
+}
+
+impl Default for SearchOptions {
+    fn default() -> Self {
+        SearchOptions {
+            layers: Vec::new(),
+            top_k: 10,
+            score_threshold: None,
+            tags: Vec::new(),
+            project: None,
+            session: None,
+            time_range: None,
+            record_access: true,
+        }
+    }
+}
+
+impl SearchOptions {
+    /// Defaults with `top_k`.
+    pub fn top_k(top_k: usize) -> Self {
+        SearchOptions {
+            top_k,
+            ..Default::default()
+        }
+    }
+}
+
+/// One search result.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SearchHit {
+    /// Record id.
+    pub id: RecordId,
+    /// Cosine similarity to the query.
+    pub score: f32,
+    /// Layer it was found in.
+    pub layer: Layer,
+    /// The record.
+    pub record: Record,
+}
+
+/// Per-layer figures in [`Stats`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct LayerStats {
+    /// Live records.
+    pub records: u64,
+    /// Points in the HNSW index (live and tombstoned).
+    pub indexed: u64,
+    /// Live records not yet in the index (searched exactly).
+    pub pending: u64,
+    /// Points in the index whose record was deleted or moved.
+    pub tombstones: u64,
+    /// Whether the HNSW index is loaded/built (false while a dump loads).
+    pub index_ready: bool,
+}
+
+/// What happened at open.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct OpenReport {
+    /// Snapshot the projections were loaded from (its sequence), if any.
+    pub snapshot_seq: Option<u64>,
+    /// Snapshots that were found invalid and skipped: (directory, reason).
+    pub snapshots_rejected: Vec<(String, String)>,
+    /// Events replayed from the log after the snapshot.
+    pub replayed_events: u64,
+    /// The log's own recovery report (torn tail, salvage, cleanup).
+    pub log: magray_wal::RecoveryReport,
+    /// HNSW dumps that could not be used; those layers are rebuilt in the background.
+    pub index_rebuilds: Vec<(Layer, String)>,
+    /// Time spent opening (µs).
+    pub open_us: u64,
+}
+
+/// A snapshot of the engine's state.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Stats {
+    /// Last durable sequence in the log.
+    pub last_seq: u64,
+    /// Last sequence applied to the projections.
+    pub applied_seq: u64,
+    /// Interact, Insights, Assets.
+    pub layers: [LayerStats; 3],
+    /// Sequence of the newest snapshot on disk, if any.
+    pub last_snapshot_seq: Option<u64>,
+    /// Events applied since the newest snapshot.
+    pub events_since_snapshot: u64,
+    /// Search hits waiting to be written as `Accessed` events.
+    pub pending_accesses: u64,
+    /// Vector dimension.
+    pub dimension: usize,
+    /// What happened at open.
+    pub open: OpenReport,
+}

@@ -1,0 +1,46 @@
+#![allow(dead_code, clippy::unwrap_used)]
+//! Shared helpers: vectors that look like sentence embeddings (clustered, normalised).
+
+use magray_memory::{Config, NewRecord};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+pub const DIM: usize = 32;
+
+/// A config for small test stores: small dimension, no automatic checkpoints.
+pub fn config() -> Config {
+    Config {
+        dimension: DIM,
+        checkpoint_every: 0,
+        checkpoint_interval: std::time::Duration::ZERO,
+        exact_search_below: 64,
+        ..Config::default()
+    }
+}
+
+/// `n` unit vectors around `clusters` random centres.
+pub fn clustered(seed: u64, n: usize, dim: usize, clusters: usize) -> Vec<Vec<f32>> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let centres: Vec<Vec<f32>> = (0..clusters.max(1))
+        .map(|_| unit((0..dim).map(|_| rng.random_range(-1.0f32..1.0)).collect()))
+        .collect();
+    (0..n)
+        .map(|i| {
+            let c = &centres[i % centres.len()];
+            unit(
+                c.iter()
+                    .map(|x| x + rng.random_range(-0.35f32..0.35))
+                    .collect(),
+            )
+        })
+        .collect()
+}
+
+pub fn unit(v: Vec<f32>) -> Vec<f32> {
+    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    v.into_iter().map(|x| x / n).collect()
+}
+
+pub fn record(i: usize, v: Vec<f32>) -> NewRecord {
+    NewRecord::new(format!("record number {i}"), v)
+}
