@@ -28,6 +28,9 @@ pub type EventStream = ReceiverStream<Result<Envelope>>;
 /// lagged.
 const SUBSCRIBER_BUFFER: usize = 4096;
 
+/// A snapshot's directory, manifest and the HNSW dumps it holds (layer, basename).
+type Dumps = (PathBuf, snapshot::ManifestBody, Vec<(Layer, String)>);
+
 struct SnapState {
     latest: Option<(u64, PathBuf)>,
     /// Sequence of the `Checkpointed` event written after the latest snapshot.
@@ -646,6 +649,18 @@ impl Memory {
         Ok(ReceiverStream::new(rx))
     }
 
+    /// Every live record (optionally of one layer), in insertion order. For export,
+    /// verification and tests; it copies every record.
+    pub fn records(&self, layer: Option<Layer>) -> Vec<Record> {
+        let st = self.inner.state.read();
+        st.slots
+            .iter()
+            .flatten()
+            .filter(|r| layer.is_none_or(|l| r.layer == l))
+            .map(|r| r.to_record())
+            .collect()
+    }
+
     /// The store directory.
     pub fn dir(&self) -> &Path {
         &self.inner.dir
@@ -656,12 +671,16 @@ impl Drop for Memory {
     fn drop(&mut self) {
         // Without close(): stop the background threads; the log closes when the last
         // reference goes. Nothing acknowledged is lost (it is in the log already).
+        let threads = std::mem::take(&mut *self.threads.lock());
+        if threads.is_empty() {
+            return; // close() owns the shutdown
+        }
         self.inner.shutdown.store(true, Ordering::Release);
         self.inner.index_wake.notify();
         self.inner.maint_wake.notify();
         // The threads stop within one batch; joining them here means the store lock is
         // released (with the last reference) by the time a drop returns.
-        for t in std::mem::take(&mut *self.threads.lock()) {
+        for t in threads {
             let _ = t.join();
         }
     }
@@ -964,7 +983,9 @@ impl Inner {
         // One checkpoint at a time; the snap mutex is held throughout.
         let mut snap = self.snap.lock();
         while self.graphs_loading.load(Ordering::Acquire) > 0 {
-            self.check()?;
+            if let Some(r) = self.failure.lock().clone() {
+                return Err(Error::Poisoned(r));
+            }
             std::thread::sleep(Duration::from_millis(5));
         }
         let applied = self.state.read().applied_seq;
@@ -1003,7 +1024,7 @@ impl Inner {
         for (_, p) in all.iter().skip(self.config.snapshots_keep) {
             std::fs::remove_dir_all(p).map_err(|e| Error::io(p, e))?;
         }
-        if let Some((oldest, _)) = all.iter().take(self.config.snapshots_keep).last() {
+        if let Some((oldest, _)) = all.iter().take(self.config.snapshots_keep).next_back() {
             self.log()?.set_retention_floor(*oldest)?;
         }
         Ok(cap_seq)
@@ -1014,10 +1035,7 @@ impl Inner {
         Hnsw::new(h.m, hint.max(10_000), 16, h.ef_construction, DistDot)
     }
 
-    fn indexer(
-        self: &Arc<Self>,
-        dumps: Option<(PathBuf, snapshot::ManifestBody, Vec<(Layer, String)>)>,
-    ) {
+    fn indexer(self: &Arc<Self>, dumps: Option<Dumps>) {
         if let Some((dir, manifest, list)) = dumps {
             for (layer, base) in list {
                 let res = snapshot::load_graph(&dir, &manifest, &base);

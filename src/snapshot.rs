@@ -272,7 +272,7 @@ pub(crate) fn list(root: &Path) -> Result<Vec<(u64, PathBuf)>> {
             }
         }
     }
-    out.sort_by(|a, b| b.0.cmp(&a.0));
+    out.sort_by_key(|e| std::cmp::Reverse(e.0));
     Ok(out)
 }
 

@@ -66,3 +66,250 @@ async fn insert_get_search_delete_and_reopen() {
     }
     m.close().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_input_gets_a_typed_error_and_writes_nothing() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config();
+    c.max_text_bytes = 1000;
+    let m = Memory::open(dir.path(), c).await.unwrap();
+    let v = clustered(2, 1, DIM, 1).remove(0);
+    let id = m.insert(record(1, v.clone())).await.unwrap();
+    let before = m.stats().last_seq;
+
+    let mut nan = v.clone();
+    nan[3] = f32::NAN;
+    let mut inf = v.clone();
+    inf[0] = f32::INFINITY;
+    let cases: Vec<(NewRecord, &str)> = vec![
+        (record(2, vec![0.1; DIM + 1]), "dimension"),
+        (record(3, nan), "nan"),
+        (record(4, inf), "inf"),
+        (record(5, vec![0.0; DIM]), "zero"),
+        (NewRecord::new("   ", v.clone()), "empty"),
+        (NewRecord::new("x".repeat(1001), v.clone()), "too long"),
+    ];
+    for (r, what) in cases {
+        let e = m.insert(r.clone()).await.unwrap_err();
+        assert!(e.is_invalid_input(), "{what}: {e}");
+        // A bad record poisons the whole batch: the good one beside it is not written.
+        let e = m
+            .insert_batch(vec![record(99, v.clone()), r])
+            .await
+            .unwrap_err();
+        assert!(e.is_invalid_input(), "{what} in a batch: {e}");
+    }
+    assert!(matches!(
+        m.insert(record(2, vec![0.1; 3])).await,
+        Err(Error::DimensionMismatch {
+            expected: DIM,
+            got: 3
+        })
+    ));
+    assert!(matches!(
+        m.insert(NewRecord::new("", v.clone())).await,
+        Err(Error::EmptyText)
+    ));
+    assert!(matches!(
+        m.insert(NewRecord::new("y".repeat(1001), v.clone())).await,
+        Err(Error::TextTooLong {
+            len: 1001,
+            limit: 1000
+        })
+    ));
+    for k in [0, 101] {
+        assert!(matches!(
+            m.search(&v, &SearchOptions::top_k(k)).await,
+            Err(Error::InvalidTopK(_))
+        ));
+    }
+    assert!(matches!(
+        m.search(&v[1..], &SearchOptions::default()).await,
+        Err(Error::DimensionMismatch { .. })
+    ));
+    assert!(matches!(
+        parse_layer("episodic"),
+        Err(Error::UnknownLayer(_))
+    ));
+    assert_eq!(parse_layer("Insights").unwrap(), Layer::Insights);
+    let ghost: RecordId = "0190a5f1-0000-7000-8000-000000000000".parse().unwrap();
+    assert!(matches!(m.get(ghost).await, Err(Error::NotFound(_))));
+    assert!(matches!(m.delete(ghost).await, Err(Error::NotFound(_))));
+    assert!(matches!(m.rate(ghost, 0.5).await, Err(Error::NotFound(_))));
+    assert!(matches!(
+        m.supersede(ghost, record(7, v.clone())).await,
+        Err(Error::NotFound(_))
+    ));
+    assert!(matches!(
+        m.rate(id, 1.5).await,
+        Err(Error::InvalidRating(_))
+    ));
+    assert!(matches!(
+        m.rate(id, f32::NAN).await,
+        Err(Error::InvalidRating(_))
+    ));
+    assert!("not-a-uuid".parse::<RecordId>().is_err());
+    let s = m.stats();
+    assert_eq!(s.last_seq, before, "no bad call may append to the log");
+    assert_eq!(m.records(None).len(), 1);
+    m.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn second_open_is_refused_naming_the_holder() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = Memory::open(dir.path(), config()).await.unwrap();
+    let e = Memory::open(dir.path(), config()).await.unwrap_err();
+    match &e {
+        Error::Locked { holder, .. } => {
+            assert_eq!(holder, &format!("pid {}", std::process::id()))
+        }
+        other => panic!("expected Locked, got {other}"),
+    }
+    assert!(e.to_string().contains("LOCK"), "{e}");
+    m.close().await.unwrap();
+    // Released on close.
+    Memory::open(dir.path(), config())
+        .await
+        .unwrap()
+        .close()
+        .await
+        .unwrap();
+    // A different dimension is refused by the MANIFEST.
+    let mut c = config();
+    c.dimension = DIM + 1;
+    assert!(matches!(
+        Memory::open(dir.path(), c).await,
+        Err(Error::StoreMismatch {
+            what: "dimension",
+            ..
+        })
+    ));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn config_from_env_names_the_bad_variable() {
+    // Only this test touches these variables.
+    std::env::set_var("MEMORY_HNSW_M", "300");
+    let e = Config::from_env().unwrap_err();
+    assert!(e.to_string().contains("MEMORY_HNSW_M"), "{e}");
+    std::env::set_var("MEMORY_HNSW_M", "twelve");
+    let e = Config::from_env().unwrap_err();
+    assert!(e.to_string().contains("MEMORY_HNSW_M"), "{e}");
+    std::env::set_var("MEMORY_HNSW_M", "24");
+    std::env::set_var("MEMORY_HNSW_EF_SEARCH", "80");
+    let c = Config::from_env().unwrap();
+    assert_eq!((c.hnsw.m, c.hnsw.ef_search), (24, 80));
+    std::env::remove_var("MEMORY_HNSW_M");
+    std::env::remove_var("MEMORY_HNSW_EF_SEARCH");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_writers_and_identical_content() {
+    let dir = tempfile::tempdir().unwrap();
+    let m = std::sync::Arc::new(Memory::open(dir.path(), config()).await.unwrap());
+    let vs = clustered(3, 64, DIM, 4);
+    let mut tasks = Vec::new();
+    for (i, v) in vs.iter().cloned().enumerate() {
+        let m = m.clone();
+        tasks.push(tokio::spawn(async move {
+            m.insert(record(i, v)).await.unwrap()
+        }));
+    }
+    // 16 tasks inserting the same content get one id.
+    let same = clustered(4, 1, DIM, 1).remove(0);
+    for _ in 0..16 {
+        let m = m.clone();
+        let v = same.clone();
+        tasks.push(tokio::spawn(async move {
+            m.insert(NewRecord::new("the same thing", v)).await.unwrap()
+        }));
+    }
+    let mut ids = Vec::new();
+    for t in tasks {
+        ids.push(t.await.unwrap());
+    }
+    let dup: std::collections::HashSet<_> = ids[64..].iter().collect();
+    assert_eq!(
+        dup.len(),
+        1,
+        "identical concurrent inserts resolve to one record"
+    );
+    assert_eq!(m.records(None).len(), 65);
+    let s = m.stats();
+    assert_eq!(s.applied_seq, s.last_seq);
+    std::sync::Arc::try_unwrap(m)
+        .unwrap()
+        .close()
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribe_replays_history_then_follows_live_commits() {
+    use tokio_stream::StreamExt;
+    let dir = tempfile::tempdir().unwrap();
+    let m = Memory::open(dir.path(), config()).await.unwrap();
+    let vs = clustered(5, 20, DIM, 2);
+    for (i, v) in vs.iter().take(10).enumerate() {
+        m.insert(record(i, v.clone())).await.unwrap();
+    }
+    let mut sub = m.subscribe(3).unwrap();
+    for (i, v) in vs.iter().enumerate().skip(10) {
+        m.insert(record(i, v.clone())).await.unwrap();
+    }
+    let mut seqs = Vec::new();
+    while seqs.len() < 18 {
+        let env = tokio::time::timeout(std::time::Duration::from_secs(10), sub.next())
+            .await
+            .unwrap()
+            .unwrap()
+            .unwrap();
+        assert_eq!(env.event.type_name(), "inserted");
+        seqs.push(env.seq);
+    }
+    assert_eq!(seqs, (3..=20).collect::<Vec<_>>());
+    drop(sub);
+    m.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupt_snapshot_falls_back_to_an_older_one_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let vs = clustered(6, 40, DIM, 4);
+    let m = Memory::open(dir.path(), config()).await.unwrap();
+    for (i, v) in vs.iter().take(20).enumerate() {
+        m.insert(record(i, v.clone())).await.unwrap();
+    }
+    let first = m.checkpoint().await.unwrap();
+    for (i, v) in vs.iter().enumerate().skip(20) {
+        m.insert(record(i, v.clone())).await.unwrap();
+    }
+    let second = m.checkpoint().await.unwrap();
+    assert!(second > first);
+    let mut c = config();
+    c.checkpoint_on_close = false;
+    drop(m);
+    // Flip one byte in the newest snapshot's records.
+    let snap = dir.path().join("snapshots").join(format!("{second:020}"));
+    let f = snap.join("records.zst");
+    let mut b = std::fs::read(&f).unwrap();
+    let at = b.len() / 2;
+    b[at] ^= 0x40;
+    std::fs::write(&f, b).unwrap();
+    let m = Memory::open(dir.path(), c).await.unwrap();
+    let st = m.stats();
+    assert_eq!(st.open.snapshot_seq, Some(first));
+    assert_eq!(st.open.snapshots_rejected.len(), 1);
+    assert!(
+        st.open.snapshots_rejected[0].1.contains("records.zst"),
+        "{:?}",
+        st.open
+    );
+    assert_eq!(
+        m.records(None).len(),
+        40,
+        "the longer replay recovers everything"
+    );
+    m.close().await.unwrap();
+}
