@@ -568,6 +568,11 @@ impl Memory {
     /// Figures for `status` and monitoring.
     pub fn stats(&self) -> Stats {
         let inner = &self.inner;
+        // Lock order: snap before state (a checkpoint holds snap while it takes state).
+        let (last_snapshot_seq, marker_seq) = {
+            let snap = inner.snap.lock();
+            (snap.latest.as_ref().map(|(s, _)| *s), snap.marker_seq)
+        };
         let st = inner.state.read();
         let mut layers: [LayerStats; 3] = Default::default();
         for (i, ls) in st.layers.iter().enumerate() {
@@ -583,8 +588,6 @@ impl Memory {
                 index_ready: ls.graph.is_some(),
             };
         }
-        let snap = inner.snap.lock();
-        let last_snapshot_seq = snap.latest.as_ref().map(|(s, _)| *s);
         Stats {
             last_seq: inner
                 .log
@@ -595,7 +598,7 @@ impl Memory {
             applied_seq: st.applied_seq,
             layers,
             last_snapshot_seq,
-            events_since_snapshot: st.applied_seq.saturating_sub(snap.marker_seq),
+            events_since_snapshot: st.applied_seq.saturating_sub(marker_seq),
             pending_accesses: inner.access_hits.load(Ordering::Relaxed),
             dimension: st.dim,
             open: inner.report.lock().clone(),
