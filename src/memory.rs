@@ -719,11 +719,15 @@ impl Inner {
 
     fn fail(&self, reason: String) {
         tracing::error!(%reason, "magray-memory stops accepting work");
-        let mut f = self.failure.lock();
-        if f.is_none() {
-            *f = Some(reason);
+        {
+            let mut f = self.failure.lock();
+            if f.is_none() {
+                *f = Some(reason);
+            }
         }
+        // Wake every waiter (blocking and async) so it sees the failure.
         self.applied_cv.notify_all();
+        self.applied_tx.send_modify(|_| {});
     }
 
     fn check(&self) -> Result<()> {
@@ -943,6 +947,7 @@ impl Inner {
             .min(Duration::from_secs(1))
             .max(Duration::from_millis(1));
         let mut last_flush = Instant::now();
+        let mut retry_at = Instant::now();
         while !self.shutdown.load(Ordering::Acquire) {
             self.maint_wake.wait(tick);
             if self.shutdown.load(Ordering::Acquire) || self.failure.lock().is_some() {
@@ -960,11 +965,11 @@ impl Inner {
                     }
                 }
             }
-            if self.checkpoint_due() {
+            if Instant::now() >= retry_at && self.checkpoint_due() {
                 if let Err(e) = self.checkpoint_blocking() {
-                    // A failed snapshot loses nothing (the log has it all); retry next time.
-                    tracing::warn!(error = %e, "automatic checkpoint failed");
-                    self.snap.lock().at = Instant::now();
+                    // A failed snapshot loses nothing (the log has it all); retry later.
+                    tracing::warn!(error = %e, "automatic checkpoint failed; retrying in 30 s");
+                    retry_at = Instant::now() + Duration::from_secs(30);
                 }
             }
         }
@@ -1131,7 +1136,7 @@ impl Inner {
             }
         }
         ls.indexed += batch.len() as u64;
-        if fresh {
+        if fresh && !batch.is_empty() {
             ls.graph = Some(graph);
         }
         true
@@ -1171,7 +1176,8 @@ impl Inner {
         }
         ls.indexed = members.len() as u64;
         ls.tombstones = members.iter().filter(|s| !ls.members.contains(s)).count() as u64;
-        ls.graph = Some(Arc::new(graph));
+        // An empty layer keeps no graph (and dumps none).
+        ls.graph = (!members.is_empty()).then(|| Arc::new(graph));
         ls.recompute_pending();
     }
 

@@ -404,11 +404,21 @@ impl Projections {
         match &ls.graph {
             Some(g) if ls.members.len() >= exact_below => {
                 let filter = |d: &usize| ok(*d as u32);
-                for n in g.search_filter(q, o.top_k, ef.max(o.top_k), Some(&filter)) {
+                let found = g.search_filter(q, o.top_k, ef.max(o.top_k), Some(&filter));
+                let short = found.len() < o.top_k;
+                for n in found {
                     out.push((1.0 - n.distance, n.d_id as u32));
                 }
-                for &slot in &ls.pending {
-                    exact(slot, out);
+                if short {
+                    // A selective filter can starve the graph walk: fall back to an exact scan
+                    // of the layer, so a search never misses a matching record.
+                    for &slot in &ls.members {
+                        exact(slot, out);
+                    }
+                } else {
+                    for &slot in &ls.pending {
+                        exact(slot, out);
+                    }
                 }
             }
             _ => {

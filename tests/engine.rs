@@ -313,3 +313,40 @@ async fn a_corrupt_snapshot_falls_back_to_an_older_one_and_says_so() {
     );
     m.close().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_selective_filter_on_an_indexed_layer_still_finds_every_match() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config();
+    c.exact_search_below = 0;
+    let m = Memory::open(dir.path(), c).await.unwrap();
+    let vs = clustered(8, 2000, DIM, 20);
+    let batch = vs
+        .iter()
+        .enumerate()
+        .map(|(i, v)| {
+            let r = record(i, v.clone());
+            if i % 500 == 7 {
+                r.project("rare")
+            } else {
+                r
+            }
+        })
+        .collect();
+    let ids = m.insert_batch(batch).await.unwrap();
+    m.wait_indexed().await.unwrap();
+    let o = SearchOptions {
+        project: Some("rare".into()),
+        ..SearchOptions::top_k(10)
+    };
+    let hits = m.search(&vs[3], &o).await.unwrap();
+    let mut got: Vec<_> = hits.iter().map(|h| h.id).collect();
+    got.sort();
+    let mut want: Vec<_> = (0..2000).filter(|i| i % 500 == 7).map(|i| ids[i]).collect();
+    want.sort();
+    assert_eq!(
+        got, want,
+        "all 4 records of the project, wherever they sit in the graph"
+    );
+    m.close().await.unwrap();
+}
