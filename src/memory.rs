@@ -876,25 +876,21 @@ impl Inner {
         } else {
             &o.layers
         };
+        let ef = o.ef_search.unwrap_or(self.config.hnsw.ef_search);
+        if !(1..=4096).contains(&ef) {
+            return Err(Error::InvalidInput(format!(
+                "ef_search {ef} must be within 1..=4096"
+            )));
+        }
         let hits: Vec<SearchHit> = {
             let st = self.state.read();
-            let mut cands = Vec::new();
+            let mut top = crate::state::TopK::new(o.top_k);
             for l in layers {
-                st.search_layer(
-                    *l,
-                    &q,
-                    o,
-                    self.config.hnsw.ef_search,
-                    self.config.exact_search_below,
-                    &mut cands,
-                );
+                st.search_layer(*l, &q, o, ef, self.config.exact_search_below, &mut top);
             }
-            cands.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
-            let mut seen = HashSet::new();
-            cands
+            top.into_sorted()
                 .into_iter()
-                .filter(|(s, slot)| o.score_threshold.is_none_or(|t| *s >= t) && seen.insert(*slot))
-                .take(o.top_k)
+                .filter(|(s, _)| o.score_threshold.is_none_or(|t| *s >= t))
                 .filter_map(|(score, slot)| {
                     st.live(slot).map(|r| SearchHit {
                         id: RecordId(r.id),

@@ -379,9 +379,9 @@ impl Projections {
         self.layers[r.layer.index()].forget(slot);
     }
 
-    /// Candidates of one layer for a query: HNSW (filtered: live, in this layer, matching the
-    /// options) plus an exact scan of the pending tail, or an exact scan of the whole layer
-    /// when it is small or its graph is not ready.
+    /// Candidates of one layer for a query, into `top`: HNSW (live, in this layer, matching
+    /// the options) plus an exact scan of the pending tail, or an exact scan of the whole
+    /// layer when it is small or its graph is not ready.
     pub(crate) fn search_layer(
         &self,
         layer: Layer,
@@ -389,44 +389,137 @@ impl Projections {
         o: &SearchOptions,
         ef: usize,
         exact_below: usize,
-        out: &mut Vec<(f32, u32)>,
+        top: &mut TopK,
     ) {
         let ls = &self.layers[layer.index()];
         let ok = |slot: u32| {
             self.live(slot)
                 .is_some_and(|r| r.layer == layer && r.matches(o))
         };
-        let exact = |slot: u32, out: &mut Vec<(f32, u32)>| {
+        let exact = |slot: u32, top: &mut TopK| {
             if ok(slot) {
-                out.push((1.0 - DistDot.eval(q, self.vectors.get(slot)), slot));
+                top.push(1.0 - DistDot.eval(q, self.vectors.get(slot)), slot);
             }
         };
-        match &ls.graph {
-            Some(g) if ls.members.len() >= exact_below => {
-                let filter = |d: &usize| ok(*d as u32);
-                let found = g.search_filter(q, o.top_k, ef.max(o.top_k), Some(&filter));
-                let short = found.len() < o.top_k;
-                for n in found {
-                    out.push((1.0 - n.distance, n.d_id as u32));
+        let scan_layer = |top: &mut TopK| {
+            if ls.members.len() * 4 >= self.slots.len() {
+                // Most slots are this layer's: walk them in order (sequential vector reads).
+                for slot in 0..self.slots.len() as u32 {
+                    exact(slot, top);
                 }
-                if short {
-                    // A selective filter can starve the graph walk: fall back to an exact scan
-                    // of the layer, so a search never misses a matching record.
-                    for &slot in &ls.members {
-                        exact(slot, out);
-                    }
-                } else {
-                    for &slot in &ls.pending {
-                        exact(slot, out);
-                    }
+            } else {
+                for &slot in &ls.members {
+                    exact(slot, top);
                 }
             }
-            _ => {
-                for &slot in &ls.members {
-                    exact(slot, out);
+        };
+        let Some(g) = ls
+            .graph
+            .as_ref()
+            .filter(|_| ls.members.len() >= exact_below)
+        else {
+            scan_layer(top);
+            return;
+        };
+        let ef = ef.max(o.top_k);
+        let unfiltered = o.tags.is_empty()
+            && o.project.is_none()
+            && o.session.is_none()
+            && o.time_range.is_none();
+        let live_indexed = ls.indexed.saturating_sub(ls.tombstones) as usize;
+        let mut enough = false;
+        if unfiltered {
+            // hnsw_rs stops early only without a filter: search plainly, over-fetching by the
+            // tombstones that might crowd the list, and drop dead hits afterwards.
+            let want = o.top_k + (ls.tombstones as usize).min(o.top_k);
+            let mut n_ok = 0;
+            for n in g.search(q, want, ef.max(want)) {
+                let slot = n.d_id as u32;
+                if ok(slot) {
+                    top.push(1.0 - n.distance, slot);
+                    n_ok += 1;
                 }
+            }
+            enough = n_ok >= o.top_k.min(live_indexed);
+        }
+        if !enough {
+            let filter = |d: &usize| ok(*d as u32);
+            let found = g.search_filter(q, o.top_k, ef, Some(&filter));
+            let short = found.len() < o.top_k;
+            for n in found {
+                top.push(1.0 - n.distance, n.d_id as u32);
+            }
+            if short {
+                // A selective filter can starve the graph walk: scan the layer exactly, so a
+                // search never misses a matching record.
+                scan_layer(top);
+                return;
             }
         }
+        for &slot in &ls.pending {
+            exact(slot, top);
+        }
+    }
+}
+
+/// The best `k` (score, slot) pairs seen, without duplicates.
+#[derive(Debug)]
+pub(crate) struct TopK {
+    k: usize,
+    heap: std::collections::BinaryHeap<std::cmp::Reverse<Cand>>,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Cand(f32, u32);
+
+impl PartialEq for Cand {
+    fn eq(&self, o: &Self) -> bool {
+        self.cmp(o) == std::cmp::Ordering::Equal
+    }
+}
+impl Eq for Cand {}
+impl PartialOrd for Cand {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+impl Ord for Cand {
+    /// Higher score is better; on a tie the lower slot (older record) is better.
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        self.0.total_cmp(&o.0).then(o.1.cmp(&self.1))
+    }
+}
+
+impl TopK {
+    pub(crate) fn new(k: usize) -> TopK {
+        TopK {
+            k,
+            heap: std::collections::BinaryHeap::with_capacity(k + 1),
+        }
+    }
+
+    pub(crate) fn push(&mut self, score: f32, slot: u32) {
+        let c = Cand(score, slot);
+        if self.heap.len() >= self.k {
+            match self.heap.peek() {
+                Some(std::cmp::Reverse(worst)) if c > *worst => {}
+                _ => return,
+            }
+        }
+        if self.heap.iter().any(|x| x.0 .1 == slot) {
+            return;
+        }
+        self.heap.push(std::cmp::Reverse(c));
+        if self.heap.len() > self.k {
+            self.heap.pop();
+        }
+    }
+
+    /// Best first.
+    pub(crate) fn into_sorted(self) -> Vec<(f32, u32)> {
+        let mut v: Vec<Cand> = self.heap.into_iter().map(|r| r.0).collect();
+        v.sort_by(|a, b| b.cmp(a));
+        v.into_iter().map(|c| (c.0, c.1)).collect()
     }
 }
 

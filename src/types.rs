@@ -201,6 +201,8 @@ pub struct SearchOptions {
     pub time_range: Option<(u64, u64)>,
     /// Record the hits as `Accessed` events (batched). Default true.
     pub record_access: bool,
+    /// HNSW candidate list for this query (1..=4096); default `Config::hnsw.ef_search`.
+    pub ef_search: Option<usize>,
 }
 
 impl Default for SearchOptions {
@@ -214,6 +216,7 @@ impl Default for SearchOptions {
             session: None,
             time_range: None,
             record_access: true,
+            ef_search: None,
         }
     }
 }

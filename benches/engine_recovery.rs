@@ -1,0 +1,367 @@
+#![allow(clippy::unwrap_used)]
+//! `engine_recovery`: open-to-first-query time after an unclean stop. For each N the store
+//! gets N records (`insert_batch` x1,000), is indexed (`wait_indexed`, only for N <= 100k:
+//! building HNSW at 1M takes ~20 min here), checkpointed, then gets a 10k-record delta and
+//! is dropped without `close()` (`checkpoint_on_close: false`), so every open loads the
+//! snapshot and replays the delta. Measured: `Memory::open` + the first `search` (top-10,
+//! `record_access: false`), in-process under criterion and in fresh child processes for the
+//! report (which also reads VmRSS from /proc/self/status next to the raw vector bytes).
+//! Also the empty-store open (target <= 150 ms). The page cache is warm (the store was just
+//! written or opened); a cold-cache open after a reboot is slower.
+//!
+//! ```text
+//! cargo bench --bench engine_recovery                                   # 10k, 100k (~4 min)
+//! BENCH_RECOVERY_SIZES=10000,100000,1000000 cargo bench --bench engine_recovery  # full run
+//! BENCH_RECOVERY_SIZES=5000 cargo bench --bench engine_recovery -- --test        # smoke
+//! ```
+//! Env: `BENCH_RECOVERY_SIZES` (default "10000,100000"), `BENCH_RECOVERY_DELTA` (default
+//! 10000), `BENCH_RECOVERY_RUNS` (child-process opens per size, default 3),
+//! `BENCH_EMPTY_RUNS` (default 20), `BENCH_REPORT_ONLY=1` (skip criterion).
+
+mod common;
+
+use common::*;
+use criterion::{Criterion, SamplingMode};
+use magray_memory::{Config, Layer, Memory, SearchOptions};
+use std::path::Path;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+const SEED: u64 = 0x07ec_00e7;
+const BATCH: usize = 1_000;
+/// Largest store that is indexed before its snapshot.
+const INDEX_UP_TO: usize = 100_000;
+const TARGET_EMPTY_MS: f64 = 150.0;
+/// Set (to the store dir) in the child process that measures one open.
+const CHILD_ENV: &str = "ENGINE_RECOVERY_CHILD";
+
+fn config() -> Config {
+    Config {
+        checkpoint_on_close: false,
+        ..store_config()
+    }
+}
+
+fn options() -> SearchOptions {
+    SearchOptions {
+        record_access: false,
+        ..SearchOptions::top_k(10)
+    }
+}
+
+fn query() -> Vec<f32> {
+    Embedder::new(SEED ^ 0xffff).next_vector()
+}
+
+struct Built {
+    n: usize,
+    dir: tempfile::TempDir,
+    insert: Duration,
+    index: Option<Duration>,
+    checkpoint: Duration,
+    delta: Duration,
+}
+
+/// Inserts `count` records numbered from `first` in batches.
+async fn insert_range(m: &Memory, emb: &mut Embedder, first: usize, count: usize) {
+    let mut i = first;
+    while i < first + count {
+        let b = BATCH.min(first + count - i);
+        let recs = (i..i + b)
+            .map(|j| record("recovery", j, emb.next_vector()))
+            .collect();
+        m.insert_batch(recs).await.unwrap();
+        i += b;
+    }
+}
+
+fn build(rt: &tokio::runtime::Runtime, n: usize, delta: usize) -> Built {
+    let dir = tempfile::tempdir().unwrap();
+    rt.block_on(async {
+        let mut emb = Embedder::new(SEED);
+        let m = Memory::open(dir.path(), config()).await.unwrap();
+        let t = Instant::now();
+        insert_range(&m, &mut emb, 0, n).await;
+        let insert = t.elapsed();
+        let index = if n <= INDEX_UP_TO {
+            let t = Instant::now();
+            m.wait_indexed().await.unwrap();
+            Some(t.elapsed())
+        } else {
+            None
+        };
+        let t = Instant::now();
+        m.checkpoint().await.unwrap();
+        let checkpoint = t.elapsed();
+        let t = Instant::now();
+        insert_range(&m, &mut emb, n, delta).await;
+        let delta = t.elapsed();
+        drop(m); // no close(): the delta stays in the log only
+        Built {
+            n,
+            dir,
+            insert,
+            index,
+            checkpoint,
+            delta,
+        }
+    })
+}
+
+/// Open + first search (timed), then drop without close (untimed).
+fn open_first_query(rt: &tokio::runtime::Runtime, dir: &Path, q: &[f32]) -> (Duration, Duration) {
+    rt.block_on(async {
+        let t = Instant::now();
+        let m = Memory::open(dir, config()).await.unwrap();
+        let open = t.elapsed();
+        std::hint::black_box(m.search(q, &options()).await.unwrap());
+        let total = t.elapsed();
+        drop(m);
+        (open, total)
+    })
+}
+
+/// Child process: one measured open of the store in `dir`; prints a `CHILD` line.
+fn child(dir: &str) {
+    let rt = runtime();
+    let q = query();
+    let rss0 = proc_status_kb("VmRSS").unwrap_or(0);
+    rt.block_on(async {
+        let t = Instant::now();
+        let m = Memory::open(dir, config()).await.unwrap();
+        let open = t.elapsed();
+        let hits = m.search(&q, &options()).await.unwrap();
+        let first = t.elapsed();
+        assert_eq!(hits.len(), 10);
+        let rss_open = proc_status_kb("VmRSS").unwrap_or(0);
+        let layer = Layer::Assets.index();
+        while !m.stats().layers[layer].index_ready {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        let ready = t.elapsed();
+        let rss_ready = proc_status_kb("VmRSS").unwrap_or(0);
+        let s = m.stats();
+        println!(
+            "CHILD open_us={} first_us={} ready_us={} rss0_kb={rss0} rss_open_kb={rss_open} rss_ready_kb={rss_ready} hwm_kb={} replayed={} records={} pending={}",
+            open.as_micros(),
+            first.as_micros(),
+            ready.as_micros(),
+            proc_status_kb("VmHWM").unwrap_or(0),
+            s.open.replayed_events,
+            s.layers[layer].records,
+            s.layers[layer].pending,
+        );
+        drop(m);
+    });
+}
+
+#[derive(Default, Clone)]
+struct ChildRun {
+    open_ms: f64,
+    first_ms: f64,
+    ready_ms: f64,
+    rss0: u64,
+    rss_open: u64,
+    rss_ready: u64,
+    hwm: u64,
+    replayed: u64,
+    records: u64,
+    pending: u64,
+}
+
+fn run_child(dir: &Path) -> ChildRun {
+    let out = Command::new(std::env::current_exe().unwrap())
+        .env(CHILD_ENV, dir)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "child failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("CHILD "))
+        .unwrap_or_else(|| panic!("no CHILD line in {stdout:?}"));
+    let mut r = ChildRun::default();
+    for kv in line.split_whitespace().skip(1) {
+        let (k, v) = kv.split_once('=').unwrap();
+        let v: u64 = v.parse().unwrap();
+        match k {
+            "open_us" => r.open_ms = v as f64 / 1e3,
+            "first_us" => r.first_ms = v as f64 / 1e3,
+            "ready_us" => r.ready_ms = v as f64 / 1e3,
+            "rss0_kb" => r.rss0 = v,
+            "rss_open_kb" => r.rss_open = v,
+            "rss_ready_kb" => r.rss_ready = v,
+            "hwm_kb" => r.hwm = v,
+            "replayed" => r.replayed = v,
+            "records" => r.records = v,
+            "pending" => r.pending = v,
+            _ => {}
+        }
+    }
+    r
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v[v.len() / 2]
+}
+
+fn main() {
+    if let Some(dir) = std::env::var_os(CHILD_ENV) {
+        child(&dir.to_string_lossy());
+        return;
+    }
+    let sizes = env_list("BENCH_RECOVERY_SIZES", "10000,100000");
+    let delta = env_usize("BENCH_RECOVERY_DELTA", 10_000);
+    let runs = env_usize("BENCH_RECOVERY_RUNS", 3).max(1);
+    let empty_runs = env_usize("BENCH_EMPTY_RUNS", 20).max(1);
+    let rt = runtime();
+    let q = query();
+
+    let mut stores = Vec::new();
+    for &n in &sizes {
+        eprintln!(
+            "engine_recovery: building a store of {n} records + {delta} delta{} ...",
+            if n <= INDEX_UP_TO {
+                " (indexing it first)"
+            } else {
+                " (not indexed)"
+            }
+        );
+        stores.push(build(&rt, n, delta));
+    }
+
+    if !report_only() {
+        let mut c = Criterion::default()
+            .sample_size(10)
+            .warm_up_time(Duration::from_secs(1))
+            .measurement_time(Duration::from_secs(3))
+            .configure_from_args();
+        let mut group = c.benchmark_group("engine_recovery");
+        group.sampling_mode(SamplingMode::Flat);
+        group.bench_function("open_empty_create", |b| {
+            b.iter_custom(|iters| {
+                let mut total = Duration::ZERO;
+                for _ in 0..iters {
+                    let dir = tempfile::tempdir().unwrap();
+                    total += open_first_query(&rt, dir.path(), &q).0;
+                }
+                total
+            })
+        });
+        let empty = tempfile::tempdir().unwrap();
+        open_first_query(&rt, empty.path(), &q);
+        group.bench_function("open_empty_reopen", |b| {
+            b.iter_custom(|iters| {
+                (0..iters)
+                    .map(|_| open_first_query(&rt, empty.path(), &q).0)
+                    .sum()
+            })
+        });
+        group.measurement_time(Duration::from_secs(5));
+        for s in &stores {
+            group.bench_function(format!("open_first_query/n{}+{delta}", s.n), |b| {
+                b.iter_custom(|iters| {
+                    (0..iters)
+                        .map(|_| open_first_query(&rt, s.dir.path(), &q).1)
+                        .sum()
+                })
+            });
+        }
+        group.finish();
+        c.final_summary();
+    }
+
+    // Report: empty store in-process, stores in fresh child processes.
+    println!("\nengine_recovery report: {DIM}-d, one layer (Assets), delta = {delta} records after the last snapshot, dropped without close; warm page cache");
+    let mut create = Vec::new();
+    let mut reopen = Vec::new();
+    let empty = tempfile::tempdir().unwrap();
+    for _ in 0..empty_runs {
+        let dir = tempfile::tempdir().unwrap();
+        create.push(open_first_query(&rt, dir.path(), &q));
+        reopen.push(open_first_query(&rt, empty.path(), &q));
+    }
+    for (what, v) in [("create", &mut create), ("reopen", &mut reopen)] {
+        let mut open: Vec<Duration> = v.iter().map(|x| x.0).collect();
+        let mut total: Vec<Duration> = v.iter().map(|x| x.1).collect();
+        let p50 = pct(&mut open, 0.5);
+        println!(
+            "empty store, {what}: open p50 {:.2} ms p99 {:.2} ms, open+first search p50 {:.2} ms ({empty_runs} runs) -> {:.1}x under the {TARGET_EMPTY_MS} ms target",
+            ms(p50),
+            ms(pct(&mut open, 0.99)),
+            ms(pct(&mut total, 0.5)),
+            TARGET_EMPTY_MS / ms(p50).max(1e-9)
+        );
+    }
+    println!(
+        "{:>9} {:>9} {:>10} {:>10} {:>11} {:>11} {:>12} {:>10} {:>10} {:>10}",
+        "N",
+        "replayed",
+        "open ms",
+        "1st q ms",
+        "open+1st",
+        "index rdy",
+        "raw vec MiB",
+        "RSS open",
+        "RSS ready",
+        "peak RSS"
+    );
+    let mut largest = None;
+    for s in &stores {
+        let rs: Vec<ChildRun> = (0..runs).map(|_| run_child(s.dir.path())).collect();
+        let first = median(rs.iter().map(|r| r.first_ms).collect());
+        let open = median(rs.iter().map(|r| r.open_ms).collect());
+        let ready = median(rs.iter().map(|r| r.ready_ms).collect());
+        let last = rs.last().unwrap().clone();
+        let total = (s.n + delta) as u64;
+        assert_eq!(last.records, total, "every record is back after the open");
+        let raw = total * DIM as u64 * 4;
+        let kib = |k: u64| mib(k * 1024);
+        println!(
+            "{:>9} {:>9} {:>10.1} {:>10.1} {:>11.1} {:>11.0} {:>12.1} {:>10.1} {:>10.1} {:>10.1}",
+            s.n + delta,
+            last.replayed,
+            open,
+            first - open,
+            first,
+            ready,
+            mib(raw),
+            kib(last.rss_open),
+            kib(last.rss_ready),
+            kib(last.hwm),
+        );
+        largest = Some((s.n + delta, raw, last));
+    }
+    for s in &stores {
+        println!(
+            "build n={}: insert {:.1} s ({:.0} records/s), wait_indexed {}, checkpoint {:.2} s, delta insert {:.2} s",
+            s.n,
+            s.insert.as_secs_f64(),
+            s.n as f64 / s.insert.as_secs_f64(),
+            s.index
+                .map(|d| format!("{:.1} s", d.as_secs_f64()))
+                .unwrap_or_else(|| "skipped".into()),
+            s.checkpoint.as_secs_f64(),
+            s.delta.as_secs_f64()
+        );
+    }
+    if let Some((n, raw, r)) = largest {
+        println!(
+            "largest store ({n} records): RSS after open + first query {:.1} MiB = {:.2}x the raw vector bytes ({:.1} MiB); \
+             after the HNSW dump loaded {:.1} MiB ({:.2}x); process baseline before open {:.1} MiB; {} records still pending indexing",
+            mib(r.rss_open * 1024),
+            (r.rss_open * 1024) as f64 / raw as f64,
+            mib(raw),
+            mib(r.rss_ready * 1024),
+            (r.rss_ready * 1024) as f64 / raw as f64,
+            mib(r.rss0 * 1024),
+            r.pending
+        );
+    }
+    println!("columns: medians of {runs} fresh processes; 1st q = first search after open returned (exact scan while the HNSW dump loads); index rdy = ms from open until the dump is loaded; RSS in MiB (last run)");
+}

@@ -1,0 +1,270 @@
+#![allow(clippy::unwrap_used)]
+//! `engine_search`: single-thread top-10 search over N 384-d sentence-embedding-like vectors
+//! (1,000 topic clusters, L2-normalised) in one layer: QPS, p50/p99 latency and recall@10
+//! against exact brute force, per `ef_search`, plus the index build (catch-up) rate.
+//!
+//! ```text
+//! cargo bench --bench engine_search                         # N = 100,000 (a few minutes)
+//! BENCH_N=5000 cargo bench --bench engine_search -- --test  # quick smoke run
+//! BENCH_REPORT_ONLY=1 cargo bench --bench engine_search     # report table only
+//! ```
+//! Env: `BENCH_N` (records, default 100000), `BENCH_QUERIES` (default 1000),
+//! `BENCH_EF` (ef_search sweep, default "16,32,50,64,100"). The store is built once with
+//! `insert_batch` (batches of 1,000) and `wait_indexed`; each further ef reopens it
+//! (close, then `Memory::open` with the new `Config.hnsw.ef_search`, then `wait_indexed`
+//! while the HNSW dump reloads). Queries are stored vectors plus noise (cosine ≈ 0.96 to
+//! their source), searched with `record_access: false`.
+
+mod common;
+
+use common::*;
+use criterion::{Criterion, Throughput};
+use magray_memory::{Layer, Memory, RecordId, SearchOptions};
+use rand::Rng;
+use std::collections::HashMap;
+use std::time::{Duration, Instant};
+
+const SEED: u64 = 0x5eed_0384;
+const BATCH: usize = 1_000;
+const K: usize = 10;
+/// Queries run before each latency measurement (caches, lazily touched pages).
+const WARMUP_QUERIES: usize = 100;
+
+fn options() -> SearchOptions {
+    SearchOptions {
+        record_access: false,
+        ..SearchOptions::top_k(K)
+    }
+}
+
+struct Row {
+    ef: usize,
+    reopen: Option<(Duration, Duration)>,
+    qps: f64,
+    p50: Duration,
+    p99: Duration,
+    recall: f64,
+    min_recall: f64,
+}
+
+/// Runs every query once, timing each; returns (QPS, latencies, mean recall, worst recall).
+fn measure(
+    rt: &tokio::runtime::Runtime,
+    m: &Memory,
+    queries: &[Vec<f32>],
+    truth: &[Vec<u32>],
+    index_of: &HashMap<RecordId, u32>,
+) -> (f64, Vec<Duration>, f64, f64) {
+    let o = options();
+    rt.block_on(async {
+        for q in queries.iter().cycle().take(WARMUP_QUERIES) {
+            m.search(q, &o).await.unwrap();
+        }
+        let mut lat = Vec::with_capacity(queries.len());
+        let mut results = Vec::with_capacity(queries.len());
+        let start = Instant::now();
+        for q in queries {
+            let t = Instant::now();
+            let hits = m.search(q, &o).await.unwrap();
+            lat.push(t.elapsed());
+            results.push(hits);
+        }
+        let qps = queries.len() as f64 / start.elapsed().as_secs_f64();
+        let mut sum = 0.0;
+        let mut worst = 1.0f64;
+        for (hits, want) in results.iter().zip(truth) {
+            let got = hits
+                .iter()
+                .filter(|h| want.contains(&index_of[&h.id]))
+                .count();
+            let r = got as f64 / want.len().min(K) as f64;
+            sum += r;
+            worst = worst.min(r);
+        }
+        (qps, lat, sum / queries.len() as f64, worst)
+    })
+}
+
+fn main() {
+    let n = env_usize("BENCH_N", 100_000);
+    let nq = env_usize("BENCH_QUERIES", 1_000);
+    let efs = env_list("BENCH_EF", "16,32,50,64,100");
+    assert!(
+        n >= K && nq >= 1 && !efs.is_empty(),
+        "need N >= 10, queries and an ef"
+    );
+    let rt = runtime();
+
+    eprintln!("engine_search: generating {n} vectors and {nq} queries ...");
+    let t = Instant::now();
+    let mut emb = Embedder::new(SEED);
+    let data = emb.flat(n);
+    let queries: Vec<Vec<f32>> = (0..nq)
+        .map(|_| {
+            let i = emb.rng.random_range(0..n);
+            emb.perturb(&data[i * DIM..(i + 1) * DIM], QUERY_NOISE)
+        })
+        .collect();
+    let gen_time = t.elapsed();
+    let t = Instant::now();
+    let truth = exact_top_k(&data, &queries, K);
+    let exact_time = t.elapsed();
+    // Cosines that describe the data set: query to its exact top-1 / top-10, and to random.
+    let cos = |q: &[f32], i: u32| dot(q, &data[i as usize * DIM..(i as usize + 1) * DIM]);
+    let mean = |f: &dyn Fn(usize) -> f32| (0..nq).map(f).sum::<f32>() / nq as f32;
+    let cos_top1 = mean(&|j| cos(&queries[j], truth[j][0]));
+    let cos_top10 = mean(&|j| cos(&queries[j], *truth[j].last().unwrap()));
+    let cos_random = mean(&|j| cos(&queries[j], ((j * 7919) % n) as u32));
+
+    // Build: insert everything, then wait for the indexer to catch up.
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = store_config();
+    config.hnsw.ef_search = efs[0];
+    eprintln!(
+        "engine_search: inserting {n} records and indexing them (~900 vectors/s at 100k here) ..."
+    );
+    let (m, index_of, insert_time, indexed_at_ack, build_time) = rt.block_on(async {
+        let m = Memory::open(dir.path(), config.clone()).await.unwrap();
+        let mut index_of = HashMap::with_capacity(n);
+        let start = Instant::now();
+        for (b, chunk) in data.chunks(BATCH * DIM).enumerate() {
+            let recs = chunk
+                .chunks_exact(DIM)
+                .enumerate()
+                .map(|(j, v)| record("search", b * BATCH + j, v.to_vec()))
+                .collect();
+            let ids = m.insert_batch(recs).await.unwrap();
+            for (j, id) in ids.into_iter().enumerate() {
+                index_of.insert(id, (b * BATCH + j) as u32);
+            }
+        }
+        let insert_time = start.elapsed();
+        let indexed_at_ack = m.stats().layers[Layer::Assets.index()].indexed;
+        m.wait_indexed().await.unwrap();
+        (m, index_of, insert_time, indexed_at_ack, start.elapsed())
+    });
+    assert_eq!(index_of.len(), n, "every record got its own id");
+    let st = m.stats().layers[Layer::Assets.index()].clone();
+    assert_eq!(st.records, n as u64);
+
+    let mut c = Criterion::default()
+        .sample_size(10)
+        .warm_up_time(Duration::from_secs(1))
+        .measurement_time(Duration::from_secs(3))
+        .configure_from_args();
+    let mut group = c.benchmark_group(format!("engine_search/n{n}"));
+    group.throughput(Throughput::Elements(1));
+    let mut rows = Vec::new();
+    let mut m = Some(m);
+    for (k, &ef) in efs.iter().enumerate() {
+        let mut reopen = None;
+        if k > 0 {
+            let mut config = config.clone();
+            config.hnsw.ef_search = ef;
+            let (next, times) = rt.block_on(async {
+                m.take().unwrap().close().await.unwrap();
+                let t = Instant::now();
+                let next = Memory::open(dir.path(), config).await.unwrap();
+                let open = t.elapsed();
+                next.wait_indexed().await.unwrap();
+                (next, (open, t.elapsed()))
+            });
+            m = Some(next);
+            reopen = Some(times);
+        }
+        let mem = m.as_ref().unwrap();
+        let (qps, mut lat, recall, min_recall) = measure(&rt, mem, &queries, &truth, &index_of);
+        rows.push(Row {
+            ef,
+            reopen,
+            qps,
+            p50: pct(&mut lat, 0.5),
+            p99: pct(&mut lat, 0.99),
+            recall,
+            min_recall,
+        });
+        if !report_only() {
+            let o = options();
+            let mut next = 0usize;
+            group.bench_function(format!("top{K}/ef{ef}"), |b| {
+                b.iter_custom(|iters| {
+                    rt.block_on(async {
+                        let t = Instant::now();
+                        for _ in 0..iters {
+                            let q = &queries[next % queries.len()];
+                            next += 1;
+                            std::hint::black_box(mem.search(q, &o).await.unwrap());
+                        }
+                        t.elapsed()
+                    })
+                })
+            });
+        }
+    }
+    group.finish();
+    if !report_only() {
+        c.final_summary();
+    }
+    rt.block_on(m.take().unwrap().close()).unwrap();
+
+    println!("\nengine_search report: N = {n} x {DIM}-d in one layer (Assets), {CLUSTERS} clusters, top-{K}, 1 thread, record_access off");
+    println!(
+        "data: generated in {:.1} s; exact top-{K} of {nq} queries in {:.1} s; mean cosine query->top1 {cos_top1:.3}, ->top10 {cos_top10:.3}, ->random {cos_random:.3}",
+        gen_time.as_secs_f64(),
+        exact_time.as_secs_f64()
+    );
+    let ins = insert_time.as_secs_f64();
+    let build = build_time.as_secs_f64();
+    let tail = (build - ins).max(1e-9);
+    println!(
+        "build: insert_batch x{BATCH}: {ins:.1} s = {:.0} records/s acknowledged; fully indexed after {build:.1} s = {:.0} vectors/s overall \
+         (indexer alone after the last ack: {:.0} vectors/s, {} of {n} were indexed at the last ack); hnsw M={} efC={}",
+        n as f64 / ins,
+        n as f64 / build,
+        (n as u64 - indexed_at_ack.min(n as u64)) as f64 / tail,
+        indexed_at_ack,
+        config.hnsw.m,
+        config.hnsw.ef_construction,
+    );
+    if n < config.exact_search_below {
+        println!(
+            "note: N < exact_search_below ({}): the layer is searched exactly, ef has no effect",
+            config.exact_search_below
+        );
+    }
+    println!(
+        "{:>5} {:>10} {:>9} {:>9} {:>11} {:>11} {:>16}",
+        "ef", "QPS", "p50 ms", "p99 ms", "recall@10", "min recall", "reopen/ready ms"
+    );
+    let base_p50 = rows.iter().find(|r| r.ef == 50).map(|r| r.p50);
+    for r in &rows {
+        println!(
+            "{:>5} {:>10.0} {:>9.3} {:>9.3} {:>11.4} {:>11.2} {:>16}{}",
+            r.ef,
+            r.qps,
+            ms(r.p50),
+            ms(r.p99),
+            r.recall,
+            r.min_recall,
+            r.reopen
+                .map(|(o, w)| format!("{:.0}/{:.0}", ms(o), ms(w)))
+                .unwrap_or_else(|| "-".into()),
+            base_p50
+                .map(|b| format!("   p50 {:.2}x ef50", r.p50.as_secs_f64() / b.as_secs_f64()))
+                .unwrap_or_default()
+        );
+    }
+    let mut by_ef: Vec<&Row> = rows.iter().collect();
+    by_ef.sort_by_key(|r| r.ef);
+    match by_ef.iter().find(|r| r.recall >= 0.95) {
+        Some(r) => println!(
+            "smallest ef with recall@10 >= 0.95: {} (recall {:.4}, p50 {:.3} ms, {:.0} QPS)",
+            r.ef,
+            r.recall,
+            ms(r.p50),
+            r.qps
+        ),
+        None => println!("no ef in the sweep reaches recall@10 >= 0.95"),
+    }
+    println!("reopen/ready: Memory::open returned / wait_indexed returned (HNSW dump reloaded), after close()");
+}
