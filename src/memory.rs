@@ -1042,6 +1042,12 @@ impl Inner {
     fn indexer(self: &Arc<Self>, dumps: Option<Dumps>) {
         if let Some((dir, manifest, list)) = dumps {
             for (layer, base) in list {
+                if self.shutdown.load(Ordering::Acquire) {
+                    // A dropped handle stops here instead of loading dumps nobody will use
+                    // (close() checkpoints, which waits for the loads, before shutting down).
+                    self.graphs_loading.fetch_sub(1, Ordering::AcqRel);
+                    continue;
+                }
                 let res = snapshot::load_graph(&dir, &manifest, &base);
                 let _idx = self.index_lock.lock();
                 let mut st = self.state.write();

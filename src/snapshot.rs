@@ -556,11 +556,28 @@ pub(crate) fn load(dir: &Path, dim: usize) -> Result<Loaded> {
             ),
         ));
     }
-    for f in &m.files {
-        if !f.name.starts_with("hnsw-") {
-            check_file(dir, f)?;
-        }
-    }
+    // The vector chunks are most of the bytes: check them on a second thread while this one
+    // checks and decodes the records (open time at 1M records is mostly these two).
+    let (chunk_files, other_files): (Vec<&FileEntry>, Vec<&FileEntry>) = m
+        .files
+        .iter()
+        .filter(|f| !f.name.starts_with("hnsw-"))
+        .partition(|f| m.chunks.contains(&f.name));
+    std::thread::scope(|scope| {
+        let chunks = scope.spawn(|| chunk_files.iter().try_for_each(|f| check_file(dir, f)));
+        let rest = other_files
+            .iter()
+            .try_for_each(|f| check_file(dir, f))
+            .and_then(|_| decode_tables(dir, &m));
+        let chunks = chunks
+            .join()
+            .unwrap_or_else(|_| Err(Error::corrupted(dir, 0, "checksum thread panicked")));
+        chunks.and(rest)
+    })
+    .and_then(|slots| finish_load(dir, dim, m, slots))
+}
+
+fn decode_tables(dir: &Path, m: &ManifestBody) -> Result<Vec<Option<RecordData>>> {
     let read_zst = |name: &str| -> Result<Vec<u8>> {
         let p = dir.join(name);
         let raw = std::fs::read(&p).map_err(|e| Error::io(&p, e))?;
@@ -620,6 +637,15 @@ pub(crate) fn load(dir: &Path, dim: usize) -> Result<Loaded> {
         r.sessions = s.sessions.into_iter().collect();
         r.projects = s.projects.into_iter().collect();
     }
+    Ok(slots)
+}
+
+fn finish_load(
+    dir: &Path,
+    dim: usize,
+    m: ManifestBody,
+    slots: Vec<Option<RecordData>>,
+) -> Result<Loaded> {
     let chunk_paths: Vec<PathBuf> = m.chunks.iter().map(|c| dir.join(c)).collect();
     let vectors = Vectors::from_chunks(dim, &chunk_paths, m.nslots)?;
     let mut p = Projections::from_parts(dim, m.seq, m.ts_us, slots, vectors);

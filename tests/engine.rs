@@ -350,3 +350,38 @@ async fn a_selective_filter_on_an_indexed_layer_still_finds_every_match() {
     );
     m.close().await.unwrap();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flipped_bit_in_a_vector_chunk_is_named_and_the_log_replayed_instead() {
+    let dir = tempfile::tempdir().unwrap();
+    let vs = clustered(9, 50, DIM, 5);
+    let m = Memory::open(dir.path(), config()).await.unwrap();
+    let batch = vs
+        .iter()
+        .enumerate()
+        .map(|(i, v)| record(i, v.clone()))
+        .collect();
+    let ids = m.insert_batch(batch).await.unwrap();
+    let seq = m.checkpoint().await.unwrap();
+    drop(m);
+    let snap = dir.path().join("snapshots").join(format!("{seq:020}"));
+    let chunk = std::fs::read_dir(&snap)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .find(|p| p.extension().is_some_and(|x| x == "f32"))
+        .unwrap();
+    let mut b = std::fs::read(&chunk).unwrap();
+    let at = b.len() - 5;
+    b[at] ^= 0x10;
+    std::fs::write(&chunk, b).unwrap();
+    let m = Memory::open(dir.path(), config()).await.unwrap();
+    let open = m.stats().open;
+    assert_eq!(
+        open.snapshot_seq, None,
+        "the only snapshot is rejected: {open:?}"
+    );
+    assert!(open.snapshots_rejected[0].1.contains(".f32"), "{open:?}");
+    let hits = m.search(&vs[49], &SearchOptions::top_k(1)).await.unwrap();
+    assert_eq!(hits[0].id, ids[49], "vectors come from the log, intact");
+    m.close().await.unwrap();
+}
