@@ -81,6 +81,8 @@ pub(crate) struct Inner {
     access_buf: Mutex<Vec<Accessed>>,
     access_hits: AtomicU64,
     snap: Mutex<SnapState>,
+    /// (newest snapshot seq, marker seq) for stats(): never blocks behind a checkpoint.
+    snap_info: Mutex<(Option<u64>, u64)>,
     inflight: Mutex<HashSet<u64>>,
     graphs_loading: AtomicU64,
     report: Mutex<OpenReport>,
@@ -194,17 +196,25 @@ impl Memory {
         if !config.full_replay {
             for (seq, path) in snapshot::list(&snap_root)? {
                 if seq > log.last_seq() {
-                    report.snapshots_rejected.push((
-                        path.display().to_string(),
-                        format!(
-                            "snapshot at {seq} is ahead of the log (last sequence {})",
-                            log.last_seq()
-                        ),
-                    ));
+                    let why = format!(
+                        "snapshot at {seq} is ahead of the log (last sequence {})",
+                        log.last_seq()
+                    );
+                    report
+                        .snapshots_rejected
+                        .push(quarantine(&path, why, &config));
                     continue;
                 }
                 match snapshot::load(&path, config.dimension) {
                     Ok(l) => {
+                        // The log's event at S must be the one the snapshot saw: after a
+                        // salvage, later sequences may belong to a different history.
+                        if let Some(why) = timeline_mismatch(&log, seq, l.manifest.ts_us) {
+                            report
+                                .snapshots_rejected
+                                .push(quarantine(&path, why, &config));
+                            continue;
+                        }
                         loaded = Some((seq, path, l));
                         break;
                     }
@@ -217,7 +227,7 @@ impl Memory {
                 }
             }
         }
-        let (mut proj, dumps, snap_state) = match loaded {
+        let (mut proj, dumps, mut snap_state) = match loaded {
             Some((seq, path, l)) => {
                 report.snapshot_seq = Some(seq);
                 let known: HashMap<String, FileEntry> = l
@@ -257,6 +267,7 @@ impl Memory {
             ),
         };
         let from = proj.applied_seq + 1;
+        let mut only_markers = true;
         for env in log.history(from) {
             let env = env?;
             if env.seq != proj.applied_seq + 1 {
@@ -270,8 +281,14 @@ impl Memory {
                     ),
                 ));
             }
+            only_markers &= matches!(env.event, Event::Checkpointed { .. });
             proj.apply(&env)?;
             report.replayed_events += 1;
+        }
+        if snap_state.latest.is_some() && only_markers {
+            // Nothing but the snapshot's own `Checkpointed` marker since: an idle open/close
+            // must not write another snapshot.
+            snap_state.marker_seq = proj.applied_seq;
         }
         if proj.applied_seq != log.last_seq() {
             return Err(Error::corrupted(
@@ -317,6 +334,10 @@ impl Memory {
             failure: Mutex::new(None),
             access_buf: Mutex::new(Vec::new()),
             access_hits: AtomicU64::new(0),
+            snap_info: Mutex::new((
+                snap_state.latest.as_ref().map(|(s, _)| *s),
+                snap_state.marker_seq,
+            )),
             snap: Mutex::new(snap_state),
             inflight: Mutex::new(HashSet::new()),
             graphs_loading: AtomicU64::new(with_dump.len() as u64),
@@ -568,11 +589,8 @@ impl Memory {
     /// Figures for `status` and monitoring.
     pub fn stats(&self) -> Stats {
         let inner = &self.inner;
-        // Lock order: snap before state (a checkpoint holds snap while it takes state).
-        let (last_snapshot_seq, marker_seq) = {
-            let snap = inner.snap.lock();
-            (snap.latest.as_ref().map(|(s, _)| *s), snap.marker_seq)
-        };
+        // Not `snap`: a checkpoint holds it for its whole run.
+        let (last_snapshot_seq, marker_seq) = *inner.snap_info.lock();
         let st = inner.state.read();
         let mut layers: [LayerStats; 3] = Default::default();
         for (i, ls) in st.layers.iter().enumerate() {
@@ -618,7 +636,11 @@ impl Memory {
             .name("magray-subscriber".into())
             .spawn(move || {
                 let mut next = from_seq.max(1);
-                for env in log.history(next) {
+                // The History reads files on its own; holding the Log here would keep close()
+                // waiting on a subscriber nobody reads.
+                let history = log.history(next);
+                drop(log);
+                for env in history {
                     let item = env.map_err(Error::from);
                     let stop = item.is_err();
                     if let Ok(e) = &item {
@@ -628,7 +650,6 @@ impl Memory {
                         return;
                     }
                 }
-                drop(log);
                 loop {
                     match live.blocking_recv() {
                         Ok(env) => {
@@ -686,6 +707,38 @@ impl Drop for Memory {
         for t in threads {
             let _ = t.join();
         }
+    }
+}
+
+/// Moves a snapshot that must never be loaded (ahead of the log, or from another history)
+/// out of the way, so that it is not picked up later; returns the report entry.
+fn quarantine(path: &Path, why: String, config: &Config) -> (String, String) {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let dst = path.with_file_name(format!("rejected-{name}-{}", config.clock.now_us()));
+    tracing::warn!(snapshot = %path.display(), reason = %why, moved_to = %dst.display(), "snapshot set aside");
+    let moved = match std::fs::rename(path, &dst) {
+        Ok(()) => format!("; moved to {}", dst.display()),
+        Err(e) => format!("; could not move it aside: {e}"),
+    };
+    (path.display().to_string(), format!("{why}{moved}"))
+}
+
+/// Why the snapshot at `seq` (committed at `ts_us`) does not belong to this log, if it does not.
+fn timeline_mismatch(log: &Log, seq: u64, ts_us: u64) -> Option<String> {
+    if seq == 0 {
+        return None;
+    }
+    match log.history(seq).until_seq(seq).next() {
+        Some(Ok(e)) if e.seq == seq && e.ts_us == ts_us => None,
+        Some(Ok(e)) => Some(format!(
+            "the log's event {} was committed at {} µs, the snapshot's at {ts_us} µs: a different history",
+            e.seq, e.ts_us
+        )),
+        Some(Err(e)) => Some(format!("cannot read the log's event {seq} to check the snapshot: {e}")),
+        None => Some(format!("the log has no event {seq}")),
     }
 }
 
@@ -860,9 +913,18 @@ impl Inner {
         }
         let applied = st.applied_seq;
         drop(st);
-        drop(q);
-        self.applied_tx.send_replace(applied);
+        // Publish while still holding the queue, and never backwards: two overlapping calls
+        // must not overwrite a newer value with an older one (a waiter would sleep forever).
+        self.applied_tx.send_if_modified(|v| {
+            if applied > *v {
+                *v = applied;
+                true
+            } else {
+                false
+            }
+        });
         self.applied_cv.notify_all();
+        drop(q);
         self.index_wake.notify();
     }
 
@@ -1023,6 +1085,7 @@ impl Inner {
             snapshot_seq: cap_seq,
         }])?;
         snap.marker_seq = at.last_seq;
+        *self.snap_info.lock() = (Some(cap_seq), at.last_seq);
         // Keep the newest K snapshots; the log keeps (at least) what the oldest needs.
         let all = snapshot::list(&root)?;
         for (_, p) in all.iter().skip(self.config.snapshots_keep) {

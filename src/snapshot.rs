@@ -181,7 +181,7 @@ impl Capture {
     }
 }
 
-fn encode<T>(v: &T) -> Vec<u8>
+fn encode<T>(v: &T) -> Result<Vec<u8>>
 where
     T: for<'a> Serialize<
         rkyv::api::high::HighSerializer<
@@ -191,11 +191,10 @@ where
         >,
     >,
 {
-    match rkyv::to_bytes::<BoxedError>(v) {
-        Ok(b) => b.into_vec(),
-        // Serialising owned in-memory data fails only on allocation failure.
-        Err(e) => panic!("rkyv serialisation of snapshot data failed: {e}"),
-    }
+    rkyv::to_bytes::<BoxedError>(v)
+        .map(|b| b.into_vec())
+        // 32-bit relative pointers cap one archive at 2 GiB (e.g. ~2 GiB of record text).
+        .map_err(|e| Error::InvalidInput(format!("snapshot table too large to encode: {e}")))
 }
 
 fn decode<T>(bytes: &[u8], file: &Path) -> Result<T>
@@ -346,12 +345,12 @@ impl Writer {
         let rec = zstd::bulk::compress(
             &encode(&Records {
                 records: cap.records,
-            }),
+            })?,
             1,
         )
         .map_err(|e| Error::io(tmp.join("records.zst"), e))?;
         files.push(write_file(&tmp.join("records.zst"), &rec)?);
-        let st = zstd::bulk::compress(&encode(&Stats { stats: cap.stats }), 1)
+        let st = zstd::bulk::compress(&encode(&Stats { stats: cap.stats })?, 1)
             .map_err(|e| Error::io(tmp.join("stats.zst"), e))?;
         files.push(write_file(&tmp.join("stats.zst"), &st)?);
         let mut chunks = Vec::new();
@@ -427,7 +426,7 @@ impl Writer {
             chunks,
             layers,
         };
-        let body_bytes = encode(&body);
+        let body_bytes = encode(&body)?;
         let mut h = [0u8; HEADER_LEN];
         h[0..4].copy_from_slice(&MAGIC);
         h[4..8].copy_from_slice(&SNAPSHOT_FORMAT_VERSION.to_le_bytes());

@@ -187,7 +187,9 @@ pub(crate) struct Projections {
     pub(crate) last_ts_us: u64,
     pub(crate) slots: Vec<Option<RecordData>>,
     pub(crate) by_id: HashMap<Id, u32>,
-    by_content: HashMap<u64, u32>,
+    /// Content key → every live slot with it (a set, so replay order cannot change which
+    /// record a later identical insert resolves to).
+    by_content: HashMap<u64, Vec<u32>>,
     pub(crate) layers: [LayerState; 3],
     pub(crate) vectors: Vectors,
 }
@@ -222,7 +224,7 @@ impl Projections {
             if let Some(r) = rec {
                 let slot = slot as u32;
                 p.by_id.insert(r.id, slot);
-                p.by_content.insert(
+                p.content_add(
                     content_key(r.content_hash, r.layer, r.project.as_deref()),
                     slot,
                 );
@@ -253,9 +255,28 @@ impl Projections {
         layer: Layer,
         project: Option<&str>,
     ) -> Option<Id> {
-        let slot = *self.by_content.get(&content_key(hash, layer, project))?;
-        let r = self.live(slot)?;
-        (r.layer == layer && r.project.as_deref() == project && r.text == text).then_some(r.id)
+        // The oldest matching live record (lowest slot): the same answer whatever the history
+        // of restarts.
+        self.by_content
+            .get(&content_key(hash, layer, project))?
+            .iter()
+            .filter_map(|s| self.live(*s).map(|r| (*s, r)))
+            .filter(|(_, r)| r.layer == layer && r.project.as_deref() == project && r.text == text)
+            .min_by_key(|(s, _)| *s)
+            .map(|(_, r)| r.id)
+    }
+
+    fn content_add(&mut self, key: u64, slot: u32) {
+        self.by_content.entry(key).or_default().push(slot);
+    }
+
+    fn content_remove(&mut self, key: u64, slot: u32) {
+        if let Some(v) = self.by_content.get_mut(&key) {
+            v.retain(|s| *s != slot);
+            if v.is_empty() {
+                self.by_content.remove(&key);
+            }
+        }
     }
 
     /// Applies one event. Events at or below `applied_seq` are skipped.
@@ -299,14 +320,17 @@ impl Projections {
                     let old = content_key(r.content_hash, r.layer, r.project.as_deref());
                     r.layer = p.to;
                     let new = content_key(r.content_hash, r.layer, r.project.as_deref());
-                    if self.by_content.get(&old) == Some(&slot) {
-                        self.by_content.remove(&old);
-                    }
-                    self.by_content.insert(new, slot);
+                    self.content_remove(old, slot);
+                    self.content_add(new, slot);
                     self.layers[p.from.index()].forget(slot);
                     let to = &mut self.layers[p.to.index()];
                     to.members.insert(slot);
-                    to.pending.push_back(slot);
+                    if to.in_index.get(slot) {
+                        // Back in a layer whose graph still holds it: no longer a tombstone.
+                        to.tombstones = to.tombstones.saturating_sub(1);
+                    } else {
+                        to.pending.push_back(slot);
+                    }
                 }
             }
             Event::Expired { ids, .. } => {
@@ -355,7 +379,7 @@ impl Projections {
             projects: HashSet::new(),
         }));
         self.by_id.insert(ins.id, slot);
-        self.by_content.insert(
+        self.content_add(
             content_key(ins.content_hash, ins.layer, ins.project.as_deref()),
             slot,
         );
@@ -373,9 +397,7 @@ impl Projections {
             return;
         };
         let key = content_key(r.content_hash, r.layer, r.project.as_deref());
-        if self.by_content.get(&key) == Some(&slot) {
-            self.by_content.remove(&key);
-        }
+        self.content_remove(key, slot);
         self.layers[r.layer.index()].forget(slot);
     }
 
