@@ -4,7 +4,7 @@
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::snapshot::{self, Capture, FileEntry, Writer};
-use crate::state::{fnv64, Graph, Projections};
+use crate::state::{content_key, fnv64, Graph, Projections};
 use crate::store_files::{StoreLock, StoreManifest, STORE_FORMAT_VERSION};
 use crate::types::*;
 use hnsw_rs::prelude::{DistDot, Hnsw};
@@ -130,8 +130,21 @@ fn normalise(v: &[f32], dim: usize) -> Result<Vec<f32>> {
     Ok(v.iter().map(|x| (f64::from(*x) / norm) as f32).collect())
 }
 
-fn content_key(hash: u64, layer: Layer, project: Option<&str>) -> u64 {
-    hash ^ fnv64(format!("{}\u{0}{}", layer.name(), project.unwrap_or("")).as_bytes())
+/// The `Inserted` event for a validated record.
+fn inserted(id: RecordId, r: NewRecord, embedding: Vec<f32>, hash: u64, now: u64) -> Event {
+    Event::Inserted(Inserted {
+        id: id.0,
+        layer: r.layer,
+        kind: r.kind,
+        text: r.text,
+        embedding,
+        tags: r.tags,
+        project: r.project,
+        session: r.session,
+        refs: r.refs.into_iter().map(|x| x.0).collect(),
+        content_hash: hash,
+        ts_us: r.ts_us.unwrap_or(now),
+    })
 }
 
 impl Memory {
@@ -209,13 +222,15 @@ impl Memory {
                     Ok(l) => {
                         // The log's event at S must be the one the snapshot saw: after a
                         // salvage, later sequences may belong to a different history.
-                        if let Some(why) = timeline_mismatch(&log, seq, l.manifest.ts_us) {
+                        // The replay goes on from this same reader, so the log is read once.
+                        let mut delta = log.history(seq.max(1));
+                        if let Some(why) = timeline_mismatch(&mut delta, seq, l.manifest.ts_us) {
                             report
                                 .snapshots_rejected
                                 .push(quarantine(&path, why, &config));
                             continue;
                         }
-                        loaded = Some((seq, path, l));
+                        loaded = Some((seq, path, l, delta));
                         break;
                     }
                     Err(e) => {
@@ -227,8 +242,8 @@ impl Memory {
                 }
             }
         }
-        let (mut proj, dumps, mut snap_state) = match loaded {
-            Some((seq, path, l)) => {
+        let (mut proj, dumps, mut snap_state, delta) = match loaded {
+            Some((seq, path, l, delta)) => {
                 report.snapshot_seq = Some(seq);
                 let known: HashMap<String, FileEntry> = l
                     .manifest
@@ -253,6 +268,7 @@ impl Memory {
                         known_chunks: known,
                         at: Instant::now(),
                     },
+                    delta,
                 )
             }
             None => (
@@ -264,11 +280,11 @@ impl Memory {
                     known_chunks: HashMap::new(),
                     at: Instant::now(),
                 },
+                log.history(1),
             ),
         };
-        let from = proj.applied_seq + 1;
         let mut only_markers = true;
-        for env in log.history(from) {
+        for env in delta {
             let env = env?;
             if env.seq != proj.applied_seq + 1 {
                 return Err(Error::corrupted(
@@ -430,19 +446,7 @@ impl Memory {
                 let id = RecordId::new_v7();
                 same.push((events.len(), id));
                 ids.push(id);
-                events.push(Event::Inserted(Inserted {
-                    id: id.0,
-                    layer: r.layer,
-                    kind: r.kind,
-                    text: r.text,
-                    embedding: v,
-                    tags: r.tags,
-                    project: r.project,
-                    session: r.session,
-                    refs: r.refs.into_iter().map(|x| x.0).collect(),
-                    content_hash: hash,
-                    ts_us: r.ts_us.unwrap_or(now),
-                }));
+                events.push(inserted(id, r, v, hash, now));
             }
         }
         if !events.is_empty() {
@@ -513,19 +517,7 @@ impl Memory {
         let now = inner.config.clock.now_us();
         inner
             .commit(vec![
-                Event::Inserted(Inserted {
-                    id: id.0,
-                    layer: record.layer,
-                    kind: record.kind,
-                    text: record.text,
-                    embedding: v,
-                    tags: record.tags,
-                    project: record.project,
-                    session: record.session,
-                    refs: record.refs.into_iter().map(|x| x.0).collect(),
-                    content_hash: hash,
-                    ts_us: record.ts_us.unwrap_or(now),
-                }),
+                inserted(id, record, v, hash, now),
                 Event::Superseded {
                     old: old.0,
                     new: id.0,
@@ -726,12 +718,14 @@ fn quarantine(path: &Path, why: String, config: &Config) -> (String, String) {
     (path.display().to_string(), format!("{why}{moved}"))
 }
 
-/// Why the snapshot at `seq` (committed at `ts_us`) does not belong to this log, if it does not.
-fn timeline_mismatch(log: &Log, seq: u64, ts_us: u64) -> Option<String> {
+/// Why the snapshot at `seq` (committed at `ts_us`) does not belong to this log, if it does
+/// not. Reads event `seq` from `delta` (a reader starting there), leaving it at `seq + 1`;
+/// a snapshot at 0 has nothing to check (the reader then starts at 1).
+fn timeline_mismatch(delta: &mut magray_wal::History, seq: u64, ts_us: u64) -> Option<String> {
     if seq == 0 {
         return None;
     }
-    match log.history(seq).until_seq(seq).next() {
+    match delta.next() {
         Some(Ok(e)) if e.seq == seq && e.ts_us == ts_us => None,
         Some(Ok(e)) => Some(format!(
             "the log's event {} was committed at {} µs, the snapshot's at {ts_us} µs: a different history",

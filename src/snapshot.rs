@@ -353,7 +353,6 @@ impl Writer {
         let st = zstd::bulk::compress(&encode(&Stats { stats: cap.stats })?, 1)
             .map_err(|e| Error::io(tmp.join("stats.zst"), e))?;
         files.push(write_file(&tmp.join("stats.zst"), &st)?);
-        let mut chunks = Vec::new();
         let mut chunk_entries = Vec::new();
         for name in &cap.old_chunks {
             let src = prev
@@ -374,9 +373,7 @@ impl Writer {
                     }
                 }
             };
-            chunks.push(name.clone());
-            chunk_entries.push(entry.clone());
-            files.push(entry);
+            chunk_entries.push(entry);
         }
         let mut new_chunk = None;
         if let Some((start, bytes)) = &cap.new_chunk {
@@ -385,16 +382,15 @@ impl Writer {
             let path = tmp.join(&name);
             vectors::write_chunk(&path, cap.dim, *start, bytes)?;
             let (len, crc) = crc_file(&path)?;
-            let entry = FileEntry {
+            chunk_entries.push(FileEntry {
                 name: name.clone(),
                 len,
                 crc,
-            };
-            chunks.push(name.clone());
-            chunk_entries.push(entry.clone());
-            files.push(entry);
+            });
             new_chunk = Some(name);
         }
+        let chunks = chunk_entries.iter().map(|e| e.name.clone()).collect();
+        files.extend(chunk_entries.iter().cloned());
         let mut layers = Vec::new();
         for (layer, indexed, dump) in self.dumps {
             if let Some(base) = &dump {

@@ -27,7 +27,8 @@ pub(crate) fn fnv64(bytes: &[u8]) -> u64 {
     h
 }
 
-fn content_key(content_hash: u64, layer: Layer, project: Option<&str>) -> u64 {
+/// Key of the dedup map (and of the engine's in-flight reservations): text hash, layer, project.
+pub(crate) fn content_key(content_hash: u64, layer: Layer, project: Option<&str>) -> u64 {
     let mut k = content_hash ^ (layer.index() as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
     if let Some(p) = project {
         k ^= fnv64(p.as_bytes()).rotate_left(17);
