@@ -292,11 +292,7 @@ async fn a_corrupt_snapshot_falls_back_to_an_older_one_and_says_so() {
     drop(m);
     // Flip one byte in the newest snapshot's records.
     let snap = dir.path().join("snapshots").join(format!("{second:020}"));
-    let f = snap.join("records.zst");
-    let mut b = std::fs::read(&f).unwrap();
-    let at = b.len() / 2;
-    b[at] ^= 0x40;
-    std::fs::write(&f, b).unwrap();
+    flip_byte(&snap.join("records.zst"), |len| len / 2, 0x40);
     let m = Memory::open(dir.path(), c).await.unwrap();
     let st = m.stats();
     assert_eq!(st.open.snapshot_seq, Some(first));
@@ -370,10 +366,7 @@ async fn a_flipped_bit_in_a_vector_chunk_is_named_and_the_log_replayed_instead()
         .map(|e| e.unwrap().path())
         .find(|p| p.extension().is_some_and(|x| x == "f32"))
         .unwrap();
-    let mut b = std::fs::read(&chunk).unwrap();
-    let at = b.len() - 5;
-    b[at] ^= 0x10;
-    std::fs::write(&chunk, b).unwrap();
+    flip_byte(&chunk, |len| len - 5, 0x10);
     let m = Memory::open(dir.path(), config()).await.unwrap();
     let open = m.stats().open;
     assert_eq!(

@@ -64,10 +64,7 @@ async fn a_bad_hnsw_dump_is_reported_and_the_layer_reindexed() {
         .join("snapshots")
         .join(format!("{seq:020}"))
         .join("hnsw-interact.hnsw.graph");
-    let mut b = std::fs::read(&graph).unwrap();
-    let at = b.len() / 3;
-    b[at] ^= 1;
-    std::fs::write(&graph, b).unwrap();
+    flip_byte(&graph, |len| len / 3, 1);
 
     let m = Memory::open(dir.path(), c).await.unwrap();
     // Served at once (exactly) while the index is rebuilt.

@@ -7,19 +7,6 @@ use magray_memory::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let dst = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &dst);
-        } else if e.file_name() != "LOCK" {
-            std::fs::copy(e.path(), dst).unwrap();
-        }
-    }
-}
-
 async fn top10(m: &Memory, q: &[f32]) -> Vec<(RecordId, f32)> {
     let o = SearchOptions {
         record_access: false,
@@ -88,7 +75,7 @@ async fn snapshot_plus_delta_equals_full_replay() {
     m.close().await.unwrap();
 
     let replay_dir = tempfile::tempdir().unwrap();
-    copy_dir(dir.path(), replay_dir.path());
+    copy_store(dir.path(), replay_dir.path());
 
     let recovered = Memory::open(dir.path(), c.clone()).await.unwrap();
     let open = recovered.stats().open;

@@ -44,3 +44,25 @@ pub fn unit(v: Vec<f32>) -> Vec<f32> {
 pub fn record(i: usize, v: Vec<f32>) -> NewRecord {
     NewRecord::new(format!("record number {i}"), v)
 }
+
+/// Copies a store (not its LOCK), e.g. to open the copy with `full_replay`.
+pub fn copy_store(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let dst = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_store(&e.path(), &dst);
+        } else if e.file_name() != "LOCK" {
+            std::fs::copy(e.path(), dst).unwrap();
+        }
+    }
+}
+
+/// XORs `mask` into the byte of `path` at `at(file length)`.
+pub fn flip_byte(path: &std::path::Path, at: impl Fn(usize) -> usize, mask: u8) {
+    let mut b = std::fs::read(path).unwrap();
+    let i = at(b.len());
+    b[i] ^= mask;
+    std::fs::write(path, b).unwrap();
+}
