@@ -273,11 +273,7 @@ fn report(rt: &tokio::runtime::Runtime) {
 fn main() {
     let rt = runtime();
     if !report_only() {
-        let mut c = Criterion::default()
-            .sample_size(10)
-            .warm_up_time(Duration::from_secs(1))
-            .measurement_time(Duration::from_secs(3))
-            .configure_from_args();
+        let mut c = criterion();
         criterion_benches(&mut c, &rt);
         c.final_summary();
     }

@@ -21,7 +21,7 @@
 mod common;
 
 use common::*;
-use criterion::{Criterion, SamplingMode};
+use criterion::SamplingMode;
 use magray_memory::{Config, Layer, Memory, SearchOptions};
 use std::path::Path;
 use std::process::Command;
@@ -236,11 +236,7 @@ fn main() {
     }
 
     if !report_only() {
-        let mut c = Criterion::default()
-            .sample_size(10)
-            .warm_up_time(Duration::from_secs(1))
-            .measurement_time(Duration::from_secs(3))
-            .configure_from_args();
+        let mut c = criterion();
         let mut group = c.benchmark_group("engine_recovery");
         group.sampling_mode(SamplingMode::Flat);
         group.bench_function("open_empty_create", |b| {

@@ -18,7 +18,7 @@
 mod common;
 
 use common::*;
-use criterion::{Criterion, Throughput};
+use criterion::Throughput;
 use magray_memory::{Layer, Memory, RecordId, SearchOptions};
 use rand::Rng;
 use std::collections::HashMap;
@@ -147,11 +147,7 @@ fn main() {
     let st = m.stats().layers[Layer::Assets.index()].clone();
     assert_eq!(st.records, n as u64);
 
-    let mut c = Criterion::default()
-        .sample_size(10)
-        .warm_up_time(Duration::from_secs(1))
-        .measurement_time(Duration::from_secs(3))
-        .configure_from_args();
+    let mut c = criterion();
     let mut group = c.benchmark_group(format!("engine_search/n{n}"));
     group.throughput(Throughput::Elements(1));
     let mut rows = Vec::new();

@@ -238,3 +238,13 @@ pub fn proc_status_kb(field: &str) -> Option<u64> {
 pub fn mib(bytes: u64) -> f64 {
     bytes as f64 / (1024.0 * 1024.0)
 }
+
+/// Criterion settings shared by the engine benches: few samples, short windows (the heavy
+/// store building happens once, outside the timed closures).
+pub fn criterion() -> criterion::Criterion {
+    criterion::Criterion::default()
+        .sample_size(10)
+        .warm_up_time(std::time::Duration::from_secs(1))
+        .measurement_time(std::time::Duration::from_secs(3))
+        .configure_from_args()
+}
