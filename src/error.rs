@@ -109,6 +109,9 @@ pub enum Error {
     /// A background task failed; the handle refuses further work.
     #[error("the engine stopped after a background failure: {0}")]
     Poisoned(String),
+    /// The embedder (ONNX Runtime, tokenizer or model) failed.
+    #[error("embedder: {0}")]
+    Embedder(String),
     /// The handle is closed.
     #[error("the store is closed")]
     Closed,

@@ -53,6 +53,7 @@
 pub use magray_wal as wal;
 
 mod config;
+pub mod embed;
 mod error;
 mod memory;
 mod snapshot;
@@ -62,6 +63,7 @@ mod types;
 mod vectors;
 
 pub use config::{default_store_path, Config, HnswConfig};
+pub use embed::{Embedder, EmbedderConfig, EmbedderStats};
 pub use error::{Error, Result};
 pub use magray_wal::{Envelope, Event, RecoveryMode};
 pub use memory::{EventStream, Memory};

