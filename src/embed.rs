@@ -112,11 +112,22 @@ pub struct EmbedderStats {
     pub truncated: u64,
     /// Inference batches run.
     pub batches: u64,
+    /// `embed` calls (each coalesced batch from `Memory` is one call).
+    pub calls: u64,
     /// `"cuda"` or `"cpu"`.
     pub provider: &'static str,
 }
 
 impl EmbedderStats {
+    /// Texts per `embed` call: how well concurrent requests were coalesced.
+    pub fn mean_batch(&self) -> f64 {
+        if self.calls == 0 {
+            0.0
+        } else {
+            (self.cache_hits + self.cache_misses) as f64 / self.calls as f64
+        }
+    }
+
     /// Hits / (hits + misses), 0 when nothing was asked.
     pub fn hit_rate(&self) -> f64 {
         let n = self.cache_hits + self.cache_misses;
@@ -146,6 +157,7 @@ pub struct Embedder {
     misses: AtomicU64,
     truncated: AtomicU64,
     batches: AtomicU64,
+    calls: AtomicU64,
 }
 
 impl std::fmt::Debug for Embedder {
@@ -221,6 +233,7 @@ impl Embedder {
             misses: AtomicU64::new(0),
             truncated: AtomicU64::new(0),
             batches: AtomicU64::new(0),
+            calls: AtomicU64::new(0),
         };
         let probe = e.infer(&["dimension probe"])?;
         e.dimension = probe.first().map(|v| v.len()).unwrap_or(0);
@@ -253,6 +266,7 @@ impl Embedder {
             cache_misses: self.misses.load(Ordering::Relaxed),
             truncated: self.truncated.load(Ordering::Relaxed),
             batches: self.batches.load(Ordering::Relaxed),
+            calls: self.calls.load(Ordering::Relaxed),
             provider: self.provider,
         }
     }
@@ -260,6 +274,7 @@ impl Embedder {
     /// Unit vectors for `texts`, in order. Cached texts skip inference; the rest run as one
     /// batch. Blocks the calling thread for the inference.
     pub fn embed(&self, texts: &[&str]) -> Result<Vec<Arc<[f32]>>> {
+        self.calls.fetch_add(1, Ordering::Relaxed);
         let keys: Vec<u64> = texts.iter().map(|t| self.key(t)).collect();
         let mut out: Vec<Option<Arc<[f32]>>> = vec![None; texts.len()];
         if let Some(cache) = &self.cache {
@@ -481,4 +496,103 @@ fn session_with(
         }
     }
     b.commit_from_file(model)
+}
+
+/// One caller's texts and where their vectors go.
+struct Job {
+    texts: Vec<String>,
+    reply: tokio::sync::oneshot::Sender<Result<Vec<Arc<[f32]>>>>,
+}
+
+/// Coalesces concurrent embedding requests into batches of up to `batch_size` texts, waiting at
+/// most `max_wait` after the first request of a batch, and runs each batch on tokio's blocking
+/// pool. The queue is bounded: callers wait when it is full; nothing is dropped. Embedding
+/// happens before any event is appended, so it never holds up the log's group commit.
+#[derive(Debug, Clone)]
+pub(crate) struct Batcher {
+    tx: tokio::sync::mpsc::Sender<Job>,
+    embedder: Arc<Embedder>,
+}
+
+impl Batcher {
+    /// Starts the batching task on the current tokio runtime. It ends when the last `Batcher`
+    /// clone is dropped.
+    pub(crate) fn start(
+        embedder: Arc<Embedder>,
+        batch_size: usize,
+        max_wait: std::time::Duration,
+    ) -> Batcher {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Job>(batch_size.max(1) * 4);
+        tokio::spawn(run_batches(
+            embedder.clone(),
+            rx,
+            batch_size.max(1),
+            max_wait,
+        ));
+        Batcher { tx, embedder }
+    }
+
+    pub(crate) fn embedder(&self) -> &Arc<Embedder> {
+        &self.embedder
+    }
+
+    /// Vectors for `texts`, in order.
+    pub(crate) async fn embed(&self, texts: Vec<String>) -> Result<Vec<Arc<[f32]>>> {
+        if texts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let (reply, rx) = tokio::sync::oneshot::channel();
+        self.tx
+            .send(Job { texts, reply })
+            .await
+            .map_err(|_| Error::Embedder("the embedding batcher stopped".into()))?;
+        rx.await
+            .map_err(|_| Error::Embedder("the embedding batcher dropped a request".into()))?
+    }
+}
+
+async fn run_batches(
+    embedder: Arc<Embedder>,
+    mut rx: tokio::sync::mpsc::Receiver<Job>,
+    batch_size: usize,
+    max_wait: std::time::Duration,
+) {
+    while let Some(first) = rx.recv().await {
+        let deadline = tokio::time::Instant::now() + max_wait;
+        let mut total = first.texts.len();
+        let mut jobs = vec![first];
+        while total < batch_size {
+            match tokio::time::timeout_at(deadline, rx.recv()).await {
+                Ok(Some(job)) => {
+                    total += job.texts.len();
+                    jobs.push(job);
+                }
+                Ok(None) | Err(_) => break,
+            }
+        }
+        let texts: Vec<String> = jobs.iter().flat_map(|j| j.texts.iter().cloned()).collect();
+        let e = embedder.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            let refs: Vec<&str> = texts.iter().map(String::as_str).collect();
+            e.embed(&refs)
+        })
+        .await
+        .map_err(|e| Error::Embedder(format!("embedding task failed: {e}")))
+        .and_then(|r| r);
+        match result {
+            Ok(vectors) => {
+                let mut it = vectors.into_iter();
+                for job in jobs {
+                    let mine: Vec<Arc<[f32]>> = it.by_ref().take(job.texts.len()).collect();
+                    let _ = job.reply.send(Ok(mine)); // a caller that went away needs nothing
+                }
+            }
+            Err(err) => {
+                let msg = err.to_string();
+                for job in jobs {
+                    let _ = job.reply.send(Err(Error::Embedder(msg.clone())));
+                }
+            }
+        }
+    }
 }

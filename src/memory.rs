@@ -96,6 +96,7 @@ pub(crate) struct Inner {
 pub struct Memory {
     inner: Arc<Inner>,
     threads: Mutex<Vec<JoinHandle<()>>>,
+    embedder: Option<crate::embed::Batcher>,
 }
 
 impl std::fmt::Debug for Memory {
@@ -157,6 +158,89 @@ impl Memory {
         tokio::task::spawn_blocking(move || Memory::open_blocking(dir, config))
             .await
             .map_err(|e| Error::Poisoned(format!("open task failed: {e}")))?
+    }
+
+    /// Like [`Memory::open`], with an embedder on the write path: [`Memory::store`],
+    /// [`Memory::store_batch`] and [`Memory::search_text`] take text. The embedder's dimension
+    /// must equal `config.dimension`, and its model id is recorded in (or checked against) the
+    /// store's MANIFEST: a store made with another model is refused (re-embedding a store is a
+    /// later feature, `optimize --reembed`). Concurrent calls are coalesced into batches of up
+    /// to `config.batch_size` texts, waiting at most `config.flush_interval`.
+    pub async fn open_with_embedder(
+        dir: impl AsRef<Path>,
+        mut config: Config,
+        embedder: Arc<crate::Embedder>,
+    ) -> Result<Memory> {
+        if embedder.dimension() != config.dimension {
+            return Err(Error::Config(format!(
+                "the embedder's model {} makes {}-dimensional vectors, but the configured \
+                 dimension is {} (MEMORY_DIMENSION)",
+                embedder.model_id(),
+                embedder.dimension(),
+                config.dimension
+            )));
+        }
+        config.model_id = embedder.model_id().to_string();
+        let mut memory = Memory::open(dir, config.clone()).await?;
+        memory.embedder = Some(crate::embed::Batcher::start(
+            embedder,
+            config.batch_size,
+            config.flush_interval,
+        ));
+        Ok(memory)
+    }
+
+    fn batcher(&self) -> Result<&crate::embed::Batcher> {
+        self.embedder.as_ref().ok_or_else(|| {
+            Error::Config(
+                "this store was opened without an embedder; use Memory::open_with_embedder \
+                 or supply embeddings"
+                    .into(),
+            )
+        })
+    }
+
+    /// Stores one record, embedding its text first when its embedding is empty
+    /// ([`NewRecord::text`]). Returns once durable, like [`Memory::insert`].
+    pub async fn store(&self, record: NewRecord) -> Result<RecordId> {
+        let mut ids = self.store_batch(vec![record]).await?;
+        ids.pop()
+            .ok_or_else(|| Error::InvalidInput("empty store".into()))
+    }
+
+    /// Stores records atomically (one log entry), embedding the texts of those with an empty
+    /// embedding in one request to the batcher first.
+    pub async fn store_batch(&self, mut records: Vec<NewRecord>) -> Result<Vec<RecordId>> {
+        let todo: Vec<usize> = (0..records.len())
+            .filter(|&i| records[i].embedding.is_empty())
+            .collect();
+        if !todo.is_empty() {
+            let batcher = self.batcher()?;
+            for &i in &todo {
+                self.inner.validate_text(&records[i].text)?;
+            }
+            let texts = todo.iter().map(|&i| records[i].text.clone()).collect();
+            let vectors = batcher.embed(texts).await?;
+            for (&i, v) in todo.iter().zip(vectors) {
+                records[i].embedding = v.to_vec();
+            }
+        }
+        self.insert_batch(records).await
+    }
+
+    /// Searches by text: the query is embedded (identical queries come from the cache), then
+    /// searched like [`Memory::search`].
+    pub async fn search_text(
+        &self,
+        query: &str,
+        options: &SearchOptions,
+    ) -> Result<Vec<SearchHit>> {
+        self.inner.validate_text(query)?;
+        let v = self.batcher()?.embed(vec![query.to_string()]).await?;
+        let v = v
+            .first()
+            .ok_or_else(|| Error::Embedder("no vector for the query".into()))?;
+        self.search(v, options).await
     }
 
     fn open_blocking(dir: PathBuf, config: Config) -> Result<Memory> {
@@ -378,6 +462,7 @@ impl Memory {
         Ok(Memory {
             inner,
             threads: Mutex::new(threads),
+            embedder: None,
         })
     }
 
@@ -612,6 +697,7 @@ impl Memory {
             pending_accesses: inner.access_hits.load(Ordering::Relaxed),
             dimension: st.dim,
             open: inner.report.lock().clone(),
+            embedder: self.embedder.as_ref().map(|b| b.embedder().stats()),
         }
     }
 

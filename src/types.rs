@@ -65,6 +65,13 @@ pub struct NewRecord {
 }
 
 impl NewRecord {
+    /// A note in the Interact layer whose embedding the store's embedder computes
+    /// ([`Memory::open_with_embedder`](crate::Memory::open_with_embedder), then
+    /// [`Memory::store`](crate::Memory::store)).
+    pub fn text(text: impl Into<String>) -> NewRecord {
+        NewRecord::new(text, Vec::new())
+    }
+
     /// A note in the Interact layer.
     pub fn new(text: impl Into<String>, embedding: Vec<f32>) -> NewRecord {
         NewRecord {
@@ -295,4 +302,6 @@ pub struct Stats {
     pub dimension: usize,
     /// What happened at open.
     pub open: OpenReport,
+    /// The embedder's counters, when the store was opened with one.
+    pub embedder: Option<crate::embed::EmbedderStats>,
 }

@@ -158,3 +158,142 @@ fn bad_model_file_is_an_error_not_a_crash() {
     assert!(matches!(err, Error::Embedder(_)), "{err:?}");
     assert!(err.to_string().contains("model.onnx"), "{err}");
 }
+
+fn store_config(dim: usize) -> magray_memory::Config {
+    magray_memory::Config {
+        dimension: dim,
+        batch_size: 64,
+        flush_interval: std::time::Duration::from_millis(5),
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_stores_are_batched_and_land_exactly_once() {
+    use std::sync::Arc;
+    let e = Arc::new(open(&config()));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let memory = Arc::new(
+        magray_memory::Memory::open_with_embedder(dir.path(), store_config(384), e.clone())
+            .await
+            .expect("open"),
+    );
+    let mut tasks = Vec::new();
+    for t in 0..50 {
+        let m = memory.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut ids = Vec::new();
+            for i in 0..20 {
+                let text = format!(
+                    "task {t} note {i}: the agent saw event number {}",
+                    t * 20 + i
+                );
+                let id = m
+                    .store(magray_memory::NewRecord::text(text.clone()))
+                    .await
+                    .expect("store");
+                ids.push((id, text));
+            }
+            ids
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.expect("task"));
+    }
+    assert_eq!(all.len(), 1000);
+    let distinct: std::collections::HashSet<_> = all.iter().map(|(id, _)| *id).collect();
+    assert_eq!(distinct.len(), 1000, "every store is its own record");
+    for (id, text) in &all {
+        let r = memory.get(*id).await.expect("get");
+        assert_eq!(&r.text, text);
+    }
+    let stats = memory.stats();
+    assert_eq!(stats.layers.iter().map(|l| l.records).sum::<u64>(), 1000);
+    let es = stats.embedder.expect("embedder stats");
+    eprintln!(
+        "1000 stores from 50 tasks: {} embed calls, mean batch {:.1}",
+        es.calls,
+        es.mean_batch()
+    );
+    assert!(
+        es.mean_batch() > 1.0,
+        "mean batch {} (calls {})",
+        es.mean_batch(),
+        es.calls
+    );
+
+    // A text query finds the record it paraphrases, and a repeated query is a cache hit.
+    let hits = memory
+        .search_text(
+            "task 7 note 3: the agent saw event number 143",
+            &magray_memory::SearchOptions::top_k(1),
+        )
+        .await
+        .expect("search");
+    assert_eq!(
+        hits[0].record.text,
+        "task 7 note 3: the agent saw event number 143"
+    );
+    let before = memory.stats().embedder.expect("stats").cache_hits;
+    memory
+        .search_text(
+            "task 7 note 3: the agent saw event number 143",
+            &magray_memory::SearchOptions::top_k(1),
+        )
+        .await
+        .expect("search");
+    assert_eq!(
+        memory.stats().embedder.expect("stats").cache_hits,
+        before + 1
+    );
+}
+
+#[tokio::test]
+async fn wrong_dimension_empty_text_and_other_model_are_refused() {
+    use std::sync::Arc;
+    let e = Arc::new(open(&config()));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let err = magray_memory::Memory::open_with_embedder(dir.path(), store_config(32), e.clone())
+        .await
+        .expect_err("384-d model on a 32-d store");
+    assert!(
+        err.to_string().contains("384") && err.to_string().contains("MEMORY_DIMENSION"),
+        "{err}"
+    );
+
+    let memory =
+        magray_memory::Memory::open_with_embedder(dir.path(), store_config(384), e.clone())
+            .await
+            .expect("open");
+    let err = memory
+        .store(magray_memory::NewRecord::text("  "))
+        .await
+        .expect_err("empty text");
+    assert!(matches!(err, Error::EmptyText), "{err:?}");
+    memory
+        .store(magray_memory::NewRecord::text("kept"))
+        .await
+        .expect("store");
+    memory.close().await.expect("close");
+
+    // The store now records the model; a store opened for vectors from another model is refused.
+    let mut other = store_config(384);
+    other.model_id = "some-other-model".into();
+    let err = magray_memory::Memory::open(dir.path(), other)
+        .await
+        .expect_err("other model");
+    assert!(matches!(err, Error::StoreMismatch { .. }), "{err:?}");
+    assert!(err.to_string().contains("all-MiniLM-L6-v2-int8"), "{err}");
+
+    // Without an embedder, text-only records are refused with a clear error.
+    let plain = tempfile::tempdir().expect("tempdir");
+    let m = magray_memory::Memory::open(plain.path(), store_config(384))
+        .await
+        .expect("open");
+    let err = m
+        .search_text("anything", &magray_memory::SearchOptions::top_k(1))
+        .await
+        .expect_err("no embedder");
+    assert!(err.to_string().contains("open_with_embedder"), "{err}");
+}
