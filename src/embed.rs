@@ -271,6 +271,20 @@ impl Embedder {
         }
     }
 
+    /// The cached vector of `text`, counted as a hit; `None` (not counted: the `embed` that
+    /// follows counts the miss) when it is not cached.
+    pub fn cached(&self, text: &str) -> Option<Arc<[f32]>> {
+        let cache = self.cache.as_ref()?;
+        let v = cache
+            .lock()
+            .get(&self.key(text))
+            .filter(|(t, _)| **t == *text)
+            .map(|(_, v)| v.clone())?;
+        self.calls.fetch_add(1, Ordering::Relaxed);
+        self.hits.fetch_add(1, Ordering::Relaxed);
+        Some(v)
+    }
+
     /// Unit vectors for `texts`, in order. Cached texts skip inference; the rest run as one
     /// batch. Blocks the calling thread for the inference.
     pub fn embed(&self, texts: &[&str]) -> Result<Vec<Arc<[f32]>>> {

@@ -236,7 +236,12 @@ impl Memory {
         options: &SearchOptions,
     ) -> Result<Vec<SearchHit>> {
         self.inner.validate_text(query)?;
-        let v = self.batcher()?.embed(vec![query.to_string()]).await?;
+        let batcher = self.batcher()?;
+        // A cached query skips the batcher and its gathering wait.
+        if let Some(v) = batcher.embedder().cached(query) {
+            return self.search(&v, options).await;
+        }
+        let v = batcher.embed(vec![query.to_string()]).await?;
         let v = v
             .first()
             .ok_or_else(|| Error::Embedder("no vector for the query".into()))?;
