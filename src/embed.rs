@@ -380,7 +380,12 @@ impl Embedder {
         }
         .map_err(|e| ort_err("running the model", e))?;
         self.batches.fetch_add(1, Ordering::Relaxed);
-        let (shape, data) = outputs[0]
+        // `last_hidden_state` when the model has it (then pooled here), else its first output
+        // (a model that pools in its graph).
+        let output = outputs
+            .get("last_hidden_state")
+            .unwrap_or_else(|| &outputs[0]);
+        let (shape, data) = output
             .try_extract_tensor::<f32>()
             .map_err(|e| ort_err("reading the model output", e))?;
         let dims: Vec<usize> = shape.iter().map(|&d| d.max(0) as usize).collect();
