@@ -511,7 +511,7 @@ impl Memory {
             .iter()
             .map(|(r, _, h)| content_key(*h, r.layer, r.project.as_deref()))
             .collect();
-        let _reserved = inner.reserve(&keys).await?;
+        let reserved = inner.reserve(&keys).await?;
         let now = inner.config.clock.now_us();
         let mut ids = Vec::with_capacity(prepared.len());
         let mut events = Vec::new();
@@ -540,7 +540,7 @@ impl Memory {
             }
         }
         if !events.is_empty() {
-            inner.commit(events).await?;
+            inner.commit_holding(events, Some(reserved)).await?;
         }
         Ok(ids)
     }
@@ -833,12 +833,13 @@ fn needs_rebuild(ls: &crate::state::LayerState, c: &Config) -> bool {
         && ls.tombstones as f64 > c.rebuild_tombstone_ratio * ls.indexed as f64
 }
 
-struct Reservation<'a> {
-    inner: &'a Inner,
+/// Content keys held by one insert until its events are applied (or it fails).
+struct Reservation {
+    inner: Arc<Inner>,
     keys: Vec<u64>,
 }
 
-impl Drop for Reservation<'_> {
+impl Drop for Reservation {
     fn drop(&mut self) {
         let mut f = self.inner.inflight.lock();
         for k in &self.keys {
@@ -905,7 +906,7 @@ impl Inner {
 
     /// Reserves content keys so two concurrent inserts of the same content resolve to one
     /// record: a second caller waits for the first to apply, then finds it as a duplicate.
-    async fn reserve(&self, keys: &[u64]) -> Result<Reservation<'_>> {
+    async fn reserve(self: &Arc<Self>, keys: &[u64]) -> Result<Reservation> {
         let mut rx = self.applied_tx.subscribe();
         loop {
             {
@@ -918,7 +919,7 @@ impl Inner {
                         f.insert(*k);
                     }
                     return Ok(Reservation {
-                        inner: self,
+                        inner: self.clone(),
                         keys: uniq,
                     });
                 }
@@ -933,25 +934,37 @@ impl Inner {
     /// apply queue run in their own task, so a caller that gives up (drops the future)
     /// cannot leave a hole in the apply order.
     async fn commit(self: &Arc<Self>, events: Vec<Event>) -> Result<Appended> {
+        self.commit_holding(events, None).await
+    }
+
+    /// [`Inner::commit`], holding `reserved` until the events are applied: the task owns it,
+    /// so a caller that gives up cannot release its content keys while its insert is still
+    /// on the way (a second insert of the same content would then miss it and duplicate it).
+    async fn commit_holding(
+        self: &Arc<Self>,
+        events: Vec<Event>,
+        reserved: Option<Reservation>,
+    ) -> Result<Appended> {
         let log = self.log()?;
         let me = self.clone();
-        let at = tokio::spawn(async move {
+        tokio::spawn(async move {
+            let mut rx = me.applied_tx.subscribe();
             let (at, events) = log.append_keep_async(events).await?;
+            drop(log);
             me.enqueue_apply(at, events);
-            Ok::<_, Error>(at)
+            loop {
+                if *rx.borrow_and_update() >= at.last_seq {
+                    drop(reserved);
+                    return Ok::<_, Error>(at);
+                }
+                me.check()?;
+                if rx.changed().await.is_err() {
+                    return Err(Error::Closed);
+                }
+            }
         })
         .await
-        .map_err(|e| Error::Poisoned(format!("commit task failed: {e}")))??;
-        let mut rx = self.applied_tx.subscribe();
-        loop {
-            if *rx.borrow_and_update() >= at.last_seq {
-                return Ok(at);
-            }
-            self.check()?;
-            if rx.changed().await.is_err() {
-                return Err(Error::Closed);
-            }
-        }
+        .map_err(|e| Error::Poisoned(format!("commit task failed: {e}")))?
     }
 
     fn commit_blocking(&self, events: Vec<Event>) -> Result<Appended> {

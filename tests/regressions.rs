@@ -139,3 +139,31 @@ async fn m_last_seq(dir: &std::path::Path) -> (u64, Option<u64>) {
     m.close().await.unwrap();
     (s.last_seq, s.open.snapshot_seq)
 }
+
+#[tokio::test(flavor = "current_thread")]
+async fn a_cancelled_insert_keeps_its_content_reserved_until_applied() {
+    // The content reservation used to live in the caller's future: a caller that gave up
+    // released it while its append was still on the way, so the same content inserted again
+    // missed it and became a second record.
+    let dir = tempfile::tempdir().unwrap();
+    let m = Memory::open(dir.path(), config()).await.unwrap();
+    for (i, v) in clustered(41, 5, DIM, 1).into_iter().enumerate() {
+        let r = NewRecord::new(format!("inserted once, however often it is asked #{i}"), v);
+        // Polled exactly once (reserve, spawn the append), then dropped: the append goes on.
+        let mut gave_up = Box::pin(m.insert(r.clone()));
+        let first = std::future::poll_fn(|cx| {
+            std::task::Poll::Ready(std::future::Future::poll(gave_up.as_mut(), cx).is_pending())
+        })
+        .await;
+        assert!(first, "#{i}: the first poll cannot have finished an fsync");
+        drop(gave_up);
+        m.insert(r.clone()).await.unwrap();
+        let same = m
+            .records(None)
+            .into_iter()
+            .filter(|rec| rec.text == r.text)
+            .count();
+        assert_eq!(same, 1, "one record for one content, got {same}");
+    }
+    m.close().await.unwrap();
+}
