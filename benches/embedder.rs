@@ -85,11 +85,17 @@ fn texts(kind: &str, n: usize) -> Vec<String> {
     (0..n).map(|i| sentence(i, words)).collect()
 }
 
-fn embedder(cache: usize) -> Arc<Embedder> {
+/// The environment's embedder settings; the repository's `models/` unless `MEMORY_MODEL_DIR`.
+fn embed_config() -> EmbedderConfig {
     let mut c = EmbedderConfig::from_env().unwrap();
     if std::env::var_os("MEMORY_MODEL_DIR").is_none() {
         c.model_dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models");
     }
+    c
+}
+
+fn embedder(cache: usize) -> Arc<Embedder> {
+    let mut c = embed_config();
     c.cache_size = cache;
     c.threads = env_usize("BENCH_EMBED_THREADS", 2);
     Arc::new(Embedder::open(&c).unwrap_or_else(|e| panic!("{e}; run `bash tools/setup.sh`")))
@@ -255,12 +261,7 @@ fn python_rates(
         println!("(BENCH_PYTHON not set: no Python onnxruntime comparison)");
         return Vec::new();
     };
-    let c = EmbedderConfig::from_env().unwrap();
-    let model_dir = if std::env::var_os("MEMORY_MODEL_DIR").is_some() {
-        c.model_dir
-    } else {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("models")
-    };
+    let model_dir = embed_config().model_dir;
     let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tools/embed_bench_py.py");
     let list = batches
         .iter()

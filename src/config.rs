@@ -122,7 +122,7 @@ impl Default for Config {
     }
 }
 
-fn env_parse<T: std::str::FromStr>(var: &str) -> Result<Option<T>>
+pub(crate) fn env_parse<T: std::str::FromStr>(var: &str) -> Result<Option<T>>
 where
     T::Err: std::fmt::Display,
 {

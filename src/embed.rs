@@ -20,6 +20,7 @@ use lru::LruCache;
 use parking_lot::Mutex;
 use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
 
+use crate::config::env_parse;
 use crate::error::{Error, Result};
 
 /// The command that puts the runtime and the default model in place.
@@ -76,18 +77,10 @@ impl EmbedderConfig {
         if let Ok(v) = std::env::var("MEMORY_MODEL_ID") {
             c.model_id = v;
         }
-        let num = |name: &str, dflt: usize| -> Result<usize> {
-            match std::env::var(name) {
-                Ok(v) => v.trim().parse().map_err(|_| {
-                    Error::Config(format!("{name}={v:?} is not a non-negative integer"))
-                }),
-                Err(_) => Ok(dflt),
-            }
-        };
-        c.cache_size = num("MEMORY_CACHE_SIZE", c.cache_size)?;
-        c.max_tokens = num("MEMORY_MAX_TOKENS", c.max_tokens)?;
-        c.threads = num("MEMORY_EMBED_THREADS", c.threads)?;
-        c.gpu = num("MEMORY_GPU", 1)? != 0;
+        c.cache_size = env_parse("MEMORY_CACHE_SIZE")?.unwrap_or(c.cache_size);
+        c.max_tokens = env_parse("MEMORY_MAX_TOKENS")?.unwrap_or(c.max_tokens);
+        c.threads = env_parse("MEMORY_EMBED_THREADS")?.unwrap_or(c.threads);
+        c.gpu = env_parse::<usize>("MEMORY_GPU")?.unwrap_or(1) != 0;
         if c.max_tokens == 0 {
             return Err(Error::Config("MEMORY_MAX_TOKENS must be at least 1".into()));
         }
