@@ -1183,7 +1183,6 @@ impl Inner {
             snapshot_seq: cap_seq,
         }])?;
         snap.marker_seq = at.last_seq;
-        *self.snap_info.lock() = (Some(cap_seq), at.last_seq);
         // Keep the newest K snapshots; the log keeps (at least) what the oldest needs.
         let all = snapshot::list(&root)?;
         for (_, p) in all.iter().skip(self.config.snapshots_keep) {
@@ -1192,6 +1191,9 @@ impl Inner {
         if let Some((oldest, _)) = all.iter().take(self.config.snapshots_keep).next_back() {
             self.log()?.set_retention_floor(*oldest)?;
         }
+        // Published last: stats() names a snapshot only once its checkpoint (pruning included)
+        // is done, so a reader never sees the new snapshot beside ones about to be removed.
+        *self.snap_info.lock() = (Some(cap_seq), at.last_seq);
         Ok(cap_seq)
     }
 
