@@ -28,6 +28,94 @@ impl Default for HnswConfig {
     }
 }
 
+/// Promotion and expiry (see `lifecycle`).
+#[derive(Clone, Debug)]
+pub struct LifecycleConfig {
+    /// Time to live per layer, counted from when a record entered it; `None` = forever.
+    /// Default Interact 24 h (`MEMORY_TTL_INTERACT_H`), Insights 90 d
+    /// (`MEMORY_TTL_INSIGHTS_H`), Assets forever; 0 in a variable means forever.
+    pub ttl: [Option<Duration>; 3],
+    /// Most live records per layer; the lowest-scoring are evicted first. `None` = unlimited.
+    /// Default 10,000 / 100,000 / unlimited (`MEMORY_CAP_INTERACT`, `MEMORY_CAP_INSIGHTS`,
+    /// `MEMORY_CAP_ASSETS`; 0 = unlimited).
+    pub capacity: [Option<usize>; 3],
+    /// Background promotion + expiry run every this long, by the config's clock; `None` = only
+    /// on demand (`MEMORY_LIFECYCLE_INTERVAL_S`, 0 = off). Default 10 min.
+    pub interval: Option<Duration>,
+    /// Which promoter scores (`MEMORY_PROMOTER`: learned, memoryos, generative-agents,
+    /// access-count). Default learned.
+    pub promoter: crate::lifecycle::Promoter,
+    /// Score thresholds for Interact → Insights and Insights → Assets; `None` = the
+    /// promoter's defaults (learned: 0.5 and 0.8).
+    pub thresholds: Option<[f64; 2]>,
+    /// Least time in Insights before a record may move on to Assets. Default 7 d.
+    pub assets_min_dwell: Duration,
+    /// The learned promoter's label: accessed again within this long. Default 72 h.
+    pub horizon: Duration,
+    /// Retrain the learned promoter from the log this often, by the config's clock; `None` =
+    /// only on demand. Default 24 h.
+    pub train_every: Option<Duration>,
+    /// Sample points cover this much recent history. Default 30 d.
+    pub train_window: Duration,
+    /// Time between sample points. Default 6 h.
+    pub sample_every: Duration,
+    /// Candidates sampled per point, at most. Default 200.
+    pub samples_per_point: usize,
+    /// Labelled samples needed before a trained model replaces the default. Default 500.
+    pub min_train_samples: usize,
+}
+
+const HOUR: u64 = 3600;
+
+impl Default for LifecycleConfig {
+    fn default() -> Self {
+        LifecycleConfig {
+            ttl: [
+                Some(Duration::from_secs(24 * HOUR)),
+                Some(Duration::from_secs(90 * 24 * HOUR)),
+                None,
+            ],
+            capacity: [Some(10_000), Some(100_000), None],
+            interval: Some(Duration::from_secs(600)),
+            promoter: crate::lifecycle::Promoter::Learned,
+            thresholds: None,
+            assets_min_dwell: Duration::from_secs(7 * 24 * HOUR),
+            horizon: Duration::from_secs(72 * HOUR),
+            train_every: Some(Duration::from_secs(24 * HOUR)),
+            train_window: Duration::from_secs(30 * 24 * HOUR),
+            sample_every: Duration::from_secs(6 * HOUR),
+            samples_per_point: 200,
+            min_train_samples: 500,
+        }
+    }
+}
+
+impl LifecycleConfig {
+    /// No TTL, no capacity, no background runs or training: records stay where they are
+    /// put unless `promote()` / `expire()` are called.
+    pub fn manual() -> Self {
+        LifecycleConfig {
+            ttl: [None; 3],
+            capacity: [None; 3],
+            interval: None,
+            train_every: None,
+            ..Default::default()
+        }
+    }
+
+    /// TTLs in µs, `u64::MAX` for none.
+    pub(crate) fn ttl_us(&self) -> [u64; 3] {
+        self.ttl
+            .map(|t| t.map(|d| d.as_micros() as u64).unwrap_or(u64::MAX))
+    }
+
+    /// Thresholds in use.
+    pub fn thresholds(&self) -> [f64; 2] {
+        self.thresholds
+            .unwrap_or_else(|| self.promoter.default_thresholds())
+    }
+}
+
 /// Engine configuration. `Config::default()` suits an agent's store; [`Config::from_env`]
 /// reads overrides from the environment.
 #[derive(Clone)]
@@ -76,8 +164,11 @@ pub struct Config {
     pub recovery: RecoveryMode,
     /// Log segment size. Default 8 MiB.
     pub segment_bytes: u32,
-    /// Time source for event timestamps (tests inject a manual clock).
+    /// Time source for event timestamps, TTLs and lifecycle scheduling (tests inject a
+    /// manual clock and run weeks in milliseconds).
     pub clock: Arc<dyn Clock>,
+    /// Promotion and expiry.
+    pub lifecycle: LifecycleConfig,
 }
 
 impl std::fmt::Debug for Config {
@@ -92,6 +183,7 @@ impl std::fmt::Debug for Config {
             .field("snapshots_keep", &self.snapshots_keep)
             .field("exact_search_below", &self.exact_search_below)
             .field("full_replay", &self.full_replay)
+            .field("lifecycle", &self.lifecycle)
             .finish_non_exhaustive()
     }
 }
@@ -118,6 +210,7 @@ impl Default for Config {
             recovery: RecoveryMode::default(),
             segment_bytes: 8 << 20,
             clock: Arc::new(SystemClock),
+            lifecycle: LifecycleConfig::default(),
         }
     }
 }
@@ -196,6 +289,32 @@ impl Config {
         if let Some(v) = env_parse("MEMORY_EXACT_BELOW")? {
             c.exact_search_below = v;
         }
+        let lc = &mut c.lifecycle;
+        let hours = |h: u64| (h > 0).then(|| Duration::from_secs(h * HOUR));
+        if let Some(v) = env_parse::<u64>("MEMORY_TTL_INTERACT_H")? {
+            lc.ttl[0] = hours(v);
+        }
+        if let Some(v) = env_parse::<u64>("MEMORY_TTL_INSIGHTS_H")? {
+            lc.ttl[1] = hours(v);
+        }
+        for (i, var) in [
+            "MEMORY_CAP_INTERACT",
+            "MEMORY_CAP_INSIGHTS",
+            "MEMORY_CAP_ASSETS",
+        ]
+        .iter()
+        .enumerate()
+        {
+            if let Some(v) = env_parse::<usize>(var)? {
+                lc.capacity[i] = (v > 0).then_some(v);
+            }
+        }
+        if let Some(v) = env_parse::<u64>("MEMORY_LIFECYCLE_INTERVAL_S")? {
+            lc.interval = (v > 0).then(|| Duration::from_secs(v));
+        }
+        if let Some(v) = env_parse("MEMORY_PROMOTER")? {
+            lc.promoter = v;
+        }
         c.validate()?;
         Ok(c)
     }
@@ -268,6 +387,27 @@ impl Config {
         check(
             !self.model_id.is_empty() && !self.model_id.contains('\n'),
             "model_id must be a non-empty single line".into(),
+        )?;
+        let lc = &self.lifecycle;
+        check(
+            lc.ttl.iter().flatten().all(|d| !d.is_zero()),
+            "lifecycle.ttl: a TTL must be positive (use None for forever)".into(),
+        )?;
+        check(
+            lc.capacity.iter().flatten().all(|c| *c > 0),
+            "lifecycle.capacity: a capacity must be positive (use None for unlimited)".into(),
+        )?;
+        check(
+            lc.interval.is_none_or(|d| !d.is_zero()),
+            "lifecycle.interval must be positive (use None for on-demand only)".into(),
+        )?;
+        check(
+            !lc.horizon.is_zero() && !lc.sample_every.is_zero() && lc.samples_per_point > 0,
+            "lifecycle.horizon, sample_every and samples_per_point must be positive".into(),
+        )?;
+        check(
+            lc.thresholds().iter().all(|t| t.is_finite()),
+            "lifecycle.thresholds must be finite".into(),
         )?;
         Ok(())
     }

@@ -19,6 +19,10 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, mpsc, watch};
+
+mod lifecycle_run;
+
+use crate::lifecycle::{EvalConfig, EvalReport, LifecycleReport, PromoterModel, TrainReport};
 use tokio_stream::wrappers::ReceiverStream;
 
 /// A stream of committed events (see [`Memory::subscribe`]).
@@ -86,6 +90,14 @@ pub(crate) struct Inner {
     inflight: Mutex<HashSet<u64>>,
     graphs_loading: AtomicU64,
     report: Mutex<OpenReport>,
+    /// The promoter model in use (the default until one is trained or loaded).
+    model: RwLock<Arc<PromoterModel>>,
+    /// One lifecycle run at a time.
+    lifecycle_lock: Mutex<()>,
+    last_lifecycle: Mutex<Option<LifecycleReport>>,
+    training: AtomicBool,
+    /// Short-lived background threads (training), joined at close.
+    bg_threads: Mutex<Vec<JoinHandle<()>>>,
     _lock: StoreLock,
 }
 
@@ -331,8 +343,12 @@ impl Memory {
                 }
             }
         }
+        let mut model = PromoterModel::default();
         let (mut proj, dumps, mut snap_state, delta) = match loaded {
             Some((seq, path, l, delta)) => {
+                if let Some(m) = l.model {
+                    model = m;
+                }
                 report.snapshot_seq = Some(seq);
                 let known: HashMap<String, FileEntry> = l
                     .manifest
@@ -372,6 +388,7 @@ impl Memory {
                 log.history(1),
             ),
         };
+        proj.ttl_us = config.lifecycle.ttl_us();
         let mut only_markers = true;
         for env in delta {
             let env = env?;
@@ -447,6 +464,11 @@ impl Memory {
             inflight: Mutex::new(HashSet::new()),
             graphs_loading: AtomicU64::new(with_dump.len() as u64),
             report: Mutex::new(report),
+            model: RwLock::new(Arc::new(model)),
+            lifecycle_lock: Mutex::new(()),
+            last_lifecycle: Mutex::new(None),
+            training: AtomicBool::new(false),
+            bg_threads: Mutex::new(Vec::new()),
             _lock: lock,
         });
         let mut threads = Vec::new();
@@ -519,7 +541,9 @@ impl Memory {
         {
             let st = inner.state.read();
             for (i, (r, v, hash)) in prepared.into_iter().enumerate() {
-                if let Some(id) = st.find_duplicate(&r.text, hash, r.layer, r.project.as_deref()) {
+                if let Some(id) =
+                    st.find_duplicate(&r.text, hash, r.layer, r.project.as_deref(), now)
+                {
                     ids.push(RecordId(id));
                     continue;
                 }
@@ -548,13 +572,16 @@ impl Memory {
     /// The record with this id.
     pub async fn get(&self, id: RecordId) -> Result<Record> {
         self.inner.check()?;
-        let rec = self
-            .inner
-            .state
-            .read()
-            .get(&id.0)
-            .map(|r| r.to_record())
-            .ok_or(Error::NotFound(id))?;
+        let now = self.inner.config.clock.now_us();
+        let rec = {
+            let st = self.inner.state.read();
+            // A record past its layer's TTL is expired for readers, even before the
+            // lifecycle run writes its `Expired` event.
+            st.get(&id.0)
+                .filter(|r| !st.past_ttl(r, now))
+                .map(|r| r.to_record())
+                .ok_or(Error::NotFound(id))?
+        };
         self.inner.record_access(Accessed {
             source: AccessSource::Get,
             session: None,
@@ -648,6 +675,71 @@ impl Memory {
             .map_err(|e| Error::Poisoned(format!("checkpoint task failed: {e}")))?
     }
 
+    /// Promotes every record whose score reaches its layer's threshold (Interact → Insights,
+    /// Insights → Assets after `assets_min_dwell`), as one atomic log entry of `Promoted`
+    /// events. Also runs in the background every `LifecycleConfig::interval`.
+    pub async fn promote(&self) -> Result<LifecycleReport> {
+        self.lifecycle(true, false).await
+    }
+
+    /// Expires records past their layer's TTL (promoting those that score above the
+    /// threshold instead) and evicts the lowest-scoring records of a layer over its capacity.
+    /// One atomic log entry. Also runs in the background.
+    pub async fn expire(&self) -> Result<LifecycleReport> {
+        self.lifecycle(false, true).await
+    }
+
+    /// [`Memory::promote`] then [`Memory::expire`], in one run and one log entry: what the
+    /// background task does.
+    pub async fn run_lifecycle(&self) -> Result<LifecycleReport> {
+        self.lifecycle(true, true).await
+    }
+
+    async fn lifecycle(&self, promote: bool, expire: bool) -> Result<LifecycleReport> {
+        self.inner.check()?;
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            inner.catch("lifecycle run", || inner.run_lifecycle(promote, expire))
+        })
+        .await
+        .map_err(|e| Error::Poisoned(format!("lifecycle task failed: {e}")))?
+    }
+
+    /// Trains the learned promoter from the log now (also runs every
+    /// `LifecycleConfig::train_every`). With too little history the model is unchanged and
+    /// the report says why.
+    pub async fn train_promoter(&self) -> Result<TrainReport> {
+        self.inner.check()?;
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || inner.catch("promoter training", || inner.train()))
+            .await
+            .map_err(|e| Error::Poisoned(format!("training task failed: {e}")))?
+    }
+
+    /// The promoter model in use.
+    pub fn promoter_model(&self) -> PromoterModel {
+        (*self.inner.model()).clone()
+    }
+
+    /// Replays this store's history, trains the learned promoter on the period before
+    /// `config.split_us` and reports precision@k / recall@k of every promoter on the period
+    /// after it (label: accessed again within the horizon).
+    pub async fn evaluate_promoters(&self, config: EvalConfig) -> Result<EvalReport> {
+        self.inner.check()?;
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let history = inner.log()?.history(1);
+            crate::lifecycle::offline::evaluate(
+                history.map(|e| e.map_err(Error::from)),
+                inner.config.dimension,
+                inner.config.lifecycle.ttl_us(),
+                &config,
+            )
+        })
+        .await
+        .map_err(|e| Error::Poisoned(format!("evaluation task failed: {e}")))?
+    }
+
     /// Waits until every live record is in its layer's HNSW index (benchmarks, tests).
     pub async fn wait_indexed(&self) -> Result<()> {
         loop {
@@ -703,6 +795,10 @@ impl Memory {
             dimension: st.dim,
             open: inner.report.lock().clone(),
             embedder: self.embedder.as_ref().map(|b| b.embedder().stats()),
+            promoted: st.promoted,
+            expired: st.expired,
+            promoter_version: inner.model.read().version,
+            last_lifecycle: inner.last_lifecycle.lock().clone(),
         }
     }
 
@@ -851,8 +947,11 @@ impl Drop for Reservation {
 impl Inner {
     fn guard(self: Arc<Self>, what: &str, f: impl FnOnce(&Arc<Inner>)) {
         let me = self.clone();
-        if std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&me))).is_err() {
-            self.fail(format!("the {what} thread panicked"));
+        if let Err(e) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| f(&me))) {
+            self.fail(format!(
+                "the {what} thread panicked: {}",
+                lifecycle_run::panic_text(e.as_ref())
+            ));
         }
     }
 
@@ -1042,11 +1141,17 @@ impl Inner {
                 "ef_search {ef} must be within 1..=4096"
             )));
         }
+        let now = self.config.clock.now_us();
         let hits: Vec<SearchHit> = {
             let st = self.state.read();
             let mut top = crate::state::TopK::new(o.top_k);
             for l in layers {
-                st.search_layer(*l, &q, o, ef, self.config.exact_search_below, &mut top);
+                let how = crate::state::Probe {
+                    ef,
+                    exact_below: self.config.exact_search_below,
+                    now_us: now,
+                };
+                st.search_layer(*l, &q, o, how, &mut top);
             }
             top.into_sorted()
                 .into_iter()
@@ -1064,8 +1169,14 @@ impl Inner {
         if o.record_access && !hits.is_empty() {
             self.record_access(Accessed {
                 source: AccessSource::SearchHit,
-                session: o.session.clone(),
-                project: o.project.clone(),
+                session: match &o.caller {
+                    Some((s, _)) => s.clone(),
+                    None => o.session.clone(),
+                },
+                project: match &o.caller {
+                    Some((_, p)) => p.clone(),
+                    None => o.project.clone(),
+                },
                 hits: hits
                     .iter()
                     .enumerate()
@@ -1104,6 +1215,7 @@ impl Inner {
             .max(Duration::from_millis(1));
         let mut last_flush = Instant::now();
         let mut retry_at = Instant::now();
+        let (mut next_run, mut next_train) = self.lifecycle_schedule();
         while !self.shutdown.load(Ordering::Acquire) {
             self.maint_wake.wait(tick);
             if self.shutdown.load(Ordering::Acquire) || self.failure.lock().is_some() {
@@ -1128,6 +1240,7 @@ impl Inner {
                     retry_at = Instant::now() + Duration::from_secs(30);
                 }
             }
+            self.lifecycle_tick(&mut next_run, &mut next_train);
         }
     }
 
@@ -1160,6 +1273,9 @@ impl Inner {
         let (cap_seq, dst, new_chunk, entries) = {
             let idx = self.index_lock.lock();
             let mut cap = Capture::take(&self.state.read());
+            cap.model = Some(self.model())
+                .filter(|m| m.version > 0)
+                .map(|m| (*m).clone());
             let seq = cap.seq;
             let mut w = Writer::begin(&root, seq)?;
             w.dump_graphs(&mut cap)?;
@@ -1361,6 +1477,10 @@ impl Inner {
         self.index_wake.notify();
         self.maint_wake.notify();
         for t in threads {
+            let _ = t.join();
+        }
+        let bg = std::mem::take(&mut *self.bg_threads.lock());
+        for t in bg {
             let _ = t.join();
         }
         let log = self.log.write().take();

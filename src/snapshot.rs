@@ -2,7 +2,8 @@
 //!
 //! Files: `records.zst` and `stats.zst` (zstd over rkyv), vector chunks (`vectors-*.f32`,
 //! raw little-endian f32 for memmap2; immutable, hard-linked from the previous snapshot),
-//! HNSW dumps (`hnsw-<layer>.hnsw.graph` / `.hnsw.data`, written by hnsw_rs) and `MANIFEST`:
+//! HNSW dumps (`hnsw-<layer>.hnsw.graph` / `.hnsw.data`, written by hnsw_rs), the trained
+//! promoter (`promoter.bin`, rkyv, only once one was trained) and `MANIFEST`:
 //! a 32-byte header (magic `MGSM`, format version, body length, body crc32, header crc32)
 //! then an rkyv body listing every file with its length and crc32.
 //!
@@ -11,6 +12,7 @@
 //! manifest and every file it lists check out; open falls back to the next older one.
 
 use crate::error::{Error, Result};
+use crate::lifecycle::PromoterModel;
 use crate::state::{Graph, LayerState, Projections, RecordData};
 use crate::types::{AccessStats, Layer};
 use crate::vectors::{self, Vectors};
@@ -26,7 +28,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// Snapshot format version (MANIFEST, records, stats). Changelog in docs/format.md.
-pub const SNAPSHOT_FORMAT_VERSION: u32 = 1;
+pub const SNAPSHOT_FORMAT_VERSION: u32 = 2;
 const MAGIC: [u8; 4] = *b"MGSM";
 const HEADER_LEN: usize = 32;
 /// Largest manifest body we accept (checked before allocating).
@@ -76,6 +78,7 @@ pub(crate) struct SnapRecord {
     content_hash: u64,
     ts_us: u64,
     inserted_seq: u64,
+    layer_since_us: u64,
     rating: Option<f32>,
 }
 
@@ -100,6 +103,8 @@ struct Records {
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
 struct Stats {
     stats: Vec<SnapStat>,
+    promoted: [u64; 2],
+    expired: [u64; 3],
 }
 
 /// Everything a snapshot needs, copied out under the state lock.
@@ -110,6 +115,10 @@ pub(crate) struct Capture {
     pub(crate) dim: usize,
     records: Vec<SnapRecord>,
     stats: Vec<SnapStat>,
+    promoted: [u64; 2],
+    expired: [u64; 3],
+    /// The trained promoter, if any (the default model is not written).
+    pub(crate) model: Option<PromoterModel>,
     pub(crate) layers: Vec<(Layer, Vec<u32>, Option<Arc<Graph>>)>,
     new_chunk: Option<(u32, Vec<u8>)>,
     old_chunks: Vec<String>,
@@ -135,6 +144,7 @@ impl Capture {
                 content_hash: r.content_hash,
                 ts_us: r.ts_us,
                 inserted_seq: r.inserted_seq,
+                layer_since_us: r.layer_since_us,
                 rating: r.rating,
             });
             if r.stats.count > 0 {
@@ -174,6 +184,9 @@ impl Capture {
             dim: p.dim,
             records,
             stats,
+            promoted: p.promoted,
+            expired: p.expired,
+            model: None,
             layers,
             new_chunk,
             old_chunks: p.vectors.chunk_names(),
@@ -350,9 +363,19 @@ impl Writer {
         )
         .map_err(|e| Error::io(tmp.join("records.zst"), e))?;
         files.push(write_file(&tmp.join("records.zst"), &rec)?);
-        let st = zstd::bulk::compress(&encode(&Stats { stats: cap.stats })?, 1)
-            .map_err(|e| Error::io(tmp.join("stats.zst"), e))?;
+        let st = zstd::bulk::compress(
+            &encode(&Stats {
+                stats: cap.stats,
+                promoted: cap.promoted,
+                expired: cap.expired,
+            })?,
+            1,
+        )
+        .map_err(|e| Error::io(tmp.join("stats.zst"), e))?;
         files.push(write_file(&tmp.join("stats.zst"), &st)?);
+        if let Some(model) = &cap.model {
+            files.push(write_file(&tmp.join(PROMOTER_FILE), &encode(model)?)?);
+        }
         let mut chunk_entries = Vec::new();
         for name in &cap.old_chunks {
             let src = prev
@@ -534,7 +557,12 @@ pub(crate) fn check_file(dir: &Path, entry: &FileEntry) -> Result<()> {
 pub(crate) struct Loaded {
     pub(crate) projections: Projections,
     pub(crate) manifest: ManifestBody,
+    /// The trained promoter the snapshot holds, if any.
+    pub(crate) model: Option<PromoterModel>,
 }
+
+/// File name of the trained promoter in a snapshot.
+const PROMOTER_FILE: &str = "promoter.bin";
 
 /// Loads the snapshot in `dir`: validates the manifest and every non-graph file, decodes the
 /// records and stats and maps the vector chunks.
@@ -572,7 +600,15 @@ pub(crate) fn load(dir: &Path, dim: usize) -> Result<Loaded> {
     .and_then(|slots| finish_load(dir, dim, m, slots))
 }
 
-fn decode_tables(dir: &Path, m: &ManifestBody) -> Result<Vec<Option<RecordData>>> {
+/// Decoded tables: slots, lifecycle counters (promoted, expired), the promoter.
+type Tables = (
+    Vec<Option<RecordData>>,
+    [u64; 2],
+    [u64; 3],
+    Option<PromoterModel>,
+);
+
+fn decode_tables(dir: &Path, m: &ManifestBody) -> Result<Tables> {
     let read_zst = |name: &str| -> Result<Vec<u8>> {
         let p = dir.join(name);
         let raw = std::fs::read(&p).map_err(|e| Error::io(&p, e))?;
@@ -605,6 +641,7 @@ fn decode_tables(dir: &Path, m: &ManifestBody) -> Result<Vec<Option<RecordData>>
             content_hash: r.content_hash,
             ts_us: r.ts_us,
             inserted_seq: r.inserted_seq,
+            layer_since_us: r.layer_since_us,
             rating: r.rating,
             stats: AccessStats::default(),
             sessions: Default::default(),
@@ -632,18 +669,23 @@ fn decode_tables(dir: &Path, m: &ManifestBody) -> Result<Vec<Option<RecordData>>
         r.sessions = s.sessions.into_iter().collect();
         r.projects = s.projects.into_iter().collect();
     }
-    Ok(slots)
+    let model = if m.files.iter().any(|f| f.name == PROMOTER_FILE) {
+        let p = dir.join(PROMOTER_FILE);
+        let bytes = std::fs::read(&p).map_err(|e| Error::io(&p, e))?;
+        Some(decode::<PromoterModel>(&bytes, &p)?)
+    } else {
+        None
+    };
+    Ok((slots, stats.promoted, stats.expired, model))
 }
 
-fn finish_load(
-    dir: &Path,
-    dim: usize,
-    m: ManifestBody,
-    slots: Vec<Option<RecordData>>,
-) -> Result<Loaded> {
+fn finish_load(dir: &Path, dim: usize, m: ManifestBody, tables: Tables) -> Result<Loaded> {
+    let (slots, promoted, expired, model) = tables;
     let chunk_paths: Vec<PathBuf> = m.chunks.iter().map(|c| dir.join(c)).collect();
     let vectors = Vectors::from_chunks(dim, &chunk_paths, m.nslots)?;
     let mut p = Projections::from_parts(dim, m.seq, m.ts_us, slots, vectors);
+    p.promoted = promoted;
+    p.expired = expired;
     for le in &m.layers {
         let ls = &mut p.layers[le.layer.index()];
         if le.dump.is_some() {
@@ -655,6 +697,7 @@ fn finish_load(
     Ok(Loaded {
         projections: p,
         manifest: m,
+        model,
     })
 }
 

@@ -50,6 +50,9 @@ pub(crate) struct RecordData {
     pub(crate) content_hash: u64,
     pub(crate) ts_us: u64,
     pub(crate) inserted_seq: u64,
+    /// Commit time at which it entered its current layer (insert or promotion): a layer's
+    /// TTL counts from here.
+    pub(crate) layer_since_us: u64,
     pub(crate) rating: Option<f32>,
     pub(crate) stats: AccessStats,
     pub(crate) sessions: HashSet<u64>,
@@ -69,6 +72,7 @@ impl RecordData {
             refs: self.refs.iter().map(|r| RecordId(*r)).collect(),
             ts_us: self.ts_us,
             inserted_seq: self.inserted_seq,
+            layer_since_us: self.layer_since_us,
             rating: self.rating,
             stats: self.stats.clone(),
         }
@@ -191,8 +195,17 @@ pub(crate) struct Projections {
     /// Content key → every live slot with it (a set, so replay order cannot change which
     /// record a later identical insert resolves to).
     by_content: HashMap<u64, Vec<u32>>,
+    /// Live records whose `refs` name this id (a feature of the promoter).
+    refs_in: HashMap<Id, u32>,
     pub(crate) layers: [LayerState; 3],
     pub(crate) vectors: Vectors,
+    /// Lifecycle counters: promotions into Insights and Assets; expiries by reason (TTL,
+    /// capacity, manual). Projections of `Promoted` / `Expired` events.
+    pub(crate) promoted: [u64; 2],
+    pub(crate) expired: [u64; 3],
+    /// Time to live per layer in µs (`u64::MAX` = forever). Not a projection: the engine
+    /// sets it from the config, and search hides records past it before they expire.
+    pub(crate) ttl_us: [u64; 3],
 }
 
 impl Projections {
@@ -204,8 +217,12 @@ impl Projections {
             slots: Vec::new(),
             by_id: HashMap::new(),
             by_content: HashMap::new(),
+            refs_in: HashMap::new(),
             layers: Default::default(),
             vectors: Vectors::new(dim),
+            promoted: [0; 2],
+            expired: [0; 3],
+            ttl_us: [u64::MAX; 3],
         }
     }
 
@@ -230,6 +247,9 @@ impl Projections {
                     slot,
                 );
                 p.layers[r.layer.index()].members.insert(slot);
+                for id in &r.refs {
+                    *p.refs_in.entry(*id).or_default() += 1;
+                }
             }
         }
         p.slots = slots;
@@ -244,6 +264,19 @@ impl Projections {
         self.by_id.get(id).and_then(|s| self.live(*s))
     }
 
+    /// Whether `r` is past its layer's TTL at `now_us` (hidden from readers until the
+    /// lifecycle run expires or promotes it).
+    pub(crate) fn past_ttl(&self, r: &RecordData, now_us: u64) -> bool {
+        r.layer_since_us
+            .saturating_add(self.ttl_us[r.layer.index()])
+            <= now_us
+    }
+
+    /// Live records whose `refs` name `id`.
+    pub(crate) fn refs_in(&self, id: &Id) -> u32 {
+        self.refs_in.get(id).copied().unwrap_or(0)
+    }
+
     pub(crate) fn slot_of(&self, id: &Id) -> Option<u32> {
         self.by_id.get(id).copied()
     }
@@ -255,14 +288,16 @@ impl Projections {
         hash: u64,
         layer: Layer,
         project: Option<&str>,
+        now_us: u64,
     ) -> Option<Id> {
         // The oldest matching live record (lowest slot): the same answer whatever the history
-        // of restarts.
+        // of restarts. One past its TTL is on its way out and does not count.
         self.by_content
             .get(&content_key(hash, layer, project))?
             .iter()
             .filter_map(|s| self.live(*s).map(|r| (*s, r)))
             .filter(|(_, r)| r.layer == layer && r.project.as_deref() == project && r.text == text)
+            .filter(|(_, r)| !self.past_ttl(r, now_us))
             .min_by_key(|(s, _)| *s)
             .map(|(_, r)| r.id)
     }
@@ -286,7 +321,7 @@ impl Projections {
             return Ok(());
         }
         match &env.event {
-            Event::Inserted(ins) => self.insert(env.seq, ins)?,
+            Event::Inserted(ins) => self.insert(env.seq, env.ts_us, ins)?,
             Event::Accessed(a) => {
                 let sess = a.session.as_deref().map(|s| fnv64(s.as_bytes()));
                 let proj = a.project.as_deref().map(|s| fnv64(s.as_bytes()));
@@ -320,6 +355,14 @@ impl Projections {
                     }
                     let old = content_key(r.content_hash, r.layer, r.project.as_deref());
                     r.layer = p.to;
+                    r.layer_since_us = env.ts_us;
+                    if let Some(n) =
+                        p.to.index()
+                            .checked_sub(1)
+                            .and_then(|i| self.promoted.get_mut(i))
+                    {
+                        *n += 1;
+                    }
                     let new = content_key(r.content_hash, r.layer, r.project.as_deref());
                     self.content_remove(old, slot);
                     self.content_add(new, slot);
@@ -334,13 +377,19 @@ impl Projections {
                     }
                 }
             }
-            Event::Expired { ids, .. } => {
+            Event::Expired { ids, reason } => {
                 for id in ids {
-                    self.remove(id);
+                    if self.remove(id) {
+                        self.expired[*reason as usize] += 1;
+                    }
                 }
             }
-            Event::Deleted { id } => self.remove(id),
-            Event::Superseded { old, .. } => self.remove(old),
+            Event::Deleted { id } => {
+                self.remove(id);
+            }
+            Event::Superseded { old, .. } => {
+                self.remove(old);
+            }
             Event::Checkpointed { .. } => {}
         }
         self.applied_seq = env.seq;
@@ -348,7 +397,7 @@ impl Projections {
         Ok(())
     }
 
-    fn insert(&mut self, seq: u64, ins: &Inserted) -> Result<()> {
+    fn insert(&mut self, seq: u64, ts_us: u64, ins: &Inserted) -> Result<()> {
         if ins.embedding.len() != self.dim {
             return Err(Error::InvalidInput(format!(
                 "event {seq} inserts a {}-dimensional vector into a {}-dimensional store",
@@ -374,6 +423,7 @@ impl Projections {
             content_hash: ins.content_hash,
             ts_us: ins.ts_us,
             inserted_seq: seq,
+            layer_since_us: ts_us,
             rating: None,
             stats: AccessStats::default(),
             sessions: HashSet::new(),
@@ -384,22 +434,35 @@ impl Projections {
             content_key(ins.content_hash, ins.layer, ins.project.as_deref()),
             slot,
         );
+        for id in &ins.refs {
+            *self.refs_in.entry(*id).or_default() += 1;
+        }
         let l = &mut self.layers[ins.layer.index()];
         l.members.insert(slot);
         l.pending.push_back(slot);
         Ok(())
     }
 
-    fn remove(&mut self, id: &Id) {
+    /// Removes a live record; false if there was none.
+    fn remove(&mut self, id: &Id) -> bool {
         let Some(slot) = self.by_id.remove(id) else {
-            return;
+            return false;
         };
         let Some(r) = self.slots.get_mut(slot as usize).and_then(Option::take) else {
-            return;
+            return false;
         };
         let key = content_key(r.content_hash, r.layer, r.project.as_deref());
         self.content_remove(key, slot);
         self.layers[r.layer.index()].forget(slot);
+        for target in &r.refs {
+            if let Some(n) = self.refs_in.get_mut(target) {
+                *n -= 1;
+                if *n == 0 {
+                    self.refs_in.remove(target);
+                }
+            }
+        }
+        true
     }
 
     /// Candidates of one layer for a query, into `top`: HNSW (live, in this layer, matching
@@ -410,14 +473,18 @@ impl Projections {
         layer: Layer,
         q: &[f32],
         o: &SearchOptions,
-        ef: usize,
-        exact_below: usize,
+        how: Probe,
         top: &mut TopK,
     ) {
+        let Probe {
+            ef,
+            exact_below,
+            now_us,
+        } = how;
         let ls = &self.layers[layer.index()];
         let ok = |slot: u32| {
             self.live(slot)
-                .is_some_and(|r| r.layer == layer && r.matches(o))
+                .is_some_and(|r| r.layer == layer && r.matches(o) && !self.past_ttl(r, now_us))
         };
         let exact = |slot: u32, top: &mut TopK| {
             if ok(slot) {
@@ -483,6 +550,15 @@ impl Projections {
             exact(slot, top);
         }
     }
+}
+
+/// How a layer search runs: HNSW candidate list, the layer size below which it scans
+/// exactly, and the time records past their TTL are hidden at.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Probe {
+    pub(crate) ef: usize,
+    pub(crate) exact_below: usize,
+    pub(crate) now_us: u64,
 }
 
 /// The best `k` (score, slot) pairs seen, without duplicates.

@@ -183,6 +183,9 @@ pub struct Record {
     pub ts_us: u64,
     /// Sequence of the event that inserted it.
     pub inserted_seq: u64,
+    /// When it entered its current layer (µs, commit time of its insert or promotion); the
+    /// layer's TTL counts from here.
+    pub layer_since_us: u64,
     /// Latest user rating, if any.
     pub rating: Option<f32>,
     /// Access statistics.
@@ -210,6 +213,10 @@ pub struct SearchOptions {
     pub record_access: bool,
     /// HNSW candidate list for this query (1..=4096); default `Config::hnsw.ef_search`.
     pub ef_search: Option<usize>,
+    /// Who is asking: the caller's session and project, written with the access (the
+    /// promoter counts distinct sessions and projects that used a record). Not a filter.
+    /// When unset, the `session` / `project` filters are recorded instead.
+    pub caller: Option<(Option<String>, Option<String>)>,
 }
 
 impl Default for SearchOptions {
@@ -224,6 +231,7 @@ impl Default for SearchOptions {
             time_range: None,
             record_access: true,
             ef_search: None,
+            caller: None,
         }
     }
 }
@@ -235,6 +243,12 @@ impl SearchOptions {
             top_k,
             ..Default::default()
         }
+    }
+
+    /// Records the caller's session and project with the hits (not a filter).
+    pub fn asked_by(mut self, session: Option<&str>, project: Option<&str>) -> Self {
+        self.caller = Some((session.map(Into::into), project.map(Into::into)));
+        self
     }
 }
 
@@ -304,4 +318,12 @@ pub struct Stats {
     pub open: OpenReport,
     /// The embedder's counters, when the store was opened with one.
     pub embedder: Option<crate::embed::EmbedderStats>,
+    /// Promotions ever applied: into Insights, into Assets.
+    pub promoted: [u64; 2],
+    /// Records ever expired, by reason: TTL, capacity, manual.
+    pub expired: [u64; 3],
+    /// Version of the promoter model in use (0 = the built-in default).
+    pub promoter_version: u32,
+    /// The last lifecycle run (background or on demand), if any since open.
+    pub last_lifecycle: Option<crate::lifecycle::LifecycleReport>,
 }

@@ -1,0 +1,367 @@
+//! Labelled samples from history: replay the log into fresh projections, take every
+//! candidate's [`Signals`] at regular sample times `t`, and label each with whether the
+//! record was accessed again in `(t, t + horizon]`. The training run and the promoter
+//! evaluation both use it, so a model is judged on exactly what it was trained on.
+
+use super::{signals, Promoter, PromoterModel, Signals};
+use crate::error::Result;
+use crate::state::{fnv64, Projections};
+use crate::types::Layer;
+use magray_wal::{Envelope, Event, Id};
+use std::collections::HashMap;
+use std::time::Duration;
+
+/// One labelled observation.
+#[derive(Debug, Clone)]
+pub(crate) struct Sample {
+    pub(crate) t_us: u64,
+    pub(crate) signals: Signals,
+    pub(crate) label: bool,
+}
+
+/// Replays events and collects samples.
+pub(crate) struct Collector {
+    proj: Projections,
+    horizon_us: u64,
+    every_us: u64,
+    from_us: u64,
+    /// Before `cap_until_us`, at most `cap` candidates per sample time (chosen by a hash of
+    /// id and time, so the choice is stable); after it, all.
+    cap: usize,
+    cap_until_us: u64,
+    /// Only records that entered their layer less than this long before `t` are candidates.
+    window_us: u64,
+    next_t: Option<u64>,
+    samples: Vec<Sample>,
+    open: HashMap<Id, Vec<usize>>,
+    ef: usize,
+    exact_below: usize,
+    pub(crate) events: u64,
+    pub(crate) last_ts_us: u64,
+    pub(crate) last_seq: u64,
+}
+
+impl Collector {
+    pub(crate) fn new(
+        dim: usize,
+        ttl_us: [u64; 3],
+        horizon: Duration,
+        every: Duration,
+        from_us: u64,
+    ) -> Collector {
+        let mut proj = Projections::new(dim);
+        proj.ttl_us = ttl_us;
+        Collector {
+            proj,
+            horizon_us: horizon.as_micros() as u64,
+            every_us: (every.as_micros() as u64).max(1),
+            from_us,
+            cap: usize::MAX,
+            cap_until_us: 0,
+            window_us: u64::MAX,
+            next_t: None,
+            samples: Vec::new(),
+            open: HashMap::new(),
+            ef: 64,
+            exact_below: usize::MAX,
+            events: 0,
+            last_ts_us: 0,
+            last_seq: 0,
+        }
+    }
+
+    pub(crate) fn cap_per_time(mut self, cap: usize, until_us: u64) -> Collector {
+        self.cap = cap.max(1);
+        self.cap_until_us = until_us;
+        self
+    }
+
+    pub(crate) fn window(mut self, window: Option<Duration>) -> Collector {
+        self.window_us = window.map(|w| w.as_micros() as u64).unwrap_or(u64::MAX);
+        self
+    }
+
+    pub(crate) fn push(&mut self, env: &Envelope) -> Result<()> {
+        let next = *self.next_t.get_or_insert_with(|| {
+            let start = env.ts_us.max(self.from_us);
+            start.div_ceil(self.every_us) * self.every_us
+        });
+        let mut t = next;
+        while env.ts_us > t {
+            if t >= self.from_us {
+                self.sample_at(t);
+            }
+            t += self.every_us;
+        }
+        self.next_t = Some(t);
+        if let Event::Accessed(a) = &env.event {
+            for hit in &a.hits {
+                let Some(list) = self.open.get_mut(&hit.id) else {
+                    continue;
+                };
+                let samples = &mut self.samples;
+                let h = self.horizon_us;
+                list.retain(|&i| {
+                    let s = &mut samples[i];
+                    if env.ts_us > s.t_us && env.ts_us <= s.t_us + h {
+                        s.label = true;
+                    }
+                    !s.label && s.t_us + h > env.ts_us
+                });
+                if list.is_empty() {
+                    self.open.remove(&hit.id);
+                }
+            }
+        }
+        self.proj.apply(env)?;
+        self.events += 1;
+        self.last_ts_us = self.last_ts_us.max(env.ts_us);
+        self.last_seq = env.seq;
+        Ok(())
+    }
+
+    fn sample_at(&mut self, t: u64) {
+        let mut cands: Vec<u32> = [Layer::Interact, Layer::Insights]
+            .iter()
+            .flat_map(|l| self.proj.layers[l.index()].members.iter().copied())
+            .filter(|s| {
+                self.proj.live(*s).is_some_and(|r| {
+                    !self.proj.past_ttl(r, t) && t.saturating_sub(r.layer_since_us) < self.window_us
+                })
+            })
+            .collect();
+        cands.sort_unstable();
+        if t < self.cap_until_us {
+            // Every record read before is kept (the top of any ranking is made of them);
+            // never-read records, much alike, are sampled down to `cap`.
+            let (read, mut unread): (Vec<u32>, Vec<u32>) = cands
+                .into_iter()
+                .partition(|s| self.proj.live(*s).is_some_and(|r| r.stats.count > 0));
+            if unread.len() > self.cap {
+                let key = |s: &u32| {
+                    let id = self.proj.live(*s).map(|r| r.id).unwrap_or_default();
+                    fnv64(&id) ^ t.wrapping_mul(0x9e37_79b9_7f4a_7c15)
+                };
+                unread.sort_by_key(key);
+                unread.truncate(self.cap);
+            }
+            cands = read;
+            cands.extend(unread);
+            cands.sort_unstable();
+        }
+        for slot in cands {
+            let Some(sig) = signals(&self.proj, slot, t, self.ef, self.exact_below) else {
+                continue;
+            };
+            let Some(id) = self.proj.live(slot).map(|r| r.id) else {
+                continue;
+            };
+            self.open.entry(id).or_default().push(self.samples.len());
+            self.samples.push(Sample {
+                t_us: t,
+                signals: sig,
+                label: false,
+            });
+        }
+    }
+
+    /// The samples whose whole horizon lies within the history (the rest are unlabelled).
+    pub(crate) fn finish(self) -> (Vec<Sample>, u64, u64) {
+        let end = self.last_ts_us;
+        let h = self.horizon_us;
+        let samples = self
+            .samples
+            .into_iter()
+            .filter(|s| s.t_us + h <= end)
+            .collect();
+        (samples, self.events, self.last_seq)
+    }
+}
+
+/// How to evaluate promoters on a store's history.
+#[derive(Debug, Clone)]
+pub struct EvalConfig {
+    /// Samples before this time (µs) train the learned model; samples at or after it are the
+    /// held-out period the table is computed on. Training labels never look past it.
+    pub split_us: u64,
+    /// "Accessed again within" this long. Default 72 h.
+    pub horizon: Duration,
+    /// Time between sample points. Default 6 h.
+    pub sample_every: Duration,
+    /// The `k` of precision@k and recall@k. Default 10.
+    pub k: usize,
+    /// Training candidates per sample point, at most. Default 200.
+    pub train_per_time: usize,
+    /// Candidates are the records that entered Interact or Insights less than this long
+    /// before the sample point: the ones a promoter must decide on before a 24 h TTL takes
+    /// them. `None`: every live Interact and Insights record. Default 24 h.
+    pub candidate_window: Option<Duration>,
+}
+
+impl EvalConfig {
+    /// Defaults with the given split.
+    pub fn split_at(split_us: u64) -> EvalConfig {
+        EvalConfig {
+            split_us,
+            horizon: Duration::from_secs(72 * 3600),
+            sample_every: Duration::from_secs(6 * 3600),
+            k: 10,
+            train_per_time: 200,
+            candidate_window: Some(Duration::from_secs(24 * 3600)),
+        }
+    }
+}
+
+/// One promoter's figures on the held-out period.
+#[derive(Debug, Clone, PartialEq)]
+pub struct EvalRow {
+    /// Promoter name.
+    pub promoter: String,
+    /// Mean over sample points of |top k ∩ accessed again| / k.
+    pub precision_at_k: f64,
+    /// Mean over sample points with any positive of |top k ∩ accessed again| / |accessed again|.
+    pub recall_at_k: f64,
+}
+
+/// The comparison table.
+#[derive(Debug, Clone)]
+pub struct EvalReport {
+    /// k.
+    pub k: usize,
+    /// Horizon of the label.
+    pub horizon: Duration,
+    /// One row per promoter, learned first.
+    pub rows: Vec<EvalRow>,
+    /// Training samples and positives.
+    pub train_samples: usize,
+    /// Positives among the training samples.
+    pub train_positives: usize,
+    /// Held-out sample points.
+    pub eval_points: usize,
+    /// Mean candidates per held-out point.
+    pub mean_candidates: f64,
+    /// Fraction of held-out candidates accessed again (what a random pick scores).
+    pub base_rate: f64,
+    /// The model trained on the training period.
+    pub model: PromoterModel,
+}
+
+impl EvalReport {
+    /// The row of one promoter.
+    pub fn row(&self, promoter: &str) -> Option<&EvalRow> {
+        self.rows.iter().find(|r| r.promoter == promoter)
+    }
+}
+
+impl std::fmt::Display for EvalReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(
+            f,
+            "| promoter | precision@{k} | recall@{k} |\n|---|---:|---:|",
+            k = self.k
+        )?;
+        for r in &self.rows {
+            writeln!(
+                f,
+                "| {} | {:.3} | {:.3} |",
+                r.promoter, r.precision_at_k, r.recall_at_k
+            )?;
+        }
+        write!(
+            f,
+            "\nlabel: accessed again within {} h; held-out points: {}; candidates per point: {:.0}; \
+             base rate: {:.3}; training samples: {} ({} positive)\nmodel: {}",
+            self.horizon.as_secs() / 3600,
+            self.eval_points,
+            self.mean_candidates,
+            self.base_rate,
+            self.train_samples,
+            self.train_positives,
+            self.model.summary()
+        )
+    }
+}
+
+/// Replays `history`, trains the learned promoter on samples before the split and scores
+/// every promoter on the held-out samples after it.
+pub(crate) fn evaluate(
+    history: impl Iterator<Item = Result<Envelope>>,
+    dim: usize,
+    ttl_us: [u64; 3],
+    cfg: &EvalConfig,
+) -> Result<EvalReport> {
+    let mut c = Collector::new(dim, ttl_us, cfg.horizon, cfg.sample_every, 0)
+        .cap_per_time(cfg.train_per_time, cfg.split_us)
+        .window(cfg.candidate_window);
+    for env in history {
+        c.push(&env?)?;
+    }
+    let (samples, _, last_seq) = c.finish();
+    let h = cfg.horizon.as_micros() as u64;
+    let train: Vec<(Signals, bool)> = samples
+        .iter()
+        .filter(|s| s.t_us + h <= cfg.split_us)
+        .map(|s| (s.signals.clone(), s.label))
+        .collect();
+    let model = PromoterModel::train(&train, 100, 1, h, last_seq).map_err(|e| {
+        crate::Error::InvalidInput(format!("training on the period before the split: {e}"))
+    })?;
+    let mut points: std::collections::BTreeMap<u64, Vec<&Sample>> = Default::default();
+    for s in samples.iter().filter(|s| s.t_us >= cfg.split_us) {
+        points.entry(s.t_us).or_default().push(s);
+    }
+    if points.is_empty() {
+        return Err(crate::Error::InvalidInput(
+            "no held-out sample points: the history after the split is shorter than the horizon"
+                .into(),
+        ));
+    }
+    let promoters = [
+        Promoter::Learned,
+        Promoter::MemoryOs,
+        Promoter::GenerativeAgents,
+        Promoter::AccessCount,
+    ];
+    let mut rows = Vec::new();
+    for p in &promoters {
+        let (mut prec, mut rec, mut rec_n) = (0.0, 0.0, 0usize);
+        for cands in points.values() {
+            let mut scored: Vec<(f64, usize)> = cands
+                .iter()
+                .enumerate()
+                .map(|(i, s)| (p.score(&model, &s.signals), i))
+                .collect();
+            // Best first; ties keep the older record first (stable, deterministic).
+            scored.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+            let hits = scored
+                .iter()
+                .take(cfg.k)
+                .filter(|(_, i)| cands[*i].label)
+                .count();
+            let pos = cands.iter().filter(|s| s.label).count();
+            prec += hits as f64 / cfg.k as f64;
+            if pos > 0 {
+                rec += hits as f64 / pos as f64;
+                rec_n += 1;
+            }
+        }
+        rows.push(EvalRow {
+            promoter: p.name().to_string(),
+            precision_at_k: prec / points.len() as f64,
+            recall_at_k: if rec_n > 0 { rec / rec_n as f64 } else { 0.0 },
+        });
+    }
+    let n_eval: usize = points.values().map(Vec::len).sum();
+    let pos_eval = points.values().flatten().filter(|s| s.label).count();
+    Ok(EvalReport {
+        k: cfg.k,
+        horizon: cfg.horizon,
+        rows,
+        train_samples: train.len(),
+        train_positives: train.iter().filter(|(_, y)| *y).count(),
+        eval_points: points.len(),
+        mean_candidates: n_eval as f64 / points.len() as f64,
+        base_rate: pos_eval as f64 / n_eval.max(1) as f64,
+        model,
+    })
+}
