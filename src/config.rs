@@ -406,8 +406,8 @@ impl Config {
             "lifecycle.horizon, sample_every and samples_per_point must be positive".into(),
         )?;
         check(
-            lc.thresholds().iter().all(|t| t.is_finite()),
-            "lifecycle.thresholds must be finite".into(),
+            lc.thresholds().iter().all(|t| !t.is_nan()),
+            "lifecycle.thresholds must be numbers (f64::INFINITY: never promote)".into(),
         )?;
         Ok(())
     }

@@ -71,19 +71,43 @@ pub struct Signals {
     pub kind: String,
 }
 
-/// Computes a record's signals at `now_us` from the projections. Neighbour searches go
-/// through the layer's index when it has one (the live engine) and scan exactly when it
-/// does not (training replays).
+/// Computes a record's signals at `now_us` from the projections. With `neighbours` (HNSW
+/// candidate list, exact-scan size), the neighbourhood signals are computed too: through the
+/// layer's index when it has one (the live engine), by an exact scan when it does not
+/// (training replays). Without, they are zero (the baselines do not read them).
 pub(crate) fn signals(
     p: &Projections,
     slot: u32,
     now_us: u64,
-    ef: usize,
-    exact_below: usize,
+    neighbours: Option<(usize, usize)>,
 ) -> Option<Signals> {
     let r = p.live(slot)?;
     let s = &r.stats;
     let hours = |us: u64| now_us.saturating_sub(us) as f64 / 3.6e9;
+    let mut sig = Signals {
+        layer: r.layer,
+        count: s.count,
+        decayed: s.decayed_at(now_us),
+        hours_since_access: (s.count > 0).then(|| hours(s.last_access_us)),
+        age_hours: hours(r.ts_us),
+        hours_in_layer: hours(r.layer_since_us),
+        sessions: s.distinct_sessions,
+        projects: s.distinct_projects,
+        mean_rank: (s.search_hits > 0).then(|| s.rank_sum as f64 / s.search_hits as f64),
+        mean_score: (s.search_hits > 0).then(|| s.score_sum / s.search_hits as f64),
+        rating: r.rating,
+        text_chars: r.text.chars().count(),
+        refs_in: p.refs_in(&r.id),
+        cluster: 0,
+        cluster_sessions: u32::from(r.session.is_some()),
+        centrality: 0.0,
+        cluster_heat: 0.0,
+        redundancy: 0.0,
+        kind: r.kind.clone(),
+    };
+    let Some((ef, exact_below)) = neighbours else {
+        return Some(sig);
+    };
     let q = p.vectors.get(slot);
     let o = SearchOptions {
         record_access: false,
@@ -140,27 +164,12 @@ pub(crate) fn signals(
         }
         _ => 0.0,
     };
-    Some(Signals {
-        layer: r.layer,
-        count: s.count,
-        decayed: s.decayed_at(now_us),
-        hours_since_access: (s.count > 0).then(|| hours(s.last_access_us)),
-        age_hours: hours(r.ts_us),
-        hours_in_layer: hours(r.layer_since_us),
-        sessions: s.distinct_sessions,
-        projects: s.distinct_projects,
-        mean_rank: (s.search_hits > 0).then(|| s.rank_sum as f64 / s.search_hits as f64),
-        mean_score: (s.search_hits > 0).then(|| s.score_sum / s.search_hits as f64),
-        rating: r.rating,
-        text_chars: r.text.chars().count(),
-        refs_in: p.refs_in(&r.id),
-        cluster,
-        cluster_sessions: sessions.len() as u32,
-        centrality,
-        cluster_heat,
-        redundancy,
-        kind: r.kind.clone(),
-    })
+    sig.cluster = cluster;
+    sig.cluster_sessions = sessions.len() as u32;
+    sig.centrality = centrality;
+    sig.cluster_heat = cluster_heat;
+    sig.redundancy = redundancy;
+    Some(sig)
 }
 
 /// A scorer of records: higher = more worth keeping and promoting.
@@ -232,6 +241,12 @@ impl Promoter {
             Promoter::GenerativeAgents => [3.0, 4.0],
             Promoter::AccessCount => [5.0, 20.0],
         }
+    }
+
+    /// Whether the scorer reads the neighbourhood signals (they cost two searches per
+    /// record; the baselines skip them).
+    pub fn needs_neighbours(&self) -> bool {
+        matches!(self, Promoter::Learned | Promoter::Custom(..))
     }
 
     /// Scores one record; `model` is used by [`Promoter::Learned`].

@@ -150,7 +150,7 @@ impl Collector {
             cands.sort_unstable();
         }
         for slot in cands {
-            let Some(sig) = signals(&self.proj, slot, t, self.ef, self.exact_below) else {
+            let Some(sig) = signals(&self.proj, slot, t, Some((self.ef, self.exact_below))) else {
                 continue;
             };
             let Some(id) = self.proj.live(slot).map(|r| r.id) else {

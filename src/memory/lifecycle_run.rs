@@ -55,8 +55,10 @@ impl Inner {
             .copied()
             .collect();
         slots.sort_unstable();
-        let (ef, exact_below) = (self.config.hnsw.ef_search, self.config.exact_search_below);
         let promoter = &self.config.lifecycle.promoter;
+        let neighbours = promoter
+            .needs_neighbours()
+            .then_some((self.config.hnsw.ef_search, self.config.exact_search_below));
         let mut out = Vec::with_capacity(slots.len());
         for chunk in slots.chunks(SCORE_CHUNK) {
             let st = self.state.read();
@@ -65,7 +67,7 @@ impl Inner {
                     continue;
                 };
                 let (id, past_ttl, layer_since_us) = (r.id, st.past_ttl(r, now), r.layer_since_us);
-                if let Some(sig) = signals(&st, slot, now, ef, exact_below) {
+                if let Some(sig) = signals(&st, slot, now, neighbours) {
                     out.push(Scored {
                         id,
                         score: promoter.score(model, &sig),
