@@ -852,8 +852,9 @@ impl Memory {
         Ok(ReceiverStream::new(rx))
     }
 
-    /// Every live record (optionally of one layer), in insertion order. For export,
-    /// verification and tests; it copies every record.
+    /// Every live record (optionally of one layer), in insertion order, including records
+    /// past their TTL that no lifecycle run has expired yet (search and `get` hide those).
+    /// For export, verification and tests; it copies every record.
     pub fn records(&self, layer: Option<Layer>) -> Vec<Record> {
         let st = self.inner.state.read();
         st.slots

@@ -491,11 +491,16 @@ pub(crate) fn read_manifest(dir: &Path) -> Result<ManifestBody> {
         return Err(Error::corrupted(&path, 28, "header checksum mismatch"));
     }
     let version = u32_at(4);
-    if version == 0 || version > SNAPSHOT_FORMAT_VERSION {
+    if version != SNAPSHOT_FORMAT_VERSION {
+        // An older format is not converted: the log holds every event, so the store is
+        // rebuilt by replay (slower once) and the next checkpoint writes the current format.
         return Err(Error::corrupted(
             &path,
             4,
-            format!("snapshot format {version} is not supported by this build"),
+            format!(
+                "snapshot format {version} is not this build's format {SNAPSHOT_FORMAT_VERSION}; \
+                 the store is rebuilt from the log instead"
+            ),
         ));
     }
     let mut l = [0u8; 8];
