@@ -80,6 +80,7 @@ pub(crate) struct Inner {
     index_lock: Mutex<()>,
     index_wake: Wake,
     maint_wake: Wake,
+    lifecycle_wake: Wake,
     shutdown: AtomicBool,
     failure: Mutex<Option<String>>,
     access_buf: Mutex<Vec<Accessed>>,
@@ -452,6 +453,7 @@ impl Memory {
             index_lock: Mutex::new(()),
             index_wake: Wake::new(),
             maint_wake: Wake::new(),
+            lifecycle_wake: Wake::new(),
             shutdown: AtomicBool::new(false),
             failure: Mutex::new(None),
             access_buf: Mutex::new(Vec::new()),
@@ -484,6 +486,13 @@ impl Memory {
             std::thread::Builder::new()
                 .name("magray-maint".into())
                 .spawn(move || i.guard("maintenance", |i| i.maintenance()))
+                .map_err(|e| Error::io(&inner.dir, e))?,
+        );
+        let i = inner.clone();
+        threads.push(
+            std::thread::Builder::new()
+                .name("magray-lifecycle".into())
+                .spawn(move || i.guard("lifecycle", |i| i.lifecycle_loop()))
                 .map_err(|e| Error::io(&inner.dir, e))?,
         );
         Ok(Memory {
@@ -1216,7 +1225,6 @@ impl Inner {
             .max(Duration::from_millis(1));
         let mut last_flush = Instant::now();
         let mut retry_at = Instant::now();
-        let (mut next_run, mut next_train) = self.lifecycle_schedule();
         while !self.shutdown.load(Ordering::Acquire) {
             self.maint_wake.wait(tick);
             if self.shutdown.load(Ordering::Acquire) || self.failure.lock().is_some() {
@@ -1241,7 +1249,6 @@ impl Inner {
                     retry_at = Instant::now() + Duration::from_secs(30);
                 }
             }
-            self.lifecycle_tick(&mut next_run, &mut next_train);
         }
     }
 
@@ -1477,6 +1484,7 @@ impl Inner {
         self.shutdown.store(true, Ordering::Release);
         self.index_wake.notify();
         self.maint_wake.notify();
+        self.lifecycle_wake.notify();
         for t in threads {
             let _ = t.join();
         }

@@ -238,12 +238,24 @@ impl Inner {
         Ok(report)
     }
 
-    /// Called by the maintenance thread on every tick: runs what is due by the clock.
-    pub(super) fn lifecycle_tick(
-        self: &Arc<Self>,
-        next_run: &mut Option<u64>,
-        next_train: &mut Option<u64>,
-    ) {
+    /// The lifecycle thread: looks at the clock every 250 ms (wall time) and runs what is
+    /// due. Its own thread, so a long run never delays the access-statistics flush.
+    pub(super) fn lifecycle_loop(self: &Arc<Self>) {
+        let (mut next_run, mut next_train) = self.lifecycle_schedule();
+        if next_run.is_none() && next_train.is_none() {
+            return;
+        }
+        loop {
+            self.lifecycle_wake.wait(Duration::from_millis(250));
+            if self.shutdown.load(Ordering::Acquire) || self.failure.lock().is_some() {
+                return;
+            }
+            self.lifecycle_tick(&mut next_run, &mut next_train);
+        }
+    }
+
+    /// Runs what is due by the clock.
+    fn lifecycle_tick(self: &Arc<Self>, next_run: &mut Option<u64>, next_train: &mut Option<u64>) {
         let lc = &self.config.lifecycle;
         let now = self.config.clock.now_us();
         if let (Some(at), Some(every)) = (*next_run, lc.interval) {
@@ -286,7 +298,7 @@ impl Inner {
 
     /// First due times at open: a run one interval from now; training soon when only the
     /// default model exists, else one period from now.
-    pub(super) fn lifecycle_schedule(&self) -> (Option<u64>, Option<u64>) {
+    fn lifecycle_schedule(&self) -> (Option<u64>, Option<u64>) {
         let lc = &self.config.lifecycle;
         let now = self.config.clock.now_us();
         let run = lc.interval.map(|d| now + d.as_micros() as u64);
