@@ -52,6 +52,7 @@
 
 pub use magray_wal as wal;
 
+pub mod backup;
 mod config;
 pub mod embed;
 mod error;
@@ -63,6 +64,7 @@ mod state;
 mod store_files;
 mod types;
 mod vectors;
+pub mod verify;
 
 pub use config::{default_store_path, Config, HnswConfig, LifecycleConfig};
 pub use embed::{Embedder, EmbedderConfig, EmbedderStats};
@@ -71,7 +73,7 @@ pub use lifecycle::{LifecycleReport, Promoter, TrainReport};
 pub use magray_wal::{Envelope, Event, RecoveryMode};
 pub use memory::{EventStream, Memory};
 pub use snapshot::SNAPSHOT_FORMAT_VERSION;
-pub use store_files::STORE_FORMAT_VERSION;
+pub use store_files::{StoreManifest, STORE_FORMAT_VERSION};
 pub use types::{
     parse_layer, AccessStats, Layer, LayerStats, NewRecord, OpenReport, Record, RecordId,
     SearchHit, SearchOptions, Stats, DECAY_HALF_LIVES_US,

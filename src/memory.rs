@@ -5,7 +5,7 @@ use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::snapshot::{self, Capture, FileEntry, Writer};
 use crate::state::{content_key, fnv64, Graph, Projections};
-use crate::store_files::{StoreLock, StoreManifest, STORE_FORMAT_VERSION};
+use crate::store_files::{StoreLock, StoreManifest};
 use crate::types::*;
 use hnsw_rs::prelude::{DistDot, Hnsw};
 use magray_wal::{
@@ -90,6 +90,8 @@ pub(crate) struct Inner {
     snap_info: Mutex<(Option<u64>, u64)>,
     inflight: Mutex<HashSet<u64>>,
     graphs_loading: AtomicU64,
+    /// Layers whose index `optimize()` asked to rebuild (bit per layer).
+    force_rebuild: std::sync::atomic::AtomicU8,
     report: Mutex<OpenReport>,
     /// The promoter model in use (the default until one is trained or loaded).
     model: RwLock<Arc<PromoterModel>>,
@@ -285,13 +287,8 @@ impl Memory {
                     });
                 }
             }
-            None => StoreManifest {
-                format: STORE_FORMAT_VERSION,
-                dimension: config.dimension,
-                model_id: config.model_id.clone(),
-                created_us: config.clock.now_us(),
-            }
-            .write(&dir)?,
+            None => StoreManifest::new(config.dimension, &config.model_id, config.clock.now_us())
+                .write(&dir)?,
         }
         let snap_root = dir.join("snapshots");
         std::fs::create_dir_all(&snap_root).map_err(|e| Error::io(&snap_root, e))?;
@@ -465,6 +462,7 @@ impl Memory {
             snap: Mutex::new(snap_state),
             inflight: Mutex::new(HashSet::new()),
             graphs_loading: AtomicU64::new(with_dump.len() as u64),
+            force_rebuild: std::sync::atomic::AtomicU8::new(0),
             report: Mutex::new(report),
             model: RwLock::new(Arc::new(model)),
             lifecycle_lock: Mutex::new(()),
@@ -549,7 +547,14 @@ impl Memory {
         let mut in_batch: HashMap<u64, Vec<(usize, RecordId)>> = HashMap::new();
         {
             let st = inner.state.read();
+            let mut batch_ids: HashSet<RecordId> = HashSet::new();
             for (i, (r, v, hash)) in prepared.into_iter().enumerate() {
+                if let Some(id) = r.id {
+                    if st.get(&id.0).is_some() || batch_ids.contains(&id) {
+                        ids.push(id);
+                        continue;
+                    }
+                }
                 if let Some(id) =
                     st.find_duplicate(&r.text, hash, r.layer, r.project.as_deref(), now)
                 {
@@ -566,7 +571,8 @@ impl Memory {
                     ids.push(*id);
                     continue;
                 }
-                let id = RecordId::new_v7();
+                let id = r.id.unwrap_or_else(RecordId::new_v7);
+                batch_ids.insert(id);
                 same.push((events.len(), id));
                 ids.push(id);
                 events.push(inserted(id, r, v, hash, now));
@@ -747,6 +753,27 @@ impl Memory {
         })
         .await
         .map_err(|e| Error::Poisoned(format!("evaluation task failed: {e}")))?
+    }
+
+    /// Rebuilds the index of every layer that has tombstones (deleted, expired or moved
+    /// records) from its live records, waits for indexing to finish, then writes a snapshot.
+    /// Returns the snapshot's sequence.
+    pub async fn optimize(&self) -> Result<u64> {
+        self.inner.check()?;
+        let mut bits = 0u8;
+        for l in Layer::ALL {
+            if self.inner.state.read().layers[l.index()].tombstones > 0 {
+                bits |= 1 << l.index();
+            }
+        }
+        self.inner.force_rebuild.fetch_or(bits, Ordering::AcqRel);
+        self.inner.index_wake.notify();
+        while self.inner.force_rebuild.load(Ordering::Acquire) & bits != 0 {
+            self.inner.check()?;
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        self.wait_indexed().await?;
+        self.checkpoint().await
     }
 
     /// Waits until every live record is in its layer's HNSW index (benchmarks, tests).
@@ -1371,9 +1398,15 @@ impl Inner {
                 if self.shutdown.load(Ordering::Acquire) {
                     return;
                 }
-                let rebuild = needs_rebuild(&self.state.read().layers[layer.index()], &self.config);
+                let bit = 1u8 << layer.index();
+                let forced = self.force_rebuild.load(Ordering::Acquire) & bit != 0;
+                let rebuild =
+                    forced || needs_rebuild(&self.state.read().layers[layer.index()], &self.config);
                 if rebuild {
                     self.rebuild(layer);
+                    if forced {
+                        self.force_rebuild.fetch_and(!bit, Ordering::AcqRel);
+                    }
                     worked = true;
                     continue;
                 }

@@ -52,24 +52,50 @@ impl StoreLock {
     }
 }
 
-/// The store's identity.
+/// The store's identity (`<store>/MANIFEST`, read with [`StoreManifest::read`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub(crate) struct StoreManifest {
-    pub(crate) format: u32,
-    pub(crate) dimension: usize,
-    pub(crate) model_id: String,
-    pub(crate) created_us: u64,
+pub struct StoreManifest {
+    /// Store layout version.
+    pub format: u32,
+    /// Vector dimension.
+    pub dimension: usize,
+    /// Id of the model that made the embeddings (`external`: the caller embeds).
+    pub model_id: String,
+    /// Creation time (µs).
+    pub created_us: u64,
+    /// This store's history line. A restored store gets a new one, so its new events are
+    /// never mixed with the history it was restored from (a backup keeps its source's).
+    pub timeline: String,
+    /// For a restored store, `<timeline>@<seq>`: the history it branched from.
+    pub parent: Option<String>,
 }
 
 impl StoreManifest {
-    fn body(&self) -> String {
-        format!(
-            "magray-memory store\nformat={}\ndimension={}\nmodel={}\ncreated_us={}\n",
-            self.format, self.dimension, self.model_id, self.created_us
-        )
+    /// A new store's identity, with a fresh timeline.
+    pub(crate) fn new(dimension: usize, model_id: &str, created_us: u64) -> StoreManifest {
+        StoreManifest {
+            format: STORE_FORMAT_VERSION,
+            dimension,
+            model_id: model_id.to_string(),
+            created_us,
+            timeline: uuid::Uuid::now_v7().to_string(),
+            parent: None,
+        }
     }
 
-    pub(crate) fn path(dir: &Path) -> PathBuf {
+    fn body(&self) -> String {
+        let mut b = format!(
+            "magray-memory store\nformat={}\ndimension={}\nmodel={}\ncreated_us={}\ntimeline={}\n",
+            self.format, self.dimension, self.model_id, self.created_us, self.timeline
+        );
+        if let Some(p) = &self.parent {
+            b.push_str(&format!("parent={p}\n"));
+        }
+        b
+    }
+
+    /// `<dir>/MANIFEST`.
+    pub fn path(dir: &Path) -> PathBuf {
         dir.join("MANIFEST")
     }
 
@@ -81,7 +107,7 @@ impl StoreManifest {
     }
 
     /// Reads and validates `<dir>/MANIFEST`; `Ok(None)` if there is none.
-    pub(crate) fn read(dir: &Path) -> Result<Option<StoreManifest>> {
+    pub fn read(dir: &Path) -> Result<Option<StoreManifest>> {
         let path = Self::path(dir);
         let text = match std::fs::read(&path) {
             Ok(b) => b,
@@ -104,6 +130,8 @@ impl StoreManifest {
             dimension: 0,
             model_id: String::new(),
             created_us: 0,
+            timeline: String::new(),
+            parent: None,
         };
         let mut offset = 0;
         for (i, line) in body.lines().enumerate() {
@@ -124,8 +152,14 @@ impl StoreManifest {
                 "dimension" => m.dimension = num(v)? as usize,
                 "model" => m.model_id = v.to_string(),
                 "created_us" => m.created_us = num(v)?,
+                "timeline" => m.timeline = v.to_string(),
+                "parent" => m.parent = Some(v.to_string()),
                 _ => {} // later versions may add keys
             }
+        }
+        if m.timeline.is_empty() {
+            // Written before timelines existed: the creation time names its one history.
+            m.timeline = format!("created-{}", m.created_us);
         }
         if m.format == 0 || m.format > STORE_FORMAT_VERSION {
             return Err(bad(

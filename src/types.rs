@@ -62,6 +62,9 @@ pub struct NewRecord {
     pub refs: Vec<RecordId>,
     /// The record's own time (µs since the Unix epoch); default: the commit time.
     pub ts_us: Option<u64>,
+    /// Its id, for imports that must keep ids (an id already live makes the insert a no-op
+    /// returning it); default: a new time-ordered id.
+    pub id: Option<RecordId>,
 }
 
 impl NewRecord {
@@ -84,7 +87,14 @@ impl NewRecord {
             session: None,
             refs: Vec::new(),
             ts_us: None,
+            id: None,
         }
+    }
+
+    /// Keeps this id (imports): inserting an id that is already live writes nothing.
+    pub fn with_id(mut self, id: RecordId) -> Self {
+        self.id = Some(id);
+        self
     }
     /// Sets the layer.
     pub fn layer(mut self, layer: Layer) -> Self {
