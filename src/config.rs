@@ -59,7 +59,7 @@ pub struct LifecycleConfig {
     pub train_window: Duration,
     /// Time between sample points. Default 6 h.
     pub sample_every: Duration,
-    /// Candidates sampled per point, at most. Default 200.
+    /// Never-read candidates sampled per point, at most (every read one is kept). Default 200.
     pub samples_per_point: usize,
     /// Labelled samples needed before a trained model replaces the default. Default 500.
     pub min_train_samples: usize,
@@ -106,7 +106,7 @@ impl LifecycleConfig {
     /// TTLs in µs, `u64::MAX` for none.
     pub(crate) fn ttl_us(&self) -> [u64; 3] {
         self.ttl
-            .map(|t| t.map(|d| d.as_micros() as u64).unwrap_or(u64::MAX))
+            .map(|t| t.map(crate::lifecycle::us).unwrap_or(u64::MAX))
     }
 
     /// Thresholds in use.
@@ -290,12 +290,20 @@ impl Config {
             c.exact_search_below = v;
         }
         let lc = &mut c.lifecycle;
-        let hours = |h: u64| (h > 0).then(|| Duration::from_secs(h * HOUR));
+        let hours = |var: &str, h: u64| -> Result<Option<Duration>> {
+            match h {
+                0 => Ok(None),
+                h => h
+                    .checked_mul(HOUR)
+                    .map(|s| Some(Duration::from_secs(s)))
+                    .ok_or_else(|| Error::Config(format!("{var}={h}: too large"))),
+            }
+        };
         if let Some(v) = env_parse::<u64>("MEMORY_TTL_INTERACT_H")? {
-            lc.ttl[0] = hours(v);
+            lc.ttl[0] = hours("MEMORY_TTL_INTERACT_H", v)?;
         }
         if let Some(v) = env_parse::<u64>("MEMORY_TTL_INSIGHTS_H")? {
-            lc.ttl[1] = hours(v);
+            lc.ttl[1] = hours("MEMORY_TTL_INSIGHTS_H", v)?;
         }
         for (i, var) in [
             "MEMORY_CAP_INTERACT",

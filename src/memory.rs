@@ -41,6 +41,9 @@ struct SnapState {
     marker_seq: u64,
     known_chunks: HashMap<String, FileEntry>,
     at: Instant,
+    /// Version of the promoter model the latest snapshot holds (a newly trained model makes
+    /// the next checkpoint write a snapshot even with no new events).
+    model_version: u32,
 }
 
 struct Wake {
@@ -370,6 +373,7 @@ impl Memory {
                         marker_seq: seq,
                         known_chunks: known,
                         at: Instant::now(),
+                        model_version: model.version,
                     },
                     delta,
                 )
@@ -382,6 +386,7 @@ impl Memory {
                     marker_seq: 0,
                     known_chunks: HashMap::new(),
                     at: Instant::now(),
+                    model_version: 0,
                 },
                 log.history(1),
             ),
@@ -1301,16 +1306,16 @@ impl Inner {
             std::thread::sleep(Duration::from_millis(5));
         }
         let applied = self.state.read().applied_seq;
-        if applied == snap.marker_seq {
+        let model = self.model();
+        let model_version = model.version;
+        if applied == snap.marker_seq && model_version == snap.model_version {
             return Ok(snap.latest.as_ref().map(|(s, _)| *s).unwrap_or(0));
         }
         let root = self.dir.join("snapshots");
         let (cap_seq, dst, new_chunk, entries) = {
             let idx = self.index_lock.lock();
             let mut cap = Capture::take(&self.state.read());
-            cap.model = Some(self.model())
-                .filter(|m| m.version > 0)
-                .map(|m| (*m).clone());
+            cap.model = Some(model).filter(|m| m.version > 0).map(|m| (*m).clone());
             let seq = cap.seq;
             let mut w = Writer::begin(&root, seq)?;
             w.dump_graphs(&mut cap)?;
@@ -1330,6 +1335,7 @@ impl Inner {
         snap.known_chunks = entries.into_iter().map(|e| (e.name.clone(), e)).collect();
         snap.latest = Some((cap_seq, dst));
         snap.at = Instant::now();
+        snap.model_version = model_version;
         let at = self.commit_blocking(vec![Event::Checkpointed {
             snapshot_seq: cap_seq,
         }])?;

@@ -16,8 +16,11 @@
 //!   earlier record of their topic. Every operation advances the clock by 1–3 minutes;
 //!   accesses are flushed at the end of each session.
 //!
-//! Nothing in it is tuned to any promoter: it is what an agent that keeps coming back to some
-//! projects, and debugs other things once, does.
+//! It was written to model an agent that keeps coming back to some projects and debugs other
+//! things once; that choice decides what is predictable. In it a burst of reads in one
+//! session says nothing about later use, so access counts rank those bursts first and do
+//! worse than chance (see the README's table); a workload where reads do recur would favour
+//! the count-based baselines more.
 
 use crate::error::Result;
 use crate::types::{Layer, NewRecord, RecordId, SearchOptions};

@@ -677,7 +677,14 @@ fn decode_tables(dir: &Path, m: &ManifestBody) -> Result<Tables> {
     let model = if m.files.iter().any(|f| f.name == PROMOTER_FILE) {
         let p = dir.join(PROMOTER_FILE);
         let bytes = std::fs::read(&p).map_err(|e| Error::io(&p, e))?;
-        Some(decode::<PromoterModel>(&bytes, &p)?)
+        let m = decode::<PromoterModel>(&bytes, &p)?;
+        match m.check() {
+            Ok(()) => Some(m),
+            Err(why) => {
+                tracing::warn!(file = %p.display(), %why, "promoter model unusable; the default is used until the next training");
+                None
+            }
+        }
     } else {
         None
     };

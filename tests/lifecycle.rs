@@ -126,6 +126,48 @@ async fn ttl_hides_records_at_the_boundary_and_expire_removes_them() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_assets_ttl_expires_assets_and_a_nan_score_is_never_promoted() {
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let mut c = cfg(&clock, [0.5, 0.8]);
+    c.lifecycle.ttl[2] = Some(Duration::from_secs(48 * 3600));
+    c.lifecycle.promoter = Promoter::Custom(
+        "nan-for-x",
+        Arc::new(
+            |s: &lifecycle::Signals| {
+                if s.text_chars == 1 {
+                    f64::NAN
+                } else {
+                    0.9
+                }
+            },
+        ),
+    );
+    let m = Memory::open(dir.path(), c).await.unwrap();
+    let a = m
+        .insert(NewRecord::new("asset", vec_for(1)).layer(Layer::Assets))
+        .await
+        .unwrap();
+    let x = m.insert(NewRecord::new("x", vec_for(2))).await.unwrap();
+    let y = m.insert(NewRecord::new("yy", vec_for(3))).await.unwrap();
+    let r = m.promote().await.unwrap();
+    assert_eq!(
+        r.promoted,
+        [1, 0],
+        "y (0.9) moves up, x (NaN) does not: {r:?}"
+    );
+    assert_eq!(m.get(y).await.unwrap().layer, Layer::Insights);
+    assert_eq!(m.get(x).await.unwrap().layer, Layer::Interact);
+    clock.set_us(T0 + 48 * HOUR);
+    let r = m.expire().await.unwrap();
+    // x is past its 24 h TTL (NaN: expired, not promoted); the asset is past its 48 h.
+    assert_eq!(r.expired_ttl, 2, "{r:?}");
+    assert!(matches!(m.get(a).await, Err(Error::NotFound(_))));
+    assert_eq!(m.stats().expired, [2, 0, 0]);
+    m.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn capacity_evicts_the_lowest_scores_first_and_only_above_the_limit() {
     let dir = tempfile::tempdir().unwrap();
     let clock = ManualClock::new(T0);
@@ -333,8 +375,11 @@ fn sim_config(clock: &ManualClock, dim: usize) -> Config {
         dimension: dim,
         clock: Arc::new(clock.clone()),
         lifecycle: LifecycleConfig::manual(),
-        // Exact search: the same seed gives the same history.
+        // Exact search, and accesses written only when the simulation flushes them: the
+        // same seed gives the same history.
         exact_search_below: usize::MAX,
+        access_flush_interval: Duration::from_secs(24 * 3600),
+        access_flush_hits: usize::MAX,
         ..Config::default()
     }
 }
@@ -350,9 +395,12 @@ async fn the_trained_model_is_persisted_in_snapshots() {
     let mut c = sim_config(&clock, sc.dim);
     c.lifecycle.min_train_samples = 200;
     c.lifecycle.train_window = Duration::from_secs(10 * 86_400);
+    // Only the snapshot training writes itself can carry the model across the restart.
+    c.checkpoint_on_close = false;
     let m = Memory::open(dir.path(), c.clone()).await.unwrap();
     assert_eq!(m.promoter_model().version, 0);
     sim::run(&m, &clock, &sc).await.unwrap();
+    m.checkpoint().await.unwrap(); // no event follows this one before the training
     let r = m.train_promoter().await.unwrap();
     assert_eq!((r.model_version, &r.skipped), (1, &None), "{r:?}");
     assert!(r.samples >= 200 && r.positives >= 10, "{r:?}");
@@ -403,13 +451,11 @@ async fn replaying_the_log_reproduces_every_records_layer() {
         promoted > 0 && expired > 0,
         "the run decided things: {runs:?}"
     );
-    let layers = |m: &Memory| -> HashMap<RecordId, Layer> {
-        m.records(None)
-            .into_iter()
-            .map(|r| (r.id, r.layer))
-            .collect()
+    let layers = |m: &Memory| -> HashMap<RecordId, Record> {
+        m.records(None).into_iter().map(|r| (r.id, r)).collect()
     };
     let live = layers(&m);
+    assert!(live.values().any(|r| r.layer == Layer::Insights));
     let stats = m.stats();
     m.close().await.unwrap();
 
@@ -436,6 +482,10 @@ async fn replaying_the_log_reproduces_every_records_layer() {
     full.close().await.unwrap();
     let reopened = Memory::open(dir.path(), c).await.unwrap();
     assert_eq!(layers(&reopened), live, "snapshot + delta agrees");
+    assert_eq!(
+        (reopened.stats().promoted, reopened.stats().expired),
+        (stats.promoted, stats.expired)
+    );
     reopened.close().await.unwrap();
 }
 

@@ -48,6 +48,8 @@ fn kill_child_promoter() {
         .unwrap();
     rt.block_on(async move {
         let m = Memory::open(&dir, cfg()).await.expect("child open");
+        println!("READY");
+        std::io::stdout().flush().unwrap();
         let vs = clustered(cycle, ROUND, DIM, 8);
         for round in cycle * 1000.. {
             let batch: Vec<NewRecord> = vs
@@ -94,13 +96,20 @@ fn promotion_batches_survive_sigkill_all_or_nothing() {
             .spawn()
             .unwrap();
         let stdout = child.stdout.take().unwrap();
+        let (ready_tx, ready_rx) = std::sync::mpsc::channel();
         let reader = std::thread::spawn(move || {
-            BufReader::new(stdout)
-                .lines()
-                .map_while(|l| l.ok())
-                .collect::<Vec<String>>()
+            let mut lines = Vec::new();
+            for l in BufReader::new(stdout).lines().map_while(|l| l.ok()) {
+                if l == "READY" {
+                    let _ = ready_tx.send(());
+                }
+                lines.push(l);
+            }
+            lines
         });
-        let delay = rng.random_range(150..1500);
+        // Kill after the open (its time grows with the store), while rounds run.
+        let _ = ready_rx.recv_timeout(Duration::from_secs(60));
+        let delay = rng.random_range(50..1200);
         std::thread::sleep(Duration::from_millis(delay));
         child.kill().unwrap(); // SIGKILL
         child.wait().unwrap();
@@ -201,5 +210,30 @@ async fn verify(
             "cycle {cycle}: acked promotion of round {r} lost"
         );
     }
+    // Every promotion batch in the log is applied whole: each id it names is in Insights.
+    let layer: HashMap<RecordId, Layer> = m
+        .records(None)
+        .into_iter()
+        .map(|r| (r.id, r.layer))
+        .collect();
+    let mut batches = 0;
+    for env in magray_memory::wal::History::open_offline(dir, 1) {
+        let env = env.unwrap_or_else(|e| panic!("cycle {cycle}: log unreadable: {e}"));
+        if let Event::Promoted(list) = env.event {
+            batches += 1;
+            for p in list {
+                assert_eq!(
+                    layer.get(&RecordId(p.id)),
+                    Some(&Layer::Insights),
+                    "cycle {cycle}: promotion batch at sequence {} is not fully applied",
+                    env.seq
+                );
+            }
+        }
+    }
+    assert!(
+        batches >= promoted.len(),
+        "cycle {cycle}: {batches} batches in the log"
+    );
     m.close().await.unwrap();
 }

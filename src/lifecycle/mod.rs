@@ -20,6 +20,11 @@ use crate::state::{Probe, Projections, TopK};
 use crate::types::{Layer, SearchOptions};
 use std::sync::Arc;
 
+/// A duration in µs, saturating at `u64::MAX` (a "very long" setting never wraps to 0).
+pub(crate) fn us(d: std::time::Duration) -> u64 {
+    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
+}
+
 /// Cosine similarity at or above which another record counts in a record's semantic cluster.
 pub const CLUSTER_RADIUS: f32 = 0.8;
 /// Largest cluster size counted (the neighbour search asks for this many).

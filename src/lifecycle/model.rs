@@ -39,6 +39,9 @@ const MAX_KINDS: usize = 8;
 /// Why a model could not be trained.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum TrainError {
+    /// The fit did not converge to finite parameters.
+    #[error("training diverged (non-finite parameters); the current model is kept")]
+    Diverged,
     /// Too little labelled history.
     #[error("not enough history: {samples} labelled samples ({positives} positive); need {need} with at least 10 of each label")]
     NotEnoughHistory {
@@ -203,8 +206,8 @@ impl PromoterModel {
             .collect()
     }
 
-    /// Fits a model to labelled samples. `layer` of each sample is part of its signals.
-    /// Needs `min_samples` samples with at least 10 of each label.
+    /// Fits a model to labelled samples (one model serves both steps, with a threshold per
+    /// step). Needs `min_samples` samples with at least 10 of each label.
     pub fn train(
         samples: &[(Signals, bool)],
         min_samples: usize,
@@ -325,7 +328,44 @@ impl PromoterModel {
             trained_to_seq,
         };
         model.trees = boost(&xs, &ys, &model);
+        model.check().map_err(|_| TrainError::Diverged)?;
         Ok(model)
+    }
+
+    /// Checks the parameters are usable: one weight, mean and scale per feature, every number
+    /// finite, tree splits on existing features. A model loaded from disk that fails this is
+    /// not used.
+    pub fn check(&self) -> Result<(), String> {
+        let d = FEATURES.len() + self.kinds.len();
+        if self.weights.len() != d || self.mean.len() != d || self.scale.len() != d {
+            return Err(format!(
+                "{} features but {} weights, {} means, {} scales",
+                d,
+                self.weights.len(),
+                self.mean.len(),
+                self.scale.len()
+            ));
+        }
+        let finite = self
+            .weights
+            .iter()
+            .chain(&self.mean)
+            .chain(&self.scale)
+            .chain(std::iter::once(&self.bias))
+            .chain(self.trees.iter().flat_map(|t| t.leaves.iter()))
+            .all(|x| x.is_finite());
+        if !finite || self.scale.iter().any(|s| *s <= 0.0) {
+            return Err("non-finite or non-positive parameters".into());
+        }
+        if self
+            .trees
+            .iter()
+            .flat_map(|t| t.splits.iter())
+            .any(|(f, t)| usize::from(*f) >= d || t.is_nan())
+        {
+            return Err("a tree splits on a feature the model does not have".into());
+        }
+        Ok(())
     }
 
     /// The model as a short text (for logs and `status`): the largest linear weights and

@@ -53,8 +53,8 @@ impl Collector {
         proj.ttl_us = ttl_us;
         Collector {
             proj,
-            horizon_us: horizon.as_micros() as u64,
-            every_us: (every.as_micros() as u64).max(1),
+            horizon_us: super::us(horizon),
+            every_us: super::us(every).max(1),
             from_us,
             cap: usize::MAX,
             cap_until_us: 0,
@@ -77,7 +77,7 @@ impl Collector {
     }
 
     pub(crate) fn window(mut self, window: Option<Duration>) -> Collector {
-        self.window_us = window.map(|w| w.as_micros() as u64).unwrap_or(u64::MAX);
+        self.window_us = window.map(super::us).unwrap_or(u64::MAX);
         self
     }
 
@@ -103,10 +103,10 @@ impl Collector {
                 let h = self.horizon_us;
                 list.retain(|&i| {
                     let s = &mut samples[i];
-                    if env.ts_us > s.t_us && env.ts_us <= s.t_us + h {
+                    if env.ts_us > s.t_us && env.ts_us <= s.t_us.saturating_add(h) {
                         s.label = true;
                     }
-                    !s.label && s.t_us + h > env.ts_us
+                    !s.label && s.t_us.saturating_add(h) > env.ts_us
                 });
                 if list.is_empty() {
                     self.open.remove(&hit.id);
@@ -172,7 +172,7 @@ impl Collector {
         let samples = self
             .samples
             .into_iter()
-            .filter(|s| s.t_us + h <= end)
+            .filter(|s| s.t_us.saturating_add(h) <= end)
             .collect();
         (samples, self.events, self.last_seq)
     }
@@ -190,7 +190,8 @@ pub struct EvalConfig {
     pub sample_every: Duration,
     /// The `k` of precision@k and recall@k. Default 10.
     pub k: usize,
-    /// Training candidates per sample point, at most. Default 200.
+    /// Never-read training candidates per sample point, at most (every read one is kept).
+    /// Default 200.
     pub train_per_time: usize,
     /// Candidates are the records that entered Interact or Insights less than this long
     /// before the sample point: the ones a promoter must decide on before a 24 h TTL takes
@@ -290,6 +291,16 @@ pub(crate) fn evaluate(
     ttl_us: [u64; 3],
     cfg: &EvalConfig,
 ) -> Result<EvalReport> {
+    if !(1..=1000).contains(&cfg.k)
+        || cfg.sample_every < std::time::Duration::from_secs(60)
+        || cfg.horizon.is_zero()
+    {
+        return Err(crate::Error::InvalidInput(format!(
+            "evaluation needs k within 1..=1000, sample_every of at least a minute and a \
+             positive horizon (got k {}, sample_every {:?}, horizon {:?})",
+            cfg.k, cfg.sample_every, cfg.horizon
+        )));
+    }
     let mut c = Collector::new(dim, ttl_us, cfg.horizon, cfg.sample_every, 0)
         .cap_per_time(cfg.train_per_time, cfg.split_us)
         .window(cfg.candidate_window);
@@ -297,10 +308,10 @@ pub(crate) fn evaluate(
         c.push(&env?)?;
     }
     let (samples, _, last_seq) = c.finish();
-    let h = cfg.horizon.as_micros() as u64;
+    let h = super::us(cfg.horizon);
     let train: Vec<(Signals, bool)> = samples
         .iter()
-        .filter(|s| s.t_us + h <= cfg.split_us)
+        .filter(|s| s.t_us.saturating_add(h) <= cfg.split_us)
         .map(|s| (s.signals.clone(), s.label))
         .collect();
     let model = PromoterModel::train(&train, 100, 1, h, last_seq).map_err(|e| {

@@ -12,8 +12,9 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-/// Candidates scored per read-lock hold (writers apply between chunks).
-const SCORE_CHUNK: usize = 256;
+/// Candidates scored per read-lock hold (writers apply between chunks; with the learned
+/// promoter each costs two index searches, so a hold is a few milliseconds).
+const SCORE_CHUNK: usize = 32;
 
 struct Scored {
     id: Id,
@@ -68,9 +69,16 @@ impl Inner {
                 };
                 let (id, past_ttl, layer_since_us) = (r.id, st.past_ttl(r, now), r.layer_since_us);
                 if let Some(sig) = signals(&st, slot, now, neighbours) {
+                    let score = promoter.score(model, &sig);
                     out.push(Scored {
                         id,
-                        score: promoter.score(model, &sig),
+                        // A NaN score (a custom scorer's) is the lowest: never promoted,
+                        // evicted first.
+                        score: if score.is_nan() {
+                            f64::NEG_INFINITY
+                        } else {
+                            score
+                        },
                         past_ttl,
                         layer_since_us,
                     });
@@ -91,7 +99,11 @@ impl Inner {
         let lc = &self.config.lifecycle;
         let model = self.model();
         let th = lc.thresholds();
-        let dwell = lc.assets_min_dwell.as_micros() as u64;
+        let dwell = crate::lifecycle::us(lc.assets_min_dwell);
+        let ttl_us = lc.ttl_us();
+        // A record whose TTL ends before the next background run is decided now: promoted if
+        // it scores above the threshold, so it is never hidden first.
+        let lookahead = lc.interval.map_or(0, crate::lifecycle::us);
         let mut report = LifecycleReport {
             at_us: now,
             promoter: lc.promoter.name(),
@@ -104,20 +116,27 @@ impl Inner {
         for layer in Layer::ALL {
             let cap = lc.capacity[layer.index()].filter(|_| expire);
             let next = layer.next();
-            if next.is_none() && cap.is_none() {
+            let has_ttl = ttl_us[layer.index()] != u64::MAX;
+            if next.is_none() && cap.is_none() && !(expire && has_ttl) {
                 continue;
             }
             let scored = self.score_layer(layer, now, &model);
             report.scored += scored.len() as u64;
-            let threshold = next.map(|_| th[layer.index()]).unwrap_or(f64::INFINITY);
+            // An infinite threshold means never.
+            let threshold = next
+                .map(|_| th[layer.index()])
+                .filter(|t| *t < f64::INFINITY);
             let mut kept: Vec<&Scored> = Vec::new();
             let mut out = 0usize;
             for s in &scored {
-                let above = s.score >= threshold;
+                let above = threshold.is_some_and(|t| s.score >= t);
                 let dwelt =
                     layer != Layer::Insights || now.saturating_sub(s.layer_since_us) >= dwell;
+                let soon = s.past_ttl
+                    || s.layer_since_us.saturating_add(ttl_us[layer.index()])
+                        <= now.saturating_add(lookahead);
                 let up = match next {
-                    Some(to) if above && (s.past_ttl || (promote && dwelt)) => Some(to),
+                    Some(to) if above && (soon || (promote && dwelt)) => Some(to),
                     _ => None,
                 };
                 if let Some(to) = up {
@@ -192,9 +211,24 @@ impl Inner {
     /// was enough history.
     pub(super) fn train(&self) -> Result<TrainReport> {
         let started = Instant::now();
+        // One training at a time (background or on demand); the flag drops with the guard.
+        struct Busy<'a>(&'a std::sync::atomic::AtomicBool);
+        impl Drop for Busy<'_> {
+            fn drop(&mut self) {
+                self.0.store(false, Ordering::Release);
+            }
+        }
+        if self.training.swap(true, Ordering::AcqRel) {
+            return Ok(TrainReport {
+                model_version: self.model().version,
+                skipped: Some("a training run is already in progress".into()),
+                ..Default::default()
+            });
+        }
+        let _busy = Busy(&self.training);
         let lc = &self.config.lifecycle;
         let now = self.config.clock.now_us();
-        let from = now.saturating_sub(lc.train_window.as_micros() as u64);
+        let from = now.saturating_sub(crate::lifecycle::us(lc.train_window));
         let mut c = Collector::new(
             self.config.dimension,
             lc.ttl_us(),
@@ -224,13 +258,22 @@ impl Inner {
             &labelled,
             lc.min_train_samples,
             current.version + 1,
-            lc.horizon.as_micros() as u64,
+            crate::lifecycle::us(lc.horizon),
             last_seq,
         ) {
-            Ok(m) => {
+            Ok(mut m) => {
+                // The version is taken at the swap, so it is unique even if another model
+                // was swapped in meanwhile.
+                let mut slot = self.model.write();
+                m.version = slot.version + 1;
                 tracing::info!(model = %m.summary(), "promoter trained");
                 report.model_version = m.version;
-                *self.model.write() = Arc::new(m);
+                *slot = Arc::new(m);
+                drop(slot);
+                // Persist it now rather than at the next checkpoint.
+                if let Err(e) = self.checkpoint_blocking() {
+                    tracing::warn!(error = %e, "snapshot after training failed; the model is written at the next checkpoint");
+                }
             }
             Err(e) => report.skipped = Some(e.to_string()),
         }
@@ -260,7 +303,7 @@ impl Inner {
         let now = self.config.clock.now_us();
         if let (Some(at), Some(every)) = (*next_run, lc.interval) {
             if now >= at {
-                *next_run = Some(now + every.as_micros() as u64);
+                *next_run = Some(now.saturating_add(crate::lifecycle::us(every)));
                 match self.catch("lifecycle run", || self.run_lifecycle(true, true)) {
                     Ok(_) | Err(Error::Poisoned(_)) | Err(Error::Closed) => {}
                     Err(e) => {
@@ -271,25 +314,23 @@ impl Inner {
         }
         if let (Some(at), Some(every)) = (*next_train, lc.train_every) {
             if now >= at && matches!(lc.promoter, crate::lifecycle::Promoter::Learned) {
-                *next_train = Some(now + every.as_micros() as u64);
-                if !self.training.swap(true, Ordering::AcqRel) {
+                *next_train = Some(now.saturating_add(crate::lifecycle::us(every)));
+                if !self.training.load(Ordering::Acquire) {
                     let me = self.clone();
                     let spawned = std::thread::Builder::new()
                         .name("magray-train".into())
-                        .spawn(move || {
-                            match me.catch("promoter training", || me.train()) {
-                                Ok(r) => tracing::info!(report = ?r, "promoter training run"),
-                                Err(Error::Poisoned(_)) | Err(Error::Closed) => {}
-                                Err(e) => tracing::warn!(error = %e, "promoter training failed"),
-                            }
-                            me.training.store(false, Ordering::Release);
+                        .spawn(move || match me.catch("promoter training", || me.train()) {
+                            Ok(r) => tracing::info!(report = ?r, "promoter training run"),
+                            Err(Error::Poisoned(_)) | Err(Error::Closed) => {}
+                            Err(e) => tracing::warn!(error = %e, "promoter training failed"),
                         });
                     match spawned {
-                        Ok(h) => self.bg_threads.lock().push(h),
-                        Err(e) => {
-                            self.training.store(false, Ordering::Release);
-                            tracing::warn!(error = %e, "could not start promoter training");
+                        Ok(h) => {
+                            let mut bg = self.bg_threads.lock();
+                            bg.retain(|t| !t.is_finished());
+                            bg.push(h);
                         }
+                        Err(e) => tracing::warn!(error = %e, "could not start promoter training"),
                     }
                 }
             }
@@ -301,14 +342,16 @@ impl Inner {
     fn lifecycle_schedule(&self) -> (Option<u64>, Option<u64>) {
         let lc = &self.config.lifecycle;
         let now = self.config.clock.now_us();
-        let run = lc.interval.map(|d| now + d.as_micros() as u64);
+        let run = lc
+            .interval
+            .map(|d| now.saturating_add(crate::lifecycle::us(d)));
         let train = lc.train_every.map(|d| {
             let first = if self.model().version == 0 {
                 d.min(Duration::from_secs(600))
             } else {
                 d
             };
-            now + first.as_micros() as u64
+            now.saturating_add(crate::lifecycle::us(first))
         });
         (run, train)
     }

@@ -795,7 +795,8 @@ pub struct IngestReport {
 fn relative(path: &Path, base: &Path) -> PathBuf {
     let abs = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
     let base = std::fs::canonicalize(base).unwrap_or_else(|_| base.to_path_buf());
-    abs.strip_prefix(&base).map_or(abs.clone(), Path::to_path_buf)
+    abs.strip_prefix(&base)
+        .map_or(abs.clone(), Path::to_path_buf)
 }
 
 async fn ingest(
