@@ -254,23 +254,40 @@ fn replicate(
     // The newest valid snapshot at or before what the destination holds.
     let dst_root = dest.join("snapshots");
     std::fs::create_dir_all(&dst_root).map_err(|e| Error::io(&dst_root, e))?;
+    // A store in use prunes old snapshots while we copy: a snapshot that vanishes or fails
+    // its checks is skipped for the next older one. None at all is fine (the log has every
+    // event; opening the copy replays more).
     for (seq, path) in snapshot::list(&source.join("snapshots"))? {
         if seq > report.last_seq || snapshot::load(&path, src.dimension).is_err() {
             continue;
         }
-        report.snapshot_seq = Some(seq);
         let to = dst_root.join(snapshot::dir_name(seq));
         if !to.exists() {
-            copy_snapshot(&path, &to)?;
-            report.snapshot_copied = true;
+            match copy_snapshot(&path, &to, src.dimension) {
+                Ok(()) => report.snapshot_copied = true,
+                Err(e) => {
+                    tracing::warn!(snapshot = %path.display(), error = %e, "snapshot changed while copying; trying an older one");
+                    let _ = std::fs::remove_dir_all(&to);
+                    continue;
+                }
+            }
         }
+        report.snapshot_seq = Some(seq);
         break;
+    }
+    if report.snapshot_seq.is_none() {
+        // Keep naming what the destination already holds, if anything.
+        report.snapshot_seq = snapshot::list(&dst_root)?
+            .into_iter()
+            .map(|(s, _)| s)
+            .find(|s| *s <= report.last_seq);
     }
     Ok(report)
 }
 
-/// Copies a snapshot directory: files into a temp dir, each fsynced, then the rename.
-fn copy_snapshot(from: &Path, to: &Path) -> Result<()> {
+/// Copies a snapshot directory: files into a temp dir, each fsynced, then every crc checked
+/// against its manifest, then the rename.
+fn copy_snapshot(from: &Path, to: &Path, dim: usize) -> Result<()> {
     let root = to
         .parent()
         .ok_or_else(|| Error::InvalidInput(format!("{} has no parent", to.display())))?;
@@ -294,8 +311,10 @@ fn copy_snapshot(from: &Path, to: &Path) -> Result<()> {
             .map_err(|e| Error::io(&dst, e))?;
     }
     sync_dir(&tmp)?;
+    if let Err(e) = snapshot::load(&tmp, dim) {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e);
+    }
     std::fs::rename(&tmp, to).map_err(|e| Error::io(to, e))?;
-    sync_dir(root)?;
-    // Checked after the copy, like every snapshot at open.
-    snapshot::read_manifest(to).map(|_| ())
+    Ok(sync_dir(root)?)
 }

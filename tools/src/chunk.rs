@@ -155,14 +155,19 @@ pub fn chunks(label: &str, text: &str, markdown: bool) -> Vec<String> {
                     if cur.chars().count() + line.chars().count() + 1 > room {
                         push(&mut cur);
                     }
-                    let chars: Vec<char> = line.chars().collect();
-                    for piece in chars.chunks(room) {
-                        if cur.chars().count() + piece.len() + 1 > room {
+                    // Wrap at spaces; only a single word longer than a chunk is cut.
+                    let mut words: Vec<String> = Vec::new();
+                    for w in line.split_inclusive(' ') {
+                        let chars: Vec<char> = w.chars().collect();
+                        words.extend(chars.chunks(room).map(|c| c.iter().collect()));
+                    }
+                    for w in words {
+                        if cur.chars().count() + w.chars().count() + 1 > room {
                             push(&mut cur);
                         }
-                        cur.extend(piece);
-                        cur.push('\n');
+                        cur.push_str(&w);
                     }
+                    cur.push('\n');
                 }
             } else {
                 if !cur.is_empty() {
