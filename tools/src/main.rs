@@ -208,7 +208,19 @@ enum ExportFormat {
     Markdown,
 }
 
+/// Dies quietly on a closed pipe (`magray-mem log | head`) like other Unix tools, instead of
+/// panicking in `println!`.
+#[allow(unsafe_code)]
+fn default_sigpipe() {
+    // SAFETY: called first thing in main, before any thread exists; SIG_DFL is a valid
+    // disposition for SIGPIPE and no handler code runs.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn main() -> ExitCode {
+    default_sigpipe();
     let cli = Cli::parse();
     if std::env::var_os("RUST_LOG").is_some() {
         // Library log lines go nowhere unless asked for; the CLI prints its own messages.
