@@ -1,1 +1,851 @@
-//! placeholder
+//! The chaos suite: a worker process runs a seeded random workload against a store and
+//! reports every operation as pending before and acknowledged after; the harness SIGKILLs it
+//! at moments biased to dangerous windows, injects storage faults between runs, reopens, and
+//! checks the store against an expected-state oracle.
+//!
+//! Protocol (one line each, flushed):
+//! * `P <op> <kind> <args…>` before an operation, `A <op> <results…>` after it is acknowledged.
+//! * kinds: `insert <text>…` (`A` lists the ids), `delete <id>`, `supersede <id> <text>`
+//!   (`A` gives the new id), `rate <id>`, `search`, `lifecycle`, `checkpoint`, `optimize`,
+//!   `restore <dir>`.
+//!
+//! Texts are `w<seed>.<op>.<j>`; a record's vector is a function of its text, so the harness
+//! can check "own top-1" without the worker.
+
+use magray_memory::wal::{Event, History};
+use magray_memory::{Config, LifecycleConfig, Memory, Promoter, Record, RecordId, SearchOptions};
+use std::collections::{HashMap, HashSet};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// Vector dimension of chaos stores.
+pub const DIM: usize = 16;
+
+/// The store configuration of the worker and of every check: small snapshots intervals,
+/// small segments (frequent archiving), HNSW always on, a capacity that expires records.
+pub fn config() -> Config {
+    Config {
+        dimension: DIM,
+        checkpoint_every: 60,
+        checkpoint_interval: Duration::ZERO,
+        checkpoint_on_close: false,
+        snapshots_keep: 2,
+        exact_search_below: 0,
+        index_batch: 16,
+        access_flush_interval: Duration::from_millis(20),
+        segment_bytes: 256 << 10,
+        lifecycle: LifecycleConfig {
+            promoter: Promoter::AccessCount,
+            thresholds: Some([2.0, f64::INFINITY]),
+            capacity: [Some(600), None, None],
+            ..LifecycleConfig::manual()
+        },
+        ..Config::default()
+    }
+}
+
+/// The vector of a text (SplitMix over its bytes), unit length.
+pub fn vector_for(text: &str) -> Vec<f32> {
+    let mut rng =
+        magray_memory::sim::Rng::new(text.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x100_0000_01b3)
+        }));
+    rng.unit(DIM)
+}
+
+/// Where the harness kills the worker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Window {
+    /// During open: recovery, replay, snapshot load (a crash during recovery).
+    Recovery,
+    /// While inserts stream in and the indexer inserts into HNSW.
+    Indexing,
+    /// Right after a checkpoint starts: snapshot writing, rename, the log checkpoint marker.
+    Snapshot,
+    /// Inside a promotion / expiry batch.
+    Promotion,
+    /// Inside an index rebuild + snapshot (`optimize`).
+    Rebuild,
+    /// Inside a point-in-time restore into a new directory.
+    Restore,
+    /// At a random moment (segment rotation and archiving happen throughout).
+    Anywhere,
+}
+
+impl Window {
+    /// Every window.
+    pub const ALL: [Window; 7] = [
+        Window::Recovery,
+        Window::Indexing,
+        Window::Snapshot,
+        Window::Promotion,
+        Window::Rebuild,
+        Window::Restore,
+        Window::Anywhere,
+    ];
+
+    /// The operation whose `P` line opens this window.
+    fn marker(self) -> Option<&'static str> {
+        match self {
+            Window::Snapshot => Some("checkpoint"),
+            Window::Promotion => Some("lifecycle"),
+            Window::Rebuild => Some("optimize"),
+            Window::Restore => Some("restore"),
+            _ => None,
+        }
+    }
+}
+
+/// A storage fault injected into a closed store.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Fault {
+    /// Cut the live log inside its last entry.
+    TruncateTail,
+    /// Flip a bit in the last entry of the live log.
+    FlipTail,
+    /// Flip a bit in an entry in the middle of the live log.
+    FlipMiddle,
+    /// Flip a bit in a file of the newest snapshot.
+    FlipSnapshot,
+    /// Delete the newest snapshot.
+    DeleteSnapshot,
+    /// Zero the last 4 KiB page of a file of the newest snapshot.
+    ZeroSnapshotPage,
+    /// Flip a bit in an archive file.
+    FlipArchive,
+}
+
+impl Fault {
+    /// Every fault kind.
+    pub const ALL: [Fault; 7] = [
+        Fault::TruncateTail,
+        Fault::FlipTail,
+        Fault::FlipMiddle,
+        Fault::FlipSnapshot,
+        Fault::DeleteSnapshot,
+        Fault::ZeroSnapshotPage,
+        Fault::FlipArchive,
+    ];
+}
+
+/// The expected state: what the worker was told happened.
+#[derive(Debug, Default)]
+pub struct Oracle {
+    /// Every text a worker ever issued (P line).
+    issued: HashSet<String>,
+    /// Acknowledged inserts: id → text.
+    acked: HashMap<RecordId, String>,
+    /// Acknowledged deletes and supersedes (the old record).
+    removed: HashSet<RecordId>,
+    /// Inserts issued but not acknowledged, per op: their texts (all or none may exist).
+    pending_inserts: Vec<Vec<String>>,
+}
+
+impl Oracle {
+    /// Acknowledged inserts known.
+    pub fn acked(&self) -> usize {
+        self.acked.len()
+    }
+
+    fn absorb(&mut self, lines: &[String]) -> Option<String> {
+        let mut pending: HashMap<&str, (&str, Vec<&str>)> = HashMap::new();
+        let mut last_marker = None;
+        for line in lines {
+            let parts: Vec<&str> = line.split(' ').collect();
+            match parts.as_slice() {
+                ["P", op, kind, rest @ ..] => {
+                    last_marker = Some(kind.to_string());
+                    if *kind == "insert" || *kind == "supersede" {
+                        let texts: Vec<&str> = if *kind == "insert" {
+                            rest.to_vec()
+                        } else {
+                            rest.iter().skip(1).copied().collect()
+                        };
+                        self.issued.extend(texts.iter().map(|t| t.to_string()));
+                    }
+                    pending.insert(op, (kind, rest.to_vec()));
+                }
+                ["A", op, results @ ..] => {
+                    let Some((kind, args)) = pending.remove(op) else {
+                        continue;
+                    };
+                    match kind {
+                        "insert" => {
+                            for (id, text) in results.iter().zip(&args) {
+                                if let Ok(id) = id.parse() {
+                                    self.acked.insert(id, text.to_string());
+                                }
+                            }
+                        }
+                        "delete" => {
+                            if let Some(Ok(id)) = args.first().map(|a| a.parse()) {
+                                self.removed.insert(id);
+                            }
+                        }
+                        "supersede" => {
+                            if let (Some(Ok(old)), Some(Ok(new)), Some(text)) = (
+                                args.first().map(|a| a.parse()),
+                                results.first().map(|r| r.parse()),
+                                args.get(1),
+                            ) {
+                                self.removed.insert(old);
+                                self.acked.insert(new, text.to_string());
+                            }
+                        }
+                        _ => {}
+                    }
+                }
+                _ => {} // a line cut by the kill
+            }
+        }
+        for (_, (kind, args)) in pending {
+            match kind {
+                "insert" => self
+                    .pending_inserts
+                    .push(args.iter().map(|s| s.to_string()).collect()),
+                "supersede" => self
+                    .pending_inserts
+                    .push(args.iter().skip(1).map(|s| s.to_string()).collect()),
+                _ => {}
+            }
+        }
+        last_marker
+    }
+}
+
+/// One cycle's outcome.
+#[derive(Debug, Clone, Default)]
+pub struct CycleReport {
+    /// Acknowledged inserts checked present (or legitimately removed by the log).
+    pub acked_verified: usize,
+    /// Records the oracle expected that were missing (must be 0).
+    pub lost: usize,
+    /// Whether the kill landed after the window's marker.
+    pub in_window: bool,
+}
+
+/// Totals over a run, for the soak table.
+#[derive(Debug, Clone, Default)]
+pub struct Summary {
+    /// Kill cycles.
+    pub cycles: u64,
+    /// Cycles per window, and how many landed inside it.
+    pub windows: std::collections::BTreeMap<String, (u64, u64)>,
+    /// Acknowledged inserts verified, summed over cycles.
+    pub acked_verified: u64,
+    /// Acknowledged operations lost (must be 0).
+    pub lost: u64,
+    /// Opens that failed after a kill (must be 0).
+    pub failed_opens: u64,
+    /// Faults injected / detected, by kind.
+    pub faults: std::collections::BTreeMap<String, (u64, u64)>,
+    /// Wall time.
+    pub elapsed: Duration,
+}
+
+impl std::fmt::Display for Summary {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        writeln!(f, "| cycles | acked inserts verified | lost | failed opens | faults injected | faults detected | time |")?;
+        writeln!(f, "|---:|---:|---:|---:|---:|---:|---:|")?;
+        let (inj, det) = self
+            .faults
+            .values()
+            .fold((0, 0), |(a, b), (i, d)| (a + i, b + d));
+        writeln!(
+            f,
+            "| {} | {} | {} | {} | {} | {} | {:.0} s |",
+            self.cycles,
+            self.acked_verified,
+            self.lost,
+            self.failed_opens,
+            inj,
+            det,
+            self.elapsed.as_secs_f64()
+        )?;
+        writeln!(
+            f,
+            "\n| window | cycles | killed inside it |\n|---|---:|---:|"
+        )?;
+        for (w, (n, inside)) in &self.windows {
+            writeln!(f, "| {w} | {n} | {inside} |")?;
+        }
+        writeln!(f, "\n| fault | injected | detected |\n|---|---:|---:|")?;
+        for (k, (i, d)) in &self.faults {
+            writeln!(f, "| {k} | {i} | {d} |")?;
+        }
+        Ok(())
+    }
+}
+
+/// A small splitmix RNG for the harness (stable across versions: a seed replays).
+pub type Rng = magray_memory::sim::Rng;
+
+/// What a run carries from cycle to cycle.
+struct Ctx<'a> {
+    worker: &'a Path,
+    dir: &'a Path,
+    seed: u64,
+    rng: Rng,
+    oracle: Oracle,
+    rt: tokio::runtime::Runtime,
+}
+
+/// Runs one kill cycle: starts the worker on the store, kills it in `window`, reads its
+/// report into the oracle and verifies the store. `Err` describes a violated expectation.
+fn kill_cycle(ctx: &mut Ctx, cycle: u64, window: Window) -> Result<CycleReport, String> {
+    let Ctx {
+        worker,
+        dir,
+        seed,
+        rng,
+        oracle,
+        rt,
+    } = ctx;
+    let (worker, dir, seed) = (*worker, *dir, *seed);
+    let mut child = Command::new(worker)
+        .arg(dir)
+        .arg(format!("{}", seed.wrapping_mul(1000).wrapping_add(cycle)))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("starting {}: {e}", worker.display()))?;
+    let stdout = child.stdout.take().ok_or("no worker stdout")?;
+    let (tx, rx) = std::sync::mpsc::channel::<String>();
+    let reader = std::thread::spawn(move || {
+        let mut lines = Vec::new();
+        for l in BufReader::new(stdout).lines().map_while(|l| l.ok()) {
+            let _ = tx.send(l.clone());
+            lines.push(l);
+        }
+        lines
+    });
+    let started = Instant::now();
+    let mut in_window = false;
+    match window {
+        Window::Recovery => std::thread::sleep(Duration::from_millis(rng.range(2, 60))),
+        Window::Indexing | Window::Anywhere => {
+            wait_ready(&rx, Duration::from_secs(30));
+            std::thread::sleep(Duration::from_millis(rng.range(20, 600)));
+            in_window = true;
+        }
+        w => {
+            let marker = w.marker().unwrap_or("");
+            let deadline = started + Duration::from_secs(20);
+            while Instant::now() < deadline {
+                match rx.recv_timeout(Duration::from_millis(50)) {
+                    Ok(l) if l.starts_with('P') && l.split(' ').nth(2) == Some(marker) => {
+                        std::thread::sleep(Duration::from_micros(rng.range(0, 8000)));
+                        in_window = true;
+                        break;
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    let _ = child.kill(); // SIGKILL
+    let _ = child.wait();
+    let lines = reader.join().map_err(|_| "reader thread panicked")?;
+    let last = oracle.absorb(&lines);
+    if window == Window::Recovery {
+        // Inside the window if the worker had not finished opening.
+        in_window = !lines.iter().any(|l| l == "READY");
+    }
+    if let Some(m) = window.marker() {
+        // Inside the window only if that operation was still unacknowledged at the kill.
+        in_window &= last.as_deref() == Some(m);
+    }
+    let mut report = rt.block_on(verify(dir, oracle, cycle))?;
+    report.in_window = in_window;
+    Ok(report)
+}
+
+fn wait_ready(rx: &std::sync::mpsc::Receiver<String>, limit: Duration) {
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if let Ok(l) = rx.recv_timeout(Duration::from_millis(50)) {
+            if l == "READY" {
+                return;
+            }
+        }
+    }
+}
+
+/// Ids the log says were removed (deleted, superseded, expired), and the texts it inserted.
+fn log_facts(dir: &Path) -> Result<(HashSet<RecordId>, HashSet<String>, u64), String> {
+    let mut removed = HashSet::new();
+    let mut texts = HashSet::new();
+    let mut last = 0;
+    for env in History::open_offline(dir, 1) {
+        let env = env.map_err(|e| format!("history unreadable: {e}"))?;
+        if env.seq != last + 1 {
+            return Err(format!("sequence gap: {} after {last}", env.seq));
+        }
+        last = env.seq;
+        match env.event {
+            Event::Inserted(i) => {
+                texts.insert(i.text);
+            }
+            Event::Deleted { id } => {
+                removed.insert(RecordId(id));
+            }
+            Event::Superseded { old, .. } => {
+                removed.insert(RecordId(old));
+            }
+            Event::Expired { ids, .. } => removed.extend(ids.into_iter().map(RecordId)),
+            _ => {}
+        }
+    }
+    Ok((removed, texts, last))
+}
+
+/// Opens the store and checks it against the oracle and against a full replay.
+pub async fn verify(dir: &Path, oracle: &mut Oracle, cycle: u64) -> Result<CycleReport, String> {
+    // No automatic snapshot while checking: the log must not move under the comparison.
+    let m = Memory::open(dir, quiet_config())
+        .await
+        .map_err(|e| format!("cycle {cycle}: open after kill failed: {e}"))?;
+    let fail = |why: String| format!("cycle {cycle}: {why}");
+    let (removed, logged_texts, last_seq) = log_facts(dir).map_err(fail)?;
+    let records = m.records(None);
+    let present: HashMap<RecordId, &Record> = records.iter().map(|r| (r.id, r)).collect();
+    let mut report = CycleReport::default();
+    for (id, text) in &oracle.acked {
+        match present.get(id) {
+            Some(r) if &r.text == text => report.acked_verified += 1,
+            Some(r) => {
+                return Err(fail(format!(
+                    "record {id} has text {:?}, expected {text:?}",
+                    r.text
+                )))
+            }
+            None if removed.contains(id) => report.acked_verified += 1,
+            None => return Err(fail(format!("acknowledged insert {id} ({text}) lost"))),
+        }
+    }
+    for id in &oracle.removed {
+        if present.contains_key(id) {
+            return Err(fail(format!("acknowledged delete of {id} undone")));
+        }
+    }
+    for t in &logged_texts {
+        if !oracle.issued.contains(t) {
+            return Err(fail(format!("the log holds {t:?}, which no worker issued")));
+        }
+    }
+    for batch in std::mem::take(&mut oracle.pending_inserts) {
+        let n = batch.iter().filter(|t| logged_texts.contains(*t)).count();
+        if n != 0 && n != batch.len() {
+            return Err(fail(format!(
+                "a pending insert batch landed partly: {n} of {}",
+                batch.len()
+            )));
+        }
+        // Whatever landed is now known: adopt it.
+        if n > 0 {
+            for r in records.iter().filter(|r| batch.contains(&r.text)) {
+                oracle.acked.insert(r.id, r.text.clone());
+            }
+        }
+    }
+    // Records removed by the log stay removed from the oracle's view.
+    oracle.acked.retain(|id, _| !removed.contains(id));
+    for r in records.iter().step_by(11) {
+        let o = SearchOptions {
+            record_access: false,
+            ..SearchOptions::top_k(1)
+        };
+        let hits = m
+            .search(&vector_for(&r.text), &o)
+            .await
+            .map_err(|e| fail(format!("search: {e}")))?;
+        if hits.first().map(|h| h.id) != Some(r.id) {
+            return Err(fail(format!("{} is not its own top-1", r.text)));
+        }
+    }
+    let s = m.stats();
+    let in_layers: u64 = s.layers.iter().map(|l| l.records).sum();
+    if s.applied_seq != s.last_seq || s.last_seq != last_seq || in_layers != records.len() as u64 {
+        return Err(fail(format!(
+            "stats disagree: applied {} last {} log {last_seq}; {in_layers} in layers, {} records",
+            s.applied_seq,
+            s.last_seq,
+            records.len()
+        )));
+    }
+    drop(m);
+    let copy = tempfile::tempdir().map_err(|e| fail(e.to_string()))?;
+    copy_store(dir, copy.path()).map_err(fail)?;
+    let full = Memory::open(
+        copy.path(),
+        Config {
+            full_replay: true,
+            ..config()
+        },
+    )
+    .await
+    .map_err(|e| fail(format!("full replay open: {e}")))?;
+    if full.records(None) != records {
+        return Err(fail("snapshot + delta differs from a full replay".into()));
+    }
+    drop(full);
+    Ok(report)
+}
+
+/// Copies a store directory (not its LOCK).
+pub fn copy_store(from: &Path, to: &Path) -> Result<(), String> {
+    std::fs::create_dir_all(to).map_err(|e| e.to_string())?;
+    for e in std::fs::read_dir(from).map_err(|e| e.to_string())? {
+        let e = e.map_err(|e| e.to_string())?;
+        let name = e.file_name();
+        if name == "LOCK" {
+            continue;
+        }
+        let dst = to.join(&name);
+        if e.file_type().map_err(|e| e.to_string())?.is_dir() {
+            copy_store(&e.path(), &dst)?;
+        } else {
+            std::fs::copy(e.path(), &dst).map_err(|e| e.to_string())?;
+        }
+    }
+    Ok(())
+}
+
+fn newest_snapshot(dir: &Path) -> Option<PathBuf> {
+    let mut v: Vec<PathBuf> = std::fs::read_dir(dir.join("snapshots"))
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.chars().all(|c| c.is_ascii_digit()))
+        })
+        .collect();
+    v.sort();
+    v.pop()
+}
+
+fn live_segments(dir: &Path) -> Vec<PathBuf> {
+    let mut v: Vec<(u64, PathBuf)> = std::fs::read_dir(dir.join("wal"))
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let n = e.file_name().to_string_lossy().into_owned();
+            n.strip_prefix("wal-")?
+                .parse::<u64>()
+                .ok()
+                .map(|id| (id, e.path()))
+        })
+        .collect();
+    v.sort();
+    v.into_iter().map(|(_, p)| p).collect()
+}
+
+/// The end of a live segment's written data: one past its last non-zero byte (segments are
+/// preallocated with zeros).
+fn data_end(path: &Path) -> Option<u64> {
+    let bytes = std::fs::read(path).ok()?;
+    bytes.iter().rposition(|b| *b != 0).map(|p| p as u64 + 1)
+}
+
+/// What injecting a fault found.
+#[derive(Debug, Clone)]
+pub struct FaultOutcome {
+    /// The fault was applied (there was something to damage).
+    pub injected: bool,
+    /// The damage was detected and reported or named as expected.
+    pub detected: bool,
+    /// What happened, for the log.
+    pub detail: String,
+}
+
+/// Injects `fault` into the closed store, checks the expected reaction, and (for damage to
+/// the log or archive, which would otherwise be permanent) puts the original bytes back so
+/// the run can go on. Snapshot damage is left: the store must fall back and lose nothing.
+pub async fn inject(dir: &Path, fault: Fault, rng: &mut Rng, oracle: &mut Oracle) -> FaultOutcome {
+    let none = |why: &str| FaultOutcome {
+        injected: false,
+        detected: false,
+        detail: why.to_string(),
+    };
+    match fault {
+        Fault::TruncateTail | Fault::FlipTail | Fault::FlipMiddle => {
+            let Some(seg) = live_segments(dir).pop() else {
+                return none("no live segment");
+            };
+            let Some(end) = data_end(&seg) else {
+                return none("empty segment");
+            };
+            if end < 2048 {
+                return none("too little data in the live segment");
+            }
+            let Ok(original) = std::fs::read(&seg) else {
+                return none("unreadable segment");
+            };
+            let mut damaged = original.clone();
+            let at = match fault {
+                Fault::FlipMiddle => rng.range(256, end / 2),
+                _ => end - rng.range(1, 24),
+            } as usize;
+            match fault {
+                Fault::TruncateTail => damaged.truncate(at),
+                _ => damaged[at] ^= 1 << rng.range(0, 7),
+            }
+            if std::fs::write(&seg, &damaged).is_err() {
+                return none("cannot write the segment");
+            }
+            let name = seg
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let outcome = match Memory::open(dir, quiet_config()).await {
+                Ok(m) => {
+                    let r = m.stats().open.log;
+                    drop(m);
+                    match fault {
+                        // Tail damage: repaired and reported (or it hit bytes past the data).
+                        Fault::TruncateTail | Fault::FlipTail => FaultOutcome {
+                            injected: true,
+                            detected: r.torn_tail.is_some(),
+                            detail: format!(
+                                "torn tail: {:?}",
+                                r.torn_tail.map(|t| (t.offset, t.from_seq))
+                            ),
+                        },
+                        _ => FaultOutcome {
+                            injected: true,
+                            detected: false,
+                            detail: "mid-log damage opened without an error".into(),
+                        },
+                    }
+                }
+                Err(e) => {
+                    let msg = e.to_string();
+                    FaultOutcome {
+                        injected: true,
+                        // Mid-log damage must be refused, naming the segment file.
+                        detected: fault == Fault::FlipMiddle && msg.contains(&name),
+                        detail: msg,
+                    }
+                }
+            };
+            // Put the original bytes back (the repair truncated the file): the run goes on
+            // from the undamaged log, so the oracle stays valid.
+            let _ = std::fs::write(&seg, &original);
+            outcome
+        }
+        Fault::FlipSnapshot | Fault::ZeroSnapshotPage | Fault::DeleteSnapshot => {
+            let Some(snap) = newest_snapshot(dir) else {
+                return none("no snapshot");
+            };
+            let name = snap.display().to_string();
+            let files: Vec<PathBuf> = std::fs::read_dir(&snap)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| std::fs::metadata(p).is_ok_and(|m| m.len() > 0))
+                .collect();
+            match fault {
+                Fault::DeleteSnapshot => {
+                    if std::fs::remove_dir_all(&snap).is_err() {
+                        return none("cannot delete");
+                    }
+                }
+                _ => {
+                    if files.is_empty() {
+                        return none("empty snapshot");
+                    }
+                    let f = &files[rng.range(0, files.len() as u64 - 1) as usize];
+                    let Ok(mut b) = std::fs::read(f) else {
+                        return none("unreadable");
+                    };
+                    if fault == Fault::FlipSnapshot {
+                        let at = rng.range(0, b.len() as u64 - 1) as usize;
+                        b[at] ^= 1 << rng.range(0, 7);
+                    } else {
+                        let from = b.len().saturating_sub(4096);
+                        if b[from..].iter().all(|x| *x == 0) {
+                            return none("last page already zero");
+                        }
+                        b[from..].iter_mut().for_each(|x| *x = 0);
+                    }
+                    if std::fs::write(f, &b).is_err() {
+                        return none("cannot write");
+                    }
+                }
+            }
+            // Expected: open falls back (an older snapshot or a full replay), names the bad
+            // snapshot (or there is nothing to name when it was deleted), and loses nothing.
+            let rejected = match Memory::open(dir, quiet_config()).await {
+                Ok(m) => {
+                    // HNSW dumps load (and are checked) in the background.
+                    let _ = m.wait_indexed().await;
+                    let r = m.stats().open;
+                    drop(m);
+                    r.snapshots_rejected
+                        .iter()
+                        .any(|(p, _)| name.contains(p.as_str()) || p.contains(&name))
+                        || r.index_rebuilds.iter().any(|_| true)
+                }
+                Err(e) => {
+                    return FaultOutcome {
+                        injected: true,
+                        detected: false,
+                        detail: format!("open failed after snapshot damage: {e}"),
+                    }
+                }
+            };
+            let lost = verify(dir, oracle, u64::MAX).await;
+            FaultOutcome {
+                injected: true,
+                detected: lost.is_ok() && (fault == Fault::DeleteSnapshot || rejected),
+                detail: match lost {
+                    Ok(_) => format!("fell back; rejected reported: {rejected}"),
+                    Err(e) => e,
+                },
+            }
+        }
+        Fault::FlipArchive => {
+            let files: Vec<PathBuf> = std::fs::read_dir(dir.join("archive"))
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| std::fs::metadata(p).is_ok_and(|m| m.len() > 64))
+                .collect();
+            if files.is_empty() {
+                return none("no archive file yet");
+            }
+            let f = &files[rng.range(0, files.len() as u64 - 1) as usize];
+            let Ok(original) = std::fs::read(f) else {
+                return none("unreadable");
+            };
+            let mut b = original.clone();
+            let at = rng.range(0, b.len() as u64 - 1) as usize;
+            b[at] ^= 1 << rng.range(0, 7);
+            if std::fs::write(f, &b).is_err() {
+                return none("cannot write");
+            }
+            let name = f
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
+            let r = magray_memory::verify::verify(dir);
+            let _ = std::fs::write(f, &original);
+            match r {
+                Ok(r) => FaultOutcome {
+                    injected: true,
+                    detected: !r.ok() && r.problems.iter().any(|p| p.contains(&name)),
+                    detail: r.problems.join("; "),
+                },
+                Err(e) => FaultOutcome {
+                    injected: true,
+                    detected: e.to_string().contains(&name),
+                    detail: e.to_string(),
+                },
+            }
+        }
+    }
+}
+
+/// Runs `cycles` kill cycles on a fresh store in `dir`, cycling through every window and
+/// injecting every fault kind in turn every `fault_every` cycles (0 = none). Stops at the
+/// first violated expectation with the seed in the message.
+pub fn run(
+    worker: &Path,
+    dir: &Path,
+    seed: u64,
+    cycles: u64,
+    fault_every: u64,
+    mut progress: impl FnMut(u64, &Summary),
+) -> Result<Summary, String> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())?;
+    let started = Instant::now();
+    let mut ctx = Ctx {
+        worker,
+        dir,
+        seed,
+        rng: Rng::new(seed),
+        oracle: Oracle::default(),
+        rt,
+    };
+    let mut sum = Summary::default();
+    let mut fault_i = 0usize;
+    for cycle in 0..cycles {
+        let window = Window::ALL[(cycle as usize) % Window::ALL.len()];
+        let r = kill_cycle(&mut ctx, cycle, window)
+            .map_err(|e| format!("seed {seed}, {window:?}: {e}"));
+        let r = match r {
+            Ok(r) => r,
+            Err(e) => {
+                if e.contains("open after kill failed") {
+                    sum.failed_opens += 1;
+                }
+                if e.contains("lost") {
+                    sum.lost += 1;
+                }
+                sum.cycles += 1;
+                sum.elapsed = started.elapsed();
+                return Err(format!("{e}\n(replay: seed {seed})"));
+            }
+        };
+        sum.cycles += 1;
+        sum.acked_verified += r.acked_verified as u64;
+        let e = sum.windows.entry(format!("{window:?}")).or_default();
+        e.0 += 1;
+        e.1 += u64::from(r.in_window);
+        if fault_every > 0 && cycle % fault_every == fault_every - 1 {
+            let fault = Fault::ALL[fault_i % Fault::ALL.len()];
+            let out = ctx
+                .rt
+                .block_on(inject(dir, fault, &mut ctx.rng, &mut ctx.oracle));
+            if out.injected {
+                fault_i += 1;
+                let f = sum.faults.entry(format!("{fault:?}")).or_default();
+                f.0 += 1;
+                f.1 += u64::from(out.detected);
+                if !out.detected {
+                    sum.elapsed = started.elapsed();
+                    return Err(format!(
+                        "seed {seed}, cycle {cycle}: fault {fault:?} not detected as expected: {}",
+                        out.detail
+                    ));
+                }
+            }
+        }
+        sum.elapsed = started.elapsed();
+        progress(cycle, &sum);
+    }
+    sum.elapsed = started.elapsed();
+    Ok(sum)
+}
+
+/// The worker binary next to the running executable (`chaos-worker`), or `$CHAOS_WORKER`.
+pub fn worker_path() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("CHAOS_WORKER") {
+        return Some(PathBuf::from(p));
+    }
+    let exe = std::env::current_exe().ok()?;
+    let dir = exe.parent()?;
+    [dir.join("chaos-worker"), dir.join("../chaos-worker")]
+        .into_iter()
+        .find(|p| p.exists())
+}
+
+/// [`config`] that never writes on its own (no automatic snapshot): for opening a store to
+/// look at a fault, after which the original bytes go back.
+fn quiet_config() -> Config {
+    Config {
+        checkpoint_every: 0,
+        ..config()
+    }
+}
