@@ -241,6 +241,9 @@ pub struct Summary {
     pub failed_opens: u64,
     /// Faults injected / detected, by kind.
     pub faults: std::collections::BTreeMap<String, (u64, u64)>,
+    /// Fault attempts, including those that hit nothing to damage (e.g. bytes past the valid
+    /// end of a recycled segment, or no archive file yet).
+    pub fault_attempts: u64,
     /// Wall time.
     pub elapsed: Duration,
 }
@@ -271,7 +274,11 @@ impl std::fmt::Display for Summary {
         for (w, (n, inside)) in &self.windows {
             writeln!(f, "| {w} | {n} | {inside} |")?;
         }
-        writeln!(f, "\n| fault | injected | detected |\n|---|---:|---:|")?;
+        writeln!(
+            f,
+            "\n{} fault attempts; those that found something to damage:\n\n| fault | injected | detected |\n|---|---:|---:|",
+            self.fault_attempts
+        )?;
         for (k, (i, d)) in &self.faults {
             writeln!(f, "| {k} | {i} | {d} |")?;
         }
@@ -324,7 +331,7 @@ fn kill_cycle(ctx: &mut Ctx, cycle: u64, window: Window) -> Result<CycleReport, 
     let started = Instant::now();
     let mut in_window = false;
     match window {
-        Window::Recovery => std::thread::sleep(Duration::from_millis(rng.range(2, 60))),
+        Window::Recovery => std::thread::sleep(Duration::from_millis(rng.range(0, 25))),
         Window::Indexing | Window::Anywhere => {
             wait_ready(&rx, Duration::from_secs(30));
             std::thread::sleep(Duration::from_millis(rng.range(20, 600)));
@@ -545,11 +552,34 @@ fn live_segments(dir: &Path) -> Vec<PathBuf> {
     v.into_iter().map(|(_, p)| p).collect()
 }
 
-/// The end of a live segment's written data: one past its last non-zero byte (segments are
-/// preallocated with zeros).
-fn data_end(path: &Path) -> Option<u64> {
-    let bytes = std::fs::read(path).ok()?;
-    bytes.iter().rposition(|b| *b != 0).map(|p| p as u64 + 1)
+/// The end of the valid entries of the last live segment: the shortest length of the file
+/// that still reads the log's last event `last` (binary search; the file is put back).
+/// `None` when that event is not in this segment. Recycled segments keep stale bytes after
+/// their valid end, so the last non-zero byte is not it.
+fn valid_end(dir: &Path, seg: &Path, original: &[u8], last: u64) -> Option<usize> {
+    let reads = |len: usize| {
+        std::fs::write(seg, &original[..len]).is_ok()
+            && History::open_offline(dir, last)
+                .until_seq(last)
+                .next()
+                .is_some_and(|e| e.is_ok_and(|e| e.seq == last))
+    };
+    let found = if last == 0 || !reads(original.len()) || reads(0) {
+        None
+    } else {
+        let (mut lo, mut hi) = (0, original.len());
+        while lo + 1 < hi {
+            let mid = lo + (hi - lo) / 2;
+            if reads(mid) {
+                hi = mid;
+            } else {
+                lo = mid;
+            }
+        }
+        Some(hi)
+    };
+    let _ = std::fs::write(seg, original);
+    found
 }
 
 /// What injecting a fault found.
@@ -577,15 +607,16 @@ pub async fn inject(dir: &Path, fault: Fault, rng: &mut Rng, oracle: &mut Oracle
             let Some(seg) = live_segments(dir).pop() else {
                 return none("no live segment");
             };
-            let Some(end) = data_end(&seg) else {
-                return none("empty segment");
+            let Ok(original) = std::fs::read(&seg) else {
+                return none("unreadable segment");
+            };
+            let last = log_facts(dir).map(|f| f.2).unwrap_or(0);
+            let Some(end) = valid_end(dir, &seg, &original, last).map(|e| e as u64) else {
+                return none("the last event is not in the last segment");
             };
             if end < 2048 {
                 return none("too little data in the live segment");
             }
-            let Ok(original) = std::fs::read(&seg) else {
-                return none("unreadable segment");
-            };
             let mut damaged = original.clone();
             let at = match fault {
                 Fault::FlipMiddle => rng.range(256, end / 2),
@@ -595,6 +626,7 @@ pub async fn inject(dir: &Path, fault: Fault, rng: &mut Rng, oracle: &mut Oracle
                 Fault::TruncateTail => damaged.truncate(at),
                 _ => damaged[at] ^= 1 << rng.range(0, 7),
             }
+            let before = log_facts(dir).map(|f| f.2).unwrap_or(0);
             if std::fs::write(&seg, &damaged).is_err() {
                 return none("cannot write the segment");
             }
@@ -604,31 +636,31 @@ pub async fn inject(dir: &Path, fault: Fault, rng: &mut Rng, oracle: &mut Oracle
                 .unwrap_or_default();
             let outcome = match Memory::open(dir, quiet_config()).await {
                 Ok(m) => {
-                    let r = m.stats().open.log;
+                    let (r, after) = (m.stats().open.log, m.stats().last_seq);
                     drop(m);
-                    match fault {
-                        // Tail damage: repaired and reported (or it hit bytes past the data).
-                        Fault::TruncateTail | Fault::FlipTail => FaultOutcome {
+                    if after == before {
+                        // The bytes hit held no event (preallocated or stale bytes after the
+                        // valid end of a recycled segment): nothing to detect.
+                        none("the damage hit bytes that hold no event")
+                    } else {
+                        // Events were cut off: only as a reported torn tail.
+                        FaultOutcome {
                             injected: true,
-                            detected: r.torn_tail.is_some(),
+                            detected: after < before && r.torn_tail.is_some(),
                             detail: format!(
-                                "torn tail: {:?}",
+                                "last sequence {before} → {after}, torn tail {:?}",
                                 r.torn_tail.map(|t| (t.offset, t.from_seq))
                             ),
-                        },
-                        _ => FaultOutcome {
-                            injected: true,
-                            detected: false,
-                            detail: "mid-log damage opened without an error".into(),
-                        },
+                        }
                     }
                 }
                 Err(e) => {
                     let msg = e.to_string();
                     FaultOutcome {
                         injected: true,
-                        // Mid-log damage must be refused, naming the segment file.
-                        detected: fault == Fault::FlipMiddle && msg.contains(&name),
+                        // Damage before valid entries must be refused, naming the segment;
+                        // a cut tail must never make the store unopenable.
+                        detected: fault != Fault::TruncateTail && msg.contains(&name),
                         detail: msg,
                     }
                 }
@@ -805,11 +837,12 @@ pub fn run(
         e.1 += u64::from(r.in_window);
         if fault_every > 0 && cycle % fault_every == fault_every - 1 {
             let fault = Fault::ALL[fault_i % Fault::ALL.len()];
+            fault_i += 1;
+            sum.fault_attempts += 1;
             let out = ctx
                 .rt
                 .block_on(inject(dir, fault, &mut ctx.rng, &mut ctx.oracle));
             if out.injected {
-                fault_i += 1;
                 let f = sum.faults.entry(format!("{fault:?}")).or_default();
                 f.0 += 1;
                 f.1 += u64::from(out.detected);
