@@ -115,11 +115,14 @@ pub enum Fault {
     ZeroSnapshotPage,
     /// Flip a bit in an archive file.
     FlipArchive,
+    /// Run the worker on a copy of the store on a tmpfs with 256 KiB to spare, until writes
+    /// and checkpoints hit ENOSPC (needs root, to mount).
+    DiskFull,
 }
 
 impl Fault {
     /// Every fault kind.
-    pub const ALL: [Fault; 7] = [
+    pub const ALL: [Fault; 8] = [
         Fault::TruncateTail,
         Fault::FlipTail,
         Fault::FlipMiddle,
@@ -127,6 +130,7 @@ impl Fault {
         Fault::DeleteSnapshot,
         Fault::ZeroSnapshotPage,
         Fault::FlipArchive,
+        Fault::DiskFull,
     ];
 }
 
@@ -593,6 +597,109 @@ pub struct FaultOutcome {
     pub detail: String,
 }
 
+/// Bytes under `p`.
+fn dir_bytes(p: &Path) -> u64 {
+    std::fs::read_dir(p)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| match e.file_type() {
+            Ok(t) if t.is_dir() => dir_bytes(&e.path()),
+            _ => e.metadata().map_or(0, |m| m.len()),
+        })
+        .sum()
+}
+
+/// The `DiskFull` fault: the store copied onto a just-too-small tmpfs, the worker run there
+/// until the disk fills, the store copied back and checked. Expected: the worker stops with
+/// an error (not a panic), and nothing it acknowledged is lost.
+async fn disk_full(worker: &Path, dir: &Path, seed: u64, oracle: &mut Oracle) -> FaultOutcome {
+    let none = |why: String| FaultOutcome {
+        injected: false,
+        detected: false,
+        detail: why,
+    };
+    let Ok(mnt) = tempfile::tempdir() else {
+        return none("no temp dir".into());
+    };
+    let size = dir_bytes(dir) + (256 << 10);
+    let mounted = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+        .arg(mnt.path())
+        .status()
+        .is_ok_and(|s| s.success());
+    if !mounted {
+        return none("cannot mount a tmpfs (needs root: run as root, e.g. `sudo -E cargo test -p magray-chaos`)".into());
+    }
+    let small = mnt.path().join("store");
+    let outcome = async {
+        copy_store(dir, &small).map_err(|e| format!("copy onto the tmpfs: {e}"))?;
+        let mut child = Command::new(worker)
+            .arg(&small)
+            .arg(seed.to_string())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|e| e.to_string())?;
+        let stdout = child.stdout.take().ok_or("no stdout")?;
+        let reader = std::thread::spawn(move || {
+            BufReader::new(stdout)
+                .lines()
+                .map_while(|l| l.ok())
+                .collect::<Vec<String>>()
+        });
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            if let Ok(Some(s)) = child.try_wait() {
+                break Some(s);
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let mut err = String::new();
+        if let Some(mut e) = child.stderr.take() {
+            let _ = std::io::Read::read_to_string(&mut e, &mut err);
+        }
+        let lines = reader.join().map_err(|_| "reader panicked")?;
+        oracle.absorb(&lines);
+        // Back onto the big disk (the originals are replaced: the run went on there).
+        std::fs::remove_dir_all(dir).map_err(|e| e.to_string())?;
+        copy_store(&small, dir)?;
+        Ok::<_, String>((status, err))
+    }
+    .await;
+    let _ = Command::new("umount").arg(mnt.path()).status();
+    let (status, err) = match outcome {
+        Ok(x) => x,
+        Err(e) => {
+            return FaultOutcome {
+                injected: true,
+                detected: false,
+                detail: e,
+            }
+        }
+    };
+    let full = err.contains("No space left") || err.contains("space");
+    let clean_exit = status.is_some_and(|s| s.code() == Some(1));
+    let checked = verify(dir, oracle, u64::MAX - 1).await;
+    FaultOutcome {
+        injected: full,
+        detected: full && clean_exit && checked.is_ok(),
+        detail: format!(
+            "worker exit {:?}; {}; after: {}",
+            status.and_then(|s| s.code()),
+            err.lines().last().unwrap_or(""),
+            checked
+                .err()
+                .unwrap_or_else(|| "nothing acknowledged lost".into())
+        ),
+    }
+}
+
 /// Injects `fault` into the closed store, checks the expected reaction, and (for damage to
 /// the log or archive, which would otherwise be permanent) puts the original bytes back so
 /// the run can go on. Snapshot damage is left: the store must fall back and lose nothing.
@@ -742,6 +849,7 @@ pub async fn inject(dir: &Path, fault: Fault, rng: &mut Rng, oracle: &mut Oracle
                 },
             }
         }
+        Fault::DiskFull => none("run through `disk_full`"),
         Fault::FlipArchive => {
             let files: Vec<PathBuf> = std::fs::read_dir(dir.join("archive"))
                 .into_iter()
@@ -839,9 +947,13 @@ pub fn run(
             let fault = Fault::ALL[fault_i % Fault::ALL.len()];
             fault_i += 1;
             sum.fault_attempts += 1;
-            let out = ctx
-                .rt
-                .block_on(inject(dir, fault, &mut ctx.rng, &mut ctx.oracle));
+            let out = if fault == Fault::DiskFull {
+                let s = seed.wrapping_mul(7919).wrapping_add(cycle);
+                ctx.rt.block_on(disk_full(worker, dir, s, &mut ctx.oracle))
+            } else {
+                ctx.rt
+                    .block_on(inject(dir, fault, &mut ctx.rng, &mut ctx.oracle))
+            };
             if out.injected {
                 let f = sum.faults.entry(format!("{fault:?}")).or_default();
                 f.0 += 1;

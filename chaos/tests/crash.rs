@@ -1,6 +1,8 @@
 //! The CI chaos run: 35 kill cycles, five in each window (recovery, indexing, snapshot,
 //! promotion, rebuild, restore, anywhere), and a storage fault every 3 cycles (each kind at
-//! least once), against the expected-state oracle. A failure prints the seed; `CHAOS_SEED=<seed>` replays it.
+//! least once: log tail cut or flipped, mid-log flip, snapshot flip / zeroed page / deletion,
+//! archive flip, a full disk), against the expected-state oracle. The full disk mounts a
+//! tmpfs, so this test needs root (CI runs as root). A failure prints the seed; `CHAOS_SEED=<seed>` replays it.
 
 #[test]
 fn kill_cycles_in_every_window_and_every_fault_kind_lose_nothing() {
