@@ -597,15 +597,17 @@ pub struct FaultOutcome {
     pub detail: String,
 }
 
-/// Bytes under `p`.
+/// Space the files under `p` take on a tmpfs: every file and directory rounded up to whole
+/// 4 KiB pages.
 fn dir_bytes(p: &Path) -> u64 {
+    let page = |n: u64| n.div_ceil(4096) * 4096;
     std::fs::read_dir(p)
         .into_iter()
         .flatten()
         .flatten()
         .map(|e| match e.file_type() {
-            Ok(t) if t.is_dir() => dir_bytes(&e.path()),
-            _ => e.metadata().map_or(0, |m| m.len()),
+            Ok(t) if t.is_dir() => 4096 + dir_bytes(&e.path()),
+            _ => page(e.metadata().map_or(0, |m| m.len())),
         })
         .sum()
 }
@@ -632,8 +634,11 @@ async fn disk_full(worker: &Path, dir: &Path, seed: u64, oracle: &mut Oracle) ->
         return none("cannot mount a tmpfs (needs root: run as root, e.g. `sudo -E cargo test -p magray-chaos`)".into());
     }
     let small = mnt.path().join("store");
+    if let Err(e) = copy_store(dir, &small) {
+        let _ = Command::new("umount").arg(mnt.path()).status();
+        return none(format!("the store did not fit the tmpfs: {e}"));
+    }
     let outcome = async {
-        copy_store(dir, &small).map_err(|e| format!("copy onto the tmpfs: {e}"))?;
         let mut child = Command::new(worker)
             .arg(&small)
             .arg(seed.to_string())
