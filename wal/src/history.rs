@@ -6,7 +6,7 @@ use crate::backend::shared::Shared;
 use crate::error::{Error, IoContext, Result};
 use crate::event::Envelope;
 use crate::log::version_info;
-use crate::recovery::{list_live_segments, TornTail};
+use crate::recovery::{list_live_segments, only_empty_segments_follow, TornTail};
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -157,8 +157,8 @@ impl History {
     /// None = no segment left.
     fn fill_live(&mut self) -> Result<Option<bool>> {
         let segments = list_live_segments(&self.wal_dir)?;
-        let count = segments.len();
-        for (pos, (id, path)) in segments.into_iter().enumerate() {
+        for (pos, (id, path)) in segments.iter().cloned().enumerate() {
+            let later = &segments[pos + 1..];
             if id <= self.last_live_segment {
                 continue;
             }
@@ -180,7 +180,17 @@ impl History {
                 }
                 Err(e) => return Err(e),
             };
-            let scan = segment::scan(&bytes, &path, id, &self.info, None)?;
+            let scan = match segment::scan(&bytes, &path, id, &self.info, None) {
+                Ok(scan) => scan,
+                // A segment creation interrupted before its header (recovery removes it).
+                Err(_)
+                    if bytes.iter().all(|&b| b == 0)
+                        && only_empty_segments_follow(later, &self.info)? =>
+                {
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
             let mut pushed = false;
             for entry in scan.entries {
                 for (_, _, events) in entry.frames {
@@ -196,10 +206,14 @@ impl History {
                 let covered = self
                     .bound
                     .is_some_and(|b| self.buf.back().map_or(self.next_seq > b, |e| e.seq >= b));
-                let is_last = pos + 1 == count;
                 if covered {
                     // In process: everything durable was read; what follows is being written.
-                } else if self.shared.is_none() && is_last && !problem.followed_by_valid {
+                } else if self.shared.is_none()
+                    && !problem.followed_by_valid
+                    && only_empty_segments_follow(later, &self.info)?
+                {
+                    // The torn tail, possibly in the segment before a just-activated, still
+                    // empty one (see `recovery::only_empty_segments_follow`).
                     self.torn_tail = Some(TornTail {
                         file: path.clone(),
                         offset: problem.entry_offset,

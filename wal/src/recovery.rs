@@ -3,7 +3,7 @@
 //! the sequence continues.
 
 use crate::archive;
-use crate::backend::segment;
+use crate::backend::segment::{self, CHUNK, END_OF_ENTRY, NEW_ENTRY};
 use crate::error::{Error, IoContext, Result};
 use crate::fsutil;
 use std::fs::{self, OpenOptions};
@@ -174,10 +174,13 @@ pub(crate) fn recover(
         }
         if let Some(problem) = scan.problem {
             let from_seq = expected.unwrap_or(report.last_seq + 1);
-            if is_last && !problem.followed_by_valid {
+            if !problem.followed_by_valid
+                && (is_last || only_empty_segments_follow(&segments[i + 1..], version_info)?)
+            {
                 let bytes = problem.extent_end - problem.entry_offset;
                 tracing::warn!(
                     file = %path.display(), offset = problem.entry_offset, bytes, from_seq,
+                    before_empty_segments = !is_last,
                     reason = %problem.error, "truncating torn tail of the log (never acknowledged)"
                 );
                 truncate(&path, problem.entry_offset)?;
@@ -208,11 +211,45 @@ pub(crate) fn recover(
     Ok(report)
 }
 
-/// okaywal reads any `0x01` + id >= file id as an entry start, and a recycled segment keeps
-/// stale bytes after its valid end. If such a byte sits right at the end, overwrite it with
-/// 0 so okaywal's own parser stops exactly where ours did (the bytes are stale, never data).
+/// True if every segment in `later` holds no entry at all: each is all zeros (a creation
+/// interrupted before its header) or a header followed by zeros or stale bytes.
+///
+/// okaywal activates the next segment (renames a recycled `wal-N-cp` to `wal-{K+1}`, or
+/// creates a zero-filled one) *before* it flushes and syncs the entry K that crossed the
+/// checkpoint threshold (`WriteAheadLog::reclaim`). A crash inside that flush tears entry K
+/// in a segment that is no longer the last one. Nothing can have been written after it (the
+/// single writer waits for K's fsync), so such a damaged entry is still the torn tail of the
+/// log when the later segments are empty; any entry in a later one makes it mid-log damage.
+pub(crate) fn only_empty_segments_follow(
+    later: &[(u64, PathBuf)],
+    version_info: &[u8],
+) -> Result<bool> {
+    for (id, path) in later {
+        let buf = fs::read(path).at(path)?;
+        if buf.iter().all(|&b| b == 0) {
+            continue;
+        }
+        match segment::scan(&buf, path, *id, version_info, None) {
+            Ok(scan) if scan.entries.is_empty() && scan.problem.is_none() => {}
+            _ => return Ok(false),
+        }
+    }
+    Ok(true)
+}
+
+/// A recycled segment keeps stale bytes after its valid end, and okaywal 0.3.1's reader
+/// acts on the first of them: it reads any `0x01` + id >= file id as an entry start, and
+/// after an entry it calls `read_chunk` once more, which consumes a stale `0x03`
+/// (END_OF_ENTRY) and skips a stale `0x02` (CHUNK) with whatever length follows. Either
+/// way okaywal would resume writing *past* stale bytes, leaving a gap that the next open
+/// rightly takes for mid-log corruption. Overwrite such a marker byte at the valid end with 0
+/// so okaywal's parser stops exactly where ours did (the bytes are stale, never data).
 fn neutralise_stale_entry_marker(path: &Path, buf: &[u8], valid_end: u64) -> Result<()> {
-    if buf.get(valid_end as usize) != Some(&1) {
+    let Some(&stale) = usize::try_from(valid_end).ok().and_then(|at| buf.get(at)) else {
+        return Ok(());
+    };
+    if !matches!(stale, NEW_ENTRY | CHUNK | END_OF_ENTRY) {
+        // okaywal takes any other byte for the end of the segment.
         return Ok(());
     }
     use std::io::{Seek, SeekFrom, Write};
@@ -220,7 +257,7 @@ fn neutralise_stale_entry_marker(path: &Path, buf: &[u8], valid_end: u64) -> Res
     f.seek(SeekFrom::Start(valid_end)).at(path)?;
     f.write_all(&[0]).at(path)?;
     f.sync_all().at(path)?;
-    tracing::debug!(file = %path.display(), offset = valid_end, "cleared a stale entry marker after the valid end");
+    tracing::debug!(file = %path.display(), offset = valid_end, byte = stale, "cleared a stale byte after the valid end");
     Ok(())
 }
 

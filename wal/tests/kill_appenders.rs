@@ -6,6 +6,18 @@
 //! The child is this test binary re-executed (`kill_child_writer`, ignored unless the
 //! environment names a directory). On failure the parent prints the seed; set
 //! `MAGRAY_KILL_SEED` to replay it.
+//!
+//! Stress knobs (the defaults keep a run at ~35 s):
+//! - `MAGRAY_KILL_CYCLES`: kills per run (24);
+//! - `MAGRAY_KILL_TEXT_LEN`: bytes of text per event (300). Larger entries span more pages,
+//!   so more kills land inside a write; at 100000 every entry crosses the checkpoint
+//!   threshold, so most torn entries land at a segment switch;
+//! - `MAGRAY_KILL_MAX_DELAY_MS`: latest kill after the child starts (400);
+//! - `MAGRAY_KILL_KEEP_DIR`: where to copy the log directory when reopening it fails.
+//!
+//! `MAGRAY_KILL_CYCLES=40 MAGRAY_KILL_TEXT_LEN=100000 MAGRAY_KILL_MAX_DELAY_MS=150 cargo test
+//! --release -p magray-wal --test kill_appenders` failed about every other run before the fix
+//! pinned by `torn_entry_at_a_segment_switch_is_a_torn_tail_not_corruption`.
 
 mod common;
 
@@ -23,6 +35,18 @@ const CYCLE_ENV: &str = "MAGRAY_KILL_CHILD_CYCLE";
 const WRITERS: u64 = 4;
 const TEXT_LEN: usize = 300;
 const CYCLES: u64 = 24;
+const MAX_DELAY_MS: u64 = 400;
+
+fn knob<T: std::str::FromStr>(name: &str, default: T) -> T {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn text_len() -> usize {
+    knob("MAGRAY_KILL_TEXT_LEN", TEXT_LEN)
+}
 
 fn config(dir: &Path) -> LogConfig {
     let mut c = LogConfig::new(dir);
@@ -43,6 +67,7 @@ fn kill_child_writer() {
         .unwrap_or(0);
     let log = std::sync::Arc::new(Log::open(config(Path::new(&dir))).expect("child open"));
     println!("READY");
+    let text_len = text_len();
     let handles: Vec<_> = (0..WRITERS)
         .map(|t| {
             let log = log.clone();
@@ -50,7 +75,7 @@ fn kill_child_writer() {
                 let writer = cycle * WRITERS + t;
                 for counter in 0.. {
                     let at = log
-                        .append(batch(writer, counter, TEXT_LEN))
+                        .append(batch(writer, counter, text_len))
                         .expect("child append");
                     let mut out = std::io::stdout().lock();
                     writeln!(
@@ -90,7 +115,9 @@ fn run(seed: u64) {
     // (writer, counter) -> (first_seq, last_seq) for every acknowledged batch.
     let mut acked: HashMap<(u64, u64), (u64, u64)> = HashMap::new();
     let mut total_torn = 0;
-    for cycle in 0..CYCLES {
+    let cycles = knob("MAGRAY_KILL_CYCLES", CYCLES);
+    let max_delay_ms = knob("MAGRAY_KILL_MAX_DELAY_MS", MAX_DELAY_MS).max(31);
+    for cycle in 0..cycles {
         let mut child = Command::new(&exe)
             .args([
                 "kill_child_writer",
@@ -117,7 +144,7 @@ fn run(seed: u64) {
         let delay_ms = if rng.random_bool(0.2) {
             rng.random_range(0..30)
         } else {
-            rng.random_range(30..400)
+            rng.random_range(30..max_delay_ms)
         };
         let start = Instant::now();
         std::thread::sleep(Duration::from_millis(delay_ms));
@@ -149,16 +176,52 @@ fn run(seed: u64) {
         "the children acknowledged a meaningful amount of work"
     );
     eprintln!(
-        "{CYCLES} kills, {} acknowledged batches verified, {total_torn} torn tails repaired",
+        "{cycles} kills, {} acknowledged batches verified, {total_torn} torn tails repaired",
         acked.len()
     );
 }
 
+/// Names of the live segments (`wal-N`), highest id last.
+fn live_segments(dir: &Path) -> Vec<String> {
+    let mut segs: Vec<(u64, String)> = std::fs::read_dir(dir.join("wal"))
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .filter_map(|e| {
+                    let name = e.file_name().to_string_lossy().into_owned();
+                    let id = name.strip_prefix("wal-")?.parse::<u64>().ok()?;
+                    Some((id, name))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    segs.sort();
+    segs.into_iter().map(|(_, name)| name).collect()
+}
+
 /// Opens the log after a kill and checks the oracle. Returns whether a torn tail was repaired.
 fn verify(dir: &Path, acked: &HashMap<(u64, u64), (u64, u64)>, cycle: u64) -> bool {
-    let log = Log::open(config(dir))
-        .unwrap_or_else(|e| panic!("cycle {cycle}: open after kill failed: {e}"));
+    let text_len = text_len();
+    let segments = live_segments(dir);
+    let log = Log::open(config(dir)).unwrap_or_else(|e| {
+        if let Ok(keep) = std::env::var("MAGRAY_KILL_KEEP_DIR") {
+            copy_dir(dir, Path::new(&keep));
+            eprintln!("cycle {cycle}: log directory copied to {keep}");
+        }
+        panic!("cycle {cycle}: open after kill failed: {e} (live segments {segments:?})")
+    });
     let torn = log.recovery_report().torn_tail.is_some();
+    if let Some(t) = &log.recovery_report().torn_tail {
+        let name = t.file.file_name().map(|n| n.to_string_lossy().into_owned());
+        let where_ = if name.as_ref() == segments.last() {
+            "the last segment"
+        } else {
+            "a segment before the last"
+        };
+        eprintln!(
+            "cycle {cycle}: torn tail in {name:?} ({where_} of {segments:?}) at {}: {}",
+            t.offset, t.reason
+        );
+    }
     let history: Vec<Envelope> = log
         .history(1)
         .collect::<Result<_>>()
@@ -172,7 +235,7 @@ fn verify(dir: &Path, acked: &HashMap<(u64, u64), (u64, u64)>, cycle: u64) -> bo
     }
     // Every acknowledged batch is present and identical.
     for (&(w, c), &(first, last)) in acked {
-        let want = batch(w, c, TEXT_LEN);
+        let want = batch(w, c, text_len);
         assert_eq!(last - first + 1, want.len() as u64);
         for (k, ev) in want.iter().enumerate() {
             let got = history
@@ -192,7 +255,7 @@ fn verify(dir: &Path, acked: &HashMap<(u64, u64), (u64, u64)>, cycle: u64) -> bo
         groups.entry((w, c)).or_default().push((i, e.seq));
     }
     for ((w, c), members) in groups {
-        let want = batch(w, c, TEXT_LEN);
+        let want = batch(w, c, text_len);
         assert_eq!(
             members.len(),
             want.len(),

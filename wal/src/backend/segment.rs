@@ -17,9 +17,9 @@ use crate::event::Envelope;
 use crate::frame::{self, FrameHeader};
 use std::path::Path;
 
-const NEW_ENTRY: u8 = 1;
-const CHUNK: u8 = 2;
-const END_OF_ENTRY: u8 = 3;
+pub(crate) const NEW_ENTRY: u8 = 1;
+pub(crate) const CHUNK: u8 = 2;
+pub(crate) const END_OF_ENTRY: u8 = 3;
 const ENTRY_HEADER_LEN: u64 = 9;
 
 /// A complete, validated entry.
