@@ -67,16 +67,46 @@ pub fn last_segment(log_dir: &std::path::Path) -> std::path::PathBuf {
     segs.pop().expect("a live segment").1
 }
 
-/// Copies a directory tree.
-pub fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
-    std::fs::create_dir_all(to).expect("mkdir");
-    for e in std::fs::read_dir(from).expect("read_dir") {
-        let e = e.expect("entry");
-        let dest = to.join(e.file_name());
-        if e.path().is_dir() {
-            copy_dir(&e.path(), &dest);
+/// Every file under `p` with its length, sorted.
+fn listing(p: &std::path::Path) -> Vec<(std::path::PathBuf, u64)> {
+    let mut out = Vec::new();
+    for e in std::fs::read_dir(p).into_iter().flatten().flatten() {
+        let path = e.path();
+        if path.is_dir() {
+            out.extend(listing(&path));
         } else {
-            std::fs::copy(e.path(), dest).expect("copy");
+            out.push((path.clone(), e.metadata().map_or(0, |m| m.len())));
         }
     }
+    out.sort();
+    out
+}
+
+fn try_copy(from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for e in std::fs::read_dir(from)? {
+        let e = e?;
+        let dest = to.join(e.file_name());
+        if e.path().is_dir() {
+            try_copy(&e.path(), &dest)?;
+        } else {
+            std::fs::copy(e.path(), dest)?;
+        }
+    }
+    Ok(())
+}
+
+/// Copies a directory tree. A dropped poisoned log's okaywal threads may still create and
+/// remove temp files for a moment, so the copy is retried until the tree held still while
+/// it was copied.
+pub fn copy_dir(from: &std::path::Path, to: &std::path::Path) {
+    for _ in 0..100 {
+        let before = listing(from);
+        let _ = std::fs::remove_dir_all(to);
+        if try_copy(from, to).is_ok() && listing(from) == before {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    panic!("{} kept changing while it was copied", from.display());
 }
