@@ -232,18 +232,60 @@ impl Memory {
         let todo: Vec<usize> = (0..records.len())
             .filter(|&i| records[i].embedding.is_empty())
             .collect();
+        // Content already stored needs no embedding: like `insert`, identical content (text,
+        // layer, project) returns the existing id and writes nothing. (Re-ingesting unchanged
+        // files then costs no inference.)
+        let mut known: Vec<Option<RecordId>> = vec![None; records.len()];
         if !todo.is_empty() {
             let batcher = self.batcher()?;
             for &i in &todo {
                 self.inner.validate_text(&records[i].text)?;
             }
-            let texts = todo.iter().map(|&i| records[i].text.clone()).collect();
-            let vectors = batcher.embed(texts).await?;
-            for (&i, v) in todo.iter().zip(vectors) {
-                records[i].embedding = v.to_vec();
+            {
+                let now = self.inner.config.clock.now_us();
+                let st = self.inner.state.read();
+                for &i in &todo {
+                    let r = &records[i];
+                    if r.id.is_none() {
+                        let hash = fnv64(r.text.as_bytes());
+                        known[i] = st
+                            .find_duplicate(&r.text, hash, r.layer, r.project.as_deref(), now)
+                            .map(RecordId);
+                    }
+                }
+            }
+            let embed: Vec<usize> = todo
+                .iter()
+                .copied()
+                .filter(|&i| known[i].is_none())
+                .collect();
+            if !embed.is_empty() {
+                let texts = embed.iter().map(|&i| records[i].text.clone()).collect();
+                let vectors = batcher.embed(texts).await?;
+                for (&i, v) in embed.iter().zip(vectors) {
+                    records[i].embedding = v.to_vec();
+                }
             }
         }
-        self.insert_batch(records).await
+        if known.iter().all(Option::is_none) {
+            return self.insert_batch(records).await;
+        }
+        let rest: Vec<NewRecord> = records
+            .into_iter()
+            .zip(&known)
+            .filter(|(_, k)| k.is_none())
+            .map(|(r, _)| r)
+            .collect();
+        let mut inserted = self.insert_batch(rest).await?.into_iter();
+        known
+            .into_iter()
+            .map(|k| match k {
+                Some(id) => Ok(id),
+                None => inserted
+                    .next()
+                    .ok_or_else(|| Error::Poisoned("insert_batch returned too few ids".into())),
+            })
+            .collect()
     }
 
     /// Searches by text: the query is embedded (identical queries come from the cache), then

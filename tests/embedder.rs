@@ -290,3 +290,50 @@ async fn wrong_dimension_empty_text_and_other_model_are_refused() {
         .expect_err("no embedder");
     assert!(err.to_string().contains("open_with_embedder"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn storing_content_that_is_already_there_embeds_nothing() {
+    use magray_memory::{Layer, NewRecord};
+    let e = std::sync::Arc::new(open(&config()));
+    let dir = tempfile::tempdir().expect("tempdir");
+    let m = magray_memory::Memory::open_with_embedder(dir.path(), store_config(384), e.clone())
+        .await
+        .expect("open");
+    let docs = |texts: &[&str]| -> Vec<NewRecord> {
+        texts
+            .iter()
+            .map(|t| NewRecord::text(*t).layer(Layer::Assets).project("p"))
+            .collect()
+    };
+    let first = m
+        .store_batch(docs(&["alpha section", "beta section"]))
+        .await
+        .expect("store");
+    let before = e.stats();
+    // The same two again, with one new text between them: only the new one is embedded, and
+    // ids come back in order.
+    let again = m
+        .store_batch(docs(&["alpha section", "gamma section", "beta section"]))
+        .await
+        .expect("store again");
+    let after = e.stats();
+    assert_eq!((again[0], again[2]), (first[0], first[1]));
+    assert_ne!(again[1], first[0]);
+    assert_eq!(
+        (after.cache_hits + after.cache_misses) - (before.cache_hits + before.cache_misses),
+        1,
+        "only the new text reached the embedder"
+    );
+    // The same text in another layer is other content: embedded and stored.
+    let other = m
+        .store(
+            NewRecord::text("alpha section")
+                .layer(Layer::Interact)
+                .project("p"),
+        )
+        .await
+        .expect("store");
+    assert_ne!(other, first[0]);
+    assert_eq!(m.stats().layers.iter().map(|l| l.records).sum::<u64>(), 4);
+    m.close().await.expect("close");
+}
