@@ -258,7 +258,9 @@ fn replicate(
     // its checks is skipped for the next older one. None at all is fine (the log has every
     // event; opening the copy replays more).
     for (seq, path) in snapshot::list(&source.join("snapshots"))? {
-        if seq > report.last_seq || snapshot::load(&path, src.dimension).is_err() {
+        // Checked once, as the copy (`copy_snapshot` verifies every crc before the rename):
+        // a bad source snapshot fails there and the next older one is tried.
+        if seq > report.last_seq {
             continue;
         }
         let to = dst_root.join(snapshot::dir_name(seq));
@@ -266,7 +268,7 @@ fn replicate(
             match copy_snapshot(&path, &to, src.dimension) {
                 Ok(()) => report.snapshot_copied = true,
                 Err(e) => {
-                    tracing::warn!(snapshot = %path.display(), error = %e, "snapshot changed while copying; trying an older one");
+                    tracing::warn!(snapshot = %path.display(), error = %e, "snapshot invalid or changed while copying; trying an older one");
                     let _ = std::fs::remove_dir_all(&to);
                     continue;
                 }

@@ -738,7 +738,8 @@ pub async fn inject(dir: &Path, fault: Fault, rng: &mut Rng, oracle: &mut Oracle
                 Fault::TruncateTail => damaged.truncate(at),
                 _ => damaged[at] ^= 1 << rng.range(0, 7),
             }
-            let before = log_facts(dir).map(|f| f.2).unwrap_or(0);
+            // `valid_end` put the segment back as it was: the log still ends at `last`.
+            let before = last;
             if std::fs::write(&seg, &damaged).is_err() {
                 return none("cannot write the segment");
             }

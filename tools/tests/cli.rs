@@ -46,6 +46,11 @@ fn fails(store: &Path, args: &[&str], code: i32, says: &str) -> String {
     err
 }
 
+/// `restore --from FROM <flag> VALUE --into INTO`.
+fn restore_args<'a>(from: &'a str, flag: &'a str, value: &'a str, into: &'a str) -> [&'a str; 7] {
+    ["restore", "--from", from, flag, value, "--into", into]
+}
+
 fn json(s: &str) -> Value {
     serde_json::from_str(s.trim()).unwrap()
 }
@@ -446,15 +451,7 @@ fn restore_to_a_time_holds_exactly_the_events_up_to_it() {
     let r2 = dir.path().join("r2");
     ok(
         &s,
-        &[
-            "restore",
-            "--from",
-            s.to_str().unwrap(),
-            "--to-seq",
-            "2",
-            "--into",
-            r2.to_str().unwrap(),
-        ],
+        &restore_args(s.to_str().unwrap(), "--to-seq", "2", r2.to_str().unwrap()),
     );
     assert_eq!(log_of(&r2), full[..2].to_vec());
     assert_eq!(log_of(&s), full);
@@ -466,44 +463,30 @@ fn restore_to_a_time_holds_exactly_the_events_up_to_it() {
     let r3 = dir.path().join("r3");
     fails(
         &s,
-        &[
-            "restore",
-            "--from",
+        &restore_args(
             s.to_str().unwrap(),
             "--to-time",
             "2025-01-01T00:00:00Z",
-            "--into",
             r3.to_str().unwrap(),
-        ],
+        ),
         1,
         "before its history begins",
     );
     assert!(!r3.exists(), "nothing half-written");
     fails(
         &s,
-        &[
-            "restore",
-            "--from",
-            s.to_str().unwrap(),
-            "--to-seq",
-            "2",
-            "--into",
-            r1.to_str().unwrap(),
-        ],
+        &restore_args(s.to_str().unwrap(), "--to-seq", "2", r1.to_str().unwrap()),
         1,
         "not empty",
     );
     fails(
         &s,
-        &[
-            "restore",
-            "--from",
+        &restore_args(
             s.to_str().unwrap(),
             "--to-time",
             "yesterday",
-            "--into",
             r3.to_str().unwrap(),
-        ],
+        ),
         1,
         "RFC 3339",
     );
@@ -585,29 +568,23 @@ fn backup_while_another_process_writes_then_verify_restore_and_catch_corruption(
     let mid = total / 2;
     ok(
         &s,
-        &[
-            "restore",
-            "--from",
+        &restore_args(
             bk.to_str().unwrap(),
             "--to-seq",
             &mid.to_string(),
-            "--into",
             r.to_str().unwrap(),
-        ],
+        ),
     );
     assert_eq!(json(&ok(&r, &["--json", "verify"]))["ok"], true);
     let full_r = dir.path().join("restored-full");
     ok(
         &s,
-        &[
-            "restore",
-            "--from",
+        &restore_args(
             bk.to_str().unwrap(),
             "--to-seq",
             &total.to_string(),
-            "--into",
             full_r.to_str().unwrap(),
-        ],
+        ),
     );
     let key = |st: &Path| {
         let mut k: Vec<String> = lines(&ok(st, &["export"]))
@@ -639,15 +616,12 @@ fn backup_while_another_process_writes_then_verify_restore_and_catch_corruption(
     let r4 = dir.path().join("r4");
     fails(
         &s,
-        &[
-            "restore",
-            "--from",
+        &restore_args(
             bk.to_str().unwrap(),
             "--to-seq",
             &total.to_string(),
-            "--into",
             r4.to_str().unwrap(),
-        ],
+        ),
         1,
         &name,
     );
