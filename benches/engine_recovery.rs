@@ -16,7 +16,8 @@
 //! ```
 //! Env: `BENCH_RECOVERY_SIZES` (default "10000,100000"), `BENCH_RECOVERY_DELTA` (default
 //! 10000), `BENCH_RECOVERY_RUNS` (child-process opens per size, default 3),
-//! `BENCH_EMPTY_RUNS` (default 20), `BENCH_REPORT_ONLY=1` (skip criterion).
+//! `BENCH_EMPTY_RUNS` (default 20), `BENCH_REPORT_ONLY=1` (skip criterion), `BENCH_KEEP=1`
+//! (keep the stores and print where, to profile an open by hand).
 
 mod common;
 
@@ -234,6 +235,16 @@ fn main() {
         );
         stores.push(build(&rt, n, delta));
     }
+    if std::env::var_os("BENCH_KEEP").is_some() {
+        // For profiling one open by hand: `ENGINE_RECOVERY_CHILD=<dir> <this bench binary>`.
+        for s in &stores {
+            eprintln!(
+                "engine_recovery: keeping the {}-record store in {:?}",
+                s.n,
+                s.dir.path()
+            );
+        }
+    }
 
     if !report_only() {
         let mut c = criterion();
@@ -358,6 +369,9 @@ fn main() {
             mib(r.rss0 * 1024),
             r.pending
         );
+    }
+    if std::env::var_os("BENCH_KEEP").is_some() {
+        stores.into_iter().for_each(|s| drop(s.dir.keep()));
     }
     println!("columns: medians of {runs} fresh processes; 1st q = first search after open returned (exact scan while the HNSW dump loads); index rdy = ms from open until the dump is loaded; RSS in MiB (last run)");
 }

@@ -9,7 +9,9 @@
 //! BENCH_REPORT_ONLY=1 cargo bench --bench engine_search     # report table only
 //! ```
 //! Env: `BENCH_N` (records, default 100000), `BENCH_QUERIES` (default 1000),
-//! `BENCH_EF` (ef_search sweep, default "16,32,50,64,100"). The store is built once with
+//! `BENCH_EF` (ef_search sweep, default "16,32,50,64,100"), `BENCH_STORE` (a directory to
+//! build the store in and keep, with its ids in `<dir>.ids`; a later run with the same N
+//! reopens it instead of rebuilding — the build takes minutes). The store is built once with
 //! `insert_batch` (batches of 1,000) and `wait_indexed`; each further ef reopens it
 //! (close, then `Memory::open` with the new `Config.hnsw.ef_search`, then `wait_indexed`
 //! while the HNSW dump reloads). Queries are stored vectors plus noise (cosine ≈ 0.96 to
@@ -117,14 +119,34 @@ fn main() {
     let cos_random = mean(&|j| cos(&queries[j], ((j * 7919) % n) as u32));
 
     // Build: insert everything, then wait for the indexer to catch up.
-    let dir = tempfile::tempdir().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let kept = std::env::var_os("BENCH_STORE").map(std::path::PathBuf::from);
+    let dir = kept.clone().unwrap_or_else(|| tmp.path().to_path_buf());
+    let ids_file = dir.with_extension("ids");
     let mut config = store_config();
     config.hnsw.ef_search = efs[0];
-    eprintln!(
-        "engine_search: inserting {n} records and indexing them (~900 vectors/s at 100k here) ..."
-    );
+    let reuse = kept.is_some() && ids_file.exists();
+    if reuse {
+        eprintln!("engine_search: reopening the store kept in {dir:?} ...");
+    } else {
+        eprintln!(
+            "engine_search: inserting {n} records and indexing them (~300 vectors/s at 100k here) ..."
+        );
+    }
     let (m, index_of, insert_time, indexed_at_ack, build_time) = rt.block_on(async {
-        let m = Memory::open(dir.path(), config.clone()).await.unwrap();
+        let m = Memory::open(&dir, config.clone()).await.unwrap();
+        if reuse {
+            let start = Instant::now();
+            let index_of: HashMap<RecordId, u32> = std::fs::read_to_string(&ids_file)
+                .unwrap()
+                .lines()
+                .enumerate()
+                .map(|(i, l)| (l.parse().unwrap(), i as u32))
+                .collect();
+            m.wait_indexed().await.unwrap();
+            let t = start.elapsed();
+            return (m, index_of, t, n as u64, t);
+        }
         let mut index_of = HashMap::with_capacity(n);
         let start = Instant::now();
         for (b, chunk) in data.chunks(BATCH * DIM).enumerate() {
@@ -141,6 +163,13 @@ fn main() {
         let insert_time = start.elapsed();
         let indexed_at_ack = m.stats().layers[Layer::Assets.index()].indexed;
         m.wait_indexed().await.unwrap();
+        if kept.is_some() {
+            let mut ids = vec![String::new(); n];
+            for (id, i) in &index_of {
+                ids[*i as usize] = id.to_string();
+            }
+            std::fs::write(&ids_file, ids.join("\n")).unwrap();
+        }
         (m, index_of, insert_time, indexed_at_ack, start.elapsed())
     });
     assert_eq!(index_of.len(), n, "every record got its own id");
@@ -160,7 +189,7 @@ fn main() {
             let (next, times) = rt.block_on(async {
                 m.take().unwrap().close().await.unwrap();
                 let t = Instant::now();
-                let next = Memory::open(dir.path(), config).await.unwrap();
+                let next = Memory::open(&dir, config).await.unwrap();
                 let open = t.elapsed();
                 next.wait_indexed().await.unwrap();
                 (next, (open, t.elapsed()))
@@ -212,7 +241,13 @@ fn main() {
     let ins = insert_time.as_secs_f64();
     let build = build_time.as_secs_f64();
     let tail = (build - ins).max(1e-9);
-    println!(
+    if reuse {
+        println!(
+            "build: reused the store kept in {dir:?}: open + wait_indexed {:.1} s",
+            build_time.as_secs_f64()
+        );
+    } else {
+        println!(
         "build: insert_batch x{BATCH}: {ins:.1} s = {:.0} records/s acknowledged; fully indexed after {build:.1} s = {:.0} vectors/s overall \
          (indexer alone after the last ack: {:.0} vectors/s, {} of {n} were indexed at the last ack); hnsw M={} efC={}",
         n as f64 / ins,
@@ -222,6 +257,7 @@ fn main() {
         config.hnsw.m,
         config.hnsw.ef_construction,
     );
+    }
     if n < config.exact_search_below {
         println!(
             "note: N < exact_search_below ({}): the layer is searched exactly, ef has no effect",

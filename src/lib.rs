@@ -56,6 +56,7 @@ pub mod backup;
 mod config;
 pub mod embed;
 mod error;
+mod frozen;
 pub mod lifecycle;
 mod memory;
 pub mod sim;

@@ -3,6 +3,7 @@
 
 use crate::config::Config;
 use crate::error::{Error, Result};
+use crate::frozen::FrozenGraph;
 use crate::snapshot::{self, Capture, FileEntry, Writer};
 use crate::state::{content_key, fnv64, Graph, Projections};
 use crate::store_files::{StoreLock, StoreManifest};
@@ -832,6 +833,7 @@ impl Memory {
                 self.inner.graphs_loading.load(Ordering::Acquire) == 0
                     && st.layers.iter().all(|l| {
                         l.pending.iter().all(|s| !l.members.contains(s))
+                            && (l.graph.is_none() || l.frozen.is_some())
                             && !needs_rebuild(l, &self.inner.config)
                     })
             };
@@ -1422,6 +1424,8 @@ impl Inner {
                         ls.tombstones =
                             ones.iter().filter(|s| !ls.members.contains(s)).count() as u64;
                         ls.graph = Some(Arc::new(g));
+                        ls.frozen = None;
+                        ls.unfrozen.clear();
                     }
                     other => {
                         let why = match other {
@@ -1437,6 +1441,8 @@ impl Inner {
                 }
                 ls.recompute_pending();
                 drop(st);
+                drop(_idx);
+                self.maybe_freeze(layer);
                 self.graphs_loading.fetch_sub(1, Ordering::AcqRel);
             }
         }
@@ -1459,6 +1465,7 @@ impl Inner {
                     continue;
                 }
                 worked |= self.index_some(layer);
+                worked |= self.maybe_freeze(layer);
             }
             if !worked {
                 self.index_wake.wait(Duration::from_millis(200));
@@ -1506,8 +1513,47 @@ impl Inner {
             }
         }
         ls.indexed += batch.len() as u64;
+        if ls.frozen.is_some() {
+            ls.unfrozen.extend(batch.iter().map(|(s, _)| *s));
+        }
         if fresh && !batch.is_empty() {
             ls.graph = Some(graph);
+        }
+        true
+    }
+
+    /// Takes a new frozen copy of a layer's graph (the copy searches run on) when there is none
+    /// or when the points inserted since the last one cost searches too much exact scanning:
+    /// more than 1/32 of the graph (at least 1,024) while indexing, or, once the layer has
+    /// caught up, more than 1/1,024 of it (at least 64). True if it froze.
+    fn maybe_freeze(&self, layer: Layer) -> bool {
+        let _idx = self.index_lock.lock();
+        let graph = {
+            let st = self.state.read();
+            let ls = &st.layers[layer.index()];
+            let Some(g) = &ls.graph else {
+                return false;
+            };
+            let due = match &ls.frozen {
+                None => true,
+                Some(_) => {
+                    let n = ls.unfrozen.len() as u64;
+                    n >= (ls.indexed / 32).max(1024)
+                        || (ls.pending.is_empty() && n >= (ls.indexed / 1024).max(64))
+                }
+            };
+            if !due {
+                return false;
+            }
+            g.clone()
+        };
+        // The index lock keeps the indexer (this thread) from inserting while we copy.
+        let frozen = Arc::new(FrozenGraph::freeze(&graph));
+        let mut st = self.state.write();
+        let ls = &mut st.layers[layer.index()];
+        if ls.graph.as_ref().is_some_and(|g| Arc::ptr_eq(g, &graph)) {
+            ls.frozen = Some(frozen);
+            ls.unfrozen.clear();
         }
         true
     }
@@ -1537,9 +1583,12 @@ impl Inner {
                 graph.insert((v.as_slice(), *s as usize));
             }
         }
+        let frozen = (!members.is_empty()).then(|| Arc::new(FrozenGraph::freeze(&graph)));
         let _idx = self.index_lock.lock();
         let mut st = self.state.write();
         let ls = &mut st.layers[layer.index()];
+        ls.frozen = frozen;
+        ls.unfrozen.clear();
         ls.in_index.clear();
         for s in &members {
             ls.in_index.set(*s);

@@ -17,7 +17,7 @@ use crate::state::{Graph, LayerState, Projections, RecordData};
 use crate::types::{AccessStats, Layer};
 use crate::vectors::{self, Vectors};
 use hnsw_rs::prelude::{AnnT, DistDot, HnswIo};
-use magray_wal::fsutil::{sync_dir, TEMP_PREFIX};
+use magray_wal::fsutil::{self, sync_dir, TEMP_PREFIX};
 use rkyv::rancor::BoxedError;
 use rkyv::util::AlignedVec;
 use rkyv::{Archive, Deserialize, Serialize};
@@ -224,7 +224,7 @@ where
 
 fn sync_file(path: &Path) -> Result<()> {
     File::open(path)
-        .and_then(|f| f.sync_all())
+        .and_then(|f| fsutil::sync_file(&f, path))
         .map_err(|e| Error::io(path, e))
 }
 
@@ -247,7 +247,7 @@ fn crc_file(path: &Path) -> Result<(u64, u32)> {
 fn write_file(path: &Path, bytes: &[u8]) -> Result<FileEntry> {
     let mut f = File::create(path).map_err(|e| Error::io(path, e))?;
     f.write_all(bytes)
-        .and_then(|_| f.sync_all())
+        .and_then(|_| fsutil::sync_file(&f, path))
         .map_err(|e| Error::io(path, e))?;
     Ok(FileEntry {
         name: file_name(path),

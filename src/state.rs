@@ -6,6 +6,7 @@
 //! a snapshot plus delta give every record the same slot (and HNSW dumps stay valid).
 
 use crate::error::{Error, Result};
+use crate::frozen::FrozenGraph;
 use crate::types::{AccessStats, Layer, Record, RecordId, SearchOptions, DECAY_HALF_LIVES_US};
 use crate::vectors::Vectors;
 use hnsw_rs::prelude::{DistDot, Distance, Hnsw};
@@ -149,6 +150,10 @@ pub(crate) struct LayerState {
     /// The graph; `None` while a dump loads or before the first insert (then the whole layer
     /// is searched exactly).
     pub(crate) graph: Option<Arc<Graph>>,
+    /// A compact copy of `graph` as of its last freeze, searched instead of it.
+    pub(crate) frozen: Option<Arc<FrozenGraph>>,
+    /// Slots inserted into `graph` since `frozen` was taken (searched exactly).
+    pub(crate) unfrozen: Vec<u32>,
 }
 
 impl std::fmt::Debug for LayerState {
@@ -159,6 +164,8 @@ impl std::fmt::Debug for LayerState {
             .field("indexed", &self.indexed)
             .field("tombstones", &self.tombstones)
             .field("graph", &self.graph.is_some())
+            .field("frozen", &self.frozen.as_ref().map(|f| f.len()))
+            .field("unfrozen", &self.unfrozen.len())
             .finish()
     }
 }
@@ -503,19 +510,30 @@ impl Projections {
                 }
             }
         };
-        let Some(g) = ls
-            .graph
-            .as_ref()
-            .filter(|_| ls.members.len() >= exact_below)
-        else {
+        if ls.members.len() < exact_below {
+            scan_layer(top);
+            return;
+        }
+        if let Some(f) = &ls.frozen {
+            let ef = ef.max(o.top_k);
+            let found = f.search(q, ef, &self.vectors, &ok, top);
+            // Fewer than k matches in the walk: a selective filter, many dead points or a
+            // freeze older than most of the layer; scan the layer exactly, never miss a record.
+            if found < o.top_k {
+                scan_layer(top);
+                return;
+            }
+            for &slot in ls.unfrozen.iter().chain(&ls.pending) {
+                exact(slot, top);
+            }
+            return;
+        }
+        let Some(g) = ls.graph.as_ref() else {
             scan_layer(top);
             return;
         };
         let ef = ef.max(o.top_k);
-        let unfiltered = o.tags.is_empty()
-            && o.project.is_none()
-            && o.session.is_none()
-            && o.time_range.is_none();
+        let unfiltered = unfiltered(o);
         let live_indexed = ls.indexed.saturating_sub(ls.tombstones) as usize;
         let mut enough = false;
         if unfiltered {
@@ -550,6 +568,12 @@ impl Projections {
             exact(slot, top);
         }
     }
+}
+
+/// True when a search keeps every live record of a layer (no tag, project, session or time
+/// filter).
+fn unfiltered(o: &SearchOptions) -> bool {
+    o.tags.is_empty() && o.project.is_none() && o.session.is_none() && o.time_range.is_none()
 }
 
 /// How a layer search runs: HNSW candidate list, the layer size below which it scans

@@ -167,7 +167,7 @@ pub(crate) fn write_chunk(path: &Path, dim: usize, start: u32, data: &[u8]) -> R
     let mut f = File::create(path).map_err(|e| Error::io(path, e))?;
     f.write_all(&h)
         .and_then(|_| f.write_all(data))
-        .and_then(|_| f.sync_all())
+        .and_then(|_| magray_wal::fsutil::sync_file(&f, path))
         .map_err(|e| Error::io(path, e))?;
     Ok(count)
 }

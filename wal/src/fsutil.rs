@@ -10,7 +10,63 @@ pub const TEMP_PREFIX: &str = ".tmp-";
 
 /// fsyncs a directory so renames and creations inside it are durable.
 pub fn sync_dir(dir: &Path) -> Result<()> {
-    File::open(dir).and_then(|d| d.sync_all()).at(dir)
+    File::open(dir).and_then(|d| sync_file(&d, dir)).at(dir)
+}
+
+/// fsyncs `f`, opened from `path`. Every fsync of our own files (archive, snapshots, vector
+/// chunks, backups, recovery truncations) goes through here, so a build with the
+/// `fault-injection` feature can make chosen ones fail ([`fault`]); okaywal fsyncs its
+/// segments itself (the log's own fault tests use a failing backend instead).
+pub fn sync_file(f: &File, path: &Path) -> std::io::Result<()> {
+    #[cfg(feature = "fault-injection")]
+    fault::check(path)?;
+    #[cfg(not(feature = "fault-injection"))]
+    let _ = path;
+    f.sync_all()
+}
+
+/// Test-only fsync faults (feature `fault-injection`, enabled by the chaos crate): the next N
+/// fsyncs of a path containing a pattern fail with EIO, the way a failing disk reports them.
+/// The plan is process-wide: tests that arm it use patterns unique to their own directory.
+#[cfg(feature = "fault-injection")]
+pub mod fault {
+    use std::path::Path;
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::Mutex;
+
+    static PLAN: Mutex<Vec<(String, u32)>> = Mutex::new(Vec::new());
+    static INJECTED: AtomicU64 = AtomicU64::new(0);
+
+    /// Makes the next `times` fsyncs of a path containing `pattern` fail with EIO.
+    pub fn fail_fsync(pattern: &str, times: u32) {
+        let mut plan = PLAN.lock().unwrap_or_else(|p| p.into_inner());
+        plan.push((pattern.to_string(), times));
+    }
+
+    /// Disarms every pattern.
+    pub fn clear() {
+        PLAN.lock().unwrap_or_else(|p| p.into_inner()).clear();
+    }
+
+    /// fsync failures injected so far in this process.
+    pub fn injected() -> u64 {
+        INJECTED.load(Ordering::Acquire)
+    }
+
+    pub(super) fn check(path: &Path) -> std::io::Result<()> {
+        let p = path.to_string_lossy();
+        let mut plan = PLAN.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(i) = plan.iter().position(|(pat, _)| p.contains(pat.as_str())) {
+            plan[i].1 -= 1;
+            if plan[i].1 == 0 {
+                plan.remove(i);
+            }
+            INJECTED.fetch_add(1, Ordering::AcqRel);
+            tracing::warn!(path = %p, "injected EIO from fsync (fault-injection)");
+            return Err(std::io::Error::from_raw_os_error(5));
+        }
+        Ok(())
+    }
 }
 
 /// Writes `bytes` to `path` atomically and durably.
@@ -24,7 +80,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     {
         let mut f = File::create(&tmp).at(&tmp)?;
         f.write_all(bytes).at(&tmp)?;
-        f.sync_all().at(&tmp)?;
+        sync_file(&f, &tmp).at(&tmp)?;
     }
     fs::rename(&tmp, path).at(path)?;
     sync_dir(dir)

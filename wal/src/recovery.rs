@@ -93,7 +93,7 @@ pub(crate) fn list_live_segments(wal_dir: &Path) -> Result<Vec<(u64, PathBuf)>> 
 fn truncate(path: &Path, len: u64) -> Result<()> {
     let f = OpenOptions::new().write(true).open(path).at(path)?;
     f.set_len(len).at(path)?;
-    f.sync_all().at(path)
+    fsutil::sync_file(&f, path).at(path)
 }
 
 pub(crate) fn recover(
@@ -256,7 +256,7 @@ fn neutralise_stale_entry_marker(path: &Path, buf: &[u8], valid_end: u64) -> Res
     let mut f = OpenOptions::new().write(true).open(path).at(path)?;
     f.seek(SeekFrom::Start(valid_end)).at(path)?;
     f.write_all(&[0]).at(path)?;
-    f.sync_all().at(path)?;
+    fsutil::sync_file(&f, path).at(path)?;
     tracing::debug!(file = %path.display(), offset = valid_end, byte = stale, "cleared a stale byte after the valid end");
     Ok(())
 }
