@@ -218,7 +218,16 @@ where
 {
     let mut aligned = AlignedVec::<16>::with_capacity(bytes.len());
     aligned.extend_from_slice(bytes);
-    rkyv::from_bytes::<T, BoxedError>(&aligned)
+    decode_aligned(&aligned, file)
+}
+
+fn decode_aligned<T>(aligned: &AlignedVec<16>, file: &Path) -> Result<T>
+where
+    T: Archive,
+    T::Archived: for<'a> rkyv::bytecheck::CheckBytes<rkyv::api::high::HighValidator<'a, BoxedError>>
+        + Deserialize<T, rkyv::api::high::HighDeserializer<BoxedError>>,
+{
+    rkyv::from_bytes::<T, BoxedError>(aligned)
         .map_err(|e| Error::corrupted(file, 0, format!("structure check failed: {e}")))
 }
 
@@ -614,27 +623,41 @@ type Tables = (
 );
 
 fn decode_tables(dir: &Path, m: &ManifestBody) -> Result<Tables> {
-    let read_zst = |name: &str| -> Result<Vec<u8>> {
+    // Decompressed straight into aligned memory: one 270 MB buffer (and its page faults) less
+    // per million records than decompressing and then copying for rkyv.
+    let read_zst = |name: &str| -> Result<AlignedVec<16>> {
         let p = dir.join(name);
         let raw = std::fs::read(&p).map_err(|e| Error::io(&p, e))?;
-        zstd::stream::decode_all(&raw[..])
-            .map_err(|e| Error::corrupted(&p, 0, format!("zstd: {e}")))
+        let size = zstd::zstd_safe::get_frame_content_size(&raw)
+            .ok()
+            .flatten()
+            .unwrap_or(0);
+        // The file's crc matched, but never trust a size field with an allocation unchecked.
+        let cap = size.min(raw.len() as u64 * 64).min(4 << 30) as usize;
+        let mut out = AlignedVec::<16>::with_capacity(cap);
+        zstd::stream::copy_decode(&raw[..], &mut out)
+            .map_err(|e| Error::corrupted(&p, 0, format!("zstd: {e}")))?;
+        Ok(out)
     };
     let rpath = dir.join("records.zst");
-    let recs: Records = decode(&read_zst("records.zst")?, &rpath)?;
+    let raw = read_zst("records.zst")?;
+    let recs: Records = decode_aligned(&raw, &rpath)?;
     let spath = dir.join("stats.zst");
-    let stats: Stats = decode(&read_zst("stats.zst")?, &spath)?;
-    let mut slots: Vec<Option<RecordData>> = Vec::new();
-    slots.resize_with(m.nslots as usize, || None);
+    let stats: Stats = decode_aligned(&read_zst("stats.zst")?, &spath)?;
+    // Rows are written in slot order: push them (gaps as `None`) instead of pre-filling a
+    // million empty cells and overwriting each (400 MB less to write at 1M records).
+    let nslots = m.nslots as usize;
+    let mut slots: Vec<Option<RecordData>> = Vec::with_capacity(nslots);
     for r in recs.records {
-        let Some(cell) = slots.get_mut(r.slot as usize) else {
+        let at = r.slot as usize;
+        if at >= nslots {
             return Err(Error::corrupted(
                 &rpath,
                 0,
                 format!("slot {} beyond {}", r.slot, m.nslots),
             ));
-        };
-        *cell = Some(RecordData {
+        }
+        let rec = Some(RecordData {
             id: r.id,
             layer: r.layer,
             kind: r.kind,
@@ -652,7 +675,14 @@ fn decode_tables(dir: &Path, m: &ManifestBody) -> Result<Tables> {
             sessions: Default::default(),
             projects: Default::default(),
         });
+        if at < slots.len() {
+            slots[at] = rec;
+        } else {
+            slots.resize_with(at, || None);
+            slots.push(rec);
+        }
     }
+    slots.resize_with(nslots, || None);
     for s in stats.stats {
         let Some(Some(r)) = slots.get_mut(s.slot as usize) else {
             return Err(Error::corrupted(

@@ -12,6 +12,10 @@ use crate::vectors::Vectors;
 use hnsw_rs::prelude::{DistDot, Distance, Hnsw};
 use magray_wal::{AccessSource, Envelope, Event, Id, Inserted};
 use std::collections::{HashMap, HashSet, VecDeque};
+
+/// Hash map and set of the projections (foldhash: seeded per process, much faster than SipHash).
+pub(crate) type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
+pub(crate) type FastSet<T> = HashSet<T, foldhash::fast::RandomState>;
 use std::sync::Arc;
 
 /// The HNSW graph type of one layer.
@@ -137,7 +141,7 @@ impl Bits {
 #[derive(Default)]
 pub(crate) struct LayerState {
     /// Live slots in this layer.
-    pub(crate) members: HashSet<u32>,
+    pub(crate) members: FastSet<u32>,
     /// Slots waiting to be inserted into the index, oldest first; may hold slots that died or
     /// moved since (skipped). Searched exactly.
     pub(crate) pending: VecDeque<u32>,
@@ -198,12 +202,12 @@ pub(crate) struct Projections {
     pub(crate) applied_seq: u64,
     pub(crate) last_ts_us: u64,
     pub(crate) slots: Vec<Option<RecordData>>,
-    pub(crate) by_id: HashMap<Id, u32>,
+    pub(crate) by_id: FastMap<Id, u32>,
     /// Content key → every live slot with it (a set, so replay order cannot change which
     /// record a later identical insert resolves to).
-    by_content: HashMap<u64, Vec<u32>>,
+    by_content: FastMap<u64, ContentSlots>,
     /// Live records whose `refs` name this id (a feature of the promoter).
-    refs_in: HashMap<Id, u32>,
+    refs_in: FastMap<Id, u32>,
     pub(crate) layers: [LayerState; 3],
     pub(crate) vectors: Vectors,
     /// Lifecycle counters: promotions into Insights and Assets; expiries by reason (TTL,
@@ -222,9 +226,9 @@ impl Projections {
             applied_seq: 0,
             last_ts_us: 0,
             slots: Vec::new(),
-            by_id: HashMap::new(),
-            by_content: HashMap::new(),
-            refs_in: HashMap::new(),
+            by_id: FastMap::default(),
+            by_content: FastMap::default(),
+            refs_in: FastMap::default(),
             layers: Default::default(),
             vectors: Vectors::new(dim),
             promoted: [0; 2],
@@ -245,19 +249,42 @@ impl Projections {
         p.applied_seq = applied_seq;
         p.last_ts_us = last_ts_us;
         p.vectors = vectors;
-        for (slot, rec) in slots.iter().enumerate() {
-            if let Some(r) = rec {
-                let slot = slot as u32;
-                p.by_id.insert(r.id, slot);
-                p.content_add(
-                    content_key(r.content_hash, r.layer, r.project.as_deref()),
-                    slot,
-                );
-                p.layers[r.layer.index()].members.insert(slot);
-                for id in &r.refs {
-                    *p.refs_in.entry(*id).or_default() += 1;
+        let live = slots.iter().filter(|r| r.is_some()).count();
+        // Two independent sets of maps, one per core (open time at 1M records is mostly this
+        // and the decode before it).
+        let ((by_id, refs_in), (by_content, members)) = std::thread::scope(|scope| {
+            let ids = scope.spawn(|| {
+                let mut by_id: FastMap<Id, u32> = FastMap::default();
+                by_id.reserve(live);
+                let mut refs_in: FastMap<Id, u32> = FastMap::default();
+                for (slot, r) in slots.iter().enumerate() {
+                    if let Some(r) = r {
+                        by_id.insert(r.id, slot as u32);
+                        for id in &r.refs {
+                            *refs_in.entry(*id).or_default() += 1;
+                        }
+                    }
+                }
+                (by_id, refs_in)
+            });
+            let mut by_content: FastMap<u64, ContentSlots> = FastMap::default();
+            by_content.reserve(live);
+            let mut members: [FastSet<u32>; 3] = Default::default();
+            for (slot, r) in slots.iter().enumerate() {
+                if let Some(r) = r {
+                    let key = content_key(r.content_hash, r.layer, r.project.as_deref());
+                    content_push(&mut by_content, key, slot as u32);
+                    members[r.layer.index()].insert(slot as u32);
                 }
             }
+            let ids = ids.join().unwrap_or_else(|e| std::panic::resume_unwind(e));
+            (ids, (by_content, members))
+        });
+        p.by_id = by_id;
+        p.refs_in = refs_in;
+        p.by_content = by_content;
+        for (ls, m) in p.layers.iter_mut().zip(members) {
+            ls.members = m;
         }
         p.slots = slots;
         p
@@ -301,6 +328,7 @@ impl Projections {
         // of restarts. One past its TTL is on its way out and does not count.
         self.by_content
             .get(&content_key(hash, layer, project))?
+            .slots()
             .iter()
             .filter_map(|s| self.live(*s).map(|r| (*s, r)))
             .filter(|(_, r)| r.layer == layer && r.project.as_deref() == project && r.text == text)
@@ -310,15 +338,20 @@ impl Projections {
     }
 
     fn content_add(&mut self, key: u64, slot: u32) {
-        self.by_content.entry(key).or_default().push(slot);
+        content_push(&mut self.by_content, key, slot);
     }
 
     fn content_remove(&mut self, key: u64, slot: u32) {
-        if let Some(v) = self.by_content.get_mut(&key) {
-            v.retain(|s| *s != slot);
-            if v.is_empty() {
-                self.by_content.remove(&key);
+        let gone = match self.by_content.get_mut(&key) {
+            Some(ContentSlots::One(s)) => *s == slot,
+            Some(ContentSlots::Many(v)) => {
+                v.retain(|s| *s != slot);
+                v.is_empty()
             }
+            None => false,
+        };
+        if gone {
+            self.by_content.remove(&key);
         }
     }
 
@@ -566,6 +599,42 @@ impl Projections {
         }
         for &slot in &ls.pending {
             exact(slot, top);
+        }
+    }
+}
+
+/// Live slots sharing one content key: almost always one, kept inline (a `Vec` per record
+/// was a million allocations when opening a million-record store).
+#[derive(Debug)]
+enum ContentSlots {
+    One(u32),
+    Many(Vec<u32>),
+}
+
+impl ContentSlots {
+    fn slots(&self) -> &[u32] {
+        match self {
+            ContentSlots::One(s) => std::slice::from_ref(s),
+            ContentSlots::Many(v) => v,
+        }
+    }
+}
+
+fn content_push(map: &mut FastMap<u64, ContentSlots>, key: u64, slot: u32) {
+    use std::collections::hash_map::Entry;
+    match map.entry(key) {
+        Entry::Vacant(e) => {
+            e.insert(ContentSlots::One(slot));
+        }
+        Entry::Occupied(mut e) => {
+            let v = e.get_mut();
+            *v = ContentSlots::Many(match v {
+                ContentSlots::One(s) => vec![*s, slot],
+                ContentSlots::Many(v) => {
+                    v.push(slot);
+                    std::mem::take(v)
+                }
+            });
         }
     }
 }
