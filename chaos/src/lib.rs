@@ -70,19 +70,23 @@ pub enum Window {
     Rebuild,
     /// Inside a point-in-time restore into a new directory.
     Restore,
+    /// Just after a batch big enough to fill a log segment: okaywal rotates and checkpoints
+    /// it, and the segment is being written to `archive/`.
+    Archive,
     /// At a random moment (segment rotation and archiving happen throughout).
     Anywhere,
 }
 
 impl Window {
     /// Every window.
-    pub const ALL: [Window; 7] = [
+    pub const ALL: [Window; 8] = [
         Window::Recovery,
         Window::Indexing,
         Window::Snapshot,
         Window::Promotion,
         Window::Rebuild,
         Window::Restore,
+        Window::Archive,
         Window::Anywhere,
     ];
 
@@ -93,6 +97,7 @@ impl Window {
             Window::Promotion => Some("lifecycle"),
             Window::Rebuild => Some("optimize"),
             Window::Restore => Some("restore"),
+            Window::Archive => Some("archive"),
             _ => None,
         }
     }
@@ -161,8 +166,8 @@ impl Oracle {
             match parts.as_slice() {
                 ["P", op, kind, rest @ ..] => {
                     last_marker = Some(kind.to_string());
-                    if *kind == "insert" || *kind == "supersede" {
-                        let texts: Vec<&str> = if *kind == "insert" {
+                    if *kind == "insert" || *kind == "archive" || *kind == "supersede" {
+                        let texts: Vec<&str> = if *kind != "supersede" {
                             rest.to_vec()
                         } else {
                             rest.iter().skip(1).copied().collect()
@@ -176,7 +181,7 @@ impl Oracle {
                         continue;
                     };
                     match kind {
-                        "insert" => {
+                        "insert" | "archive" => {
                             for (id, text) in results.iter().zip(&args) {
                                 if let Ok(id) = id.parse() {
                                     self.acked.insert(id, text.to_string());
@@ -206,7 +211,7 @@ impl Oracle {
         }
         for (_, (kind, args)) in pending {
             match kind {
-                "insert" => self
+                "insert" | "archive" => self
                     .pending_inserts
                     .push(args.iter().map(|s| s.to_string()).collect()),
                 "supersede" => self
@@ -228,6 +233,8 @@ pub struct CycleReport {
     pub lost: usize,
     /// Whether the kill landed after the window's marker.
     pub in_window: bool,
+    /// The kill left a half-written archive file (`archive/.tmp-*`), which the reopen removed.
+    pub archive_cut: bool,
 }
 
 /// Totals over a run, for the soak table.
@@ -245,6 +252,8 @@ pub struct Summary {
     pub failed_opens: u64,
     /// Faults injected / detected, by kind.
     pub faults: std::collections::BTreeMap<String, (u64, u64)>,
+    /// Kills that cut an archive file mid-write (its temp file was there at the reopen).
+    pub archive_cuts: u64,
     /// Fault attempts, including those that hit nothing to damage (e.g. bytes past the valid
     /// end of a recycled segment, or no archive file yet).
     pub fault_attempts: u64,
@@ -278,6 +287,11 @@ impl std::fmt::Display for Summary {
         for (w, (n, inside)) in &self.windows {
             writeln!(f, "| {w} | {n} | {inside} |")?;
         }
+        writeln!(
+            f,
+            "\nkills that cut an archive file mid-write: {}",
+            self.archive_cuts
+        )?;
         writeln!(
             f,
             "\n{} fault attempts; those that found something to damage:\n\n| fault | injected | detected |\n|---|---:|---:|",
@@ -347,7 +361,9 @@ fn kill_cycle(ctx: &mut Ctx, cycle: u64, window: Window) -> Result<CycleReport, 
             while Instant::now() < deadline {
                 match rx.recv_timeout(Duration::from_millis(50)) {
                     Ok(l) if l.starts_with('P') && l.split(' ').nth(2) == Some(marker) => {
-                        std::thread::sleep(Duration::from_micros(rng.range(0, 8000)));
+                        // Archiving starts once the big batch is durable (a few ms in).
+                        let upto = if w == Window::Archive { 40_000 } else { 8_000 };
+                        std::thread::sleep(Duration::from_micros(rng.range(0, upto)));
                         in_window = true;
                         break;
                     }
@@ -364,12 +380,18 @@ fn kill_cycle(ctx: &mut Ctx, cycle: u64, window: Window) -> Result<CycleReport, 
         // Inside the window if the worker had not finished opening.
         in_window = !lines.iter().any(|l| l == "READY");
     }
-    if let Some(m) = window.marker() {
-        // Inside the window only if that operation was still unacknowledged at the kill.
+    if let Some(m) = window.marker().filter(|_| window != Window::Archive) {
+        // Inside the window only if that operation was still unacknowledged at the kill
+        // (archiving happens after the batch is acknowledged: the marker is enough there).
         in_window &= last.as_deref() == Some(m);
     }
+    let archive_cut = std::fs::read_dir(dir.join("archive")).is_ok_and(|d| {
+        d.flatten()
+            .any(|e| e.file_name().to_string_lossy().starts_with(".tmp-"))
+    });
     let mut report = rt.block_on(verify(dir, oracle, cycle))?;
     report.in_window = in_window;
+    report.archive_cut = archive_cut;
     Ok(report)
 }
 
@@ -949,6 +971,7 @@ pub fn run(
         let e = sum.windows.entry(format!("{window:?}")).or_default();
         e.0 += 1;
         e.1 += u64::from(r.in_window);
+        sum.archive_cuts += u64::from(r.archive_cut);
         if fault_every > 0 && cycle % fault_every == fault_every - 1 {
             let fault = Fault::ALL[fault_i % Fault::ALL.len()];
             fault_i += 1;

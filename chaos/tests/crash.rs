@@ -1,5 +1,5 @@
-//! The CI chaos run: 35 kill cycles, five in each window (recovery, indexing, snapshot,
-//! promotion, rebuild, restore, anywhere), and a storage fault every 3 cycles (each kind at
+//! The CI chaos run: 40 kill cycles, five in each window (recovery, indexing, snapshot,
+//! promotion, rebuild, restore, archive, anywhere), and a storage fault every 3 cycles (each kind at
 //! least once: log tail cut or flipped, mid-log flip, snapshot flip / zeroed page / deletion,
 //! archive flip, a full disk), against the expected-state oracle. The full disk mounts a
 //! tmpfs, so this test needs root (CI runs as root). A failure prints the seed; `CHAOS_SEED=<seed>` replays it.
@@ -17,10 +17,10 @@ fn kill_cycles_in_every_window_and_every_fault_kind_lose_nothing() {
     eprintln!("chaos seed {seed} (replay with CHAOS_SEED={seed})");
     let worker = std::path::PathBuf::from(env!("CARGO_BIN_EXE_chaos-worker"));
     let dir = tempfile::tempdir().expect("temp dir");
-    let summary = magray_chaos::run(&worker, &dir.path().join("store"), seed, 35, 3, |_, _| {})
+    let summary = magray_chaos::run(&worker, &dir.path().join("store"), seed, 40, 3, |_, _| {})
         .unwrap_or_else(|e| panic!("{e}"));
     eprintln!("{summary}");
-    assert_eq!(summary.cycles, 35);
+    assert_eq!(summary.cycles, 40);
     assert_eq!((summary.lost, summary.failed_opens), (0, 0));
     assert!(summary.acked_verified > 1000, "{summary}");
     for w in magray_chaos::Window::ALL {

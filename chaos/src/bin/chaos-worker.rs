@@ -35,18 +35,19 @@ async fn main() -> Result<()> {
             (!mine.is_empty()).then(|| mine[rng.range(0, mine.len() as u64 - 1) as usize])
         };
         match roll {
-            0..=44 => {
+            44 => {
+                // ~200 KB of text: fills a test segment (256 KiB), so okaywal rotates and
+                // checkpoints it and the archive is written right after (the Archive window).
+                let pad = "a".repeat(2_000);
+                let texts: Vec<String> = (0..100)
+                    .map(|j| format!("w{seed}.{op}.{j}.{pad}"))
+                    .collect();
+                insert_texts(&m, op, "archive", &texts, &mut mine).await?;
+            }
+            0..=43 => {
                 let n = rng.range(1, 8);
                 let texts: Vec<String> = (0..n).map(|j| format!("w{seed}.{op}.{j}")).collect();
-                say(format!("P {op} insert {}", texts.join(" ")))?;
-                let batch = texts
-                    .iter()
-                    .map(|t| NewRecord::new(t.clone(), vector_for(t)))
-                    .collect();
-                let ids = m.insert_batch(batch).await?;
-                let list: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
-                say(format!("A {op} {}", list.join(" ")))?;
-                mine.extend(ids);
+                insert_texts(&m, op, "insert", &texts, &mut mine).await?;
             }
             45..=52 => {
                 if let Some(id) = pick(&mut rng, &mine) {
@@ -128,5 +129,25 @@ async fn main() -> Result<()> {
             }
         }
     }
+    Ok(())
+}
+
+/// One batch insert reported as `P <op> <kind> <texts>` before and `A <op> <ids>` after.
+async fn insert_texts(
+    m: &Memory,
+    op: u64,
+    kind: &str,
+    texts: &[String],
+    mine: &mut Vec<RecordId>,
+) -> Result<()> {
+    say(format!("P {op} {kind} {}", texts.join(" ")))?;
+    let batch = texts
+        .iter()
+        .map(|t| NewRecord::new(t.clone(), vector_for(t)))
+        .collect();
+    let ids = m.insert_batch(batch).await?;
+    let list: Vec<String> = ids.iter().map(|i| i.to_string()).collect();
+    say(format!("A {op} {}", list.join(" ")))?;
+    mine.extend(ids);
     Ok(())
 }
