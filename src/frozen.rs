@@ -13,7 +13,7 @@
 //! a valid HNSW graph of the points it holds: inserts only add points and re-link, so it stays
 //! correct, merely missing the newer points.
 
-use crate::state::{Graph, TopK};
+use crate::state::{FastMap, Graph, TopK};
 use crate::vectors::Vectors;
 use hnsw_rs::prelude::{DistDot, Distance};
 use std::cell::RefCell;
@@ -31,12 +31,15 @@ pub(crate) struct FrozenGraph {
     upper: Vec<HashMap<u32, Box<[u32]>>>,
     /// Entry node (a node of the top level); `None` for an empty graph.
     entry: Option<u32>,
-    /// Every point's vector as int8 (`round(x · scale)`), node-major: the walk compares these
-    /// (a quarter of the bytes of f32, and memory bandwidth is what a walk spends), and only
-    /// the `ef` it keeps are re-scored exactly from the f32 vectors.
+    /// Every point's vector as int8, node-major, each scaled by its own largest |component|
+    /// (`round(x · 127 / peak)`): the walk compares these (a quarter of the bytes of f32, and
+    /// memory bandwidth is what a walk spends), and only the `ef` it keeps are re-scored
+    /// exactly from the f32 vectors. A per-vector scale uses each code's full range, and one
+    /// peaky vector cannot coarsen the others.
     codes: Vec<i8>,
+    /// Per node: `peak / 127`, which turns a code back into the vector's units.
+    unscale: Vec<f32>,
     dim: usize,
-    scale: f32,
 }
 
 impl std::fmt::Debug for FrozenGraph {
@@ -68,34 +71,28 @@ impl FrozenGraph {
                 upper: Vec::new(),
                 entry: None,
                 codes: Vec::new(),
+                unscale: Vec::new(),
                 dim: 0,
-                scale: 1.0,
             };
         }
         let top = pi.get_max_level_observed() as usize;
-        let mut slots = Vec::with_capacity(g.get_nb_point());
-        let mut links = Vec::with_capacity(g.get_nb_point());
-        let mut entry = None;
         let points: Vec<_> = pi.into_iter().collect();
         let dim = points.first().map_or(0, |p| p.get_v().len());
-        let max_abs = points
-            .iter()
-            .flat_map(|p| p.get_v())
-            .fold(0f32, |m, x| m.max(x.abs()));
-        let scale = if max_abs > 0.0 { 127.0 / max_abs } else { 1.0 };
         let mut codes = Vec::with_capacity(points.len() * dim);
+        let mut unscale = Vec::with_capacity(points.len());
+        let mut slots = Vec::with_capacity(points.len());
+        let mut entry = None;
         for p in &points {
+            let (scale, back) = code_scale(p.get_v());
             codes.extend(quantize(p.get_v(), scale));
-        }
-        for p in points {
-            let level = p.get_point_id().0 as usize;
-            if level == top && entry.is_none() {
+            unscale.push(back);
+            if p.get_point_id().0 as usize == top && entry.is_none() {
                 entry = Some(slots.len() as u32);
             }
             slots.push(p.get_origin_id() as u32);
-            links.push(p.get_neighborhood_id());
         }
-        let mut node_of: HashMap<u32, u32> = HashMap::with_capacity(slots.len());
+        let mut node_of: FastMap<u32, u32> = FastMap::default();
+        node_of.reserve(slots.len());
         for (node, slot) in slots.iter().enumerate() {
             node_of.insert(*slot, node as u32);
         }
@@ -104,11 +101,13 @@ impl FrozenGraph {
                 .filter_map(|n| node_of.get(&(n.d_id as u32)).copied())
                 .collect()
         };
+        // One point's neighbour lists at a time (hnsw_rs hands out copies, ~1 KB a point).
         let mut off0 = Vec::with_capacity(slots.len() + 1);
         let mut adj0 = Vec::new();
         let mut upper: Vec<HashMap<u32, Box<[u32]>>> = vec![HashMap::new(); top];
         off0.push(0u32);
-        for (node, per_level) in links.iter().enumerate() {
+        for (node, p) in points.iter().enumerate() {
+            let per_level = p.get_neighborhood_id();
             if let Some(l0) = per_level.first() {
                 adj0.extend(nodes(l0));
             }
@@ -126,8 +125,8 @@ impl FrozenGraph {
             upper,
             entry,
             codes,
+            unscale,
             dim,
-            scale,
         }
     }
 
@@ -156,11 +155,16 @@ impl FrozenGraph {
             return 0;
         };
         let ef = ef.max(1);
-        // Approximate distance: larger int8 dot = nearer; offset keeps the key positive.
-        let qc: Vec<i8> = quantize(q, self.scale).collect();
+        // Approximate cosine distance from the codes, as 2 − dot: positive, so its bits
+        // order like its value.
+        let (qs, q_back) = code_scale(q);
+        let qc: Vec<i8> = quantize(q, qs).collect();
         let dist = |node: u32| {
             let at = node as usize * self.dim;
-            ((1i64 << 31) - i64::from(dot_i8(&qc, &self.codes[at..at + self.dim]))) as u32
+            let dot = dot_i8(&qc, &self.codes[at..at + self.dim]) as f32;
+            (2.0 - dot * q_back * self.unscale[node as usize])
+                .max(0.0)
+                .to_bits()
         };
         let mut cur_d = dist(cur);
         // Greedy through levels top..2.
@@ -217,6 +221,16 @@ impl FrozenGraph {
             }
             found
         })
+    }
+}
+
+/// A vector's int8 scale `127 / peak` and its inverse `peak / 127` (1 for a zero vector).
+fn code_scale(v: &[f32]) -> (f32, f32) {
+    let peak = v.iter().fold(0f32, |m, x| m.max(x.abs()));
+    if peak > 0.0 && peak.is_finite() {
+        (127.0 / peak, peak / 127.0)
+    } else {
+        (1.0, 1.0)
     }
 }
 

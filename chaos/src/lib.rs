@@ -380,9 +380,11 @@ fn kill_cycle(ctx: &mut Ctx, cycle: u64, window: Window) -> Result<CycleReport, 
         // Inside the window if the worker had not finished opening.
         in_window = !lines.iter().any(|l| l == "READY");
     }
-    if let Some(m) = window.marker().filter(|_| window != Window::Archive) {
-        // Inside the window only if that operation was still unacknowledged at the kill
-        // (archiving happens after the batch is acknowledged: the marker is enough there).
+    if window == Window::Archive {
+        // Archiving starts once the batch is durable: inside only if it was acknowledged.
+        in_window &= last_archive_acked(&lines);
+    } else if let Some(m) = window.marker() {
+        // Inside the window only if that operation was still unacknowledged at the kill.
         in_window &= last.as_deref() == Some(m);
     }
     let archive_cut = std::fs::read_dir(dir.join("archive")).is_ok_and(|d| {
@@ -393,6 +395,19 @@ fn kill_cycle(ctx: &mut Ctx, cycle: u64, window: Window) -> Result<CycleReport, 
     report.in_window = in_window;
     report.archive_cut = archive_cut;
     Ok(report)
+}
+
+/// Whether the worker's last `archive` batch was acknowledged before the kill.
+fn last_archive_acked(lines: &[String]) -> bool {
+    let Some((at, op)) = lines.iter().enumerate().rev().find_map(|(i, l)| {
+        let mut parts = l.split(' ');
+        (parts.next() == Some("P") && parts.clone().nth(1) == Some("archive"))
+            .then(|| (i, parts.next().unwrap_or_default().to_string()))
+    }) else {
+        return false;
+    };
+    let acked = format!("A {op} ");
+    lines[at..].iter().any(|l| l.starts_with(&acked))
 }
 
 fn wait_ready(rx: &std::sync::mpsc::Receiver<String>, limit: Duration) {

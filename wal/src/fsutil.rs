@@ -27,7 +27,8 @@ pub fn sync_file(f: &File, path: &Path) -> std::io::Result<()> {
 
 /// Test-only fsync faults (feature `fault-injection`, enabled by the chaos crate): the next N
 /// fsyncs of a path containing a pattern fail with EIO, the way a failing disk reports them.
-/// The plan is process-wide: tests that arm it use patterns unique to their own directory.
+/// The plan is process-wide: a test binary that arms it runs a single test, or patterns that
+/// only its own directory's paths contain.
 #[cfg(feature = "fault-injection")]
 pub mod fault {
     use std::path::Path;
@@ -39,6 +40,9 @@ pub mod fault {
 
     /// Makes the next `times` fsyncs of a path containing `pattern` fail with EIO.
     pub fn fail_fsync(pattern: &str, times: u32) {
+        if times == 0 {
+            return;
+        }
         let mut plan = PLAN.lock().unwrap_or_else(|p| p.into_inner());
         plan.push((pattern.to_string(), times));
     }
