@@ -14,6 +14,26 @@ fn small(dir: &Path) -> LogConfig {
     c
 }
 
+/// Opening the log in `dir` must fail as corruption, naming `seg` and an offset inside
+/// `victim` (the damaged entry).
+fn assert_refused_in(dir: &Path, seg: &Path, victim: &inspect::EntrySpan, what: &str) {
+    let err = Log::open(small(dir)).expect_err(what);
+    assert!(err.is_corruption(), "{what}: {err}");
+    assert!(
+        err.to_string().contains(&seg.display().to_string()),
+        "{what}: the error names the damaged file: {err}"
+    );
+    match err {
+        Error::ChecksumMismatch { offset, .. } | Error::Corrupted { offset, .. } => {
+            assert!(
+                offset >= victim.start && offset < victim.end,
+                "{what}: offset {offset} inside the damaged entry {victim:?}"
+            );
+        }
+        other => panic!("{what}: unexpected error kind {other:?}"),
+    }
+}
+
 fn read_all(log: &Log) -> Vec<Envelope> {
     log.history(1)
         .collect::<Result<Vec<_>>>()
@@ -129,22 +149,7 @@ fn a_bit_flip_in_the_middle_of_the_log_names_file_and_offset() {
     bytes[at as usize] ^= 0x01;
     std::fs::write(&seg, &bytes).unwrap();
 
-    let err = Log::open(small(dir.path())).expect_err("mid-log damage must refuse to open");
-    assert!(err.is_corruption(), "{err}");
-    let msg = err.to_string();
-    assert!(
-        msg.contains(&seg.display().to_string()),
-        "error names the file: {msg}"
-    );
-    match err {
-        Error::ChecksumMismatch { offset, .. } | Error::Corrupted { offset, .. } => {
-            assert!(
-                offset >= victim.start && offset < victim.end,
-                "offset {offset} inside the damaged entry {victim:?}"
-            );
-        }
-        other => panic!("unexpected error kind {other:?}"),
-    }
+    assert_refused_in(dir.path(), &seg, &victim, "mid-log damage");
     // Offline readers refuse the same way and never skip it.
     let offline: Result<Vec<_>> = History::open_offline(dir.path(), 1).collect();
     assert!(offline.expect_err("offline read must fail").is_corruption());
@@ -325,21 +330,7 @@ fn a_damaged_entry_header_in_the_middle_is_corruption_not_the_end() {
         let mut bytes = std::fs::read(&seg).unwrap();
         bytes[(victim.start + delta) as usize] ^= 0x10;
         std::fs::write(&seg, &bytes).unwrap();
-        let err = Log::open(small(dir.path())).expect_err(what);
-        assert!(err.is_corruption(), "{what}: {err}");
-        assert!(
-            err.to_string().contains(&seg.display().to_string()),
-            "{what}: {err}"
-        );
-        match err {
-            Error::ChecksumMismatch { offset, .. } | Error::Corrupted { offset, .. } => {
-                assert!(
-                    offset >= victim.start && offset < victim.end,
-                    "{what}: offset {offset} in {victim:?}"
-                )
-            }
-            other => panic!("{what}: {other:?}"),
-        }
+        assert_refused_in(dir.path(), &seg, &victim, what);
     }
 }
 
@@ -512,21 +503,7 @@ fn damage_in_a_segment_followed_by_a_segment_with_entries_is_corruption() {
     bytes[((victim.start + victim.end) / 2) as usize] ^= 0x04;
     std::fs::write(&seg, &bytes).unwrap();
 
-    let err = Log::open(small(dir.path())).expect_err("damage before a valid entry must refuse");
-    assert!(err.is_corruption(), "{err}");
-    assert!(
-        err.to_string().contains(&seg.display().to_string()),
-        "error names the damaged file: {err}"
-    );
-    match err {
-        Error::ChecksumMismatch { offset, .. } | Error::Corrupted { offset, .. } => {
-            assert!(
-                offset >= victim.start && offset < victim.end,
-                "offset {offset} inside the damaged entry {victim:?}"
-            );
-        }
-        other => panic!("unexpected error kind {other:?}"),
-    }
+    assert_refused_in(dir.path(), &seg, &victim, "damage before a valid entry");
     let offline: Result<Vec<_>> = History::open_offline(dir.path(), 1).collect();
     assert!(offline.expect_err("offline read must fail").is_corruption());
 }
