@@ -5,11 +5,17 @@
 //! `cargo bench --bench wal_append` runs criterion (throughput) and then prints the report
 //! table. `WAL_BENCH_REPORT_ONLY=1 cargo bench --bench wal_append` prints only the table.
 //! Set `WAL_BENCH_DIR` to measure another filesystem (default: a temp dir under target/).
+//!
+//! The report also runs every row again on an emulated slower disk: the log's test-only
+//! fault plan sleeps `WAL_BENCH_SLOW_SYNC_MS` (default 4; 0 skips these rows) after each
+//! okaywal append + fsync, and the raw row sleeps the same after each fdatasync. The issue's
+//! 20× target assumes a disk whose fdatasync takes about 4 ms; this one's takes about 0.14 ms.
 
 use criterion::{Criterion, Throughput};
-use magray_wal::{frame, Event, Inserted, Layer, Log, LogConfig};
+use magray_wal::{frame, Event, FaultPlan, Inserted, Layer, Log, LogConfig};
 use std::io::Write;
 use std::path::PathBuf;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -48,13 +54,16 @@ fn event_of_size(target: usize) -> Event {
     make(target.saturating_sub(base))
 }
 
-fn open_log(tag: &str) -> (tempfile::TempDir, Arc<Log>) {
+/// Opens a log in a fresh temp dir; with `plan`, its fsyncs can be slowed down.
+fn open_log(tag: &str, plan: Option<Arc<FaultPlan>>) -> (tempfile::TempDir, Arc<Log>) {
     std::fs::create_dir_all(bench_root()).expect("bench dir");
     let dir = tempfile::Builder::new()
         .prefix(tag)
         .tempdir_in(bench_root())
         .expect("tempdir");
-    let log = Log::open(LogConfig::new(dir.path())).expect("open log");
+    let mut cfg = LogConfig::new(dir.path());
+    cfg.faults = plan;
+    let log = Log::open(cfg).expect("open log");
     (dir, Arc::new(log))
 }
 
@@ -131,8 +140,9 @@ fn run_writers(log: &Arc<Log>, writers: usize, per_writer: usize, event: &Event)
     run_writers_until(log, writers, per_writer, None, event)
 }
 
-/// Raw append + fdatasync latencies of `size`-byte writes on the bench filesystem.
-fn raw_fsync(size: usize, n: usize) -> Vec<Duration> {
+/// Raw append + fdatasync latencies of `size`-byte writes on the bench filesystem, each
+/// followed by `extra` (the emulated slower disk).
+fn raw_fsync(size: usize, n: usize, extra: Duration) -> Vec<Duration> {
     std::fs::create_dir_all(bench_root()).expect("bench dir");
     let dir = tempfile::tempdir_in(bench_root()).expect("tempdir");
     let mut f = std::fs::File::create(dir.path().join("raw")).expect("create");
@@ -142,6 +152,9 @@ fn raw_fsync(size: usize, n: usize) -> Vec<Duration> {
             let t = Instant::now();
             f.write_all(&buf).expect("write");
             f.sync_data().expect("fdatasync");
+            if !extra.is_zero() {
+                std::thread::sleep(extra);
+            }
             t.elapsed()
         })
         .collect()
@@ -160,7 +173,7 @@ fn criterion_benches(c: &mut Criterion) {
             .sample_size(10)
             .measurement_time(Duration::from_secs(4));
         for writers in WRITERS {
-            let (_dir, log) = open_log("crit");
+            let (_dir, log) = open_log("crit", None);
             group.throughput(Throughput::Elements(writers as u64));
             group.bench_function(format!("{writers}_writers"), |b| {
                 b.iter_custom(|iters| {
@@ -175,20 +188,46 @@ fn criterion_benches(c: &mut Criterion) {
 }
 
 fn report() {
+    report_disk(Duration::ZERO);
+    let slow_ms = std::env::var("WAL_BENCH_SLOW_SYNC_MS")
+        .ok()
+        .map(|v| {
+            v.parse::<u64>()
+                .expect("WAL_BENCH_SLOW_SYNC_MS: whole milliseconds")
+        })
+        .unwrap_or(4);
+    if slow_ms > 0 {
+        report_disk(Duration::from_millis(slow_ms));
+    }
+}
+
+/// One report table; `extra` > 0 emulates a disk whose fsync takes that much longer.
+fn report_disk(extra: Duration) {
     println!(
         "\nwal_append report: steady state (after two segment rotations), {WINDOW:?} per row;"
     );
+    if !extra.is_zero() {
+        println!("EMULATED SLOW DISK: every fsync (log and raw) is followed by a {extra:?} sleep");
+    }
     println!(
         "p50/p99 of per-call latency; events/s = acknowledged single-event batches per second;"
     );
     println!("writers N = N OS threads calling append; Nt = N tokio tasks on 2 workers calling append_async");
     println!("filesystem: {}", bench_root().display());
     println!(
-        "{:>6} {:>8} {:>12} {:>10} {:>10} {:>14} {:>16}",
-        "size", "writers", "events/s", "p50 ms", "p99 ms", "vs 1 writer", "p50 / raw fsync"
+        "{:>6} {:>8} {:>12} {:>10} {:>10} {:>14} {:>16} {:>12}",
+        "size",
+        "writers",
+        "events/s",
+        "p50 ms",
+        "p99 ms",
+        "vs 1 writer",
+        "p50 / raw fsync",
+        "calls/fsync"
     );
     for size in SIZES {
-        let mut raw = raw_fsync(size, 300);
+        let raw_n = if extra.is_zero() { 300 } else { 100 };
+        let mut raw = raw_fsync(size, raw_n, extra);
         let raw_p50 = pct(&mut raw, 0.5);
         let raw_p99 = pct(&mut raw, 0.99);
         println!(
@@ -208,11 +247,16 @@ fn report() {
             .into_iter()
             .chain(WRITERS.map(|w| (true, w)))
         {
-            let (_dir, log) = open_log("report");
+            let plan = Arc::new(FaultPlan::default());
+            let (_dir, log) = open_log("report", Some(plan.clone()));
             // Steady state: write two segments' worth first, so okaywal has recycled segment
-            // files instead of zero-filling new ones, then measure a fixed window.
+            // files instead of zero-filling new ones, then measure a fixed window. The
+            // emulated delay starts after the warm-up (it would take minutes at 1 writer).
             let warm = (2 * SEGMENT_BYTES / size).div_ceil(writers);
             run_writers(&log, writers, warm, &event);
+            plan.sync_delay_us
+                .store(extra.as_micros() as u64, Ordering::SeqCst);
+            let rounds_before = plan.appends();
             let t = Instant::now();
             let mut lat = if tasks {
                 run_tasks_until(&log, writers, t + WINDOW, &event)
@@ -220,20 +264,22 @@ fn report() {
                 run_writers_until(&log, writers, usize::MAX, Some(t + WINDOW), &event)
             };
             let rate = lat.len() as f64 / t.elapsed().as_secs_f64();
+            let per_fsync = lat.len() as f64 / (plan.appends() - rounds_before).max(1) as f64;
             if writers == 1 && !tasks {
                 one_writer_rate = rate;
             }
             let p50 = pct(&mut lat, 0.5);
             let p99 = pct(&mut lat, 0.99);
             println!(
-                "{:>6} {:>8} {:>12.0} {:>10.3} {:>10.3} {:>13.1}x {:>15.2}x",
+                "{:>6} {:>8} {:>12.0} {:>10.3} {:>10.3} {:>13.1}x {:>15.2}x {:>12.1}",
                 size,
                 format!("{writers}{}", if tasks { "t" } else { "" }),
                 rate,
                 p50.as_secs_f64() * 1e3,
                 p99.as_secs_f64() * 1e3,
                 rate / one_writer_rate,
-                p50.as_secs_f64() / raw_p50.as_secs_f64()
+                p50.as_secs_f64() / raw_p50.as_secs_f64(),
+                per_fsync
             );
         }
     }
