@@ -9,7 +9,7 @@ use std::time::Duration;
 /// HNSW parameters (per layer).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct HnswConfig {
-    /// Links per node (`MEMORY_HNSW_M`). 2..=128. Default 16.
+    /// Links per node (`MEMORY_HNSW_M`). 2..=127. Default 16.
     pub m: usize,
     /// Candidate list while building (`MEMORY_HNSW_EF_CONSTRUCTION`). Default 200.
     pub ef_construction: usize,
@@ -338,11 +338,11 @@ impl Config {
                 self.dimension
             ),
         )?;
-        // hnsw_rs exits the process above 256 links; we stay well below.
+        // Level 0 holds up to 2M links, counted in one byte per node (src/hnsw.rs).
         check(
-            (2..=128).contains(&self.hnsw.m),
+            (2..=127).contains(&self.hnsw.m),
             format!(
-                "hnsw.m {} must be within 2..=128 (MEMORY_HNSW_M)",
+                "hnsw.m {} must be within 2..=127 (MEMORY_HNSW_M)",
                 self.hnsw.m
             ),
         )?;

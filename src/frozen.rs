@@ -1,21 +1,18 @@
-//! A compact, read-only copy of one layer's HNSW graph, searched instead of the live hnsw_rs
-//! graph.
+//! A compact, read-only copy of one layer's HNSW graph ([`crate::hnsw::HnswBuilder`]),
+//! searched while the indexer thread keeps inserting into the builder.
 //!
-//! hnsw_rs keeps every point behind an `Arc` with its neighbour lists behind an `RwLock`, and
-//! its search allocates an `Arc` per candidate and tracks visited points in a `HashMap`. That
-//! bookkeeping, not the distance arithmetic, was most of a query's time. A frozen graph holds
-//! the same links as plain `u32` arrays (layer 0 as one CSR, the sparse upper levels in maps),
-//! reads vectors from the store's own [`Vectors`] by slot (no second copy), and marks visited
-//! nodes in a reusable per-thread array.
+//! It holds the builder's links as plain `u32` arrays (layer 0 as one CSR, the sparse upper
+//! levels in maps) and an int8 code per point; exact scores are read from the store's own
+//! [`Vectors`] by slot. Visited nodes are marked in a reusable per-thread array.
 //!
 //! The indexer keeps inserting into the live graph; points inserted after a freeze are
 //! searched exactly until the next freeze (see `Inner::maybe_freeze`). An older freeze is still
 //! a valid HNSW graph of the points it holds: inserts only add points and re-link, so it stays
 //! correct, merely missing the newer points.
 
-use crate::state::{FastMap, Graph, TopK};
+use crate::distance::{dot, dot_i8};
+use crate::state::TopK;
 use crate::vectors::Vectors;
-use hnsw_rs::prelude::{DistDot, Distance};
 use std::cell::RefCell;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -58,64 +55,24 @@ thread_local! {
 }
 
 impl FrozenGraph {
-    /// Copies the links of `g`. The caller makes sure nothing inserts into `g` meanwhile (the
-    /// indexer thread freezes the graphs it alone inserts into).
-    pub(crate) fn freeze(g: &Graph) -> FrozenGraph {
-        let pi = g.get_point_indexation();
-        if g.get_nb_point() == 0 {
-            // hnsw_rs's point iterator unwraps the entry point, which an empty graph lacks.
-            return FrozenGraph {
-                slots: Vec::new(),
-                off0: vec![0],
-                adj0: Vec::new(),
-                upper: Vec::new(),
-                entry: None,
-                codes: Vec::new(),
-                unscale: Vec::new(),
-                dim: 0,
-            };
-        }
-        let top = pi.get_max_level_observed() as usize;
-        let points: Vec<_> = pi.into_iter().collect();
-        let dim = points.first().map_or(0, |p| p.get_v().len());
-        let mut codes = Vec::with_capacity(points.len() * dim);
-        let mut unscale = Vec::with_capacity(points.len());
-        let mut slots = Vec::with_capacity(points.len());
-        let mut entry = None;
-        for p in &points {
-            let (scale, back) = code_scale(p.get_v());
-            codes.extend(quantize(p.get_v(), scale));
-            unscale.push(back);
-            if p.get_point_id().0 as usize == top && entry.is_none() {
-                entry = Some(slots.len() as u32);
-            }
-            slots.push(p.get_origin_id() as u32);
-        }
-        let mut node_of: FastMap<u32, u32> = FastMap::default();
-        node_of.reserve(slots.len());
-        for (node, slot) in slots.iter().enumerate() {
-            node_of.insert(*slot, node as u32);
-        }
-        let nodes = |ns: &[hnsw_rs::prelude::Neighbour]| -> Vec<u32> {
-            ns.iter()
-                .filter_map(|n| node_of.get(&(n.d_id as u32)).copied())
-                .collect()
-        };
-        // One point's neighbour lists at a time (hnsw_rs hands out copies, ~1 KB a point).
-        let mut off0 = Vec::with_capacity(slots.len() + 1);
-        let mut adj0 = Vec::new();
-        let mut upper: Vec<HashMap<u32, Box<[u32]>>> = vec![HashMap::new(); top];
-        off0.push(0u32);
-        for (node, p) in points.iter().enumerate() {
-            let per_level = p.get_neighborhood_id();
-            if let Some(l0) = per_level.first() {
-                adj0.extend(nodes(l0));
-            }
-            off0.push(adj0.len() as u32);
-            for (l, ns) in per_level.iter().enumerate().skip(1) {
-                if l <= top && !ns.is_empty() {
-                    upper[l - 1].insert(node as u32, nodes(ns).into_boxed_slice());
-                }
+    /// A frozen graph from its links (see the fields) and the node-major f32 vectors, from
+    /// which the int8 codes are made.
+    pub(crate) fn from_parts(
+        slots: Vec<u32>,
+        off0: Vec<u32>,
+        adj0: Vec<u32>,
+        upper: Vec<HashMap<u32, Box<[u32]>>>,
+        entry: Option<u32>,
+        vecs: &[f32],
+        dim: usize,
+    ) -> FrozenGraph {
+        let mut codes = Vec::with_capacity(vecs.len());
+        let mut unscale = Vec::with_capacity(slots.len());
+        if dim > 0 {
+            for v in vecs.chunks_exact(dim) {
+                let (scale, back) = code_scale(v);
+                codes.extend(quantize(v, scale));
+                unscale.push(back);
             }
         }
         FrozenGraph {
@@ -217,7 +174,7 @@ impl FrozenGraph {
             let found = res.len();
             for (_, n) in res {
                 let slot = self.slots[n as usize];
-                top.push(1.0 - DistDot.eval(q, vectors.get(slot)), slot);
+                top.push(dot(q, vectors.get(slot)), slot);
             }
             found
         })
@@ -238,44 +195,6 @@ fn code_scale(v: &[f32]) -> (f32, f32) {
 fn quantize(v: &[f32], scale: f32) -> impl Iterator<Item = i8> + '_ {
     v.iter()
         .map(move |x| (x * scale).round().clamp(-127.0, 127.0) as i8)
-}
-
-/// Dot product of two int8 codes: with AVX2 where the CPU has it (the crate is built for
-/// baseline x86-64, whose SSE2 lacks the sign-extending loads), else portable.
-#[allow(unsafe_code)]
-fn dot_i8(a: &[i8], b: &[i8]) -> i32 {
-    #[cfg(target_arch = "x86_64")]
-    if std::arch::is_x86_feature_detected!("avx2") {
-        // SAFETY: `dot_i8_avx2` only needs AVX2, which the CPU was just checked to have.
-        return unsafe { dot_i8_avx2(a, b) };
-    }
-    dot_i8_portable(a, b)
-}
-
-/// [`dot_i8_portable`] compiled with AVX2.
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2")]
-fn dot_i8_avx2(a: &[i8], b: &[i8]) -> i32 {
-    dot_i8_portable(a, b)
-}
-
-/// Dot product of two int8 codes (16 lanes, which the compiler vectorises).
-#[inline(always)]
-fn dot_i8_portable(a: &[i8], b: &[i8]) -> i32 {
-    let mut acc = [0i32; 16];
-    let (ca, ra) = a.as_chunks::<16>();
-    let (cb, rb) = b.as_chunks::<16>();
-    for (x, y) in ca.iter().zip(cb) {
-        for i in 0..16 {
-            acc[i] += i32::from(x[i]) * i32::from(y[i]);
-        }
-    }
-    let tail: i32 = ra
-        .iter()
-        .zip(rb)
-        .map(|(x, y)| i32::from(*x) * i32::from(*y))
-        .sum();
-    acc.iter().sum::<i32>() + tail
 }
 
 /// Links of node `n` on one upper level.
@@ -350,37 +269,18 @@ fn beam<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use hnsw_rs::prelude::Hnsw;
+    use crate::hnsw::HnswBuilder;
 
-    /// Clustered, normalised vectors (a tiny SplitMix generator keeps the test seeded).
+    /// Clustered, normalised vectors, seeded.
     fn data(n: usize, dim: usize) -> Vec<Vec<f32>> {
-        let mut x = 0x9e37_79b9_7f4a_7c15u64;
-        let mut next = move || {
-            x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
-            let mut z = x;
-            z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
-            ((z ^ (z >> 31)) >> 40) as f32 / (1u64 << 24) as f32 - 0.5
-        };
-        let centres: Vec<Vec<f32>> = (0..20)
-            .map(|_| (0..dim).map(|_| next()).collect())
-            .collect();
-        (0..n)
-            .map(|i| {
-                let c = &centres[i % centres.len()];
-                let mut v: Vec<f32> = c.iter().map(|x| x + 0.3 * next()).collect();
-                let norm = v.iter().map(|x| x * x).sum::<f32>().sqrt();
-                v.iter_mut().for_each(|x| *x /= norm);
-                v
-            })
-            .collect()
+        crate::hnsw::tests::clustered(n, dim, 20, 0.3)
     }
 
     fn exact(vs: &[Vec<f32>], q: &[f32], k: usize, ok: impl Fn(u32) -> bool) -> Vec<u32> {
         let mut top = TopK::new(k);
         for (i, v) in vs.iter().enumerate() {
             if ok(i as u32) {
-                top.push(1.0 - DistDot.eval(q, v), i as u32);
+                top.push(dot(q, v), i as u32);
             }
         }
         top.into_sorted().into_iter().map(|(_, s)| s).collect()
@@ -390,13 +290,13 @@ mod tests {
     fn frozen_search_finds_the_exact_neighbours_and_respects_the_filter() {
         let dim = 32;
         let vs = data(3_000, dim);
-        let g: Graph = Hnsw::new(16, 3_000, 16, 100, DistDot);
+        let mut g = HnswBuilder::new(dim, 16, 100, 7);
         let mut store = Vectors::new(dim);
         for (i, v) in vs.iter().enumerate() {
             assert_eq!(store.push(v), i as u32);
-            g.insert((v.as_slice(), i));
+            g.insert(i as u32, v);
         }
-        let f = FrozenGraph::freeze(&g);
+        let f = g.freeze();
         assert_eq!(f.len(), 3_000);
         let (mut hits, mut even_hits) = (0, 0);
         let queries = 100;
@@ -427,8 +327,7 @@ mod tests {
 
     #[test]
     fn an_empty_graph_finds_nothing() {
-        let g: Graph = Hnsw::new(16, 100, 16, 100, DistDot);
-        let f = FrozenGraph::freeze(&g);
+        let f = HnswBuilder::new(2, 16, 100, 7).freeze();
         let mut top = TopK::new(10);
         assert_eq!(
             f.search(&[1.0, 0.0], 10, &Vectors::new(2), &|_| true, &mut top),

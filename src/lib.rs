@@ -54,9 +54,11 @@ pub use magray_wal as wal;
 
 pub mod backup;
 mod config;
+mod distance;
 pub mod embed;
 mod error;
 mod frozen;
+mod hnsw;
 pub mod lifecycle;
 mod memory;
 pub mod sim;

@@ -3,12 +3,11 @@
 
 use crate::config::Config;
 use crate::error::{Error, Result};
-use crate::frozen::FrozenGraph;
+use crate::hnsw::HnswBuilder;
 use crate::snapshot::{self, Capture, FileEntry, Writer};
-use crate::state::{content_key, fnv64, Graph, Projections};
+use crate::state::{content_key, fnv64, Projections};
 use crate::store_files::{StoreLock, StoreManifest};
 use crate::types::*;
-use hnsw_rs::prelude::{DistDot, Hnsw};
 use magray_wal::{
     AccessSource, Accessed, Appended, Envelope, Event, Hit, Inserted, Log, LogConfig,
 };
@@ -1398,9 +1397,31 @@ impl Inner {
         Ok(cap_seq)
     }
 
-    fn new_graph(&self, hint: usize) -> Graph {
+    fn new_graph(&self, layer: Layer) -> HnswBuilder {
         let h = self.config.hnsw;
-        Hnsw::new(h.m, hint.max(10_000), 16, h.ef_construction, DistDot)
+        // Seeded per layer: the same records inserted in the same order make the same graph.
+        let seed = 0x4d47_5259_0000_0000 | layer.index() as u64;
+        HnswBuilder::new(self.config.dimension, h.m, h.ef_construction, seed)
+    }
+
+    /// Gives a loaded graph dump its vectors from the store, by slot, 64k nodes per read
+    /// lock (so writers are not held up for the whole copy at a million points).
+    fn attach_vectors(&self, mut g: HnswBuilder, dir: &Path, base: &str) -> Result<HnswBuilder> {
+        while !g.vectors_missing().is_empty() {
+            let st = self.state.read();
+            let nslots = st.slots.len() as u32;
+            g.fill_vectors(1 << 16, |slot| {
+                (slot < nslots).then(|| st.vectors.get(slot))
+            })
+            .map_err(|slot| {
+                Error::corrupted(
+                    snapshot::graph_path(dir, base),
+                    0,
+                    format!("the graph holds slot {slot}, which the store does not have"),
+                )
+            })?;
+        }
+        Ok(g)
     }
 
     fn indexer(self: &Arc<Self>, dumps: Option<Dumps>) {
@@ -1412,26 +1433,29 @@ impl Inner {
                     self.graphs_loading.fetch_sub(1, Ordering::AcqRel);
                     continue;
                 }
-                let res = snapshot::load_graph(&dir, &manifest, &base);
+                let res = snapshot::load_graph(&dir, &manifest, &base, self.config.dimension)
+                    .and_then(|g| self.attach_vectors(g, &dir, &base));
                 let _idx = self.index_lock.lock();
                 let mut st = self.state.write();
-                let nslots = st.slots.len() as u32;
                 let ls = &mut st.layers[layer.index()];
                 match res {
-                    Ok(g) if ls.in_index.ones().iter().all(|s| *s < nslots) => {
+                    Ok(g) => {
+                        // The graph's own slot list is what is in the index (the manifest's
+                        // list was captured with it, under the same index lock).
+                        ls.in_index.clear();
+                        for s in g.slots() {
+                            ls.in_index.set(*s);
+                        }
                         let ones = ls.in_index.ones();
                         ls.indexed = ones.len() as u64;
                         ls.tombstones =
                             ones.iter().filter(|s| !ls.members.contains(s)).count() as u64;
-                        ls.graph = Some(Arc::new(g));
+                        ls.graph = Some(Arc::new(parking_lot::Mutex::new(g)));
                         ls.frozen = None;
                         ls.unfrozen.clear();
                     }
-                    other => {
-                        let why = match other {
-                            Err(e) => e.to_string(),
-                            Ok(_) => "the dump indexes slots the log does not have".into(),
-                        };
+                    Err(e) => {
+                        let why = e.to_string();
                         tracing::warn!(layer = %layer, reason = %why, "HNSW dump unusable; rebuilding the index");
                         self.report.lock().index_rebuilds.push((layer, why));
                         ls.in_index.clear();
@@ -1496,12 +1520,18 @@ impl Inner {
             }
             let (graph, fresh) = match &ls.graph {
                 Some(g) => (g.clone(), false),
-                None => (Arc::new(self.new_graph(ls.members.len() * 2)), true),
+                None => (
+                    Arc::new(parking_lot::Mutex::new(self.new_graph(layer))),
+                    true,
+                ),
             };
             (graph, fresh, consumed, batch)
         };
-        for (slot, v) in &batch {
-            graph.insert((v.as_slice(), *slot as usize));
+        {
+            let mut g = graph.lock();
+            for (slot, v) in &batch {
+                g.insert(*slot, v);
+            }
         }
         let mut st = self.state.write();
         let ls = &mut st.layers[layer.index()];
@@ -1548,7 +1578,7 @@ impl Inner {
             g.clone()
         };
         // The index lock keeps the indexer (this thread) from inserting while we copy.
-        let frozen = Arc::new(FrozenGraph::freeze(&graph));
+        let frozen = Arc::new(graph.lock().freeze());
         let mut st = self.state.write();
         let ls = &mut st.layers[layer.index()];
         if ls.graph.as_ref().is_some_and(|g| Arc::ptr_eq(g, &graph)) {
@@ -1567,7 +1597,7 @@ impl Inner {
             .collect();
         members.sort_unstable();
         tracing::info!(layer = %layer, records = members.len(), "rebuilding HNSW index (tombstones over threshold)");
-        let graph = self.new_graph(members.len() * 2);
+        let mut graph = self.new_graph(layer);
         for chunk in members.chunks(self.config.index_batch) {
             if self.shutdown.load(Ordering::Acquire) {
                 return;
@@ -1580,10 +1610,10 @@ impl Inner {
                     .collect()
             };
             for (s, v) in &vs {
-                graph.insert((v.as_slice(), *s as usize));
+                graph.insert(*s, v);
             }
         }
-        let frozen = (!members.is_empty()).then(|| Arc::new(FrozenGraph::freeze(&graph)));
+        let frozen = (!members.is_empty()).then(|| Arc::new(graph.freeze()));
         let _idx = self.index_lock.lock();
         let mut st = self.state.write();
         let ls = &mut st.layers[layer.index()];
@@ -1596,7 +1626,7 @@ impl Inner {
         ls.indexed = members.len() as u64;
         ls.tombstones = members.iter().filter(|s| !ls.members.contains(s)).count() as u64;
         // An empty layer keeps no graph (and dumps none).
-        ls.graph = (!members.is_empty()).then(|| Arc::new(graph));
+        ls.graph = (!members.is_empty()).then(|| Arc::new(parking_lot::Mutex::new(graph)));
         ls.recompute_pending();
     }
 

@@ -2,7 +2,7 @@
 //!
 //! Files: `records.zst` and `stats.zst` (zstd over rkyv), vector chunks (`vectors-*.f32`,
 //! raw little-endian f32 for memmap2; immutable, hard-linked from the previous snapshot),
-//! HNSW dumps (`hnsw-<layer>.hnsw.graph` / `.hnsw.data`, written by hnsw_rs), the trained
+//! HNSW graph dumps (`hnsw-<layer>.graph`, links only; see `crate::hnsw`), the trained
 //! promoter (`promoter.bin`, rkyv, only once one was trained) and `MANIFEST`:
 //! a 32-byte header (magic `MGSM`, format version, body length, body crc32, header crc32)
 //! then an rkyv body listing every file with its length and crc32.
@@ -12,11 +12,11 @@
 //! manifest and every file it lists check out; open falls back to the next older one.
 
 use crate::error::{Error, Result};
+use crate::hnsw::HnswBuilder;
 use crate::lifecycle::PromoterModel;
 use crate::state::{Graph, LayerState, Projections, RecordData};
 use crate::types::{AccessStats, Layer};
 use crate::vectors::{self, Vectors};
-use hnsw_rs::prelude::{AnnT, DistDot, HnswIo};
 use magray_wal::fsutil::{self, sync_dir, TEMP_PREFIX};
 use rkyv::rancor::BoxedError;
 use rkyv::util::AlignedVec;
@@ -328,25 +328,13 @@ impl Writer {
                 continue;
             };
             let base = format!("hnsw-{}", layer.name());
-            let tmp = self.tmp.clone();
-            // hnsw_rs panics when it cannot create its files; keep that from unwinding into us.
-            let res =
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| g.file_dump(&tmp, &base)));
-            match res {
-                Ok(Ok(name)) if name == base => {}
-                Ok(Ok(name)) => {
-                    return Err(Error::InvalidInput(format!(
-                        "hnsw_rs dumped under {name:?} instead of {base:?}"
-                    )))
-                }
-                Ok(Err(e)) => return Err(Error::io(&tmp, std::io::Error::other(e.to_string()))),
-                Err(_) => {
-                    return Err(Error::io(
-                        &tmp,
-                        std::io::Error::other("hnsw_rs panicked while dumping"),
-                    ))
-                }
-            }
+            let path = graph_path(&self.tmp, &base);
+            let f = File::create(&path).map_err(|e| Error::io(&path, e))?;
+            let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
+            g.lock()
+                .write_to(&mut w)
+                .and_then(|_| w.flush())
+                .map_err(|e| Error::io(&path, e))?;
             self.dumps.push((layer, indexed, Some(base)));
         }
         Ok(())
@@ -426,16 +414,14 @@ impl Writer {
         let mut layers = Vec::new();
         for (layer, indexed, dump) in self.dumps {
             if let Some(base) = &dump {
-                for ext in ["hnsw.graph", "hnsw.data"] {
-                    let p = tmp.join(format!("{base}.{ext}"));
-                    sync_file(&p)?;
-                    let (len, crc) = crc_file(&p)?;
-                    files.push(FileEntry {
-                        name: file_name(&p),
-                        len,
-                        crc,
-                    });
-                }
+                let p = graph_path(tmp, base);
+                sync_file(&p)?;
+                let (len, crc) = crc_file(&p)?;
+                files.push(FileEntry {
+                    name: file_name(&p),
+                    len,
+                    crc,
+                });
             }
             layers.push(LayerEntry {
                 layer,
@@ -743,38 +729,39 @@ fn finish_load(dir: &Path, dim: usize, m: ManifestBody, tables: Tables) -> Resul
     })
 }
 
-/// Loads one layer's HNSW dump, after checking both files against the manifest (hnsw_rs's
-/// loader asserts and even exits the process on malformed input, so it only ever sees bytes
-/// whose crc matches what we wrote).
-pub(crate) fn load_graph(dir: &Path, m: &ManifestBody, base: &str) -> Result<Graph> {
-    for ext in ["hnsw.graph", "hnsw.data"] {
-        let name = format!("{base}.{ext}");
-        let entry = m.files.iter().find(|f| f.name == name).ok_or_else(|| {
-            Error::corrupted(dir.join("MANIFEST"), 0, format!("{name} not listed"))
-        })?;
+/// The graph dump of a layer whose manifest entry names it `base`.
+pub(crate) fn graph_path(dir: &Path, base: &str) -> PathBuf {
+    dir.join(format!("{base}.graph"))
+}
+
+/// Loads one layer's HNSW graph dump (without its vectors: see
+/// [`HnswBuilder::fill_vectors`]), after checking it against the manifest.
+pub(crate) fn load_graph(
+    dir: &Path,
+    m: &ManifestBody,
+    base: &str,
+    dim: usize,
+) -> Result<HnswBuilder> {
+    let path = graph_path(dir, base);
+    let name = file_name(&path);
+    let Some(entry) = m.files.iter().find(|f| f.name == name) else {
+        let why = if m
+            .files
+            .iter()
+            .any(|f| f.name == format!("{base}.hnsw.graph"))
+        {
+            "the snapshot holds an hnsw_rs dump from an older version; the graph is rebuilt"
+                .to_string()
+        } else {
+            format!("{name} not listed")
+        };
+        return Err(Error::corrupted(dir.join("MANIFEST"), 0, why));
+    };
+    let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+    if bytes.len() as u64 != entry.len || crc32fast::hash(&bytes) != entry.crc {
+        // The same check (and message) as every other snapshot file.
         check_file(dir, entry)?;
+        return Err(Error::corrupted(&path, 0, "changed while it was read"));
     }
-    // The reloaded graph borrows its HnswIo for its whole life; it copies the vectors into
-    // memory (no mmap option), so leaking the small HnswIo struct once per load gives the
-    // 'static graph the engine keeps.
-    let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        let io: &'static mut HnswIo = Box::leak(Box::new(HnswIo::new(dir, base)));
-        io.load_hnsw::<f32, DistDot>()
-    }));
-    match res {
-        Ok(Ok(mut g)) => {
-            g.set_searching_mode(false);
-            Ok(g)
-        }
-        Ok(Err(e)) => Err(Error::corrupted(
-            dir.join(format!("{base}.hnsw.graph")),
-            0,
-            e.to_string(),
-        )),
-        Err(_) => Err(Error::corrupted(
-            dir.join(format!("{base}.hnsw.graph")),
-            0,
-            "hnsw_rs panicked while loading",
-        )),
-    }
+    HnswBuilder::read(&bytes, dim).map_err(|(off, why)| Error::corrupted(&path, off, why))
 }

@@ -5,11 +5,12 @@
 //! Slots are assigned to inserted records in log order and never reused, so a full replay and
 //! a snapshot plus delta give every record the same slot (and HNSW dumps stay valid).
 
+use crate::distance::dot;
 use crate::error::{Error, Result};
 use crate::frozen::FrozenGraph;
+use crate::hnsw::HnswBuilder;
 use crate::types::{AccessStats, Layer, Record, RecordId, SearchOptions, DECAY_HALF_LIVES_US};
 use crate::vectors::Vectors;
-use hnsw_rs::prelude::{DistDot, Distance, Hnsw};
 use magray_wal::{AccessSource, Envelope, Event, Id, Inserted};
 use std::collections::{HashMap, HashSet, VecDeque};
 
@@ -18,8 +19,9 @@ pub(crate) type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 pub(crate) type FastSet<T> = HashSet<T, foldhash::fast::RandomState>;
 use std::sync::Arc;
 
-/// The HNSW graph type of one layer.
-pub(crate) type Graph = Hnsw<'static, f32, DistDot>;
+/// The HNSW graph of one layer: only the indexer thread inserts (and a checkpoint dumps it
+/// under the index lock); searches run on its [`FrozenGraph`] copies.
+pub(crate) type Graph = parking_lot::Mutex<HnswBuilder>;
 
 /// FNV-1a, 64 bit: a stable hash for content keys and session/project names (it is written
 /// into events, so it must never change with a compiler or library version).
@@ -505,9 +507,9 @@ impl Projections {
         true
     }
 
-    /// Candidates of one layer for a query, into `top`: HNSW (live, in this layer, matching
-    /// the options) plus an exact scan of the pending tail, or an exact scan of the whole
-    /// layer when it is small or its graph is not ready.
+    /// Candidates of one layer for a query, into `top`: the frozen HNSW graph (live, in this
+    /// layer, matching the options) plus an exact scan of the points it lacks, or an exact
+    /// scan of the whole layer when it is small or has no frozen graph yet.
     pub(crate) fn search_layer(
         &self,
         layer: Layer,
@@ -528,7 +530,7 @@ impl Projections {
         };
         let exact = |slot: u32, top: &mut TopK| {
             if ok(slot) {
-                top.push(1.0 - DistDot.eval(q, self.vectors.get(slot)), slot);
+                top.push(dot(q, self.vectors.get(slot)), slot);
             }
         };
         let scan_layer = |top: &mut TopK| {
@@ -561,45 +563,9 @@ impl Projections {
             }
             return;
         }
-        let Some(g) = ls.graph.as_ref() else {
-            scan_layer(top);
-            return;
-        };
-        let ef = ef.max(o.top_k);
-        let unfiltered = unfiltered(o);
-        let live_indexed = ls.indexed.saturating_sub(ls.tombstones) as usize;
-        let mut enough = false;
-        if unfiltered {
-            // hnsw_rs stops early only without a filter: search plainly, over-fetching by the
-            // tombstones that might crowd the list, and drop dead hits afterwards.
-            let want = o.top_k + (ls.tombstones as usize).min(o.top_k);
-            let mut n_ok = 0;
-            for n in g.search(q, want, ef.max(want)) {
-                let slot = n.d_id as u32;
-                if ok(slot) {
-                    top.push(1.0 - n.distance, slot);
-                    n_ok += 1;
-                }
-            }
-            enough = n_ok >= o.top_k.min(live_indexed);
-        }
-        if !enough {
-            let filter = |d: &usize| ok(*d as u32);
-            let found = g.search_filter(q, o.top_k, ef, Some(&filter));
-            let short = found.len() < o.top_k;
-            for n in found {
-                top.push(1.0 - n.distance, n.d_id as u32);
-            }
-            if short {
-                // A selective filter can starve the graph walk: scan the layer exactly, so a
-                // search never misses a matching record.
-                scan_layer(top);
-                return;
-            }
-        }
-        for &slot in &ls.pending {
-            exact(slot, top);
-        }
+        // No frozen copy yet (a graph between its first insert and its first freeze, a
+        // moment): scan the layer exactly.
+        scan_layer(top);
     }
 }
 
@@ -637,12 +603,6 @@ fn content_push(map: &mut FastMap<u64, ContentSlots>, key: u64, slot: u32) {
             });
         }
     }
-}
-
-/// True when a search keeps every live record of a layer (no tag, project, session or time
-/// filter).
-fn unfiltered(o: &SearchOptions) -> bool {
-    o.tags.is_empty() && o.project.is_none() && o.session.is_none() && o.time_range.is_none()
 }
 
 /// How a layer search runs: HNSW candidate list, the layer size below which it scans

@@ -63,7 +63,7 @@ async fn a_bad_hnsw_dump_is_reported_and_the_layer_reindexed() {
         .path()
         .join("snapshots")
         .join(format!("{seq:020}"))
-        .join("hnsw-interact.hnsw.graph");
+        .join("hnsw-interact.graph");
     flip_byte(&graph, |len| len / 3, 1);
 
     let m = Memory::open(dir.path(), c).await.unwrap();
@@ -78,9 +78,7 @@ async fn a_bad_hnsw_dump_is_reported_and_the_layer_reindexed() {
         "records still come from the snapshot"
     );
     assert_eq!(st.open.index_rebuilds.len(), 1, "{:?}", st.open);
-    assert!(st.open.index_rebuilds[0]
-        .1
-        .contains("hnsw-interact.hnsw.graph"));
+    assert!(st.open.index_rebuilds[0].1.contains("hnsw-interact.graph"));
     assert_eq!(st.layers[0].indexed, 300);
     m.close().await.unwrap();
 }
