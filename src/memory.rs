@@ -44,6 +44,10 @@ struct SnapState {
     /// Version of the promoter model the latest snapshot holds (a newly trained model makes
     /// the next checkpoint write a snapshot even with no new events).
     model_version: u32,
+    /// `Inner::graph_epoch` when the latest snapshot's graphs were captured (graphs that
+    /// changed since, say rebuilt at open from an unusable dump, are worth a snapshot even
+    /// with no new events: otherwise every open rebuilds them again).
+    graph_epoch: u64,
 }
 
 struct Wake {
@@ -93,6 +97,8 @@ pub(crate) struct Inner {
     snap_info: Mutex<(Option<u64>, u64)>,
     inflight: Mutex<HashSet<u64>>,
     graphs_loading: AtomicU64,
+    /// Bumped whenever a layer's graph changes (points inserted, a rebuild swapped in).
+    graph_epoch: AtomicU64,
     /// Layers whose index `optimize()` asked to rebuild (bit per layer).
     force_rebuild: std::sync::atomic::AtomicU8,
     report: Mutex<OpenReport>,
@@ -416,6 +422,7 @@ impl Memory {
                         known_chunks: known,
                         at: Instant::now(),
                         model_version: model.version,
+                        graph_epoch: 0,
                     },
                     delta,
                 )
@@ -429,6 +436,7 @@ impl Memory {
                     known_chunks: HashMap::new(),
                     at: Instant::now(),
                     model_version: 0,
+                    graph_epoch: 0,
                 },
                 log.history(1),
             ),
@@ -509,6 +517,7 @@ impl Memory {
             snap: Mutex::new(snap_state),
             inflight: Mutex::new(HashSet::new()),
             graphs_loading: AtomicU64::new(with_dump.len() as u64),
+            graph_epoch: AtomicU64::new(0),
             force_rebuild: std::sync::atomic::AtomicU8::new(0),
             report: Mutex::new(report),
             model: RwLock::new(Arc::new(model)),
@@ -1331,7 +1340,8 @@ impl Inner {
         let applied = *self.applied_tx.borrow();
         let snap = self.snap.lock();
         let since = applied.saturating_sub(snap.marker_seq);
-        if since == 0 {
+        let graphs_changed = self.graph_epoch.load(Ordering::Acquire) != snap.graph_epoch;
+        if since == 0 && !graphs_changed {
             return false;
         }
         (self.config.checkpoint_every > 0 && since >= self.config.checkpoint_every)
@@ -1351,12 +1361,16 @@ impl Inner {
         let applied = self.state.read().applied_seq;
         let model = self.model();
         let model_version = model.version;
-        if applied == snap.marker_seq && model_version == snap.model_version {
+        if applied == snap.marker_seq
+            && model_version == snap.model_version
+            && self.graph_epoch.load(Ordering::Acquire) == snap.graph_epoch
+        {
             return Ok(snap.latest.as_ref().map(|(s, _)| *s).unwrap_or(0));
         }
         let root = self.dir.join("snapshots");
-        let (cap_seq, dst, new_chunk, entries) = {
+        let (cap_seq, dst, new_chunk, entries, epoch) = {
             let idx = self.index_lock.lock();
+            let epoch = self.graph_epoch.load(Ordering::Acquire);
             let mut cap = Capture::take(&self.state.read());
             cap.model = Some(model).filter(|m| m.version > 0).map(|m| (*m).clone());
             let seq = cap.seq;
@@ -1370,7 +1384,7 @@ impl Inner {
                 &snap.known_chunks,
                 self.config.clock.now_us(),
             )?;
-            (seq, dst, new_chunk, entries)
+            (seq, dst, new_chunk, entries, epoch)
         };
         if let Some(name) = new_chunk {
             self.state.write().vectors.adopt_chunk(&dst.join(name))?;
@@ -1379,6 +1393,7 @@ impl Inner {
         snap.latest = Some((cap_seq, dst));
         snap.at = Instant::now();
         snap.model_version = model_version;
+        snap.graph_epoch = epoch;
         let at = self.commit_blocking(vec![Event::Checkpointed {
             snapshot_seq: cap_seq,
         }])?;
@@ -1543,6 +1558,9 @@ impl Inner {
             }
         }
         ls.indexed += batch.len() as u64;
+        if !batch.is_empty() {
+            self.graph_epoch.fetch_add(1, Ordering::AcqRel);
+        }
         if ls.frozen.is_some() {
             ls.unfrozen.extend(batch.iter().map(|(s, _)| *s));
         }
@@ -1628,6 +1646,7 @@ impl Inner {
         // An empty layer keeps no graph (and dumps none).
         ls.graph = (!members.is_empty()).then(|| Arc::new(parking_lot::Mutex::new(graph)));
         ls.recompute_pending();
+        self.graph_epoch.fetch_add(1, Ordering::AcqRel);
     }
 
     fn close_blocking(self: Arc<Self>, threads: Vec<JoinHandle<()>>) -> Result<()> {

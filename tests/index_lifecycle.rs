@@ -66,9 +66,14 @@ async fn a_bad_hnsw_dump_is_reported_and_the_layer_reindexed() {
         .join("hnsw-interact.graph");
     flip_byte(&graph, |len| len / 3, 1);
 
-    let m = Memory::open(dir.path(), c).await.unwrap();
-    // Served at once (exactly) while the index is rebuilt.
-    let hits = m.search(&vs[7], &SearchOptions::top_k(1)).await.unwrap();
+    let m = Memory::open(dir.path(), c.clone()).await.unwrap();
+    // Served at once (exactly) while the index is rebuilt. (Without access events: the
+    // snapshot at close must come from the rebuilt graph alone.)
+    let quiet = SearchOptions {
+        record_access: false,
+        ..SearchOptions::top_k(1)
+    };
+    let hits = m.search(&vs[7], &quiet).await.unwrap();
     assert_eq!(hits[0].id, ids[7]);
     m.wait_indexed().await.unwrap();
     let st = m.stats();
@@ -80,6 +85,18 @@ async fn a_bad_hnsw_dump_is_reported_and_the_layer_reindexed() {
     assert_eq!(st.open.index_rebuilds.len(), 1, "{:?}", st.open);
     assert!(st.open.index_rebuilds[0].1.contains("hnsw-interact.graph"));
     assert_eq!(st.layers[0].indexed, 300);
+    m.close().await.unwrap();
+
+    // No new events, but the rebuilt graph is snapshotted at close: the next open loads it
+    // instead of rebuilding again.
+    let m = Memory::open(dir.path(), c).await.unwrap();
+    m.wait_indexed().await.unwrap();
+    let st = m.stats();
+    assert!(st.open.index_rebuilds.is_empty(), "{:?}", st.open);
+    assert!(st.open.snapshot_seq > Some(seq), "{:?}", st.open);
+    assert_eq!(st.layers[0].indexed, 300);
+    let hits = m.search(&vs[7], &SearchOptions::top_k(1)).await.unwrap();
+    assert_eq!(hits[0].id, ids[7]);
     m.close().await.unwrap();
 }
 
