@@ -130,7 +130,7 @@ fn main() {
         eprintln!("engine_search: reopening the store kept in {dir:?} ...");
     } else {
         eprintln!(
-            "engine_search: inserting {n} records and indexing them (~300 vectors/s at 100k here) ..."
+            "engine_search: inserting {n} records and indexing them (~450 vectors/s at 100k here) ..."
         );
     }
     let (m, index_of, insert_time, indexed_at_ack, build_time) = rt.block_on(async {

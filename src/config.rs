@@ -133,7 +133,8 @@ pub struct Config {
     /// Write a snapshot after this many events (`MEMORY_CHECKPOINT_EVERY`); 0 = never by
     /// count. Default 50,000.
     pub checkpoint_every: u64,
-    /// Write a snapshot after this long if anything changed (`MEMORY_CHECKPOINT_INTERVAL_S`);
+    /// Write a snapshot after this long if anything changed (new events, or index progress)
+    /// (`MEMORY_CHECKPOINT_INTERVAL_S`);
     /// zero = never by time. Default 300 s.
     pub checkpoint_interval: Duration,
     /// Write a snapshot on clean close. Default true.

@@ -33,6 +33,9 @@ pub type EventStream = ReceiverStream<Result<Envelope>>;
 const SUBSCRIBER_BUFFER: usize = 4096;
 
 /// A snapshot's directory, manifest and the HNSW dumps it holds (layer, basename).
+/// See `SnapState::graph_points`.
+const GRAPH_ONLY_CHECKPOINT_POINTS: u64 = 1_024;
+
 type Dumps = (PathBuf, snapshot::ManifestBody, Vec<(Layer, String)>);
 
 struct SnapState {
@@ -44,10 +47,11 @@ struct SnapState {
     /// Version of the promoter model the latest snapshot holds (a newly trained model makes
     /// the next checkpoint write a snapshot even with no new events).
     model_version: u32,
-    /// `Inner::graph_epoch` when the latest snapshot's graphs were captured (graphs that
-    /// changed since, say rebuilt at open from an unusable dump, are worth a snapshot even
-    /// with no new events: otherwise every open rebuilds them again).
-    graph_epoch: u64,
+    /// `Inner::graph_points` when the latest snapshot's graphs were captured. Graphs that
+    /// gained [`GRAPH_ONLY_CHECKPOINT_POINTS`] since (say, rebuilt at open from an unusable
+    /// dump) are worth a snapshot even with no new events: otherwise every open indexes them
+    /// again. Fewer are cheaper to index again than a snapshot is to write.
+    graph_points: u64,
 }
 
 struct Wake {
@@ -97,8 +101,8 @@ pub(crate) struct Inner {
     snap_info: Mutex<(Option<u64>, u64)>,
     inflight: Mutex<HashSet<u64>>,
     graphs_loading: AtomicU64,
-    /// Bumped whenever a layer's graph changes (points inserted, a rebuild swapped in).
-    graph_epoch: AtomicU64,
+    /// Points inserted into the layers' graphs since open (a rebuild counts all of its own).
+    graph_points: AtomicU64,
     /// Layers whose index `optimize()` asked to rebuild (bit per layer).
     force_rebuild: std::sync::atomic::AtomicU8,
     report: Mutex<OpenReport>,
@@ -422,7 +426,7 @@ impl Memory {
                         known_chunks: known,
                         at: Instant::now(),
                         model_version: model.version,
-                        graph_epoch: 0,
+                        graph_points: 0,
                     },
                     delta,
                 )
@@ -436,7 +440,7 @@ impl Memory {
                     known_chunks: HashMap::new(),
                     at: Instant::now(),
                     model_version: 0,
-                    graph_epoch: 0,
+                    graph_points: 0,
                 },
                 log.history(1),
             ),
@@ -517,7 +521,7 @@ impl Memory {
             snap: Mutex::new(snap_state),
             inflight: Mutex::new(HashSet::new()),
             graphs_loading: AtomicU64::new(with_dump.len() as u64),
-            graph_epoch: AtomicU64::new(0),
+            graph_points: AtomicU64::new(0),
             force_rebuild: std::sync::atomic::AtomicU8::new(0),
             report: Mutex::new(report),
             model: RwLock::new(Arc::new(model)),
@@ -1336,11 +1340,19 @@ impl Inner {
         }
     }
 
+    /// Whether the graphs gained enough points since the latest snapshot to be worth one.
+    fn graphs_changed(&self, snap: &SnapState) -> bool {
+        self.graph_points
+            .load(Ordering::Acquire)
+            .saturating_sub(snap.graph_points)
+            >= GRAPH_ONLY_CHECKPOINT_POINTS
+    }
+
     fn checkpoint_due(&self) -> bool {
         let applied = *self.applied_tx.borrow();
         let snap = self.snap.lock();
         let since = applied.saturating_sub(snap.marker_seq);
-        let graphs_changed = self.graph_epoch.load(Ordering::Acquire) != snap.graph_epoch;
+        let graphs_changed = self.graphs_changed(&snap);
         if since == 0 && !graphs_changed {
             return false;
         }
@@ -1363,14 +1375,24 @@ impl Inner {
         let model_version = model.version;
         if applied == snap.marker_seq
             && model_version == snap.model_version
-            && self.graph_epoch.load(Ordering::Acquire) == snap.graph_epoch
+            && !self.graphs_changed(&snap)
         {
             return Ok(snap.latest.as_ref().map(|(s, _)| *s).unwrap_or(0));
         }
+        if snap.latest.as_ref().is_some_and(|(s, _)| *s == applied) {
+            // The latest snapshot's marker never reached the log (a crash or a failed commit
+            // right after its rename), and only the graphs changed since. Write the marker
+            // now, so this snapshot gets a sequence of its own instead of replacing that
+            // directory in place.
+            let at = self.commit_blocking(vec![Event::Checkpointed {
+                snapshot_seq: applied,
+            }])?;
+            snap.marker_seq = at.last_seq;
+        }
         let root = self.dir.join("snapshots");
-        let (cap_seq, dst, new_chunk, entries, epoch) = {
+        let (cap_seq, dst, new_chunk, entries, points) = {
             let idx = self.index_lock.lock();
-            let epoch = self.graph_epoch.load(Ordering::Acquire);
+            let points = self.graph_points.load(Ordering::Acquire);
             let mut cap = Capture::take(&self.state.read());
             cap.model = Some(model).filter(|m| m.version > 0).map(|m| (*m).clone());
             let seq = cap.seq;
@@ -1384,7 +1406,7 @@ impl Inner {
                 &snap.known_chunks,
                 self.config.clock.now_us(),
             )?;
-            (seq, dst, new_chunk, entries, epoch)
+            (seq, dst, new_chunk, entries, points)
         };
         if let Some(name) = new_chunk {
             self.state.write().vectors.adopt_chunk(&dst.join(name))?;
@@ -1393,7 +1415,7 @@ impl Inner {
         snap.latest = Some((cap_seq, dst));
         snap.at = Instant::now();
         snap.model_version = model_version;
-        snap.graph_epoch = epoch;
+        snap.graph_points = points;
         let at = self.commit_blocking(vec![Event::Checkpointed {
             snapshot_seq: cap_seq,
         }])?;
@@ -1449,7 +1471,10 @@ impl Inner {
                     continue;
                 }
                 let res = snapshot::load_graph(&dir, &manifest, &base, self.config.dimension)
-                    .and_then(|g| self.attach_vectors(g, &dir, &base));
+                    .and_then(|mut g| {
+                        g.set_ef_construction(self.config.hnsw.ef_construction);
+                        self.attach_vectors(g, &dir, &base)
+                    });
                 let _idx = self.index_lock.lock();
                 let mut st = self.state.write();
                 let ls = &mut st.layers[layer.index()];
@@ -1558,9 +1583,8 @@ impl Inner {
             }
         }
         ls.indexed += batch.len() as u64;
-        if !batch.is_empty() {
-            self.graph_epoch.fetch_add(1, Ordering::AcqRel);
-        }
+        self.graph_points
+            .fetch_add(batch.len() as u64, Ordering::AcqRel);
         if ls.frozen.is_some() {
             ls.unfrozen.extend(batch.iter().map(|(s, _)| *s));
         }
@@ -1646,7 +1670,8 @@ impl Inner {
         // An empty layer keeps no graph (and dumps none).
         ls.graph = (!members.is_empty()).then(|| Arc::new(parking_lot::Mutex::new(graph)));
         ls.recompute_pending();
-        self.graph_epoch.fetch_add(1, Ordering::AcqRel);
+        self.graph_points
+            .fetch_add(members.len() as u64, Ordering::AcqRel);
     }
 
     fn close_blocking(self: Arc<Self>, threads: Vec<JoinHandle<()>>) -> Result<()> {

@@ -48,7 +48,7 @@ async fn a_bad_hnsw_dump_is_reported_and_the_layer_reindexed() {
     let dir = tempfile::tempdir().unwrap();
     let mut c = config();
     c.exact_search_below = 0;
-    let vs = clustered(22, 300, DIM, 5);
+    let vs = clustered(22, 1_100, DIM, 5);
     let m = Memory::open(dir.path(), c.clone()).await.unwrap();
     let batch = vs
         .iter()
@@ -84,17 +84,17 @@ async fn a_bad_hnsw_dump_is_reported_and_the_layer_reindexed() {
     );
     assert_eq!(st.open.index_rebuilds.len(), 1, "{:?}", st.open);
     assert!(st.open.index_rebuilds[0].1.contains("hnsw-interact.graph"));
-    assert_eq!(st.layers[0].indexed, 300);
+    assert_eq!(st.layers[0].indexed, 1_100);
     m.close().await.unwrap();
 
-    // No new events, but the rebuilt graph is snapshotted at close: the next open loads it
-    // instead of rebuilding again.
+    // No new events, but the rebuilt graph (over 1,024 points) is snapshotted at close: the
+    // next open loads it instead of rebuilding again.
     let m = Memory::open(dir.path(), c).await.unwrap();
     m.wait_indexed().await.unwrap();
     let st = m.stats();
     assert!(st.open.index_rebuilds.is_empty(), "{:?}", st.open);
     assert!(st.open.snapshot_seq > Some(seq), "{:?}", st.open);
-    assert_eq!(st.layers[0].indexed, 300);
+    assert_eq!(st.layers[0].indexed, 1_100);
     let hits = m.search(&vs[7], &SearchOptions::top_k(1)).await.unwrap();
     assert_eq!(hits[0].id, ids[7]);
     m.close().await.unwrap();
