@@ -264,6 +264,20 @@ fn main() {
             config.exact_search_below
         );
     }
+    let scaled: Vec<String> = efs
+        .iter()
+        .map(|&ef| {
+            let h = magray_memory::HnswConfig {
+                ef_search: ef,
+                ..config.hnsw
+            };
+            format!("{ef} -> {}", h.effective_ef(n as u64))
+        })
+        .collect();
+    println!(
+        "ef = Config.hnsw.ef_search; the beam a search uses at N = {n} (HnswConfig::effective_ef): {}",
+        scaled.join(", ")
+    );
     println!(
         "{:>5} {:>10} {:>9} {:>9} {:>11} {:>11} {:>16}",
         "ef", "QPS", "p50 ms", "p99 ms", "recall@10", "min recall", "reopen/ready ms"

@@ -1246,6 +1246,8 @@ impl Inner {
             for l in layers {
                 let how = crate::state::Probe {
                     ef,
+                    // An explicit per-search ef is taken as given.
+                    scale_ef: o.ef_search.is_none(),
                     exact_below: self.config.exact_search_below,
                     now_us: now,
                 };

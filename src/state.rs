@@ -520,6 +520,7 @@ impl Projections {
     ) {
         let Probe {
             ef,
+            scale_ef,
             exact_below,
             now_us,
         } = how;
@@ -550,6 +551,11 @@ impl Projections {
             return;
         }
         if let Some(f) = &ls.frozen {
+            let ef = if scale_ef {
+                crate::config::scale_ef(ef, f.len() as u64)
+            } else {
+                ef
+            };
             let ef = ef.max(o.top_k);
             let found = f.search(q, ef, &self.vectors, &ok, top);
             // Fewer than k matches in the walk: a selective filter, many dead points or a
@@ -610,6 +616,8 @@ fn content_push(map: &mut FastMap<u64, ContentSlots>, key: u64, slot: u32) {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct Probe {
     pub(crate) ef: usize,
+    /// Scale `ef` with the size of the layer's graph (`HnswConfig::effective_ef`).
+    pub(crate) scale_ef: bool,
     pub(crate) exact_below: usize,
     pub(crate) now_us: u64,
 }

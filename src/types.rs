@@ -221,7 +221,8 @@ pub struct SearchOptions {
     pub time_range: Option<(u64, u64)>,
     /// Record the hits as `Accessed` events (batched). Default true.
     pub record_access: bool,
-    /// HNSW candidate list for this query (1..=4096); default `Config::hnsw.ef_search`.
+    /// HNSW candidate list for this query (1..=4096), used as given; default
+    /// `Config::hnsw.ef_search`, scaled with each layer's size ([`crate::HnswConfig::effective_ef`]).
     pub ef_search: Option<usize>,
     /// Who is asking: the caller's session and project, written with the access (the
     /// promoter counts distinct sessions and projects that used a record). Not a filter.

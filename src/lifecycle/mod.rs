@@ -120,6 +120,7 @@ pub(crate) fn signals(
     };
     let how = Probe {
         ef,
+        scale_ef: true,
         exact_below,
         now_us,
     };
