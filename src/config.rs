@@ -32,6 +32,9 @@ impl HnswConfig {
     }
 }
 
+/// Largest HNSW candidate list (`ef_construction`, `ef_search`, a scaled beam, a dump's).
+pub(crate) const MAX_EF: usize = 4096;
+
 /// `ef` scaled for a graph of `points` (see [`HnswConfig::effective_ef`]).
 pub(crate) fn scale_ef(ef: usize, points: u64) -> usize {
     const BASE: f64 = 100_000.0;
@@ -39,7 +42,7 @@ pub(crate) fn scale_ef(ef: usize, points: u64) -> usize {
         return ef;
     }
     let scaled = ef as f64 * (points as f64 / BASE).powf(0.6);
-    (scaled.ceil() as usize).min(4096)
+    (scaled.ceil() as usize).min(MAX_EF)
 }
 
 impl Default for HnswConfig {
@@ -371,16 +374,16 @@ impl Config {
             ),
         )?;
         check(
-            (self.hnsw.m..=4096).contains(&self.hnsw.ef_construction),
+            (self.hnsw.m..=MAX_EF).contains(&self.hnsw.ef_construction),
             format!(
-                "hnsw.ef_construction {} must be within m..=4096 (MEMORY_HNSW_EF_CONSTRUCTION)",
+                "hnsw.ef_construction {} must be within m..={MAX_EF} (MEMORY_HNSW_EF_CONSTRUCTION)",
                 self.hnsw.ef_construction
             ),
         )?;
         check(
-            (1..=4096).contains(&self.hnsw.ef_search),
+            (1..=MAX_EF).contains(&self.hnsw.ef_search),
             format!(
-                "hnsw.ef_search {} must be within 1..=4096 (MEMORY_HNSW_EF_SEARCH)",
+                "hnsw.ef_search {} must be within 1..={MAX_EF} (MEMORY_HNSW_EF_SEARCH)",
                 self.hnsw.ef_search
             ),
         )?;

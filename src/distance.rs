@@ -74,3 +74,10 @@ fn dot_i8_portable(a: &[i8], b: &[i8]) -> i32 {
         .sum();
     acc.iter().sum::<i32>() + tail
 }
+
+/// Distance key of a cosine similarity: `2 − sim` is ≥ 0 for unit vectors (rounding aside,
+/// which `max` absorbs), so its bits order like its value and compare as `u32`.
+#[inline]
+pub(crate) fn dist_key(sim: f32) -> u32 {
+    (2.0 - sim).max(0.0).to_bits()
+}

@@ -10,7 +10,7 @@
 //! a valid HNSW graph of the points it holds: inserts only add points and re-link, so it stays
 //! correct, merely missing the newer points.
 
-use crate::distance::{dot, dot_i8};
+use crate::distance::{dist_key, dot, dot_i8};
 use crate::state::TopK;
 use crate::vectors::Vectors;
 use std::cell::RefCell;
@@ -119,26 +119,12 @@ impl FrozenGraph {
         let dist = |node: u32| {
             let at = node as usize * self.dim;
             let dot = dot_i8(&qc, &self.codes[at..at + self.dim]) as f32;
-            (2.0 - dot * q_back * self.unscale[node as usize])
-                .max(0.0)
-                .to_bits()
+            dist_key(dot * q_back * self.unscale[node as usize])
         };
         let mut cur_d = dist(cur);
         // Greedy through levels top..2.
         for level in self.upper.iter().skip(1).rev() {
-            loop {
-                let mut moved = false;
-                for &n in upper_links(level, cur) {
-                    let d = dist(n);
-                    if d < cur_d {
-                        (cur, cur_d) = (n, d);
-                        moved = true;
-                    }
-                }
-                if !moved {
-                    break;
-                }
-            }
+            (cur, cur_d) = greedy(cur, cur_d, |n| upper_links(level, n), &dist);
         }
         VISITED.with(|v| {
             let (marks, generation) = &mut *v.borrow_mut();
@@ -202,8 +188,32 @@ fn upper_links(level: &HashMap<u32, Box<[u32]>>, n: u32) -> &[u32] {
     level.get(&n).map(|b| &b[..]).unwrap_or(&[])
 }
 
+/// Greedy walk on one level (ef 1): moves from `cur` (at distance key `cur_d`) to a nearer
+/// linked node while there is one; returns where it stopped. The HNSW descent through the
+/// levels above the one a search (or an insert) works on.
+pub(crate) fn greedy<'a>(
+    mut cur: u32,
+    mut cur_d: u32,
+    links: impl Fn(u32) -> &'a [u32],
+    dist: &dyn Fn(u32) -> u32,
+) -> (u32, u32) {
+    loop {
+        let mut moved = false;
+        for &n in links(cur) {
+            let d = dist(n);
+            if d < cur_d {
+                (cur, cur_d) = (n, d);
+                moved = true;
+            }
+        }
+        if !moved {
+            return (cur, cur_d);
+        }
+    }
+}
+
 /// A fresh visited generation (clearing every mark when the counter wraps).
-fn next_generation(marks: &mut [u32], generation: &mut u32) -> u32 {
+pub(crate) fn next_generation(marks: &mut [u32], generation: &mut u32) -> u32 {
     *generation = generation.wrapping_add(1);
     if *generation == 0 {
         marks.fill(0);
@@ -215,7 +225,7 @@ fn next_generation(marks: &mut [u32], generation: &mut u32) -> u32 {
 /// One HNSW beam search on one level: from `seeds` ((distance bits, node)), keeps the `ef`
 /// nearest nodes that pass `ok` (walking through those that do not). `marks[n] == g` means
 /// visited.
-fn beam<'a>(
+pub(crate) fn beam<'a>(
     seeds: &[(u32, u32)],
     ef: usize,
     links: impl Fn(u32) -> &'a [u32],
@@ -269,21 +279,12 @@ fn beam<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::hnsw::tests::exact;
     use crate::hnsw::HnswBuilder;
 
     /// Clustered, normalised vectors, seeded.
     fn data(n: usize, dim: usize) -> Vec<Vec<f32>> {
         crate::hnsw::tests::clustered(n, dim, 20, 0.3)
-    }
-
-    fn exact(vs: &[Vec<f32>], q: &[f32], k: usize, ok: impl Fn(u32) -> bool) -> Vec<u32> {
-        let mut top = TopK::new(k);
-        for (i, v) in vs.iter().enumerate() {
-            if ok(i as u32) {
-                top.push(dot(q, v), i as u32);
-            }
-        }
-        top.into_sorted().into_iter().map(|(_, s)| s).collect()
     }
 
     #[test]

@@ -20,10 +20,8 @@
 //! `docs/format.md`): links only; the vectors are taken back from the store's own vector
 //! chunks by slot when a dump loads.
 
-use crate::distance::dot;
-use crate::frozen::FrozenGraph;
-use std::cmp::Reverse;
-use std::collections::BinaryHeap;
+use crate::distance::{dist_key, dot};
+use crate::frozen::{beam, greedy, next_generation, FrozenGraph};
 
 /// Highest level a point may get (a level above this has a probability below 16^-15).
 const MAX_LEVEL: usize = 15;
@@ -31,10 +29,19 @@ const MAX_LEVEL: usize = 15;
 const DUMP_MAGIC: [u8; 8] = *b"MGRYHNSW";
 /// Layout version of `hnsw-<layer>.graph`.
 const DUMP_VERSION: u32 = 1;
-/// Largest `ef_construction` a dump may carry (the configuration's own limit).
-const MAX_EF_CONSTRUCTION: usize = 4096;
 /// Magic, version, seven u32 fields, the level generator's state.
 const DUMP_HEADER_LEN: usize = 48;
+
+/// Writes `xs` little-endian, 16k values per write.
+fn write_u32s(w: &mut impl std::io::Write, xs: &[u32]) -> std::io::Result<()> {
+    let mut buf = Vec::with_capacity(4 * xs.len().min(1 << 14));
+    for chunk in xs.chunks(1 << 14) {
+        buf.clear();
+        buf.extend(chunk.iter().flat_map(|x| x.to_le_bytes()));
+        w.write_all(&buf)?;
+    }
+    Ok(())
+}
 
 /// Padding that brings `len` to a multiple of 4.
 fn pad4(len: usize) -> usize {
@@ -62,16 +69,9 @@ pub(crate) struct HnswBuilder {
     upper: Vec<Box<[u32]>>,
     entry: Option<u32>,
     top: usize,
-    scratch: Scratch,
-}
-
-/// Reused search state.
-#[derive(Default)]
-struct Scratch {
+    /// Visited marks of the beam searches: node → generation of the search that visited it.
     marks: Vec<u32>,
     generation: u32,
-    cand: BinaryHeap<Reverse<(u32, u32)>>,
-    res: BinaryHeap<(u32, u32)>,
 }
 
 impl std::fmt::Debug for HnswBuilder {
@@ -81,13 +81,6 @@ impl std::fmt::Debug for HnswBuilder {
             .field("levels", &(self.top + 1))
             .finish()
     }
-}
-
-/// Distance key of a dot product: `2 − dot` is ≥ 0 for unit vectors (rounding aside, which
-/// `max` absorbs), so its bits order like its value.
-#[inline]
-fn key(dot: f32) -> u32 {
-    (2.0 - dot).max(0.0).to_bits()
 }
 
 impl HnswBuilder {
@@ -109,7 +102,8 @@ impl HnswBuilder {
             upper: Vec::new(),
             entry: None,
             top: 0,
-            scratch: Scratch::default(),
+            marks: Vec::new(),
+            generation: 0,
         }
     }
 
@@ -175,30 +169,17 @@ impl HnswBuilder {
         self.len0.push(0);
         self.upper
             .push(vec![0u32; level * (self.m + 1)].into_boxed_slice());
-        self.scratch.marks.push(0);
+        self.marks.push(0);
         let Some(mut ep) = self.entry else {
             self.entry = Some(node);
             self.top = level;
             return;
         };
         let q = v.to_vec();
-        let mut ep_d = key(dot(&q, self.vec(ep)));
+        let mut ep_d = dist_key(dot(&q, self.vec(ep)));
+        let dist = |n: u32| dist_key(dot(&q, self.vec(n)));
         for l in (level + 1..=self.top).rev() {
-            loop {
-                let mut moved = false;
-                let c = ep;
-                for i in 0..self.links(c, l).len() {
-                    let n = self.links(c, l)[i];
-                    let d = key(dot(&q, self.vec(n)));
-                    if d < ep_d {
-                        (ep, ep_d) = (n, d);
-                        moved = true;
-                    }
-                }
-                if !moved {
-                    break;
-                }
-            }
+            (ep, ep_d) = greedy(ep, ep_d, |n| self.links(n, l), &dist);
         }
         let mut seeds = vec![(ep_d, ep)];
         for l in (0..=level.min(self.top)).rev() {
@@ -240,7 +221,7 @@ impl HnswBuilder {
         let mut cands: Vec<(u32, u32)> = cur
             .iter()
             .chain(std::iter::once(&node))
-            .map(|&c| (key(dot(base, self.vec(c))), c))
+            .map(|&c| (dist_key(dot(base, self.vec(c))), c))
             .collect();
         cands.sort_unstable();
         let kept: Vec<u32> = cands.iter().take(cap).map(|c| c.1).collect();
@@ -257,7 +238,7 @@ impl HnswBuilder {
                 break;
             }
             let cv = self.vec(c);
-            if kept.iter().all(|&k| key(dot(cv, self.vec(k))) >= d) {
+            if kept.iter().all(|&k| dist_key(dot(cv, self.vec(k))) >= d) {
                 kept.push(c);
             }
         }
@@ -273,103 +254,50 @@ impl HnswBuilder {
         level: usize,
     ) -> Vec<(u32, u32)> {
         // Out of `self` while the walk reads the links (put back below).
-        let mut s = std::mem::take(&mut self.scratch);
-        s.generation = s.generation.wrapping_add(1);
-        if s.generation == 0 {
-            s.marks.fill(0);
-            s.generation = 1;
-        }
-        let g = s.generation;
-        s.cand.clear();
-        s.res.clear();
-        for &(d, n) in seeds {
-            if s.marks[n as usize] == g {
-                continue;
-            }
-            s.marks[n as usize] = g;
-            s.cand.push(Reverse((d, n)));
-            s.res.push((d, n));
-            if s.res.len() > ef {
-                s.res.pop();
-            }
-        }
-        let mut bound = s.res.peek().map_or(u32::MAX, |r| r.0);
-        while let Some(Reverse((cd, c))) = s.cand.pop() {
-            if cd > bound && s.res.len() >= ef {
-                break;
-            }
-            for &n in self.links(c, level) {
-                let mark = &mut s.marks[n as usize];
-                if *mark == g {
-                    continue;
-                }
-                *mark = g;
-                let at = n as usize * self.dim;
-                let d = key(dot(q, &self.vecs[at..at + self.dim]));
-                if s.res.len() < ef || d < bound {
-                    s.cand.push(Reverse((d, n)));
-                    s.res.push((d, n));
-                    if s.res.len() > ef {
-                        s.res.pop();
-                    }
-                    bound = s.res.peek().map_or(u32::MAX, |r| r.0);
-                }
-            }
-        }
-        let mut out: Vec<(u32, u32)> = s.res.drain().collect();
-        out.sort_unstable();
-        self.scratch = s;
-        out
+        let mut marks = std::mem::take(&mut self.marks);
+        let g = next_generation(&mut marks, &mut self.generation);
+        let dist = |n: u32| dist_key(dot(q, self.vec(n)));
+        let res = beam(
+            seeds,
+            ef,
+            |n| self.links(n, level),
+            &dist,
+            &|_| true,
+            &mut marks,
+            g,
+        );
+        self.marks = marks;
+        res.into_sorted_vec()
     }
 
     /// Writes the graph (links and levels, not vectors) in the `hnsw-<layer>.graph` layout.
+    /// Many small writes: give it a buffered writer.
     pub(crate) fn write_to(&self, w: &mut impl std::io::Write) -> std::io::Result<()> {
         let n = self.slots.len();
-        let mut h = Vec::with_capacity(DUMP_HEADER_LEN);
-        h.extend_from_slice(&DUMP_MAGIC);
-        h.extend_from_slice(&DUMP_VERSION.to_le_bytes());
-        for v in [
-            self.dim as u32,
-            self.m as u32,
-            self.ef_construction as u32,
-            n as u32,
-            self.top as u32,
-            self.entry.unwrap_or(u32::MAX),
-            0,
-        ] {
-            h.extend_from_slice(&v.to_le_bytes());
-        }
-        h.extend_from_slice(&self.rng.to_le_bytes());
-        w.write_all(&h)?;
-        let mut buf = Vec::with_capacity(1 << 16);
-        let put = |buf: &mut Vec<u8>, w: &mut dyn std::io::Write, last: bool| {
-            if buf.len() >= 1 << 16 || last {
-                w.write_all(buf)?;
-                buf.clear();
-            }
-            Ok::<(), std::io::Error>(())
-        };
-        for s in &self.slots {
-            buf.extend_from_slice(&s.to_le_bytes());
-            put(&mut buf, w, false)?;
-        }
-        buf.extend_from_slice(&self.levels);
-        buf.extend_from_slice(&self.len0);
-        buf.resize(buf.len() + pad4(2 * n), 0);
-        put(&mut buf, w, false)?;
-        for chunk in self.links0.chunks(1 << 12) {
-            for l in chunk {
-                buf.extend_from_slice(&l.to_le_bytes());
-            }
-            put(&mut buf, w, false)?;
-        }
+        w.write_all(&DUMP_MAGIC)?;
+        write_u32s(
+            w,
+            &[
+                DUMP_VERSION,
+                self.dim as u32,
+                self.m as u32,
+                self.ef_construction as u32,
+                n as u32,
+                self.top as u32,
+                self.entry.unwrap_or(u32::MAX),
+                0,
+            ],
+        )?;
+        w.write_all(&self.rng.to_le_bytes())?;
+        write_u32s(w, &self.slots)?;
+        w.write_all(&self.levels)?;
+        w.write_all(&self.len0)?;
+        w.write_all(&[0u8; 3][..pad4(2 * n)])?;
+        write_u32s(w, &self.links0)?;
         for u in &self.upper {
-            for l in u.iter() {
-                buf.extend_from_slice(&l.to_le_bytes());
-            }
-            put(&mut buf, w, false)?;
+            write_u32s(w, u)?;
         }
-        put(&mut buf, w, true)
+        Ok(())
     }
 
     /// Reads a dump written by [`HnswBuilder::write_to`] for `dim`-d vectors, validating every
@@ -419,7 +347,7 @@ impl HnswBuilder {
         if top > MAX_LEVEL {
             return Err((28, format!("top level {top} above {MAX_LEVEL}")));
         }
-        if !(1..=MAX_EF_CONSTRUCTION).contains(&ef_c) {
+        if !(1..=crate::config::MAX_EF).contains(&ef_c) {
             return Err((20, format!("ef_construction {ef_c} out of range")));
         }
         if at(36)? != 0 {
@@ -519,10 +447,8 @@ impl HnswBuilder {
             upper,
             entry: (n > 0).then_some(entry),
             top,
-            scratch: Scratch {
-                marks: vec![0; n],
-                ..Scratch::default()
-            },
+            marks: vec![0; n],
+            generation: 0,
         };
         // Every link points at a node that is on that level (a link to a node below it would
         // later make an insert write past that node's level cells).
@@ -656,10 +582,18 @@ pub(crate) mod tests {
         clustered(n, dim, (n / 50).max(1), 0.6)
     }
 
-    fn exact(vs: &[Vec<f32>], q: &[f32]) -> Vec<u32> {
-        let mut top = TopK::new(10);
+    /// The true top `k` of `q` among the vectors passing `ok`, by brute force.
+    pub(crate) fn exact(
+        vs: &[Vec<f32>],
+        q: &[f32],
+        k: usize,
+        ok: impl Fn(u32) -> bool,
+    ) -> Vec<u32> {
+        let mut top = TopK::new(k);
         for (i, v) in vs.iter().enumerate() {
-            top.push(dot(q, v), i as u32);
+            if ok(i as u32) {
+                top.push(dot(q, v), i as u32);
+            }
         }
         top.into_sorted().into_iter().map(|(_, s)| s).collect()
     }
@@ -746,7 +680,7 @@ pub(crate) mod tests {
         let queries = 200;
         for qi in 0..queries {
             let q = &vs[(qi * 131) % n];
-            let want = exact(&vs, q);
+            let want = exact(&vs, q, 10, |_| true);
             let hits = |g: &FrozenGraph| {
                 frozen_top10(g, &store, q, ef)
                     .iter()

@@ -1234,9 +1234,10 @@ impl Inner {
             &o.layers
         };
         let ef = o.ef_search.unwrap_or(self.config.hnsw.ef_search);
-        if !(1..=4096).contains(&ef) {
+        if !(1..=crate::config::MAX_EF).contains(&ef) {
             return Err(Error::InvalidInput(format!(
-                "ef_search {ef} must be within 1..=4096"
+                "ef_search {ef} must be within 1..={}",
+                crate::config::MAX_EF
             )));
         }
         let now = self.config.clock.now_us();
