@@ -1384,9 +1384,9 @@ impl Inner {
         }
         if snap.latest.as_ref().is_some_and(|(s, _)| *s == applied) {
             // The latest snapshot's marker never reached the log (a crash or a failed commit
-            // right after its rename), and only the graphs changed since. Write the marker
-            // now, so this snapshot gets a sequence of its own instead of replacing that
-            // directory in place.
+            // right after its rename), and no event came since: only the graphs or the model
+            // changed. Write the marker now, so this snapshot gets a sequence of its own
+            // instead of replacing that directory in place.
             let at = self.commit_blocking(vec![Event::Checkpointed {
                 snapshot_seq: applied,
             }])?;

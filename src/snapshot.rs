@@ -253,6 +253,29 @@ fn crc_file(path: &Path) -> Result<(u64, u32)> {
     Ok((len, h.finalize()))
 }
 
+/// A graph dump written into a snapshot: its basename and its manifest entry.
+type Dump = (String, FileEntry);
+
+/// A writer that keeps the crc32 and length of what went through it.
+struct CrcWriter<W> {
+    inner: W,
+    crc: crc32fast::Hasher,
+    len: u64,
+}
+
+impl<W: Write> Write for CrcWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.crc.update(&buf[..n]);
+        self.len += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        self.inner.flush()
+    }
+}
+
 fn write_file(path: &Path, bytes: &[u8]) -> Result<FileEntry> {
     let mut f = File::create(path).map_err(|e| Error::io(path, e))?;
     f.write_all(bytes)
@@ -301,7 +324,8 @@ pub(crate) fn list(root: &Path) -> Result<Vec<(u64, PathBuf)>> {
 pub(crate) struct Writer {
     tmp: PathBuf,
     root: PathBuf,
-    dumps: Vec<(Layer, Vec<u32>, Option<String>)>,
+    /// Per layer: its indexed slots, and its dump's basename and manifest entry.
+    dumps: Vec<(Layer, Vec<u32>, Option<Dump>)>,
 }
 
 impl Writer {
@@ -330,12 +354,22 @@ impl Writer {
             let base = format!("hnsw-{}", layer.name());
             let path = graph_path(&self.tmp, &base);
             let f = File::create(&path).map_err(|e| Error::io(&path, e))?;
-            let mut w = std::io::BufWriter::with_capacity(1 << 20, f);
+            // The crc is taken on the way out (the dump is not read back for it).
+            let mut w = CrcWriter {
+                inner: std::io::BufWriter::with_capacity(1 << 20, f),
+                crc: crc32fast::Hasher::new(),
+                len: 0,
+            };
             g.lock()
                 .write_to(&mut w)
                 .and_then(|_| w.flush())
                 .map_err(|e| Error::io(&path, e))?;
-            self.dumps.push((layer, indexed, Some(base)));
+            let entry = FileEntry {
+                name: file_name(&path),
+                len: w.len,
+                crc: w.crc.finalize(),
+            };
+            self.dumps.push((layer, indexed, Some((base, entry))));
         }
         Ok(())
     }
@@ -413,16 +447,14 @@ impl Writer {
         files.extend(chunk_entries.iter().cloned());
         let mut layers = Vec::new();
         for (layer, indexed, dump) in self.dumps {
-            if let Some(base) = &dump {
-                let p = graph_path(tmp, base);
-                sync_file(&p)?;
-                let (len, crc) = crc_file(&p)?;
-                files.push(FileEntry {
-                    name: file_name(&p),
-                    len,
-                    crc,
-                });
-            }
+            let dump = match dump {
+                Some((base, entry)) => {
+                    sync_file(&graph_path(tmp, &base))?;
+                    files.push(entry);
+                    Some(base)
+                }
+                None => None,
+            };
             layers.push(LayerEntry {
                 layer,
                 indexed,
