@@ -365,12 +365,12 @@ impl Config {
                 self.dimension
             ),
         )?;
-        // Level 0 holds up to 2M links, counted in one byte per node (src/hnsw.rs).
         check(
-            (2..=127).contains(&self.hnsw.m),
+            (2..=crate::hnsw::MAX_M).contains(&self.hnsw.m),
             format!(
-                "hnsw.m {} must be within 2..=127 (MEMORY_HNSW_M)",
-                self.hnsw.m
+                "hnsw.m {} must be within 2..={} (MEMORY_HNSW_M)",
+                self.hnsw.m,
+                crate::hnsw::MAX_M
             ),
         )?;
         check(

@@ -25,6 +25,8 @@ use crate::frozen::{beam, greedy, next_generation, FrozenGraph};
 
 /// Highest level a point may get (a level above this has a probability below 16^-15).
 const MAX_LEVEL: usize = 15;
+/// Largest M: level 0 holds up to 2M links, counted in one byte per node.
+pub(crate) const MAX_M: usize = 127;
 /// First bytes of `hnsw-<layer>.graph`.
 const DUMP_MAGIC: [u8; 8] = *b"MGRYHNSW";
 /// Layout version of `hnsw-<layer>.graph`.
@@ -86,7 +88,7 @@ impl std::fmt::Debug for HnswBuilder {
 impl HnswBuilder {
     /// An empty graph of `dim`-d vectors; `m` links per upper level (2·`m` on level 0).
     pub(crate) fn new(dim: usize, m: usize, ef_construction: usize, seed: u64) -> HnswBuilder {
-        let m = m.clamp(2, 255 / 2);
+        let m = m.clamp(2, MAX_M);
         HnswBuilder {
             m,
             m0: 2 * m,
@@ -205,16 +207,12 @@ impl HnswBuilder {
         let cap = if level == 0 { self.m0 } else { self.m };
         let cur = self.links(n, level);
         if cur.len() < cap {
-            let len = cur.len();
-            if level == 0 {
-                self.links0[n as usize * self.m0 + len] = node;
-                self.len0[n as usize] += 1;
-            } else {
-                let at = (level - 1) * (self.m + 1);
-                let u = &mut self.upper[n as usize];
-                u[at + 1 + len] = node;
-                u[at] += 1;
-            }
+            // Room left: append (on the stack; a list holds at most 2·MAX_M links).
+            let mut ls = [0u32; 2 * MAX_M];
+            ls[..cur.len()].copy_from_slice(cur);
+            ls[cur.len()] = node;
+            let len = cur.len() + 1;
+            self.set_links(n, level, &ls[..len]);
             return;
         }
         let base = self.vec(n);
@@ -341,7 +339,7 @@ impl HnswBuilder {
         if fdim != dim {
             return Err((12, format!("graph of {fdim}-d vectors in a {dim}-d store")));
         }
-        if !(2..=255 / 2).contains(&m) {
+        if !(2..=MAX_M).contains(&m) {
             return Err((16, format!("M {m} out of range")));
         }
         if top > MAX_LEVEL {
