@@ -61,6 +61,7 @@ mod frozen;
 mod hnsw;
 pub mod lifecycle;
 mod memory;
+mod records;
 pub mod sim;
 mod snapshot;
 mod state;

@@ -1,6 +1,7 @@
 //! Snapshots: every projection at one sequence S, in `snapshots/<S>/`.
 //!
-//! Files: `records.zst` and `stats.zst` (zstd over rkyv), vector chunks (`vectors-*.f32`,
+//! Files: `records.bin` (the record table, read without decoding each row: see
+//! `crate::records`), `stats.zst` (zstd over rkyv), vector chunks (`vectors-*.f32`,
 //! raw little-endian f32 for memmap2; immutable, hard-linked from the previous snapshot),
 //! HNSW graph dumps (`hnsw-<layer>.graph`, links only; see `crate::hnsw`), the trained
 //! promoter (`promoter.bin`, rkyv, only once one was trained) and `MANIFEST`:
@@ -14,6 +15,7 @@
 use crate::error::{Error, Result};
 use crate::hnsw::HnswBuilder;
 use crate::lifecycle::PromoterModel;
+use crate::records::{self, Body, CrcWriter, OwnedBody, Row, RowFields};
 use crate::state::{Graph, LayerState, Projections, RecordData};
 use crate::types::{AccessStats, Layer};
 use crate::vectors::{self, Vectors};
@@ -28,7 +30,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// Snapshot format version (MANIFEST, records, stats). Changelog in docs/format.md.
-pub const SNAPSHOT_FORMAT_VERSION: u32 = 2;
+pub const SNAPSHOT_FORMAT_VERSION: u32 = 3;
+/// The oldest snapshot format this build still reads (format 2 kept its records in
+/// `records.zst`; they are decoded as they were).
+const OLDEST_READ_FORMAT: u32 = 2;
 const MAGIC: [u8; 4] = *b"MGSM";
 const HEADER_LEN: usize = 32;
 /// Largest manifest body we accept (checked before allocating).
@@ -64,6 +69,7 @@ pub(crate) struct ManifestBody {
     pub(crate) layers: Vec<LayerEntry>,
 }
 
+/// A record as snapshot format 2 kept it (read only).
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub(crate) struct SnapRecord {
     slot: u32,
@@ -113,7 +119,7 @@ pub(crate) struct Capture {
     pub(crate) ts_us: u64,
     pub(crate) nslots: u32,
     pub(crate) dim: usize,
-    records: Vec<SnapRecord>,
+    records: Vec<Row>,
     stats: Vec<SnapStat>,
     promoted: [u64; 2],
     expired: [u64; 3],
@@ -131,22 +137,7 @@ impl Capture {
         for (slot, r) in p.slots.iter().enumerate() {
             let Some(r) = r else { continue };
             let slot = slot as u32;
-            records.push(SnapRecord {
-                slot,
-                id: r.id,
-                layer: r.layer,
-                kind: r.kind.clone(),
-                text: r.text.clone(),
-                tags: r.tags.clone(),
-                project: r.project.clone(),
-                session: r.session.clone(),
-                refs: r.refs.clone(),
-                content_hash: r.content_hash,
-                ts_us: r.ts_us,
-                inserted_seq: r.inserted_seq,
-                layer_since_us: r.layer_since_us,
-                rating: r.rating,
-            });
+            records.push(r.to_row(slot));
             if r.stats.count > 0 {
                 let mut sessions: Vec<u64> = r.sessions.iter().copied().collect();
                 let mut projects: Vec<u64> = r.projects.iter().copied().collect();
@@ -256,26 +247,6 @@ fn crc_file(path: &Path) -> Result<(u64, u32)> {
 /// A graph dump written into a snapshot: its basename and its manifest entry.
 type Dump = (String, FileEntry);
 
-/// A writer that keeps the crc32 and length of what went through it.
-struct CrcWriter<W> {
-    inner: W,
-    crc: crc32fast::Hasher,
-    len: u64,
-}
-
-impl<W: Write> Write for CrcWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.crc.update(&buf[..n]);
-        self.len += n as u64;
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
-    }
-}
-
 fn write_file(path: &Path, bytes: &[u8]) -> Result<FileEntry> {
     let mut f = File::create(path).map_err(|e| Error::io(path, e))?;
     f.write_all(bytes)
@@ -355,11 +326,7 @@ impl Writer {
             let path = graph_path(&self.tmp, &base);
             let f = File::create(&path).map_err(|e| Error::io(&path, e))?;
             // The crc is taken on the way out (the dump is not read back for it).
-            let mut w = CrcWriter {
-                inner: std::io::BufWriter::with_capacity(1 << 20, f),
-                crc: crc32fast::Hasher::new(),
-                len: 0,
-            };
+            let mut w = CrcWriter::new(std::io::BufWriter::with_capacity(1 << 20, f));
             g.lock()
                 .write_to(&mut w)
                 .and_then(|_| w.flush())
@@ -386,14 +353,17 @@ impl Writer {
     ) -> Result<(PathBuf, Option<String>, Vec<FileEntry>)> {
         let tmp = &self.tmp;
         let mut files = Vec::new();
-        let rec = zstd::bulk::compress(
-            &encode(&Records {
-                records: cap.records,
-            })?,
-            1,
-        )
-        .map_err(|e| Error::io(tmp.join("records.zst"), e))?;
-        files.push(write_file(&tmp.join("records.zst"), &rec)?);
+        let rpath = tmp.join(RECORDS_FILE);
+        let (len, crc) = File::create(&rpath)
+            .and_then(|f| records::write(f, &cap.records))
+            .map_err(|e| Error::io(&rpath, e))?;
+        sync_file(&rpath)?;
+        files.push(FileEntry {
+            name: RECORDS_FILE.into(),
+            len,
+            crc,
+        });
+        drop(cap.records);
         let st = zstd::bulk::compress(
             &encode(&Stats {
                 stats: cap.stats,
@@ -472,17 +442,7 @@ impl Writer {
             chunks,
             layers,
         };
-        let body_bytes = encode(&body)?;
-        let mut h = [0u8; HEADER_LEN];
-        h[0..4].copy_from_slice(&MAGIC);
-        h[4..8].copy_from_slice(&SNAPSHOT_FORMAT_VERSION.to_le_bytes());
-        h[8..16].copy_from_slice(&(body_bytes.len() as u64).to_le_bytes());
-        h[16..20].copy_from_slice(&crc32fast::hash(&body_bytes).to_le_bytes());
-        let hcrc = crc32fast::hash(&h[..28]);
-        h[28..32].copy_from_slice(&hcrc.to_le_bytes());
-        let mut m = h.to_vec();
-        m.extend_from_slice(&body_bytes);
-        write_file(&tmp.join("MANIFEST"), &m)?;
+        write_manifest(tmp, &body)?;
         sync_dir(tmp)?;
         let dst = self.root.join(dir_name(cap.seq));
         if dst.exists() {
@@ -492,6 +452,21 @@ impl Writer {
         sync_dir(&self.root)?;
         Ok((dst, new_chunk, chunk_entries))
     }
+}
+
+/// Writes (and fsyncs) `dir/MANIFEST` for `body`, in the format `body.format` names.
+fn write_manifest(dir: &Path, body: &ManifestBody) -> Result<()> {
+    let body_bytes = encode(body)?;
+    let mut h = [0u8; HEADER_LEN];
+    h[0..4].copy_from_slice(&MAGIC);
+    h[4..8].copy_from_slice(&body.format.to_le_bytes());
+    h[8..16].copy_from_slice(&(body_bytes.len() as u64).to_le_bytes());
+    h[16..20].copy_from_slice(&crc32fast::hash(&body_bytes).to_le_bytes());
+    let hcrc = crc32fast::hash(&h[..28]);
+    h[28..32].copy_from_slice(&hcrc.to_le_bytes());
+    let mut m = h.to_vec();
+    m.extend_from_slice(&body_bytes);
+    write_file(&dir.join("MANIFEST"), &m).map(|_| ())
 }
 
 /// Reads and validates a snapshot's MANIFEST.
@@ -518,15 +493,16 @@ pub(crate) fn read_manifest(dir: &Path) -> Result<ManifestBody> {
         return Err(Error::corrupted(&path, 28, "header checksum mismatch"));
     }
     let version = u32_at(4);
-    if version != SNAPSHOT_FORMAT_VERSION {
+    if !(OLDEST_READ_FORMAT..=SNAPSHOT_FORMAT_VERSION).contains(&version) {
         // An older format is not converted: the log holds every event, so the store is
         // rebuilt by replay (slower once) and the next checkpoint writes the current format.
         return Err(Error::corrupted(
             &path,
             4,
             format!(
-                "snapshot format {version} is not this build's format {SNAPSHOT_FORMAT_VERSION}; \
-                 the store is rebuilt from the log instead"
+                "snapshot format {version}; this build reads formats \
+                 {OLDEST_READ_FORMAT}..={SNAPSHOT_FORMAT_VERSION}, so the store is rebuilt \
+                 from the log instead"
             ),
         ));
     }
@@ -593,6 +569,9 @@ pub(crate) struct Loaded {
     pub(crate) model: Option<PromoterModel>,
 }
 
+/// File name of the record table (snapshot format 3; format 2 had `records.zst`).
+const RECORDS_FILE: &str = "records.bin";
+
 /// File name of the trained promoter in a snapshot.
 const PROMOTER_FILE: &str = "promoter.bin";
 
@@ -616,7 +595,7 @@ pub(crate) fn load(dir: &Path, dim: usize) -> Result<Loaded> {
     let (chunk_files, other_files): (Vec<&FileEntry>, Vec<&FileEntry>) = m
         .files
         .iter()
-        .filter(|f| !f.name.starts_with("hnsw-"))
+        .filter(|f| !f.name.starts_with("hnsw-") && f.name != RECORDS_FILE)
         .partition(|f| m.chunks.contains(&f.name));
     std::thread::scope(|scope| {
         let chunks = scope.spawn(|| chunk_files.iter().try_for_each(|f| check_file(dir, f)));
@@ -657,47 +636,65 @@ fn decode_tables(dir: &Path, m: &ManifestBody) -> Result<Tables> {
             .map_err(|e| Error::corrupted(&p, 0, format!("zstd: {e}")))?;
         Ok(out)
     };
-    let rpath = dir.join("records.zst");
-    let raw = read_zst("records.zst")?;
-    let recs: Records = decode_aligned(&raw, &rpath)?;
     let spath = dir.join("stats.zst");
     let stats: Stats = decode_aligned(&read_zst("stats.zst")?, &spath)?;
-    // Rows are written in slot order: push them (gaps as `None`) instead of pre-filling a
-    // million empty cells and overwriting each (400 MB less to write at 1M records).
+    // Rows are in slot order: push them (gaps as `None`) instead of pre-filling a million
+    // empty cells and overwriting each (400 MB less to write at 1M records).
     let nslots = m.nslots as usize;
     let mut slots: Vec<Option<RecordData>> = Vec::with_capacity(nslots);
-    for r in recs.records {
-        let at = r.slot as usize;
-        if at >= nslots {
-            return Err(Error::corrupted(
-                &rpath,
-                0,
-                format!("slot {} beyond {}", r.slot, m.nslots),
-            ));
-        }
-        let rec = Some(RecordData {
-            id: r.id,
-            layer: r.layer,
-            kind: r.kind,
-            text: r.text,
-            tags: r.tags,
-            project: r.project,
-            session: r.session,
-            refs: r.refs,
-            content_hash: r.content_hash,
-            ts_us: r.ts_us,
-            inserted_seq: r.inserted_seq,
-            layer_since_us: r.layer_since_us,
-            rating: r.rating,
-            stats: AccessStats::default(),
-            sessions: Default::default(),
-            projects: Default::default(),
-        });
+    let mut place = |at: usize, rec: RecordData| {
         if at < slots.len() {
-            slots[at] = rec;
+            slots[at] = Some(rec);
         } else {
             slots.resize_with(at, || None);
-            slots.push(rec);
+            slots.push(Some(rec));
+        }
+    };
+    if let Some(entry) = m.files.iter().find(|f| f.name == RECORDS_FILE) {
+        // Format 3: the table stays as read; each record's body is a row of it.
+        let table = records::load(&dir.join(RECORDS_FILE), entry.len, entry.crc, m.nslots)?;
+        for row in 0..table.len() {
+            let f = table.fields(row);
+            let slot = f.slot as usize;
+            place(
+                slot,
+                RecordData::from_row(f, Body::Table(table.clone(), row)),
+            );
+        }
+    } else {
+        // Format 2: zstd over rkyv, every record decoded.
+        let rpath = dir.join("records.zst");
+        let raw = read_zst("records.zst")?;
+        let recs: Records = decode_aligned(&raw, &rpath)?;
+        let mut prev: Option<u32> = None;
+        for r in recs.records {
+            if r.slot >= m.nslots || prev.is_some_and(|p| r.slot <= p) {
+                return Err(Error::corrupted(
+                    &rpath,
+                    0,
+                    format!("slot {} out of order or beyond {}", r.slot, m.nslots),
+                ));
+            }
+            prev = Some(r.slot);
+            let body = Body::owned(OwnedBody {
+                kind: r.kind,
+                text: r.text,
+                tags: r.tags,
+                project: r.project,
+                session: r.session,
+                refs: r.refs,
+            });
+            let fields = RowFields {
+                slot: r.slot,
+                id: r.id,
+                layer: r.layer,
+                content_hash: r.content_hash,
+                ts_us: r.ts_us,
+                inserted_seq: r.inserted_seq,
+                layer_since_us: r.layer_since_us,
+                rating: r.rating,
+            };
+            place(r.slot as usize, RecordData::from_row(fields, body));
         }
     }
     slots.resize_with(nslots, || None);
@@ -796,4 +793,115 @@ pub(crate) fn load_graph(
         return Err(Error::corrupted(&path, 0, "changed while it was read"));
     }
     HnswBuilder::read(&bytes, dim).map_err(|(off, why)| Error::corrupted(&path, off, why))
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests: a panic is the failure report
+mod tests {
+    use super::*;
+    use crate::{Config, Memory, NewRecord};
+
+    /// Rewrites the snapshot in `dir` as format 2 wrote it: `records.zst` instead of
+    /// `records.bin`, and a format-2 MANIFEST.
+    fn downgrade_to_format_2(dir: &Path, dim: usize) {
+        let loaded = load(dir, dim).unwrap();
+        let records = loaded
+            .projections
+            .slots
+            .iter()
+            .enumerate()
+            .filter_map(|(slot, r)| r.as_ref().map(|r| (slot as u32, r)))
+            .map(|(slot, r)| SnapRecord {
+                slot,
+                id: r.id,
+                layer: r.layer,
+                kind: r.body.kind().into(),
+                text: r.body.text().into(),
+                tags: r.body.tags().into_iter().map(String::from).collect(),
+                project: r.body.project().map(String::from),
+                session: r.body.session().map(String::from),
+                refs: r.body.refs(),
+                content_hash: r.content_hash,
+                ts_us: r.ts_us,
+                inserted_seq: r.inserted_seq,
+                layer_since_us: r.layer_since_us,
+                rating: r.rating,
+            })
+            .collect();
+        let zst = zstd::bulk::compress(&encode(&Records { records }).unwrap(), 1).unwrap();
+        let entry = write_file(&dir.join("records.zst"), &zst).unwrap();
+        std::fs::remove_file(dir.join(RECORDS_FILE)).unwrap();
+        let mut m = loaded.manifest;
+        m.format = 2;
+        m.files.retain(|f| f.name != RECORDS_FILE);
+        m.files.push(entry);
+        write_manifest(dir, &m).unwrap();
+    }
+
+    fn vector(i: usize, dim: usize) -> Vec<f32> {
+        let mut v: Vec<f32> = (0..dim)
+            .map(|d| ((i * 31 + d * 7) % 17) as f32 - 8.0)
+            .collect();
+        v[i % dim] += 20.0;
+        let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        v.iter().map(|x| x / n).collect()
+    }
+
+    #[tokio::test]
+    async fn a_format_2_snapshot_still_opens_and_the_next_checkpoint_writes_format_3() {
+        let dim = 8;
+        let tmp = tempfile::tempdir().unwrap();
+        let config = || Config {
+            dimension: dim,
+            checkpoint_every: 0,
+            checkpoint_interval: std::time::Duration::ZERO,
+            checkpoint_on_close: false,
+            ..Config::default()
+        };
+        let m = Memory::open(tmp.path(), config()).await.unwrap();
+        let mut first = None;
+        for i in 0..30 {
+            let mut r = NewRecord::new(format!("record {i} ✓"), vector(i, dim))
+                .layer(crate::Layer::ALL[i % 3])
+                .kind(if i % 2 == 0 { "note" } else { "fact" })
+                .tag(format!("t{}", i % 4));
+            if i % 3 == 0 {
+                r = r.project("p").session(format!("s{i}"));
+            }
+            if let Some(f) = first {
+                r = r.refers_to(f);
+            }
+            let id = m.insert(r).await.unwrap();
+            first.get_or_insert(id);
+        }
+        m.rate(first.unwrap(), 0.5).await.unwrap();
+        let seq = m.checkpoint().await.unwrap();
+        let before = m.records(None);
+        drop(m);
+        let snap = tmp.path().join("snapshots").join(dir_name(seq));
+        downgrade_to_format_2(&snap, dim);
+        assert_eq!(read_manifest(&snap).unwrap().format, 2);
+
+        let m = Memory::open(tmp.path(), config()).await.unwrap();
+        let st = m.stats();
+        assert_eq!(st.open.snapshot_seq, Some(seq), "{:?}", st.open);
+        assert!(st.open.snapshots_rejected.is_empty(), "{:?}", st.open);
+        assert_eq!(m.records(None), before);
+        m.insert(NewRecord::new("one more", vector(99, dim)))
+            .await
+            .unwrap();
+        let next = m.checkpoint().await.unwrap();
+        drop(m);
+        let snap = tmp.path().join("snapshots").join(dir_name(next));
+        assert_eq!(
+            read_manifest(&snap).unwrap().format,
+            SNAPSHOT_FORMAT_VERSION
+        );
+        assert!(snap.join(RECORDS_FILE).exists());
+        let m = Memory::open(tmp.path(), config()).await.unwrap();
+        assert_eq!(m.stats().open.snapshot_seq, Some(next));
+        let after = m.records(None);
+        assert_eq!(after.len(), 31);
+        assert_eq!(after[..30], before[..]);
+    }
 }

@@ -9,6 +9,7 @@ use crate::distance::dot;
 use crate::error::{Error, Result};
 use crate::frozen::FrozenGraph;
 use crate::hnsw::HnswBuilder;
+use crate::records::{Body, OwnedBody, Row, RowFields};
 use crate::types::{AccessStats, Layer, Record, RecordId, SearchOptions, DECAY_HALF_LIVES_US};
 use crate::vectors::Vectors;
 use magray_wal::{AccessSource, Envelope, Event, Id, Inserted};
@@ -48,12 +49,8 @@ pub(crate) fn content_key(content_hash: u64, layer: Layer, project: Option<&str>
 pub(crate) struct RecordData {
     pub(crate) id: Id,
     pub(crate) layer: Layer,
-    pub(crate) kind: String,
-    pub(crate) text: String,
-    pub(crate) tags: Vec<String>,
-    pub(crate) project: Option<String>,
-    pub(crate) session: Option<String>,
-    pub(crate) refs: Vec<Id>,
+    /// Kind, text, tags, project, session and refs (never change after the insert).
+    pub(crate) body: Body,
     pub(crate) content_hash: u64,
     pub(crate) ts_us: u64,
     pub(crate) inserted_seq: u64,
@@ -67,16 +64,50 @@ pub(crate) struct RecordData {
 }
 
 impl RecordData {
+    /// A record as a snapshot's record table holds it (no access statistics yet).
+    pub(crate) fn from_row(f: RowFields, body: Body) -> RecordData {
+        RecordData {
+            id: f.id,
+            layer: f.layer,
+            body,
+            content_hash: f.content_hash,
+            ts_us: f.ts_us,
+            inserted_seq: f.inserted_seq,
+            layer_since_us: f.layer_since_us,
+            rating: f.rating,
+            stats: AccessStats::default(),
+            sessions: HashSet::new(),
+            projects: HashSet::new(),
+        }
+    }
+
+    /// This record as a row of a snapshot's record table.
+    pub(crate) fn to_row(&self, slot: u32) -> Row {
+        Row {
+            fields: RowFields {
+                slot,
+                id: self.id,
+                layer: self.layer,
+                content_hash: self.content_hash,
+                ts_us: self.ts_us,
+                inserted_seq: self.inserted_seq,
+                layer_since_us: self.layer_since_us,
+                rating: self.rating,
+            },
+            body: self.body.clone(),
+        }
+    }
+
     pub(crate) fn to_record(&self) -> Record {
         Record {
             id: RecordId(self.id),
             layer: self.layer,
-            kind: self.kind.clone(),
-            text: self.text.clone(),
-            tags: self.tags.clone(),
-            project: self.project.clone(),
-            session: self.session.clone(),
-            refs: self.refs.iter().map(|r| RecordId(*r)).collect(),
+            kind: self.body.kind().to_owned(),
+            text: self.body.text().to_owned(),
+            tags: self.body.tags().into_iter().map(String::from).collect(),
+            project: self.body.project().map(String::from),
+            session: self.body.session().map(String::from),
+            refs: self.body.refs().into_iter().map(RecordId).collect(),
             ts_us: self.ts_us,
             inserted_seq: self.inserted_seq,
             layer_since_us: self.layer_since_us,
@@ -87,12 +118,12 @@ impl RecordData {
 
     fn matches(&self, o: &SearchOptions) -> bool {
         if let Some(p) = &o.project {
-            if self.project.as_ref() != Some(p) {
+            if self.body.project() != Some(p.as_str()) {
                 return false;
             }
         }
         if let Some(s) = &o.session {
-            if self.session.as_ref() != Some(s) {
+            if self.body.session() != Some(s.as_str()) {
                 return false;
             }
         }
@@ -101,7 +132,7 @@ impl RecordData {
                 return false;
             }
         }
-        o.tags.iter().all(|t| self.tags.contains(t))
+        o.tags.iter().all(|t| self.body.has_tag(t))
     }
 }
 
@@ -262,8 +293,8 @@ impl Projections {
                 for (slot, r) in slots.iter().enumerate() {
                     if let Some(r) = r {
                         by_id.insert(r.id, slot as u32);
-                        for id in &r.refs {
-                            *refs_in.entry(*id).or_default() += 1;
+                        for id in r.body.refs() {
+                            *refs_in.entry(id).or_default() += 1;
                         }
                     }
                 }
@@ -274,7 +305,7 @@ impl Projections {
             let mut members: [FastSet<u32>; 3] = Default::default();
             for (slot, r) in slots.iter().enumerate() {
                 if let Some(r) = r {
-                    let key = content_key(r.content_hash, r.layer, r.project.as_deref());
+                    let key = content_key(r.content_hash, r.layer, r.body.project());
                     content_push(&mut by_content, key, slot as u32);
                     members[r.layer.index()].insert(slot as u32);
                 }
@@ -333,7 +364,9 @@ impl Projections {
             .slots()
             .iter()
             .filter_map(|s| self.live(*s).map(|r| (*s, r)))
-            .filter(|(_, r)| r.layer == layer && r.project.as_deref() == project && r.text == text)
+            .filter(|(_, r)| {
+                r.layer == layer && r.body.project() == project && r.body.text() == text
+            })
             .filter(|(_, r)| !self.past_ttl(r, now_us))
             .min_by_key(|(s, _)| *s)
             .map(|(_, r)| r.id)
@@ -395,7 +428,7 @@ impl Projections {
                     if r.layer != p.from || p.from == p.to {
                         continue;
                     }
-                    let old = content_key(r.content_hash, r.layer, r.project.as_deref());
+                    let old = content_key(r.content_hash, r.layer, r.body.project());
                     r.layer = p.to;
                     r.layer_since_us = env.ts_us;
                     if let Some(n) =
@@ -405,7 +438,7 @@ impl Projections {
                     {
                         *n += 1;
                     }
-                    let new = content_key(r.content_hash, r.layer, r.project.as_deref());
+                    let new = content_key(r.content_hash, r.layer, r.body.project());
                     self.content_remove(old, slot);
                     self.content_add(new, slot);
                     self.layers[p.from.index()].forget(slot);
@@ -456,12 +489,14 @@ impl Projections {
         self.slots.push(Some(RecordData {
             id: ins.id,
             layer: ins.layer,
-            kind: ins.kind.clone(),
-            text: ins.text.clone(),
-            tags: ins.tags.clone(),
-            project: ins.project.clone(),
-            session: ins.session.clone(),
-            refs: ins.refs.clone(),
+            body: Body::owned(OwnedBody {
+                kind: ins.kind.clone(),
+                text: ins.text.clone(),
+                tags: ins.tags.clone(),
+                project: ins.project.clone(),
+                session: ins.session.clone(),
+                refs: ins.refs.clone(),
+            }),
             content_hash: ins.content_hash,
             ts_us: ins.ts_us,
             inserted_seq: seq,
@@ -493,14 +528,14 @@ impl Projections {
         let Some(r) = self.slots.get_mut(slot as usize).and_then(Option::take) else {
             return false;
         };
-        let key = content_key(r.content_hash, r.layer, r.project.as_deref());
+        let key = content_key(r.content_hash, r.layer, r.body.project());
         self.content_remove(key, slot);
         self.layers[r.layer.index()].forget(slot);
-        for target in &r.refs {
-            if let Some(n) = self.refs_in.get_mut(target) {
+        for target in r.body.refs() {
+            if let Some(n) = self.refs_in.get_mut(&target) {
                 *n -= 1;
                 if *n == 0 {
-                    self.refs_in.remove(target);
+                    self.refs_in.remove(&target);
                 }
             }
         }

@@ -292,13 +292,13 @@ async fn a_corrupt_snapshot_falls_back_to_an_older_one_and_says_so() {
     drop(m);
     // Flip one byte in the newest snapshot's records.
     let snap = dir.path().join("snapshots").join(format!("{second:020}"));
-    flip_byte(&snap.join("records.zst"), |len| len / 2, 0x40);
+    flip_byte(&snap.join("records.bin"), |len| len / 2, 0x40);
     let m = Memory::open(dir.path(), c).await.unwrap();
     let st = m.stats();
     assert_eq!(st.open.snapshot_seq, Some(first));
     assert_eq!(st.open.snapshots_rejected.len(), 1);
     assert!(
-        st.open.snapshots_rejected[0].1.contains("records.zst"),
+        st.open.snapshots_rejected[0].1.contains("records.bin"),
         "{:?}",
         st.open
     );

@@ -101,14 +101,14 @@ pub(crate) fn signals(
         mean_rank: (s.search_hits > 0).then(|| s.rank_sum as f64 / s.search_hits as f64),
         mean_score: (s.search_hits > 0).then(|| s.score_sum / s.search_hits as f64),
         rating: r.rating,
-        text_chars: r.text.chars().count(),
+        text_chars: r.body.text().chars().count(),
         refs_in: p.refs_in(&r.id),
         cluster: 0,
-        cluster_sessions: u32::from(r.session.is_some()),
+        cluster_sessions: u32::from(r.body.session().is_some()),
         centrality: 0.0,
         cluster_heat: 0.0,
         redundancy: 0.0,
-        kind: r.kind.clone(),
+        kind: r.body.kind().to_owned(),
     };
     let Some((ef, exact_below)) = neighbours else {
         return Some(sig);
@@ -147,7 +147,7 @@ pub(crate) fn signals(
     let mut sessions: Vec<&str> = neighbours
         .iter()
         .chain(std::iter::once(&r))
-        .filter_map(|n| n.session.as_deref())
+        .filter_map(|n| n.body.session())
         .collect();
     sessions.sort_unstable();
     sessions.dedup();
