@@ -1635,12 +1635,11 @@ impl Inner {
 
     /// Builds a fresh graph of a layer's live records beside the old one, then swaps.
     fn rebuild(&self, layer: Layer) {
-        let mut members: Vec<u32> = self.state.read().layers[layer.index()]
+        // Ascending slot order (the set iterates in it).
+        let members: Vec<u32> = self.state.read().layers[layer.index()]
             .members
             .iter()
-            .copied()
             .collect();
-        members.sort_unstable();
         tracing::info!(layer = %layer, records = members.len(), "rebuilding HNSW index (tombstones over threshold)");
         let mut graph = self.new_graph(layer);
         for chunk in members.chunks(self.config.index_batch) {

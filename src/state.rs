@@ -58,12 +58,36 @@ pub(crate) struct RecordData {
     /// TTL counts from here.
     pub(crate) layer_since_us: u64,
     pub(crate) rating: Option<f32>,
+    /// `None` until its first access (most records are never accessed, and this would be
+    /// most of a record's size: it is built for every record at open).
+    pub(crate) access: Option<Box<Access>>,
+}
+
+/// What `Accessed` events left on a record.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct Access {
     pub(crate) stats: AccessStats,
     pub(crate) sessions: HashSet<u64>,
     pub(crate) projects: HashSet<u64>,
 }
 
+/// The statistics of a record never accessed.
+static NOT_ACCESSED: AccessStats = AccessStats {
+    count: 0,
+    last_access_us: 0,
+    decayed: [0.0; 3],
+    distinct_sessions: 0,
+    distinct_projects: 0,
+    search_hits: 0,
+    rank_sum: 0,
+    score_sum: 0.0,
+};
+
 impl RecordData {
+    pub(crate) fn stats(&self) -> &AccessStats {
+        self.access.as_ref().map_or(&NOT_ACCESSED, |a| &a.stats)
+    }
+
     /// A record as a snapshot's record table holds it (no access statistics yet).
     pub(crate) fn from_row(f: RowFields, body: Body) -> RecordData {
         RecordData {
@@ -75,9 +99,7 @@ impl RecordData {
             inserted_seq: f.inserted_seq,
             layer_since_us: f.layer_since_us,
             rating: f.rating,
-            stats: AccessStats::default(),
-            sessions: HashSet::new(),
-            projects: HashSet::new(),
+            access: None,
         }
     }
 
@@ -112,7 +134,7 @@ impl RecordData {
             inserted_seq: self.inserted_seq,
             layer_since_us: self.layer_since_us,
             rating: self.rating,
-            stats: self.stats.clone(),
+            stats: self.stats().clone(),
         }
     }
 
@@ -153,20 +175,69 @@ impl Bits {
         }
         self.0[w] |= 1 << (i % 64);
     }
+    pub(crate) fn unset(&mut self, i: u32) {
+        if let Some(w) = self.0.get_mut(i as usize / 64) {
+            *w &= !(1 << (i % 64));
+        }
+    }
     pub(crate) fn clear(&mut self) {
         self.0.clear();
     }
-    pub(crate) fn ones(&self) -> Vec<u32> {
-        let mut out = Vec::new();
-        for (w, word) in self.0.iter().enumerate() {
+    /// The set bits, ascending.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = u32> + '_ {
+        self.0.iter().enumerate().flat_map(|(w, word)| {
             let mut x = *word;
-            while x != 0 {
-                let b = x.trailing_zeros();
-                out.push(w as u32 * 64 + b);
-                x &= x - 1;
-            }
+            std::iter::from_fn(move || {
+                (x != 0).then(|| {
+                    let b = x.trailing_zeros();
+                    x &= x - 1;
+                    w as u32 * 64 + b
+                })
+            })
+        })
+    }
+    pub(crate) fn ones(&self) -> Vec<u32> {
+        self.iter().collect()
+    }
+}
+
+/// A set of slots: a bitset and its size. A layer's members are one; building it at open
+/// sets a bit per record instead of making a million hash inserts.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct SlotSet {
+    bits: Bits,
+    len: usize,
+}
+
+impl SlotSet {
+    pub(crate) fn insert(&mut self, slot: u32) -> bool {
+        if self.bits.get(slot) {
+            return false;
         }
-        out
+        self.bits.set(slot);
+        self.len += 1;
+        true
+    }
+    pub(crate) fn remove(&mut self, slot: &u32) -> bool {
+        if !self.bits.get(*slot) {
+            return false;
+        }
+        self.bits.unset(*slot);
+        self.len -= 1;
+        true
+    }
+    pub(crate) fn contains(&self, slot: &u32) -> bool {
+        self.bits.get(*slot)
+    }
+    pub(crate) fn len(&self) -> usize {
+        self.len
+    }
+    pub(crate) fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    /// The slots, ascending.
+    pub(crate) fn iter(&self) -> impl Iterator<Item = u32> + '_ {
+        self.bits.iter()
     }
 }
 
@@ -174,7 +245,7 @@ impl Bits {
 #[derive(Default)]
 pub(crate) struct LayerState {
     /// Live slots in this layer.
-    pub(crate) members: FastSet<u32>,
+    pub(crate) members: SlotSet,
     /// Slots waiting to be inserted into the index, oldest first; may hold slots that died or
     /// moved since (skipped). Searched exactly.
     pub(crate) pending: VecDeque<u32>,
@@ -217,14 +288,11 @@ impl LayerState {
 
     /// Recomputes `pending` as the live members not in the graph, in slot order.
     pub(crate) fn recompute_pending(&mut self) {
-        let mut p: Vec<u32> = self
+        self.pending = self
             .members
             .iter()
-            .copied()
             .filter(|s| !self.in_index.get(*s))
             .collect();
-        p.sort_unstable();
-        self.pending = p.into();
     }
 }
 
@@ -302,7 +370,7 @@ impl Projections {
             });
             let mut by_content: FastMap<u64, ContentSlots> = FastMap::default();
             by_content.reserve(live);
-            let mut members: [FastSet<u32>; 3] = Default::default();
+            let mut members: [SlotSet; 3] = Default::default();
             for (slot, r) in slots.iter().enumerate() {
                 if let Some(r) = r {
                     let key = content_key(r.content_hash, r.layer, r.body.project());
@@ -502,9 +570,7 @@ impl Projections {
             inserted_seq: seq,
             layer_since_us: ts_us,
             rating: None,
-            stats: AccessStats::default(),
-            sessions: HashSet::new(),
-            projects: HashSet::new(),
+            access: None,
         }));
         self.by_id.insert(ins.id, slot);
         self.content_add(
@@ -570,15 +636,9 @@ impl Projections {
             }
         };
         let scan_layer = |top: &mut TopK| {
-            if ls.members.len() * 4 >= self.slots.len() {
-                // Most slots are this layer's: walk them in order (sequential vector reads).
-                for slot in 0..self.slots.len() as u32 {
-                    exact(slot, top);
-                }
-            } else {
-                for &slot in &ls.members {
-                    exact(slot, top);
-                }
+            // In slot order: sequential vector reads.
+            for slot in ls.members.iter() {
+                exact(slot, top);
             }
         };
         if ls.members.len() < exact_below {
@@ -727,7 +787,8 @@ fn touch(
     sess: Option<u64>,
     proj: Option<u64>,
 ) {
-    let s = &mut r.stats;
+    let a = r.access.get_or_insert_with(Default::default);
+    let s = &mut a.stats;
     let now = ts.max(s.last_access_us);
     let dt = now - s.last_access_us;
     for (v, hl) in s.decayed.iter_mut().zip(DECAY_HALF_LIVES_US) {
@@ -741,11 +802,11 @@ fn touch(
         s.score_sum += f64::from(score);
     }
     if let Some(h) = sess {
-        r.sessions.insert(h);
-        s.distinct_sessions = r.sessions.len() as u32;
+        a.sessions.insert(h);
+        s.distinct_sessions = a.sessions.len() as u32;
     }
     if let Some(h) = proj {
-        r.projects.insert(h);
-        s.distinct_projects = r.projects.len() as u32;
+        a.projects.insert(h);
+        s.distinct_projects = a.projects.len() as u32;
     }
 }

@@ -84,6 +84,11 @@ impl Vectors {
         bytemuck::cast_slice(&c.map[at..at + self.dim * 4])
     }
 
+    /// Each mapped chunk file's name and bytes (header included), oldest first.
+    pub(crate) fn mapped(&self) -> impl Iterator<Item = (&str, &[u8])> {
+        self.chunks.iter().map(|c| (c.name.as_str(), &c.map[..]))
+    }
+
     /// Names of the chunk files (all immutable), oldest first.
     pub(crate) fn chunk_names(&self) -> Vec<String> {
         self.chunks.iter().map(|c| c.name.clone()).collect()
@@ -121,7 +126,8 @@ impl Vectors {
         Ok(())
     }
 
-    /// Builds the store from a snapshot's chunk files (already crc-checked by the caller).
+    /// Builds the store from a snapshot's chunk files (the caller checks their crc32s, see
+    /// [`Vectors::mapped`]).
     pub(crate) fn from_chunks(dim: usize, paths: &[PathBuf], slots: u32) -> Result<Vectors> {
         let mut v = Vectors::new(dim);
         for p in paths {

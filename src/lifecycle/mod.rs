@@ -87,7 +87,7 @@ pub(crate) fn signals(
     neighbours: Option<(usize, usize)>,
 ) -> Option<Signals> {
     let r = p.live(slot)?;
-    let s = &r.stats;
+    let s = r.stats();
     let hours = |us: u64| now_us.saturating_sub(us) as f64 / 3.6e9;
     let mut sig = Signals {
         layer: r.layer,
@@ -153,7 +153,7 @@ pub(crate) fn signals(
     sessions.dedup();
     let cluster_heat = neighbours
         .iter()
-        .map(|n| n.stats.decayed_at(now_us)[1])
+        .map(|n| n.stats().decayed_at(now_us)[1])
         .sum();
     let redundancy = match r.layer.next() {
         Some(next) if !p.layers[next.index()].members.is_empty() => {

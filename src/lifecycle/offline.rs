@@ -123,7 +123,7 @@ impl Collector {
     fn sample_at(&mut self, t: u64) {
         let mut cands: Vec<u32> = [Layer::Interact, Layer::Insights]
             .iter()
-            .flat_map(|l| self.proj.layers[l.index()].members.iter().copied())
+            .flat_map(|l| self.proj.layers[l.index()].members.iter())
             .filter(|s| {
                 self.proj.live(*s).is_some_and(|r| {
                     !self.proj.past_ttl(r, t) && t.saturating_sub(r.layer_since_us) < self.window_us
@@ -136,7 +136,7 @@ impl Collector {
             // never-read records, much alike, are sampled down to `cap`.
             let (read, mut unread): (Vec<u32>, Vec<u32>) = cands
                 .into_iter()
-                .partition(|s| self.proj.live(*s).is_some_and(|r| r.stats.count > 0));
+                .partition(|s| self.proj.live(*s).is_some_and(|r| r.stats().count > 0));
             if unread.len() > self.cap {
                 let key = |s: &u32| {
                     let id = self.proj.live(*s).map(|r| r.id).unwrap_or_default();

@@ -50,12 +50,11 @@ impl Inner {
     }
 
     fn score_layer(&self, layer: Layer, now: u64, model: &PromoterModel) -> Vec<Scored> {
-        let mut slots: Vec<u32> = self.state.read().layers[layer.index()]
+        // Ascending slot order (the set iterates in it).
+        let slots: Vec<u32> = self.state.read().layers[layer.index()]
             .members
             .iter()
-            .copied()
             .collect();
-        slots.sort_unstable();
         let promoter = &self.config.lifecycle.promoter;
         let neighbours = promoter
             .needs_neighbours()
