@@ -373,5 +373,5 @@ fn main() {
     if std::env::var_os("BENCH_KEEP").is_some() {
         stores.into_iter().for_each(|s| drop(s.dir.keep()));
     }
-    println!("columns: medians of {runs} fresh processes; 1st q = first search after open returned (exact scan while the HNSW dump loads); index rdy = ms from open until the dump is loaded; RSS in MiB (last run)");
+    println!("columns: medians of {runs} fresh processes; 1st q = first search after open returned (exact scan while the HNSW dump loads); index rdy = ms from open until searches walk the HNSW graph (its dump loaded and frozen); RSS in MiB (last run)");
 }

@@ -868,13 +868,14 @@ impl Memory {
             layers[i] = LayerStats {
                 records: ls.members.len() as u64,
                 indexed: ls.indexed,
-                pending: if ls.graph.is_some() {
+                // While a dump loads, the layer is searched exactly: all of it is pending.
+                pending: if ls.graph.is_some() || ls.frozen.is_some() {
                     ls.pending.iter().filter(|s| ls.members.contains(s)).count() as u64
                 } else {
                     ls.members.len() as u64
                 },
                 tombstones: ls.tombstones,
-                index_ready: ls.graph.is_some(),
+                index_ready: ls.frozen.is_some(),
             };
         }
         Stats {
@@ -1464,6 +1465,27 @@ impl Inner {
         Ok(g)
     }
 
+    /// Makes a graph just read from a dump searchable before it has its own copy of the
+    /// vectors (1.5 GB to copy at a million 384-d points): freezes it from the store's mapped
+    /// vectors, outside the projections' lock, and installs that frozen copy. False (nothing
+    /// installed) when the graph names a slot that is not mapped; `attach_vectors` then
+    /// decides.
+    fn freeze_loaded(&self, layer: Layer, g: &HnswBuilder) -> bool {
+        let mapped = self.state.read().vectors.mapped_part();
+        if g.slots().iter().any(|s| *s >= mapped.len()) {
+            return false;
+        }
+        let frozen = Arc::new(g.freeze_with(|node| mapped.get(g.slots()[node])));
+        let _idx = self.index_lock.lock();
+        let mut st = self.state.write();
+        let ls = &mut st.layers[layer.index()];
+        set_index_slots(ls, g.slots());
+        ls.frozen = Some(frozen);
+        ls.unfrozen.clear();
+        ls.recompute_pending();
+        true
+    }
+
     fn indexer(self: &Arc<Self>, dumps: Option<Dumps>) {
         if let Some((dir, manifest, list)) = dumps {
             for (layer, base) in list {
@@ -1473,9 +1495,11 @@ impl Inner {
                     self.graphs_loading.fetch_sub(1, Ordering::AcqRel);
                     continue;
                 }
+                let mut early = false;
                 let res = snapshot::load_graph(&dir, &manifest, &base, self.config.dimension)
                     .and_then(|mut g| {
                         g.set_ef_construction(self.config.hnsw.ef_construction);
+                        early = self.freeze_loaded(layer, &g);
                         self.attach_vectors(g, &dir, &base)
                     });
                 let _idx = self.index_lock.lock();
@@ -1483,19 +1507,14 @@ impl Inner {
                 let ls = &mut st.layers[layer.index()];
                 match res {
                     Ok(g) => {
-                        // The graph's own slot list is what is in the index (the manifest's
-                        // list was captured with it, under the same index lock).
-                        ls.in_index.clear();
-                        for s in g.slots() {
-                            ls.in_index.set(*s);
-                        }
-                        let ones = ls.in_index.ones();
-                        ls.indexed = ones.len() as u64;
-                        ls.tombstones =
-                            ones.iter().filter(|s| !ls.members.contains(s)).count() as u64;
+                        set_index_slots(ls, g.slots());
                         ls.graph = Some(Arc::new(parking_lot::Mutex::new(g)));
-                        ls.frozen = None;
-                        ls.unfrozen.clear();
+                        if !early {
+                            ls.frozen = None;
+                            ls.unfrozen.clear();
+                        }
+                        // Else the early copy stays: nothing was inserted since it was taken
+                        // (this thread is the only one that inserts).
                     }
                     Err(e) => {
                         let why = e.to_string();
@@ -1504,6 +1523,8 @@ impl Inner {
                         ls.in_index.clear();
                         ls.indexed = 0;
                         ls.tombstones = 0;
+                        ls.frozen = None;
+                        ls.unfrozen.clear();
                     }
                 }
                 ls.recompute_pending();
@@ -1726,4 +1747,15 @@ impl Inner {
         }
         result
     }
+}
+
+/// Marks `slots` (a graph's own slot list) as what is in a layer's index, with its count and
+/// tombstones (the manifest's list was captured with the graph, under the same index lock).
+fn set_index_slots(ls: &mut crate::state::LayerState, slots: &[u32]) {
+    ls.in_index.clear();
+    for s in slots {
+        ls.in_index.set(*s);
+    }
+    ls.indexed = slots.len() as u64;
+    ls.tombstones = slots.iter().filter(|s| !ls.members.contains(s)).count() as u64;
 }

@@ -287,7 +287,8 @@ pub struct LayerStats {
     pub pending: u64,
     /// Points in the index whose record was deleted or moved.
     pub tombstones: u64,
-    /// Whether the HNSW index is loaded/built (false while a dump loads).
+    /// Whether searches of this layer walk its HNSW graph: false while its dump loads and
+    /// before a new graph's first freeze (the layer is searched exactly until then).
     pub index_ready: bool,
 }
 

@@ -11,6 +11,7 @@ use memmap2::Mmap;
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 #[cfg(not(target_endian = "little"))]
 compile_error!(
@@ -36,7 +37,7 @@ struct Chunk {
 /// Vectors by slot.
 pub(crate) struct Vectors {
     dim: usize,
-    chunks: Vec<Chunk>,
+    chunks: Vec<Arc<Chunk>>,
     tail_start: u32,
     tail: Vec<f32>,
 }
@@ -89,6 +90,17 @@ impl Vectors {
         self.chunks.iter().map(|c| (c.name.as_str(), &c.map[..]))
     }
 
+    /// The mapped slots alone (`[0, tail_start)`), sharing the maps: read without the
+    /// projections' lock. A slot at or past `tail_start` is not in it.
+    pub(crate) fn mapped_part(&self) -> Vectors {
+        Vectors {
+            dim: self.dim,
+            chunks: self.chunks.clone(),
+            tail_start: self.tail_start,
+            tail: Vec::new(),
+        }
+    }
+
     /// Names of the chunk files (all immutable), oldest first.
     pub(crate) fn chunk_names(&self) -> Vec<String> {
         self.chunks.iter().map(|c| c.name.clone()).collect()
@@ -122,7 +134,7 @@ impl Vectors {
         }
         self.tail.drain(..c.count as usize * self.dim);
         self.tail_start += c.count;
-        self.chunks.push(c);
+        self.chunks.push(Arc::new(c));
         Ok(())
     }
 
@@ -143,7 +155,7 @@ impl Vectors {
                 ));
             }
             v.tail_start += c.count;
-            v.chunks.push(c);
+            v.chunks.push(Arc::new(c));
         }
         if v.tail_start != slots {
             return Err(Error::corrupted(
