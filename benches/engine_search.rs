@@ -56,6 +56,7 @@ fn measure(
     queries: &[Vec<f32>],
     truth: &[Vec<u32>],
     index_of: &HashMap<RecordId, u32>,
+    data: &[f32],
 ) -> (f64, Vec<Duration>, f64, f64) {
     let o = options();
     rt.block_on(async {
@@ -74,7 +75,7 @@ fn measure(
         let qps = queries.len() as f64 / start.elapsed().as_secs_f64();
         let mut sum = 0.0;
         let mut worst = 1.0f64;
-        for (hits, want) in results.iter().zip(truth) {
+        for (j, (hits, want)) in results.iter().zip(truth).enumerate() {
             let got = hits
                 .iter()
                 .filter(|h| want.contains(&index_of[&h.id]))
@@ -82,6 +83,21 @@ fn measure(
             let r = got as f64 / want.len().min(K) as f64;
             sum += r;
             worst = worst.min(r);
+            if r < 0.5 && std::env::var_os("BENCH_SHOW_MISSES").is_some() {
+                let scores = |v: Vec<f32>| {
+                    v.iter()
+                        .map(|x| format!("{x:.3}"))
+                        .collect::<Vec<_>>()
+                        .join(" ")
+                };
+                let cos =
+                    |i: u32| dot(&queries[j], &data[i as usize * DIM..(i as usize + 1) * DIM]);
+                println!(
+                    "miss: query {j} found {got}/{K}; true scores {}; returned {}",
+                    scores(want.iter().map(|i| cos(*i)).collect()),
+                    scores(hits.iter().map(|h| h.score).collect())
+                );
+            }
         }
         (qps, lat, sum / queries.len() as f64, worst)
     })
@@ -198,7 +214,8 @@ fn main() {
             reopen = Some(times);
         }
         let mem = m.as_ref().unwrap();
-        let (qps, mut lat, recall, min_recall) = measure(&rt, mem, &queries, &truth, &index_of);
+        let (qps, mut lat, recall, min_recall) =
+            measure(&rt, mem, &queries, &truth, &index_of, &data);
         rows.push(Row {
             ef,
             reopen,

@@ -48,6 +48,9 @@ impl std::fmt::Debug for FrozenGraph {
     }
 }
 
+/// Beam width on levels 2 and up (level 1 and layer 0 use the search's `ef`).
+const UPPER_BEAM: usize = 16;
+
 thread_local! {
     /// Visited marks of the searches run on this thread: node → generation of the search that
     /// last visited it. Bumping the generation clears every mark at once.
@@ -96,10 +99,14 @@ impl FrozenGraph {
     /// slot passes `ok` into `top`, as (1 − cosine distance, slot). Returns how many it pushed.
     /// Points failing `ok` are still walked through (they link the graph), as hnswlib does.
     ///
-    /// Unlike plain HNSW, level 1 is searched with the full `ef` beam (not greedily) and every
-    /// point of that beam seeds layer 0: on clustered data a single greedy entry can land in
-    /// the wrong cluster, and layer 0 rarely links clusters. Level 1 holds ~1/M of the points,
-    /// so the wider beam costs little.
+    /// Unlike plain HNSW, every upper level is searched with a beam (not greedily), each
+    /// seeded by the whole beam of the level above: `ef` wide on level 1, whose beam seeds
+    /// layer 0, and [`UPPER_BEAM`] wide above it. On clustered data a single greedy path can end
+    /// in the wrong cluster, and layer 0 rarely links clusters. With greedy descent above level
+    /// 1, one query in 1,000 of the 100k bench store found none of its true top 10 (its results
+    /// scored 0.17, the true top 0.96), and two at 1M; with the beam the worst query finds 8 of
+    /// 10 at 100k and 7 of 10 at 1M, at the same speed (the upper levels hold ~1/M of the
+    /// points; a full `ef` beam on every level was 40 % slower at 1M).
     pub(crate) fn search(
         &self,
         q: &[f32],
@@ -108,7 +115,7 @@ impl FrozenGraph {
         ok: &dyn Fn(u32) -> bool,
         top: &mut TopK,
     ) -> usize {
-        let Some(mut cur) = self.entry else {
+        let Some(cur) = self.entry else {
             return 0;
         };
         let ef = ef.max(1);
@@ -121,24 +128,22 @@ impl FrozenGraph {
             let dot = dot_i8(&qc, &self.codes[at..at + self.dim]) as f32;
             dist_key(dot * q_back * self.unscale[node as usize])
         };
-        let mut cur_d = dist(cur);
-        // Greedy through levels top..2.
-        for level in self.upper.iter().skip(1).rev() {
-            (cur, cur_d) = greedy(cur, cur_d, |n| upper_links(level, n), &dist);
-        }
+        let cur_d = dist(cur);
         VISITED.with(|v| {
             let (marks, generation) = &mut *v.borrow_mut();
             if marks.len() < self.slots.len() {
                 marks.resize(self.slots.len(), 0);
             }
             let mut seeds = vec![(cur_d, cur)];
-            if let Some(level1) = self.upper.first() {
+            for (l, level) in self.upper.iter().enumerate().rev() {
                 let g = next_generation(marks, generation);
                 let all = |_: u32| true;
+                // Level 1 gets the whole beam; the sparser levels above need less.
+                let width = if l == 0 { ef } else { ef.min(UPPER_BEAM) };
                 let res = beam(
                     &seeds,
-                    ef,
-                    |n| upper_links(level1, n),
+                    width,
+                    |n| upper_links(level, n),
                     &dist,
                     &all,
                     marks,
