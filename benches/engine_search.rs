@@ -15,7 +15,8 @@
 //! `insert_batch` (batches of 1,000) and `wait_indexed`; each further ef reopens it
 //! (close, then `Memory::open` with the new `Config.hnsw.ef_search`, then `wait_indexed`
 //! while the HNSW dump reloads). Queries are stored vectors plus noise (cosine ≈ 0.96 to
-//! their source), searched with `record_access: false`.
+//! their source), searched with `record_access: false`. `BENCH_SHOW_MISSES=1` prints each
+//! query that finds fewer than half of its true top 10, with the true and returned scores.
 
 mod common;
 
