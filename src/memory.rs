@@ -868,8 +868,9 @@ impl Memory {
             layers[i] = LayerStats {
                 records: ls.members.len() as u64,
                 indexed: ls.indexed,
-                // While a dump loads, the layer is searched exactly: all of it is pending.
-                pending: if ls.graph.is_some() || ls.frozen.is_some() {
+                // Without a frozen graph (a dump loading, a new graph not yet frozen) the
+                // whole layer is searched exactly: all of it is pending.
+                pending: if ls.frozen.is_some() {
                     ls.pending.iter().filter(|s| ls.members.contains(s)).count() as u64
                 } else {
                     ls.members.len() as u64

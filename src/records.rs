@@ -447,12 +447,17 @@ pub(crate) fn load(path: &Path, len: u64, crc: u32, nslots: u32) -> Result<Arc<R
     if flen < HEADER as u64 {
         return Err(bad(0, "shorter than the record table header".into()));
     }
+    // The crc is read with `read()` before the file is mapped: a bad block is then an error
+    // (the snapshot is rejected and open falls back), not a SIGBUS.
+    if crate::snapshot::crc_file(path)?.1 != crc {
+        return Err(bad(0, "checksum mismatch against the manifest".into()));
+    }
     // SAFETY: snapshot files are immutable once renamed into place; nothing in this crate
     // writes to them again, and the store lock keeps other writers of ours out.
     #[allow(unsafe_code)]
     let map = unsafe { Mmap::map(&f) }.map_err(|e| Error::io(path, e))?;
-    if map.len() as u64 != flen || crc32fast::hash(&map) != crc {
-        return Err(bad(0, "checksum mismatch against the manifest".into()));
+    if map.len() as u64 != flen {
+        return Err(bad(0, "changed while it was read".into()));
     }
     let h = &map[..HEADER];
     if h[0..8] != MAGIC {

@@ -203,7 +203,7 @@ impl Bits {
 
 /// A set of slots: a bitset and its size. A layer's members are one; building it at open
 /// sets a bit per record instead of making a million hash inserts.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default)]
 pub(crate) struct SlotSet {
     bits: Bits,
     len: usize,

@@ -287,8 +287,9 @@ pub struct LayerStats {
     pub pending: u64,
     /// Points in the index whose record was deleted or moved.
     pub tombstones: u64,
-    /// Whether searches of this layer walk its HNSW graph: false while its dump loads and
-    /// before a new graph's first freeze (the layer is searched exactly until then).
+    /// Whether this layer has a frozen HNSW graph for searches to walk: false while its dump
+    /// loads and before a new graph's first freeze (the layer is searched exactly until
+    /// then). A layer under `Config::exact_search_below` records is scanned exactly anyway.
     pub index_ready: bool,
 }
 

@@ -85,11 +85,6 @@ impl Vectors {
         bytemuck::cast_slice(&c.map[at..at + self.dim * 4])
     }
 
-    /// Each mapped chunk file's name and bytes (header included), oldest first.
-    pub(crate) fn mapped(&self) -> impl Iterator<Item = (&str, &[u8])> {
-        self.chunks.iter().map(|c| (c.name.as_str(), &c.map[..]))
-    }
-
     /// The mapped slots alone (`[0, tail_start)`), sharing the maps: read without the
     /// projections' lock. A slot at or past `tail_start` is not in it.
     pub(crate) fn mapped_part(&self) -> Vectors {
@@ -138,8 +133,7 @@ impl Vectors {
         Ok(())
     }
 
-    /// Builds the store from a snapshot's chunk files (the caller checks their crc32s, see
-    /// [`Vectors::mapped`]).
+    /// Builds the store from a snapshot's chunk files (already crc-checked by the caller).
     pub(crate) fn from_chunks(dim: usize, paths: &[PathBuf], slots: u32) -> Result<Vectors> {
         let mut v = Vectors::new(dim);
         for p in paths {
