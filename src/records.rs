@@ -19,6 +19,7 @@
 //! slice what was checked.
 
 use crate::error::{Error, Result};
+use crate::snapshot::{check_file, FileEntry};
 use crate::types::Layer;
 use magray_wal::Id;
 use memmap2::Mmap;
@@ -238,13 +239,17 @@ impl RecordTable {
         self.row(row)[at::FLAGS]
     }
 
+    /// Where string `which` of a row starts in the arena (0 kind, 1 text, 2 project,
+    /// 3 session, 4 its first tag): the row's start plus the lengths before it.
+    fn start(r: &[u8], which: usize) -> usize {
+        let lens = (0..which).map(|i| u32_at(r, at::LENS + 4 * i) as usize);
+        u64_at(r, at::STR) as usize + lens.sum::<usize>()
+    }
+
     /// String `which` of a row: 0 kind, 1 text, 2 project, 3 session.
     fn span(&self, row: u32, which: usize) -> &str {
         let r = self.row(row);
-        let mut start = u64_at(r, at::STR) as usize;
-        for i in 0..which {
-            start += u32_at(r, at::LENS + 4 * i) as usize;
-        }
+        let start = Self::start(r, which);
         let end = start + u32_at(r, at::LENS + 4 * which) as usize;
         // `load` checked every span of every row: in bounds and on character boundaries.
         self.arena().get(start..end).unwrap_or_default()
@@ -252,10 +257,7 @@ impl RecordTable {
 
     fn tags(&self, row: u32) -> impl Iterator<Item = &str> {
         let r = self.row(row);
-        let mut start = u64_at(r, at::STR) as usize;
-        for i in 0..4 {
-            start += u32_at(r, at::LENS + 4 * i) as usize;
-        }
+        let mut start = Self::start(r, 4);
         let first = u64_at(r, at::TAG0) as usize;
         let n = u32_at(r, at::NTAGS) as usize;
         (first..first + n).map(move |t| {
@@ -432,26 +434,19 @@ pub(crate) fn write(w: impl Write, rows: &[Row]) -> std::io::Result<(u64, u32)> 
     Ok((w.len, w.crc.finalize()))
 }
 
-/// Reads and checks the record table at `path` against its manifest length and crc32;
-/// `nslots` bounds the slots it may name.
-pub(crate) fn load(path: &Path, len: u64, crc: u32, nslots: u32) -> Result<Arc<RecordTable>> {
+/// Checks the record table `entry` of the snapshot in `dir` against its manifest length and
+/// crc32, then maps and reads it; `nslots` bounds the slots it may name.
+pub(crate) fn load(dir: &Path, entry: &FileEntry, nslots: u32) -> Result<Arc<RecordTable>> {
+    // The crc is read with `read()` before the file is mapped: a bad block is then an error
+    // (the snapshot is rejected and open falls back), not a SIGBUS.
+    check_file(dir, entry)?;
+    let path = &dir.join(&entry.name);
     let bad = |off: u64, why: String| Error::corrupted(path, off, why);
-    let f = File::open(path).map_err(|e| Error::io(path, e))?;
-    let flen = f.metadata().map_err(|e| Error::io(path, e))?.len();
-    if flen != len {
-        return Err(bad(
-            flen.min(len),
-            format!("file is {flen} bytes; the manifest says {len}"),
-        ));
-    }
+    let flen = entry.len;
     if flen < HEADER as u64 {
         return Err(bad(0, "shorter than the record table header".into()));
     }
-    // The crc is read with `read()` before the file is mapped: a bad block is then an error
-    // (the snapshot is rejected and open falls back), not a SIGBUS.
-    if crate::snapshot::crc_file(path)?.1 != crc {
-        return Err(bad(0, "checksum mismatch against the manifest".into()));
-    }
+    let f = File::open(path).map_err(|e| Error::io(path, e))?;
     // SAFETY: snapshot files are immutable once renamed into place; nothing in this crate
     // writes to them again, and the store lock keeps other writers of ours out.
     #[allow(unsafe_code)]
@@ -620,6 +615,21 @@ mod tests {
             .collect()
     }
 
+    /// `load` of the table in `dir` as a manifest entry of `len` bytes and `crc`.
+    fn load_as(
+        dir: &tempfile::TempDir,
+        len: u64,
+        crc: u32,
+        nslots: u32,
+    ) -> Result<Arc<RecordTable>> {
+        let entry = FileEntry {
+            name: "records.bin".into(),
+            len,
+            crc,
+        };
+        load(dir.path(), &entry, nslots)
+    }
+
     fn written(rows: &[Row]) -> (tempfile::TempDir, std::path::PathBuf, u64, u32) {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("records.bin");
@@ -631,8 +641,8 @@ mod tests {
     #[test]
     fn a_table_reads_back_what_was_written() {
         let rows = rows();
-        let (_d, path, len, crc) = written(&rows);
-        let t = load(&path, len, crc, 50).unwrap();
+        let (dir, _, len, crc) = written(&rows);
+        let t = load_as(&dir, len, crc, 50).unwrap();
         assert_eq!(t.len() as usize, rows.len());
         for (i, r) in rows.iter().enumerate() {
             assert_eq!(t.fields(i as u32), r.fields);
@@ -643,26 +653,26 @@ mod tests {
             assert!(!b.has_tag("absent"));
         }
         // An empty table is valid too.
-        let (_d, path, len, crc) = written(&[]);
-        assert_eq!(load(&path, len, crc, 0).unwrap().len(), 0);
+        let (dir, _, len, crc) = written(&[]);
+        assert_eq!(load_as(&dir, len, crc, 0).unwrap().len(), 0);
     }
 
     #[test]
     fn damage_is_an_error_naming_the_file() {
         let rows = rows();
-        let (_d, path, len, crc) = written(&rows);
+        let (dir, path, len, crc) = written(&rows);
         let good = std::fs::read(&path).unwrap();
         // Any flipped byte: the crc (or the header crc) catches it.
         for at in [0, 9, 61, 64 + 5, 64 + 112 * 3 + 90, good.len() - 1] {
             let mut b = good.clone();
             b[at] ^= 0x40;
             std::fs::write(&path, &b).unwrap();
-            let e = load(&path, len, crc, 50).unwrap_err().to_string();
+            let e = load_as(&dir, len, crc, 50).unwrap_err().to_string();
             assert!(e.contains("records.bin"), "{e}");
         }
         // Cut short.
         std::fs::write(&path, &good[..good.len() - 3]).unwrap();
-        let e = load(&path, len, crc, 50).unwrap_err().to_string();
+        let e = load_as(&dir, len, crc, 50).unwrap_err().to_string();
         assert!(e.contains("manifest says"), "{e}");
         // A crc-valid table whose row points outside the text: refused, with the row's offset.
         let mut b = good.clone();
@@ -670,7 +680,7 @@ mod tests {
         b[row3 + at::LENS + 4] = b[row3 + at::LENS + 4].wrapping_add(1);
         std::fs::write(&path, &b).unwrap();
         let crc2 = crc32fast::hash(&b);
-        let e = load(&path, len, crc2, 50).unwrap_err().to_string();
+        let e = load_as(&dir, len, crc2, 50).unwrap_err().to_string();
         // Row 3's text now overlaps where row 4's strings start: row 4 is named.
         let row4 = row3 + ROW;
         assert!(
@@ -679,7 +689,7 @@ mod tests {
         );
         // Slots beyond the snapshot's.
         std::fs::write(&path, &good).unwrap();
-        let e = load(&path, len, crc, 20).unwrap_err().to_string();
+        let e = load_as(&dir, len, crc, 20).unwrap_err().to_string();
         assert!(e.contains("slots") || e.contains("beyond"), "{e}");
     }
 
@@ -702,13 +712,13 @@ mod tests {
                 ..OwnedBody::default()
             }),
         }];
-        let (_d, path, len, _) = written(&rows);
+        let (dir, path, len, _) = written(&rows);
         let mut b = std::fs::read(&path).unwrap();
         // kind 1 byte, text 3 bytes: same total, but the kind ends inside the 'é'.
         b[HEADER + at::LENS..HEADER + at::LENS + 4].copy_from_slice(&1u32.to_le_bytes());
         b[HEADER + at::LENS + 4..HEADER + at::LENS + 8].copy_from_slice(&3u32.to_le_bytes());
         std::fs::write(&path, &b).unwrap();
-        let e = load(&path, len, crc32fast::hash(&b), 1)
+        let e = load_as(&dir, len, crc32fast::hash(&b), 1)
             .unwrap_err()
             .to_string();
         assert!(e.contains("inside a character"), "{e}");

@@ -231,7 +231,7 @@ fn sync_file(path: &Path) -> Result<()> {
 
 /// Length and crc32 of a file, read with `read()` (not through a map: a media error is then
 /// an error that rejects the snapshot, not a SIGBUS).
-pub(crate) fn crc_file(path: &Path) -> Result<(u64, u32)> {
+fn crc_file(path: &Path) -> Result<(u64, u32)> {
     let mut f = File::open(path).map_err(|e| Error::io(path, e))?;
     let mut h = crc32fast::Hasher::new();
     let mut buf = vec![0u8; 1 << 20];
@@ -657,7 +657,7 @@ fn decode_tables(dir: &Path, m: &ManifestBody) -> Result<Tables> {
     };
     if let Some(entry) = m.files.iter().find(|f| f.name == RECORDS_FILE) {
         // Format 3: the table stays as read; each record's body is a row of it.
-        let table = records::load(&dir.join(RECORDS_FILE), entry.len, entry.crc, m.nslots)?;
+        let table = records::load(dir, entry, m.nslots)?;
         for row in 0..table.len() {
             let f = table.fields(row);
             let slot = f.slot as usize;
