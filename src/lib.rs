@@ -59,6 +59,7 @@ pub mod embed;
 mod error;
 mod frozen;
 mod hnsw;
+mod keys;
 pub mod lifecycle;
 mod memory;
 mod records;

@@ -1,7 +1,8 @@
 //! Snapshots: every projection at one sequence S, in `snapshots/<S>/`.
 //!
 //! Files: `records.bin` (the record table, read without decoding each row: see
-//! `crate::records`), `stats.zst` (zstd over rkyv), vector chunks (`vectors-*.f32`,
+//! `crate::records`), `keys.bin` (ids and content keys sorted, searched in place: see
+//! `crate::keys`), `stats.zst` (zstd over rkyv), vector chunks (`vectors-*.f32`,
 //! raw little-endian f32 for memmap2; immutable, hard-linked from the previous snapshot),
 //! HNSW graph dumps (`hnsw-<layer>.graph`, links only; see `crate::hnsw`), the trained
 //! promoter (`promoter.bin`, rkyv, only once one was trained) and `MANIFEST`:
@@ -14,9 +15,10 @@
 
 use crate::error::{Error, Result};
 use crate::hnsw::HnswBuilder;
+use crate::keys::KeyIndex;
 use crate::lifecycle::PromoterModel;
 use crate::records::{self, Body, CrcWriter, OwnedBody, Row, RowFields};
-use crate::state::{Access, Graph, LayerState, Projections, RecordData};
+use crate::state::{index_keys, Access, Graph, LayerState, Projections, RecordData};
 use crate::types::{AccessStats, Layer};
 use crate::vectors::{self, Vectors};
 use magray_wal::fsutil::{self, sync_dir, TEMP_PREFIX};
@@ -30,9 +32,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// Snapshot format version (MANIFEST, records, stats). Changelog in docs/format.md.
-pub const SNAPSHOT_FORMAT_VERSION: u32 = 3;
+pub const SNAPSHOT_FORMAT_VERSION: u32 = 4;
 /// The oldest snapshot format this build still reads (format 2 kept its records in
-/// `records.zst`; they are decoded as they were).
+/// `records.zst`; they are decoded as they were; formats 2 and 3 have no `keys.bin`, it is
+/// built from the records at open).
 const OLDEST_READ_FORMAT: u32 = 2;
 const MAGIC: [u8; 4] = *b"MGSM";
 const HEADER_LEN: usize = 32;
@@ -366,7 +369,22 @@ impl Writer {
             len,
             crc,
         });
+        let keys = index_keys(cap.records.iter().map(|r| {
+            let f = &r.fields;
+            (f.slot, f.id, f.layer, f.content_hash, &r.body)
+        }));
         drop(cap.records);
+        let kpath = tmp.join(KEYS_FILE);
+        let (len, crc) = keys.write(
+            File::create(&kpath).map_err(|e| Error::io(&kpath, e))?,
+            &kpath,
+        )?;
+        drop(keys);
+        files.push(FileEntry {
+            name: KEYS_FILE.into(),
+            len,
+            crc,
+        });
         let st = zstd::bulk::compress(
             &encode(&Stats {
                 stats: cap.stats,
@@ -547,16 +565,21 @@ pub(crate) fn read_manifest(dir: &Path) -> Result<ManifestBody> {
 pub(crate) fn check_file(dir: &Path, entry: &FileEntry) -> Result<()> {
     let path = dir.join(&entry.name);
     let (len, crc) = crc_file(&path)?;
+    check_sum(&path, entry, len, crc)
+}
+
+/// Checks a file's length and crc32, as read, against its manifest entry.
+pub(crate) fn check_sum(path: &Path, entry: &FileEntry, len: u64, crc: u32) -> Result<()> {
     if len != entry.len {
         return Err(Error::corrupted(
-            &path,
+            path,
             len.min(entry.len),
             format!("file is {len} bytes; the manifest says {}", entry.len),
         ));
     }
     if crc != entry.crc {
         return Err(Error::corrupted(
-            &path,
+            path,
             0,
             "checksum mismatch against the manifest",
         ));
@@ -574,6 +597,9 @@ pub(crate) struct Loaded {
 
 /// File name of the record table (snapshot format 3; format 2 had `records.zst`).
 const RECORDS_FILE: &str = "records.bin";
+
+/// File name of the key index (snapshot format 4 on).
+const KEYS_FILE: &str = "keys.bin";
 
 /// File name of the trained promoter in a snapshot.
 const PROMOTER_FILE: &str = "promoter.bin";
@@ -599,7 +625,10 @@ pub(crate) fn load(dir: &Path, dim: usize) -> Result<Loaded> {
         .files
         .iter()
         .filter(|f| {
-            !f.name.starts_with("hnsw-") && f.name != RECORDS_FILE && !m.chunks.contains(&f.name)
+            !f.name.starts_with("hnsw-")
+                && f.name != RECORDS_FILE
+                && f.name != KEYS_FILE
+                && !m.chunks.contains(&f.name)
         })
         .collect();
     std::thread::scope(|scope| {
@@ -616,9 +645,11 @@ pub(crate) fn load(dir: &Path, dim: usize) -> Result<Loaded> {
     .and_then(|(tables, vectors)| finish_load(dim, m, tables, vectors))
 }
 
-/// Decoded tables: slots, lifecycle counters (promoted, expired), the promoter.
+/// Decoded tables: slots, their key index (format 4 on), lifecycle counters (promoted,
+/// expired), the promoter.
 type Tables = (
     Vec<Option<RecordData>>,
+    Option<KeyIndex>,
     [u64; 2],
     [u64; 3],
     Option<PromoterModel>,
@@ -740,7 +771,29 @@ fn decode_tables(dir: &Path, m: &ManifestBody) -> Result<Tables> {
     } else {
         None
     };
-    Ok((slots, stats.promoted, stats.expired, model))
+    let keys = match m.files.iter().find(|f| f.name == KEYS_FILE) {
+        Some(entry) => {
+            let keys = KeyIndex::load(dir, entry, m.nslots)?;
+            let live = slots.iter().filter(|r| r.is_some()).count();
+            if keys.ids() != live {
+                return Err(Error::corrupted(
+                    dir.join(KEYS_FILE),
+                    16,
+                    format!("{} ids for {live} records", keys.ids()),
+                ));
+            }
+            Some(keys)
+        }
+        None if m.format >= 4 => {
+            return Err(Error::corrupted(
+                dir.join("MANIFEST"),
+                0,
+                format!("{KEYS_FILE} not listed"),
+            ))
+        }
+        None => None,
+    };
+    Ok((slots, keys, stats.promoted, stats.expired, model))
 }
 
 /// Checks the snapshot's vector chunks against their manifest entries, then maps them. The
@@ -762,8 +815,8 @@ fn map_chunks(dir: &Path, dim: usize, m: &ManifestBody) -> Result<Vectors> {
 }
 
 fn finish_load(dim: usize, m: ManifestBody, tables: Tables, vectors: Vectors) -> Result<Loaded> {
-    let (slots, promoted, expired, model) = tables;
-    let mut p = Projections::from_parts(dim, m.seq, m.ts_us, slots, vectors);
+    let (slots, keys, promoted, expired, model) = tables;
+    let mut p = Projections::from_parts(dim, m.seq, m.ts_us, slots, keys, vectors);
     p.promoted = promoted;
     p.expired = expired;
     for le in &m.layers {
@@ -824,9 +877,19 @@ mod tests {
     use super::*;
     use crate::{Config, Memory, NewRecord};
 
+    /// Rewrites the snapshot in `dir` as format 3 wrote it: no `keys.bin`.
+    fn downgrade_to_format_3(dir: &Path) {
+        let mut m = read_manifest(dir).unwrap();
+        std::fs::remove_file(dir.join(KEYS_FILE)).unwrap();
+        m.format = 3;
+        m.files.retain(|f| f.name != KEYS_FILE);
+        write_manifest(dir, &m).unwrap();
+    }
+
     /// Rewrites the snapshot in `dir` as format 2 wrote it: `records.zst` instead of
-    /// `records.bin`, and a format-2 MANIFEST.
+    /// `records.bin`, no `keys.bin`, and a format-2 MANIFEST.
     fn downgrade_to_format_2(dir: &Path, dim: usize) {
+        downgrade_to_format_3(dir);
         let loaded = load(dir, dim).unwrap();
         let records = loaded
             .projections
@@ -871,7 +934,19 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_format_2_snapshot_still_opens_and_the_next_checkpoint_writes_format_3() {
+    async fn a_format_2_snapshot_still_opens_and_the_next_checkpoint_writes_the_current_format() {
+        older_snapshot_opens(2).await;
+    }
+
+    #[tokio::test]
+    async fn a_format_3_snapshot_still_opens_and_the_next_checkpoint_writes_the_current_format() {
+        older_snapshot_opens(3).await;
+    }
+
+    /// A snapshot downgraded to `format` opens with the same records; identical inserts and
+    /// reference counts still resolve through the keys built at open; the next checkpoint
+    /// writes the current format.
+    async fn older_snapshot_opens(format: u32) {
         let dim = 8;
         let tmp = tempfile::tempdir().unwrap();
         let config = || Config {
@@ -902,14 +977,30 @@ mod tests {
         let before = m.records(None);
         drop(m);
         let snap = tmp.path().join("snapshots").join(dir_name(seq));
-        downgrade_to_format_2(&snap, dim);
-        assert_eq!(read_manifest(&snap).unwrap().format, 2);
+        match format {
+            2 => downgrade_to_format_2(&snap, dim),
+            _ => downgrade_to_format_3(&snap),
+        }
+        assert_eq!(read_manifest(&snap).unwrap().format, format);
 
         let m = Memory::open(tmp.path(), config()).await.unwrap();
         let st = m.stats();
         assert_eq!(st.open.snapshot_seq, Some(seq), "{:?}", st.open);
         assert!(st.open.snapshots_rejected.is_empty(), "{:?}", st.open);
         assert_eq!(m.records(None), before);
+        let refs = |snap: &Path| {
+            load(snap, dim)
+                .unwrap()
+                .projections
+                .refs_in(&first.unwrap().0)
+        };
+        assert_eq!(refs(&snap), 29);
+        // An identical insert resolves to the loaded record.
+        let again = NewRecord::new("record 4 ✓", vector(4, dim))
+            .layer(crate::Layer::ALL[4 % 3])
+            .kind("note")
+            .tag("t0");
+        assert_eq!(m.insert(again).await.unwrap(), before[4].id);
         m.insert(NewRecord::new("one more", vector(99, dim)))
             .await
             .unwrap();
@@ -921,8 +1012,10 @@ mod tests {
             SNAPSHOT_FORMAT_VERSION
         );
         assert!(snap.join(RECORDS_FILE).exists());
+        assert!(snap.join(KEYS_FILE).exists());
         let m = Memory::open(tmp.path(), config()).await.unwrap();
         assert_eq!(m.stats().open.snapshot_seq, Some(next));
+        assert_eq!(refs(&snap), 29);
         let after = m.records(None);
         assert_eq!(after.len(), 31);
         assert_eq!(after[..30], before[..]);

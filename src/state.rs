@@ -9,6 +9,7 @@ use crate::distance::dot;
 use crate::error::{Error, Result};
 use crate::frozen::FrozenGraph;
 use crate::hnsw::HnswBuilder;
+use crate::keys::KeyIndex;
 use crate::records::{Body, OwnedBody, Row, RowFields};
 use crate::types::{AccessStats, Layer, Record, RecordId, SearchOptions, DECAY_HALF_LIVES_US};
 use crate::vectors::Vectors;
@@ -185,7 +186,12 @@ impl Bits {
     }
     /// The set bits, ascending.
     pub(crate) fn iter(&self) -> impl Iterator<Item = u32> + '_ {
-        self.0.iter().enumerate().flat_map(|(w, word)| {
+        Bits::words_from(0, &self.0)
+    }
+    /// The set bits of `words`, which start at word `first`.
+    fn words_from(first: usize, words: &[u64]) -> impl Iterator<Item = u32> + '_ {
+        words.iter().enumerate().flat_map(move |(w, word)| {
+            let w = first + w;
             let mut x = *word;
             std::iter::from_fn(move || {
                 (x != 0).then(|| {
@@ -303,12 +309,19 @@ pub(crate) struct Projections {
     pub(crate) applied_seq: u64,
     pub(crate) last_ts_us: u64,
     pub(crate) slots: Vec<Option<RecordData>>,
-    pub(crate) by_id: FastMap<Id, u32>,
-    /// Content key → every live slot with it (a set, so replay order cannot change which
-    /// record a later identical insert resolves to).
+    /// Ids, content keys and reference counts as of the snapshot this state was loaded from,
+    /// searched in place (see `crate::keys`). Entries can be stale: every hit is confirmed
+    /// against the record. Empty for a state replayed from the log alone.
+    keys: KeyIndex,
+    /// Ids inserted since `keys` was taken.
+    by_id: FastMap<Id, u32>,
+    /// Content key → slots given it since `keys` was taken (inserts, moves between layers).
+    /// Candidates from both are confirmed against the record, and the lowest live slot wins,
+    /// so replay order cannot change which record a later identical insert resolves to.
     by_content: FastMap<u64, ContentSlots>,
-    /// Live records whose `refs` name this id (a feature of the promoter).
-    refs_in: FastMap<Id, u32>,
+    /// Change since `keys` in how many live records name an id in their `refs` (a feature
+    /// of the promoter).
+    refs_delta: FastMap<Id, i64>,
     pub(crate) layers: [LayerState; 3],
     pub(crate) vectors: Vectors,
     /// Lifecycle counters: promotions into Insights and Assets; expiries by reason (TTL,
@@ -327,9 +340,10 @@ impl Projections {
             applied_seq: 0,
             last_ts_us: 0,
             slots: Vec::new(),
+            keys: KeyIndex::default(),
             by_id: FastMap::default(),
             by_content: FastMap::default(),
-            refs_in: FastMap::default(),
+            refs_delta: FastMap::default(),
             layers: Default::default(),
             vectors: Vectors::new(dim),
             promoted: [0; 2],
@@ -338,52 +352,35 @@ impl Projections {
         }
     }
 
-    /// Rebuilds the id and content maps and layer membership from `slots` (snapshot load).
+    /// Projections loaded from a snapshot: its records by slot and their key index (`None`
+    /// for a snapshot older than format 4: it is built here from the records).
     pub(crate) fn from_parts(
         dim: usize,
         applied_seq: u64,
         last_ts_us: u64,
         slots: Vec<Option<RecordData>>,
+        keys: Option<KeyIndex>,
         vectors: Vectors,
     ) -> Projections {
         let mut p = Projections::new(dim);
         p.applied_seq = applied_seq;
         p.last_ts_us = last_ts_us;
         p.vectors = vectors;
-        let live = slots.iter().filter(|r| r.is_some()).count();
-        // Two independent sets of maps, one per core (open time at 1M records is mostly this
-        // and the decode before it).
-        let ((by_id, refs_in), (by_content, members)) = std::thread::scope(|scope| {
-            let ids = scope.spawn(|| {
-                let mut by_id: FastMap<Id, u32> = FastMap::default();
-                by_id.reserve(live);
-                let mut refs_in: FastMap<Id, u32> = FastMap::default();
-                for (slot, r) in slots.iter().enumerate() {
-                    if let Some(r) = r {
-                        by_id.insert(r.id, slot as u32);
-                        for id in r.body.refs() {
-                            *refs_in.entry(id).or_default() += 1;
-                        }
-                    }
-                }
-                (by_id, refs_in)
-            });
-            let mut by_content: FastMap<u64, ContentSlots> = FastMap::default();
-            by_content.reserve(live);
-            let mut members: [SlotSet; 3] = Default::default();
-            for (slot, r) in slots.iter().enumerate() {
-                if let Some(r) = r {
-                    let key = content_key(r.content_hash, r.layer, r.body.project());
-                    content_push(&mut by_content, key, slot as u32);
-                    members[r.layer.index()].insert(slot as u32);
-                }
-            }
-            let ids = ids.join().unwrap_or_else(|e| std::panic::resume_unwind(e));
-            (ids, (by_content, members))
+        p.keys = keys.unwrap_or_else(|| {
+            index_keys(
+                slots
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(slot, r)| r.as_ref().map(|r| (slot as u32, r)))
+                    .map(|(slot, r)| (slot, r.id, r.layer, r.content_hash, &r.body)),
+            )
         });
-        p.by_id = by_id;
-        p.refs_in = refs_in;
-        p.by_content = by_content;
+        let mut members: [SlotSet; 3] = Default::default();
+        for (slot, r) in slots.iter().enumerate() {
+            if let Some(r) = r {
+                members[r.layer.index()].insert(slot as u32);
+            }
+        }
         for (ls, m) in p.layers.iter_mut().zip(members) {
             ls.members = m;
         }
@@ -396,7 +393,7 @@ impl Projections {
     }
 
     pub(crate) fn get(&self, id: &Id) -> Option<&RecordData> {
-        self.by_id.get(id).and_then(|s| self.live(*s))
+        self.slot_of(id).and_then(|s| self.live(s))
     }
 
     /// Whether `r` is past its layer's TTL at `now_us` (hidden from readers until the
@@ -409,11 +406,18 @@ impl Projections {
 
     /// Live records whose `refs` name `id`.
     pub(crate) fn refs_in(&self, id: &Id) -> u32 {
-        self.refs_in.get(id).copied().unwrap_or(0)
+        let n = i64::from(self.keys.refs_to(id)) + self.refs_delta.get(id).copied().unwrap_or(0);
+        u32::try_from(n.max(0)).unwrap_or(u32::MAX)
     }
 
+    /// The slot of the live record `id`.
     pub(crate) fn slot_of(&self, id: &Id) -> Option<u32> {
-        self.by_id.get(id).copied()
+        let slot = match self.by_id.get(id) {
+            Some(s) => *s,
+            None => self.keys.slot_of(id)?,
+        };
+        // Slots are never reused: a live record in the slot an id was given is that record.
+        self.live(slot).is_some_and(|r| r.id == *id).then_some(slot)
     }
 
     /// An existing live record with the same text, layer and project.
@@ -427,10 +431,14 @@ impl Projections {
     ) -> Option<Id> {
         // The oldest matching live record (lowest slot): the same answer whatever the history
         // of restarts. One past its TTL is on its way out and does not count.
-        self.by_content
-            .get(&content_key(hash, layer, project))?
-            .slots()
+        let key = content_key(hash, layer, project);
+        let recent = self
+            .by_content
+            .get(&key)
+            .map_or(&[][..], ContentSlots::slots);
+        recent
             .iter()
+            .chain(self.keys.content_slots(key))
             .filter_map(|s| self.live(*s).map(|r| (*s, r)))
             .filter(|(_, r)| {
                 r.layer == layer && r.body.project() == project && r.body.text() == text
@@ -548,7 +556,7 @@ impl Projections {
                 self.dim
             )));
         }
-        if self.by_id.contains_key(&ins.id) {
+        if self.slot_of(&ins.id).is_some() {
             // An id is inserted once; a repeat is ignored so replay stays deterministic.
             return Ok(());
         }
@@ -578,7 +586,7 @@ impl Projections {
             slot,
         );
         for id in &ins.refs {
-            *self.refs_in.entry(*id).or_default() += 1;
+            *self.refs_delta.entry(*id).or_default() += 1;
         }
         let l = &mut self.layers[ins.layer.index()];
         l.members.insert(slot);
@@ -588,9 +596,10 @@ impl Projections {
 
     /// Removes a live record; false if there was none.
     fn remove(&mut self, id: &Id) -> bool {
-        let Some(slot) = self.by_id.remove(id) else {
+        let Some(slot) = self.slot_of(id) else {
             return false;
         };
+        self.by_id.remove(id);
         let Some(r) = self.slots.get_mut(slot as usize).and_then(Option::take) else {
             return false;
         };
@@ -598,11 +607,10 @@ impl Projections {
         self.content_remove(key, slot);
         self.layers[r.layer.index()].forget(slot);
         for target in r.body.refs() {
-            if let Some(n) = self.refs_in.get_mut(&target) {
-                *n -= 1;
-                if *n == 0 {
-                    self.refs_in.remove(&target);
-                }
+            let n = self.refs_delta.entry(target).or_default();
+            *n -= 1;
+            if *n == 0 {
+                self.refs_delta.remove(&target);
             }
         }
         true
@@ -668,6 +676,19 @@ impl Projections {
         // moment): scan the layer exactly.
         scan_layer(top);
     }
+}
+
+/// The key index of a set of live records: `(slot, id, layer, content hash, body)` each.
+pub(crate) fn index_keys<'a>(
+    recs: impl Iterator<Item = (u32, Id, Layer, u64, &'a Body)>,
+) -> KeyIndex {
+    let (mut ids, mut content, mut refs) = (Vec::new(), Vec::new(), Vec::new());
+    for (slot, id, layer, content_hash, body) in recs {
+        ids.push((id, slot));
+        content.push((content_key(content_hash, layer, body.project()), slot));
+        refs.extend(body.refs());
+    }
+    KeyIndex::build(ids, content, refs)
 }
 
 /// Live slots sharing one content key: almost always one, kept inline (a `Vec` per record
