@@ -245,6 +245,12 @@ impl SlotSet {
     pub(crate) fn iter(&self) -> impl Iterator<Item = u32> + '_ {
         self.bits.iter()
     }
+
+    /// The slots in the `i`-th of `n` near-equal runs of the bitset, ascending.
+    pub(crate) fn iter_part(&self, i: usize, n: usize) -> impl Iterator<Item = u32> + '_ {
+        let (a, b) = part_bounds(self.bits.0.len(), i, n);
+        Bits::words_from(a, &self.bits.0[a..b])
+    }
 }
 
 /// One layer's membership and index bookkeeping.
@@ -645,9 +651,13 @@ impl Projections {
         };
         let scan_layer = |top: &mut TopK| {
             // In slot order: sequential vector reads.
-            for slot in ls.members.iter() {
-                exact(slot, top);
-            }
+            scan_split(
+                scan_threads(),
+                ls.members.len(),
+                |i, n| ls.members.iter_part(i, n),
+                &exact,
+                top,
+            );
         };
         if ls.members.len() < exact_below {
             scan_layer(top);
@@ -667,9 +677,23 @@ impl Projections {
                 scan_layer(top);
                 return;
             }
-            for &slot in ls.unfrozen.iter().chain(&ls.pending) {
-                exact(slot, top);
-            }
+            let (unfrozen, pending) = (&ls.unfrozen, &ls.pending);
+            let total = unfrozen.len() + pending.len();
+            let u = unfrozen.len();
+            scan_split(
+                scan_threads(),
+                total,
+                |i, n| {
+                    let (a, b) = part_bounds(total, i, n);
+                    let (pa, pb) = (a.max(u) - u, b.max(u) - u);
+                    unfrozen[a.min(u)..b.min(u)]
+                        .iter()
+                        .chain(pending.range(pa..pb))
+                        .copied()
+                },
+                &exact,
+                top,
+            );
             return;
         }
         // No frozen copy yet (a graph between its first insert and its first freeze, a
@@ -689,6 +713,73 @@ pub(crate) fn index_keys<'a>(
         refs.extend(body.refs());
     }
     KeyIndex::build(ids, content, refs)
+}
+
+/// Exact scans at least this long are split across cores: about 10 ms of work each at 384-d,
+/// against tens of µs to start a thread.
+const SPLIT_SCAN_MIN: usize = 65_536;
+
+/// Threads a long exact scan may use (this process's available parallelism, read once).
+fn scan_threads() -> usize {
+    static N: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *N.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get().min(8)))
+}
+
+/// `[a, b)`: the `i`-th of `n` near-equal parts of `0..len`.
+fn part_bounds(len: usize, i: usize, n: usize) -> (usize, usize) {
+    (len * i / n, len * (i + 1) / n)
+}
+
+/// Scores the `len` slots that `part(i, n)` yields in `n` parts exactly into `top`: in this
+/// thread alone when there are few, otherwise one part per thread, up to `threads` (an
+/// unindexed million-record layer is a 1.5 GB scan). Results do not depend on the split:
+/// `TopK` breaks score ties by slot.
+fn scan_split<I>(
+    threads: usize,
+    len: usize,
+    part: impl Fn(usize, usize) -> I + Sync,
+    exact: &(impl Fn(u32, &mut TopK) + Sync),
+    top: &mut TopK,
+) where
+    I: Iterator<Item = u32>,
+{
+    let n = threads.min(len / SPLIT_SCAN_MIN).max(1);
+    if n == 1 {
+        part(0, 1).for_each(|slot| exact(slot, top));
+        return;
+    }
+    let k = top.k;
+    std::thread::scope(|scope| {
+        let part = &part;
+        let others: Vec<_> = (1..n)
+            .map(|i| {
+                let scan = move || {
+                    let mut t = TopK::new(k);
+                    part(i, n).for_each(|slot| exact(slot, &mut t));
+                    t
+                };
+                // A thread that cannot be started leaves its part to this one.
+                std::thread::Builder::new()
+                    .name("magray-scan".into())
+                    .spawn_scoped(scope, scan)
+                    .map_err(|_| i)
+            })
+            .collect();
+        part(0, n).for_each(|slot| exact(slot, top));
+        for h in others {
+            let t = match h {
+                Ok(h) => h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)),
+                Err(i) => {
+                    let mut t = TopK::new(k);
+                    part(i, n).for_each(|slot| exact(slot, &mut t));
+                    t
+                }
+            };
+            for (score, slot) in t.into_sorted() {
+                top.push(score, slot);
+            }
+        }
+    });
 }
 
 /// Live slots sharing one content key: almost always one, kept inline (a `Vec` per record
@@ -741,7 +832,7 @@ pub(crate) struct Probe {
 /// The best `k` (score, slot) pairs seen, without duplicates.
 #[derive(Debug)]
 pub(crate) struct TopK {
-    k: usize,
+    pub(crate) k: usize,
     heap: std::collections::BinaryHeap<std::cmp::Reverse<Cand>>,
 }
 
@@ -829,5 +920,48 @@ fn touch(
     if let Some(h) = proj {
         a.projects.insert(h);
         s.distinct_projects = a.projects.len() as u32;
+    }
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests: a panic is the failure report
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_split_scan_finds_what_one_thread_finds() {
+        let mut members = SlotSet::default();
+        // Gaps, a dense run, and ties (many equal scores: the lower slot must win).
+        for s in (0..300_000u32).filter(|s| s % 7 != 3) {
+            members.insert(s);
+        }
+        let score = |slot: u32| ((slot.wrapping_mul(2_654_435_761) >> 8) % 5_000) as f32;
+        let exact = |slot: u32, top: &mut TopK| {
+            if !slot.is_multiple_of(11) {
+                top.push(score(slot), slot);
+            }
+        };
+        let mut one = TopK::new(100);
+        members.iter().for_each(|s| exact(s, &mut one));
+        let one = one.into_sorted();
+        for threads in [2, 3, 8] {
+            for n in [1, 2, 3, 5] {
+                let parts: Vec<u32> = (0..n).flat_map(|i| members.iter_part(i, n)).collect();
+                assert_eq!(parts, members.iter().collect::<Vec<_>>(), "{n} parts");
+            }
+            let mut split = TopK::new(100);
+            split.push(4_999.5, 1); // already in `top` from another layer
+            scan_split(
+                threads,
+                members.len(),
+                |i, n| members.iter_part(i, n),
+                &exact,
+                &mut split,
+            );
+            let mut want = TopK::new(100);
+            want.push(4_999.5, 1);
+            one.iter().for_each(|(sc, s)| want.push(*sc, *s));
+            assert_eq!(split.into_sorted(), want.into_sorted(), "{threads} threads");
+        }
     }
 }
