@@ -19,11 +19,10 @@
 //! slice what was checked.
 
 use crate::error::{Error, Result};
-use crate::snapshot::{check_file, FileEntry};
+use crate::snapshot::{map_checked, FileEntry};
 use crate::types::Layer;
 use magray_wal::Id;
 use memmap2::Mmap;
-use std::fs::File;
 use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
@@ -437,22 +436,13 @@ pub(crate) fn write(w: impl Write, rows: &[Row]) -> std::io::Result<(u64, u32)> 
 /// Checks the record table `entry` of the snapshot in `dir` against its manifest length and
 /// crc32, then maps and reads it; `nslots` bounds the slots it may name.
 pub(crate) fn load(dir: &Path, entry: &FileEntry, nslots: u32) -> Result<Arc<RecordTable>> {
-    // The crc is read with `read()` before the file is mapped: a bad block is then an error
-    // (the snapshot is rejected and open falls back), not a SIGBUS.
-    check_file(dir, entry)?;
+    // Length and crc are checked before anything else is read through the map.
+    let map = map_checked(dir, entry)?;
     let path = &dir.join(&entry.name);
     let bad = |off: u64, why: String| Error::corrupted(path, off, why);
     let flen = entry.len;
     if flen < HEADER as u64 {
         return Err(bad(0, "shorter than the record table header".into()));
-    }
-    let f = File::open(path).map_err(|e| Error::io(path, e))?;
-    // SAFETY: snapshot files are immutable once renamed into place; nothing in this crate
-    // writes to them again, and the store lock keeps other writers of ours out.
-    #[allow(unsafe_code)]
-    let map = unsafe { Mmap::map(&f) }.map_err(|e| Error::io(path, e))?;
-    if map.len() as u64 != flen {
-        return Err(bad(0, "changed while it was read".into()));
     }
     let h = &map[..HEADER];
     if h[0..8] != MAGIC {
@@ -584,6 +574,7 @@ fn check_rows(t: &RecordTable, ntags: u64, nrefs: u64, nslots: u32) -> Result<()
 #[allow(clippy::unwrap_used)] // tests: a panic is the failure report
 mod tests {
     use super::*;
+    use std::fs::File;
 
     fn rows() -> Vec<Row> {
         (0..50u32)

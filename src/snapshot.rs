@@ -22,6 +22,7 @@ use crate::state::{index_keys, Access, Graph, LayerState, Projections, RecordDat
 use crate::types::{AccessStats, Layer};
 use crate::vectors::{self, Vectors};
 use magray_wal::fsutil::{self, sync_dir, TEMP_PREFIX};
+use memmap2::Mmap;
 use rkyv::rancor::BoxedError;
 use rkyv::util::AlignedVec;
 use rkyv::{Archive, Deserialize, Serialize};
@@ -237,7 +238,9 @@ fn sync_file(path: &Path) -> Result<()> {
 fn crc_file(path: &Path) -> Result<(u64, u32)> {
     let mut f = File::open(path).map_err(|e| Error::io(path, e))?;
     let mut h = crc32fast::Hasher::new();
-    let mut buf = vec![0u8; 1 << 20];
+    // 128 KiB stays in L2 between the copy and the crc: reading a 1.5 GB chunk this way took
+    // 221 ms here, against 263 ms with 1 MiB (and 550 ms with 16 MiB).
+    let mut buf = vec![0u8; 128 << 10];
     let mut len = 0u64;
     loop {
         let n = f.read(&mut buf).map_err(|e| Error::io(path, e))?;
@@ -425,8 +428,7 @@ impl Writer {
             let count = (bytes.len() / (cap.dim * 4)) as u32;
             let name = vectors::chunk_name(*start, count);
             let path = tmp.join(&name);
-            vectors::write_chunk(&path, cap.dim, *start, bytes)?;
-            let (len, crc) = crc_file(&path)?;
+            let (len, crc) = vectors::write_chunk(&path, cap.dim, *start, bytes)?;
             chunk_entries.push(FileEntry {
                 name: name.clone(),
                 len,
@@ -559,6 +561,63 @@ pub(crate) fn read_manifest(dir: &Path) -> Result<ManifestBody> {
         }
     }
     Ok(m)
+}
+
+/// Maps the listed file `entry` of the snapshot in `dir` and checks its length and crc32
+/// through the map. The pages are first populated with `MADV_POPULATE_READ`, which returns a
+/// media error as an error (the snapshot is rejected and open falls back) where a plain read
+/// through the map would raise SIGBUS; the crc is then taken in place, without the copy a
+/// `read()` makes (a 1.5 GB vector chunk: 167 ms this way, 221 ms with `read()`). Without
+/// that call (Linux before 5.14, other systems) the crc is taken with `read()` first.
+pub(crate) fn map_checked(dir: &Path, entry: &FileEntry) -> Result<Mmap> {
+    let path = &dir.join(&entry.name);
+    let f = File::open(path).map_err(|e| Error::io(path, e))?;
+    // SAFETY: snapshot files are immutable once renamed into place; nothing in this crate
+    // writes to them again, and the store lock keeps other writers of ours out.
+    #[allow(unsafe_code)]
+    let map = unsafe { Mmap::map(&f) }.map_err(|e| Error::io(path, e))?;
+    let len = map.len() as u64;
+    if len != entry.len {
+        return check_sum(path, entry, len, 0).map(|_| map);
+    }
+    match crc_populated(path, &map)? {
+        Some(crc) => check_sum(path, entry, len, crc)?,
+        None => check_file(dir, entry)?,
+    }
+    Ok(map)
+}
+
+/// crc32 of `map`, each step populated before it is read; `None` where the kernel cannot
+/// populate a mapping (nothing was read through it then).
+fn crc_populated(path: &Path, map: &Mmap) -> Result<Option<u32>> {
+    #[cfg(target_os = "linux")]
+    {
+        const STEP: usize = 16 << 20;
+        const EINVAL: i32 = 22;
+        let mut h = crc32fast::Hasher::new();
+        let mut at = 0;
+        while at < map.len() {
+            let n = STEP.min(map.len() - at);
+            match map.advise_range(memmap2::Advice::PopulateRead, at, n) {
+                Ok(()) => h.update(&map[at..at + n]),
+                Err(e) if at == 0 && e.raw_os_error() == Some(EINVAL) => return Ok(None),
+                Err(e) => {
+                    return Err(Error::corrupted(
+                        path,
+                        at as u64,
+                        format!("cannot read {n} bytes from here: {e}"),
+                    ))
+                }
+            }
+            at += n;
+        }
+        Ok(Some(h.finalize()))
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = (path, map);
+        Ok(None)
+    }
 }
 
 /// Checks one listed file's length and crc32.
@@ -796,10 +855,10 @@ fn decode_tables(dir: &Path, m: &ManifestBody) -> Result<Tables> {
     Ok((slots, keys, stats.promoted, stats.expired, model))
 }
 
-/// Checks the snapshot's vector chunks against their manifest entries, then maps them. The
-/// crc32 is read with `read()` before anything is mapped: a bad block is then an error (the
-/// snapshot is rejected and open falls back), not a SIGBUS at every open.
+/// Maps the snapshot's vector chunks, each checked against its manifest entry (see
+/// [`map_checked`]) before anything else is read from it.
 fn map_chunks(dir: &Path, dim: usize, m: &ManifestBody) -> Result<Vectors> {
+    let mut maps = Vec::with_capacity(m.chunks.len());
     for name in &m.chunks {
         let Some(entry) = m.files.iter().find(|f| &f.name == name) else {
             return Err(Error::corrupted(
@@ -808,10 +867,9 @@ fn map_chunks(dir: &Path, dim: usize, m: &ManifestBody) -> Result<Vectors> {
                 format!("chunk {name} is not listed"),
             ));
         };
-        check_file(dir, entry)?;
+        maps.push((dir.join(name), map_checked(dir, entry)?));
     }
-    let paths: Vec<PathBuf> = m.chunks.iter().map(|c| dir.join(c)).collect();
-    Vectors::from_chunks(dim, &paths, m.nslots)
+    Vectors::from_chunks(dim, maps, m.nslots)
 }
 
 fn finish_load(dim: usize, m: ManifestBody, tables: Tables, vectors: Vectors) -> Result<Loaded> {
@@ -922,6 +980,32 @@ mod tests {
         m.files.retain(|f| f.name != RECORDS_FILE);
         m.files.push(entry);
         write_manifest(dir, &m).unwrap();
+    }
+
+    /// Pages that cannot be read (here: cut off the file after it was mapped, which a plain
+    /// read through the map answers with SIGBUS) are an error that names the file.
+    #[cfg(target_os = "linux")]
+    #[test]
+    fn an_unreadable_mapped_page_is_an_error_not_a_signal() {
+        let tmp = tempfile::tempdir().unwrap();
+        let path = tmp.path().join("vectors-0000000000-0000000001.f32");
+        let f = std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
+        f.set_len(40 << 20).unwrap();
+        #[allow(unsafe_code)]
+        // SAFETY: test file, cut short on purpose below; only read through crc_populated.
+        let map = unsafe { Mmap::map(&f) }.unwrap();
+        f.set_len(20 << 20).unwrap();
+        let err = crc_populated(&path, &map).unwrap_err().to_string();
+        assert!(
+            err.contains("vectors-0000000000-0000000001.f32") && err.contains("offset 16777216"),
+            "{err}"
+        );
     }
 
     fn vector(i: usize, dim: usize) -> Vec<f32> {

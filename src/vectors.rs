@@ -133,11 +133,17 @@ impl Vectors {
         Ok(())
     }
 
-    /// Builds the store from a snapshot's chunk files (already crc-checked by the caller).
-    pub(crate) fn from_chunks(dim: usize, paths: &[PathBuf], slots: u32) -> Result<Vectors> {
+    /// Builds the store from a snapshot's chunk files, mapped and crc-checked by the caller.
+    pub(crate) fn from_chunks(
+        dim: usize,
+        maps: Vec<(PathBuf, Mmap)>,
+        slots: u32,
+    ) -> Result<Vectors> {
         let mut v = Vectors::new(dim);
-        for p in paths {
-            let c = map_chunk(p, dim)?;
+        let last = maps.last().map(|(p, _)| p.clone()).unwrap_or_default();
+        for (p, map) in maps {
+            let p = &p;
+            let c = chunk_of(p, map, dim)?;
             if c.start != v.tail_start {
                 return Err(Error::corrupted(
                     p,
@@ -153,7 +159,7 @@ impl Vectors {
         }
         if v.tail_start != slots {
             return Err(Error::corrupted(
-                paths.last().cloned().unwrap_or_default(),
+                last,
                 0,
                 format!(
                     "chunks hold {} vectors; the snapshot has {slots} slots",
@@ -165,8 +171,9 @@ impl Vectors {
     }
 }
 
-/// Writes a chunk file (not synced; the snapshot writer syncs every file it writes).
-pub(crate) fn write_chunk(path: &Path, dim: usize, start: u32, data: &[u8]) -> Result<u32> {
+/// Writes (and fsyncs) a chunk file; returns its length and crc32, taken from the bytes
+/// written (reading a new 1.5 GB chunk back for its crc was seconds of a 1M checkpoint).
+pub(crate) fn write_chunk(path: &Path, dim: usize, start: u32, data: &[u8]) -> Result<(u64, u32)> {
     let count = (data.len() / (dim * 4)) as u32;
     let mut h = [0u8; HEADER_LEN];
     h[0..4].copy_from_slice(&MAGIC);
@@ -181,7 +188,10 @@ pub(crate) fn write_chunk(path: &Path, dim: usize, start: u32, data: &[u8]) -> R
         .and_then(|_| f.write_all(data))
         .and_then(|_| magray_wal::fsutil::sync_file(&f, path))
         .map_err(|e| Error::io(path, e))?;
-    Ok(count)
+    let mut crc = crc32fast::Hasher::new();
+    crc.update(&h);
+    crc.update(data);
+    Ok(((HEADER_LEN + data.len()) as u64, crc.finalize()))
 }
 
 fn map_chunk(path: &Path, dim: usize) -> Result<Chunk> {
@@ -190,6 +200,11 @@ fn map_chunk(path: &Path, dim: usize) -> Result<Chunk> {
     // this crate writes to them again, and the store lock keeps other writers of ours out.
     #[allow(unsafe_code)]
     let map = unsafe { Mmap::map(&f) }.map_err(|e| Error::io(path, e))?;
+    chunk_of(path, map, dim)
+}
+
+/// The chunk file at `path`, already mapped: its header checked against `dim`.
+fn chunk_of(path: &Path, map: Mmap, dim: usize) -> Result<Chunk> {
     if map.len() < HEADER_LEN {
         return Err(Error::corrupted(path, 0, "shorter than the chunk header"));
     }
