@@ -143,8 +143,11 @@ fn child(dir: &str) {
         let rss_ready = proc_status_kb("VmRSS").unwrap_or(0);
         let s = m.stats();
         println!(
-            "CHILD open_us={} first_us={} ready_us={} rss0_kb={rss0} rss_open_kb={rss_open} rss_ready_kb={rss_ready} hwm_kb={} replayed={} records={} pending={}",
+            "CHILD open_us={} log_us={} snap_us={} replay_us={} first_us={} ready_us={} rss0_kb={rss0} rss_open_kb={rss_open} rss_ready_kb={rss_ready} hwm_kb={} replayed={} records={} pending={}",
             open.as_micros(),
+            s.open.log_open_us,
+            s.open.snapshot_load_us,
+            s.open.replay_us,
             first.as_micros(),
             ready.as_micros(),
             proc_status_kb("VmHWM").unwrap_or(0),
@@ -159,6 +162,10 @@ fn child(dir: &str) {
 #[derive(Default, Clone)]
 struct ChildRun {
     open_ms: f64,
+    /// The engine's own split of its open time (`OpenReport`).
+    log_ms: f64,
+    snap_ms: f64,
+    replay_ms: f64,
     first_ms: f64,
     ready_ms: f64,
     rss0: u64,
@@ -191,6 +198,9 @@ fn run_child(dir: &Path) -> ChildRun {
         let v: u64 = v.parse().unwrap();
         match k {
             "open_us" => r.open_ms = v as f64 / 1e3,
+            "log_us" => r.log_ms = v as f64 / 1e3,
+            "snap_us" => r.snap_ms = v as f64 / 1e3,
+            "replay_us" => r.replay_ms = v as f64 / 1e3,
             "first_us" => r.first_ms = v as f64 / 1e3,
             "ready_us" => r.ready_ms = v as f64 / 1e3,
             "rss0_kb" => r.rss0 = v,
@@ -319,8 +329,16 @@ fn main() {
         "peak RSS"
     );
     let mut largest = None;
+    let mut parts = Vec::new();
     for s in &stores {
         let rs: Vec<ChildRun> = (0..runs).map(|_| run_child(s.dir.path())).collect();
+        parts.push(format!(
+            "{:>9}: log {:.1} ms, snapshot {:.1} ms, replay {:.1} ms",
+            s.n + delta,
+            median(rs.iter().map(|r| r.log_ms).collect()),
+            median(rs.iter().map(|r| r.snap_ms).collect()),
+            median(rs.iter().map(|r| r.replay_ms).collect()),
+        ));
         let first = median(rs.iter().map(|r| r.first_ms).collect());
         let open = median(rs.iter().map(|r| r.open_ms).collect());
         let ready = median(rs.iter().map(|r| r.ready_ms).collect());
@@ -343,6 +361,10 @@ fn main() {
             kib(last.hwm),
         );
         largest = Some((s.n + delta, raw, last));
+    }
+    println!("open, split as the engine reports it (OpenReport; medians):");
+    for p in &parts {
+        println!("{p}");
     }
     for s in &stores {
         println!(

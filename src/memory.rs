@@ -359,6 +359,8 @@ impl Memory {
             ..Default::default()
         };
 
+        report.log_open_us = started.elapsed().as_micros() as u64;
+        let snapshots_from = Instant::now();
         let mut loaded = None;
         if !config.full_replay {
             for (seq, path) in snapshot::list(&snap_root)? {
@@ -446,6 +448,8 @@ impl Memory {
             ),
         };
         proj.ttl_us = config.lifecycle.ttl_us();
+        report.snapshot_load_us = snapshots_from.elapsed().as_micros() as u64;
+        let replay_from = Instant::now();
         let mut only_markers = true;
         for env in delta {
             let env = env?;
@@ -464,6 +468,7 @@ impl Memory {
             proj.apply(&env)?;
             report.replayed_events += 1;
         }
+        report.replay_us = replay_from.elapsed().as_micros() as u64;
         if snap_state.latest.is_some() && only_markers {
             // Nothing but the snapshot's own `Checkpointed` marker since: an idle open/close
             // must not write another snapshot.

@@ -306,8 +306,14 @@ pub struct OpenReport {
     pub log: magray_wal::RecoveryReport,
     /// HNSW dumps that could not be used; those layers are rebuilt in the background.
     pub index_rebuilds: Vec<(Layer, String)>,
-    /// Time spent opening (µs).
+    /// Time spent opening (µs), in all. Its parts below: where a slow open spends its time.
     pub open_us: u64,
+    /// Of `open_us`: opening the log (its own recovery included).
+    pub log_open_us: u64,
+    /// Of `open_us`: loading and checking snapshots (rejected ones included).
+    pub snapshot_load_us: u64,
+    /// Of `open_us`: replaying the log after the snapshot.
+    pub replay_us: u64,
 }
 
 /// A snapshot of the engine's state.

@@ -303,6 +303,11 @@ async fn status(dir: &Path, json: bool, prometheus: bool) -> Result<()> {
         v["expired"] = json!(s.expired);
         v["promoter_version"] = json!(s.promoter_version);
         v["open_ms"] = json!(s.open.open_us / 1000);
+        v["open_parts_ms"] = json!({
+            "log": s.open.log_open_us / 1000,
+            "snapshot": s.open.snapshot_load_us / 1000,
+            "replay": s.open.replay_us / 1000,
+        });
         v["replayed_events"] = json!(s.open.replayed_events);
         v["embedding_cache_hit_rate"] = json!(s.embedder.as_ref().map(|e| e.hit_rate()));
     }
@@ -363,8 +368,11 @@ async fn status(dir: &Path, json: bool, prometheus: bool) -> Result<()> {
             s.promoted[0], s.promoted[1], s.expired[0], s.expired[1], s.expired[2], s.promoter_version
         );
         println!(
-            "open       {} ms, {} events replayed",
+            "open       {} ms (log {} ms, snapshot {} ms, replay {} ms), {} events replayed",
             s.open.open_us / 1000,
+            s.open.log_open_us / 1000,
+            s.open.snapshot_load_us / 1000,
+            s.open.replay_us / 1000,
             s.open.replayed_events
         );
     }
