@@ -81,3 +81,28 @@ fn dot_i8_portable(a: &[i8], b: &[i8]) -> i32 {
 pub(crate) fn dist_key(sim: f32) -> u32 {
     (2.0 - sim).max(0.0).to_bits()
 }
+
+/// Asks the CPU to start loading the first `lines` cache lines of `s` (a hint: it never
+/// faults and changes no value). A graph walk knows which vectors it will score next; asking
+/// for all of them first lets their cache misses overlap.
+#[inline(always)]
+pub(crate) fn prefetch<T>(s: &[T], lines: usize) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        let p = s.as_ptr().cast::<i8>();
+        let len = std::mem::size_of_val(s).min(lines * 64);
+        let mut at = 0;
+        while at < len {
+            // SAFETY: `p + at` lies inside `s`; a prefetch reads nothing architecturally
+            // and cannot fault.
+            #[allow(unsafe_code)]
+            unsafe {
+                _mm_prefetch(p.add(at), _MM_HINT_T0)
+            };
+            at += 64;
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = (s, lines);
+}

@@ -20,8 +20,12 @@
 //! `docs/format.md`): links only; the vectors are taken back from the store's own vector
 //! chunks by slot when a dump loads.
 
-use crate::distance::{dist_key, dot};
-use crate::frozen::{beam, greedy, next_generation, FrozenGraph};
+use crate::distance::{dist_key, dot, prefetch};
+use crate::frozen::{beam, greedy, next_generation, FrozenGraph, Scorer};
+
+/// Cache lines of each vector a beam asks for ahead (see [`prefetch`]): measured on 20k
+/// bench-like vectors, inserts ran 9–19 % faster (three paired runs) than without.
+const PREFETCH_LINES: usize = 4;
 
 /// Highest level a point may get (a level above this has a probability below 16^-15).
 const MAX_LEVEL: usize = 15;
@@ -255,11 +259,15 @@ impl HnswBuilder {
         let mut marks = std::mem::take(&mut self.marks);
         let g = next_generation(&mut marks, &mut self.generation);
         let dist = |n: u32| dist_key(dot(q, self.vec(n)));
+        let pf = |n: u32| prefetch(self.vec(n), PREFETCH_LINES);
         let res = beam(
             seeds,
             ef,
             |n| self.links(n, level),
-            &dist,
+            Scorer {
+                dist: &dist,
+                prefetch: &pf,
+            },
             &|_| true,
             &mut marks,
             g,
