@@ -82,25 +82,30 @@ pub(crate) fn dist_key(sim: f32) -> u32 {
     (2.0 - sim).max(0.0).to_bits()
 }
 
-/// Asks the CPU to start loading the first `lines` cache lines of `s` (a hint: it never
-/// faults and changes no value). A graph walk knows which vectors it will score next; asking
-/// for all of them first lets their cache misses overlap.
+/// Asks the CPU to start loading the cache lines that hold `s`, at most `lines` of them (a
+/// hint: it never faults and changes no value). A graph walk knows which vectors it will
+/// score next; asking for all of them first lets their cache misses overlap.
 #[inline(always)]
 pub(crate) fn prefetch<T>(s: &[T], lines: usize) {
     #[cfg(target_arch = "x86_64")]
     {
         use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
         let p = s.as_ptr().cast::<i8>();
-        let len = std::mem::size_of_val(s).min(lines * 64);
-        let mut at = 0;
-        while at < len {
-            // SAFETY: `p + at` lies inside `s`; a prefetch reads nothing architecturally
-            // and cannot fault.
+        let end = p.wrapping_add(std::mem::size_of_val(s));
+        // From the start of the first line `s` touches: a slice that does not start on a
+        // line boundary spans one line more than its length suggests.
+        let mut line = p.wrapping_sub(p as usize % 64);
+        for _ in 0..lines {
+            if line >= end {
+                break;
+            }
+            // SAFETY: a prefetch reads nothing architecturally and cannot fault, whatever
+            // the address; this one is a cache line holding part of `s`.
             #[allow(unsafe_code)]
             unsafe {
-                _mm_prefetch(p.add(at), _MM_HINT_T0)
+                _mm_prefetch(line, _MM_HINT_T0)
             };
-            at += 64;
+            line = line.wrapping_add(64);
         }
     }
     #[cfg(not(target_arch = "x86_64"))]

@@ -17,10 +17,11 @@ use std::cell::RefCell;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 
-/// Cache lines of each code a beam asks for ahead (see [`prefetch`]): all 6 of a 384-d code.
-/// On the 100k bench store at ef 16, single-thread QPS rose in each of three paired runs
-/// (4,409 → 5,225, 2,770 → 4,224, 2,691 → 3,923 on a noisy machine), results unchanged.
-const PREFETCH_LINES: usize = 6;
+/// Cache lines of each code a beam asks for ahead (see [`prefetch`]): all of it (a 384-d
+/// code spans 6 or 7). Asking for the first 6 lines, on the 100k bench store at ef 16,
+/// single-thread QPS rose in each of three paired runs (4,409 → 5,225, 2,770 → 4,224,
+/// 2,691 → 3,923 on a noisy machine), results unchanged.
+const PREFETCH_LINES: usize = usize::MAX;
 
 /// See the module documentation.
 pub(crate) struct FrozenGraph {
@@ -282,15 +283,18 @@ pub(crate) fn beam<'a>(
         }
     }
     let mut bound = res.peek().map_or(u32::MAX, |r| r.0);
+    let mut fresh = [0u32; 2 * crate::hnsw::MAX_M];
     while let Some(Reverse((cd, c))) = cand.pop() {
         if cd > bound && res.len() >= ef {
             break;
         }
         // The unvisited links first, each one's data asked for before any is scored: their
         // cache misses then overlap instead of queueing one behind the other.
-        let mut fresh = [0u32; 2 * crate::hnsw::MAX_M + 2];
+        let ls = links(c);
+        // A node has at most 2·MAX_M links (the builder and the dump reader enforce it).
+        debug_assert!(ls.len() <= fresh.len());
         let mut k = 0;
-        for &n in links(c) {
+        for &n in ls {
             let mark = &mut marks[n as usize];
             if *mark == g || k == fresh.len() {
                 continue;

@@ -266,6 +266,12 @@ impl KeyIndex {
         }
         let count = |at: usize| usize::try_from(u64_at(h, at)).unwrap_or(usize::MAX);
         let (ids, content, refs) = (count(16), count(24), count(32));
+        if content != ids {
+            return Err(bad(
+                24,
+                format!("{content} content keys for {ids} ids (one each)"),
+            ));
+        }
         let s = sections(ids, content, refs)
             .filter(|s| s.end == len)
             .ok_or_else(|| {
@@ -425,7 +431,7 @@ mod tests {
         std::fs::write(&path, &good).unwrap();
         // A count that does not fit the file.
         let err = load_edited(tmp.path(), 100, |b| {
-            b[16] = 101;
+            b[32] = 9;
             let crc = crc32fast::hash(&b[..60]);
             b[60..64].copy_from_slice(&crc.to_le_bytes());
         });
@@ -434,5 +440,43 @@ mod tests {
         // A header byte changed without its crc.
         let err = load_edited(tmp.path(), 100, |b| b[20] ^= 1);
         assert!(err.contains("header checksum"), "{err}");
+        std::fs::write(&path, &good).unwrap();
+        // Header edits with a matching header crc.
+        let header = |b: &mut Vec<u8>, at: usize, v: u8| {
+            b[at] = v;
+            let crc = crc32fast::hash(&b[..60]);
+            b[60..64].copy_from_slice(&crc.to_le_bytes());
+        };
+        let err = load_edited(tmp.path(), 100, |b| header(b, 44, 1));
+        assert!(err.contains("reserved"), "{err}");
+        std::fs::write(&path, &good).unwrap();
+        let err = load_edited(tmp.path(), 100, |b| header(b, 24, 99));
+        assert!(err.contains("99 content keys for 100 ids"), "{err}");
+        std::fs::write(&path, &good).unwrap();
+        // Content keys out of order (the last key made smaller than the one before).
+        let err = load_edited(tmp.path(), 100, |b| {
+            let last = s.content_keys + 99 * 8;
+            b[last..last + 8].copy_from_slice(&0u64.to_le_bytes());
+        });
+        assert!(
+            err.contains("content key out of order")
+                && err.contains(&format!("offset {}", s.content_keys + 99 * 8)),
+            "{err}"
+        );
+        std::fs::write(&path, &good).unwrap();
+        // Ref targets out of order, and a zero count.
+        let err = load_edited(tmp.path(), 100, |b| {
+            b.copy_within(s.ref_ids..s.ref_ids + 16, s.ref_ids + 16);
+        });
+        assert!(err.contains("ref target out of order"), "{err}");
+        std::fs::write(&path, &good).unwrap();
+        let err = load_edited(tmp.path(), 100, |b| {
+            b[s.ref_counts + 4..s.ref_counts + 8].copy_from_slice(&0u32.to_le_bytes());
+        });
+        assert!(
+            err.contains("zero reference count")
+                && err.contains(&format!("offset {}", s.ref_counts + 4)),
+            "{err}"
+        );
     }
 }

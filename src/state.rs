@@ -246,10 +246,25 @@ impl SlotSet {
         self.bits.iter()
     }
 
-    /// The slots in the `i`-th of `n` near-equal runs of the bitset, ascending.
+    /// The `i`-th of `n` runs of the slots, ascending, each holding about as many slots (the
+    /// runs split the bitset at word boundaries; a layer's slots can sit in a narrow range).
     pub(crate) fn iter_part(&self, i: usize, n: usize) -> impl Iterator<Item = u32> + '_ {
-        let (a, b) = part_bounds(self.bits.0.len(), i, n);
-        Bits::words_from(a, &self.bits.0[a..b])
+        let words = &self.bits.0;
+        // The first word at which `want` slots lie before it.
+        let word_at = |want: usize| {
+            let mut seen = 0;
+            words
+                .iter()
+                .position(|w| {
+                    seen += w.count_ones() as usize;
+                    seen > want
+                })
+                .map_or(words.len(), |p| p + 1)
+        };
+        let (lo, hi) = part_bounds(self.len, i, n);
+        let a = if i == 0 { 0 } else { word_at(lo) };
+        let b = if i + 1 == n { words.len() } else { word_at(hi) };
+        Bits::words_from(a, &words[a.min(b)..b])
     }
 }
 
@@ -677,20 +692,10 @@ impl Projections {
                 scan_layer(top);
                 return;
             }
-            let (unfrozen, pending) = (&ls.unfrozen, &ls.pending);
-            let total = unfrozen.len() + pending.len();
-            let u = unfrozen.len();
             scan_split(
                 scan_threads(),
-                total,
-                |i, n| {
-                    let (a, b) = part_bounds(total, i, n);
-                    let (pa, pb) = (a.max(u) - u, b.max(u) - u);
-                    unfrozen[a.min(u)..b.min(u)]
-                        .iter()
-                        .chain(pending.range(pa..pb))
-                        .copied()
-                },
+                ls.unfrozen.len() + ls.pending.len(),
+                |i, n| tail_part(&ls.unfrozen, &ls.pending, i, n),
                 &exact,
                 top,
             );
@@ -723,6 +728,23 @@ const SPLIT_SCAN_MIN: usize = 65_536;
 fn scan_threads() -> usize {
     static N: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     *N.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get().min(8)))
+}
+
+/// The `i`-th of `n` near-equal parts of `unfrozen` followed by `pending` (the points a
+/// frozen graph lacks).
+fn tail_part<'a>(
+    unfrozen: &'a [u32],
+    pending: &'a VecDeque<u32>,
+    i: usize,
+    n: usize,
+) -> impl Iterator<Item = u32> + 'a {
+    let u = unfrozen.len();
+    let (a, b) = part_bounds(u + pending.len(), i, n);
+    let (pa, pb) = (a.max(u) - u, b.max(u) - u);
+    unfrozen[a.min(u)..b.min(u)]
+        .iter()
+        .chain(pending.range(pa..pb))
+        .copied()
 }
 
 /// `[a, b)`: the `i`-th of `n` near-equal parts of `0..len`.
@@ -928,6 +950,134 @@ fn touch(
 mod tests {
     use super::*;
 
+    fn id(n: u8) -> Id {
+        [n; 16]
+    }
+
+    fn at(seq: u64, event: Event) -> Envelope {
+        Envelope {
+            seq,
+            ts_us: 1_000 * seq,
+            event,
+        }
+    }
+
+    fn inserted(n: u8, layer: Layer, text: &str, project: Option<&str>, refs: &[u8]) -> Event {
+        Event::Inserted(Inserted {
+            id: id(n),
+            layer,
+            kind: "note".into(),
+            text: text.into(),
+            embedding: vec![f32::from(n), 1.0],
+            tags: Vec::new(),
+            project: project.map(String::from),
+            session: None,
+            refs: refs.iter().map(|r| id(*r)).collect(),
+            content_hash: fnv64(text.as_bytes()),
+            ts_us: 0,
+        })
+    }
+
+    fn promoted(n: u8, from: Layer, to: Layer) -> Event {
+        Event::Promoted(vec![magray_wal::Promotion {
+            id: id(n),
+            from,
+            to,
+            score: 1.0,
+            model_version: 0,
+        }])
+    }
+
+    /// Lookups through a snapshot's key index plus the changes after it agree with maps
+    /// replayed from the start: through deletes, a move between layers and back, supersedes,
+    /// an id inserted again after its delete, expiry, and references added and dropped.
+    #[test]
+    fn key_lookups_after_a_snapshot_match_a_full_replay() {
+        use Layer::{Assets, Insights, Interact};
+        let before = [
+            inserted(1, Interact, "alpha", None, &[]),
+            inserted(2, Interact, "beta", Some("p"), &[1]),
+            inserted(3, Insights, "gamma", None, &[1, 2]),
+            inserted(4, Interact, "alpha", None, &[]),
+            inserted(5, Assets, "eps", None, &[]),
+            Event::Rated {
+                id: id(1),
+                rating: 0.5,
+            },
+        ];
+        let after = [
+            Event::Deleted { id: id(1) },
+            promoted(2, Interact, Insights),
+            promoted(2, Insights, Interact),
+            promoted(4, Interact, Insights),
+            inserted(6, Insights, "phi", None, &[1]),
+            Event::Superseded {
+                old: id(3),
+                new: id(6),
+            },
+            inserted(1, Interact, "alpha", None, &[2]),
+            Event::Expired {
+                ids: vec![id(5)],
+                reason: magray_wal::ExpiryReason::Ttl,
+            },
+        ];
+        let mut full = Projections::new(2);
+        let mut seq = 0;
+        for e in &before {
+            seq += 1;
+            full.apply(&at(seq, e.clone())).unwrap();
+        }
+        // The snapshot: its records, vectors and key index, as a load builds them.
+        let mut vectors = Vectors::new(2);
+        for slot in 0..full.vectors.len() {
+            vectors.push(full.vectors.get(slot));
+        }
+        let keys = index_keys(
+            full.slots
+                .iter()
+                .enumerate()
+                .filter_map(|(s, r)| r.as_ref().map(|r| (s as u32, r)))
+                .map(|(s, r)| (s, r.id, r.layer, r.content_hash, &r.body)),
+        );
+        let mut snap = Projections::from_parts(
+            2,
+            seq,
+            full.last_ts_us,
+            full.slots.clone(),
+            Some(keys),
+            vectors,
+        );
+        for e in &after {
+            seq += 1;
+            full.apply(&at(seq, e.clone())).unwrap();
+            snap.apply(&at(seq, e.clone())).unwrap();
+            assert_eq!(crate::verify::differ(&snap, &full), None, "after {e:?}");
+        }
+        for p in [&snap, &full] {
+            // The first "alpha" died; the other one moved to Insights; the id came back.
+            assert_eq!(p.slot_of(&id(1)), Some(6));
+            assert_eq!(
+                p.find_duplicate("alpha", fnv64(b"alpha"), Interact, None, 0),
+                Some(id(1))
+            );
+            assert_eq!(
+                p.find_duplicate("alpha", fnv64(b"alpha"), Insights, None, 0),
+                Some(id(4))
+            );
+            assert_eq!(
+                p.find_duplicate("beta", fnv64(b"beta"), Interact, Some("p"), 0),
+                Some(id(2))
+            );
+            assert_eq!(
+                p.find_duplicate("beta", fnv64(b"beta"), Insights, Some("p"), 0),
+                None
+            );
+            assert_eq!((p.slot_of(&id(3)), p.slot_of(&id(5))), (None, None));
+            // References to 1: from 2 and 6 (3 is gone); to 2: from the new 1 only.
+            assert_eq!((p.refs_in(&id(1)), p.refs_in(&id(2))), (2, 1));
+        }
+    }
+
     #[test]
     fn a_split_scan_finds_what_one_thread_finds() {
         let mut members = SlotSet::default();
@@ -941,6 +1091,26 @@ mod tests {
                 top.push(score(slot), slot);
             }
         };
+        // Slots in a narrow range of a large bitset still split evenly.
+        let mut narrow = SlotSet::default();
+        for s in 1_000_000..1_100_000u32 {
+            narrow.insert(s);
+        }
+        let sizes: Vec<usize> = (0..4).map(|i| narrow.iter_part(i, 4).count()).collect();
+        assert!(
+            sizes.iter().all(|c| (24_900..=25_100).contains(c)),
+            "{sizes:?}"
+        );
+        // The points a frozen graph lacks, in parts that cross from one list to the other.
+        let unfrozen: Vec<u32> = (0..1_000).collect();
+        let pending: VecDeque<u32> = (5_000..5_007).collect();
+        for n in [1, 2, 3, 4, 7, 1_007, 2_000] {
+            let parts: Vec<u32> = (0..n)
+                .flat_map(|i| tail_part(&unfrozen, &pending, i, n))
+                .collect();
+            let all: Vec<u32> = unfrozen.iter().chain(&pending).copied().collect();
+            assert_eq!(parts, all, "{n} parts");
+        }
         let mut one = TopK::new(100);
         members.iter().for_each(|s| exact(s, &mut one));
         let one = one.into_sorted();

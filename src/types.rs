@@ -308,11 +308,13 @@ pub struct OpenReport {
     pub index_rebuilds: Vec<(Layer, String)>,
     /// Time spent opening (µs), in all. Its parts below: where a slow open spends its time.
     pub open_us: u64,
-    /// Of `open_us`: opening the log (its own recovery included).
+    /// Of `open_us`: everything before the snapshots: the config check, the lock, the store
+    /// MANIFEST, temp-file cleanup, and opening the log (its own recovery included).
     pub log_open_us: u64,
     /// Of `open_us`: loading and checking snapshots (rejected ones included).
     pub snapshot_load_us: u64,
-    /// Of `open_us`: replaying the log after the snapshot.
+    /// Of `open_us`: replaying the log after the snapshot. What is left of `open_us` after
+    /// these three is setting up the layers' index state and starting the threads.
     pub replay_us: u64,
 }
 

@@ -208,7 +208,7 @@ pub fn verify(dir: &Path) -> Result<VerifyReport> {
 }
 
 /// The first difference between two projections, if any.
-fn differ(a: &Projections, b: &Projections) -> Option<String> {
+pub(crate) fn differ(a: &Projections, b: &Projections) -> Option<String> {
     if a.applied_seq != b.applied_seq {
         return Some(format!(
             "applied sequence {} vs {}",
@@ -226,6 +226,30 @@ fn differ(a: &Projections, b: &Projections) -> Option<String> {
     }
     if (a.promoted, a.expired) != (b.promoted, b.expired) {
         return Some("lifecycle counters differ".into());
+    }
+    // The key lookups (a snapshot's key index plus what changed since, against maps replayed
+    // from the start): each record is found by its id, an identical insert resolves to the
+    // same record, and it is referred to as often.
+    for (slot, r) in a.slots.iter().enumerate() {
+        let Some(r) = r else { continue };
+        let id = crate::RecordId(r.id);
+        let (text, project) = (r.body.text(), r.body.project());
+        let dup = |p: &Projections| p.find_duplicate(text, r.content_hash, r.layer, project, 0);
+        if a.slot_of(&r.id) != Some(slot as u32) || b.slot_of(&r.id) != Some(slot as u32) {
+            return Some(format!(
+                "record {id:?} is not found by its id in slot {slot}"
+            ));
+        }
+        if dup(a) != dup(b) {
+            return Some(format!(
+                "an insert identical to record {id:?} resolves differently"
+            ));
+        }
+        if a.refs_in(&r.id) != b.refs_in(&r.id) {
+            return Some(format!(
+                "references to record {id:?} are counted differently"
+            ));
+        }
     }
     None
 }
