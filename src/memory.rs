@@ -4,6 +4,7 @@
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::hnsw::HnswBuilder;
+use crate::records::Body;
 use crate::snapshot::{self, Capture, FileEntry, Writer};
 use crate::state::{content_key, fnv64, Projections};
 use crate::store_files::{StoreLock, StoreManifest};
@@ -1421,6 +1422,7 @@ impl Inner {
         if let Some(name) = new_chunk {
             self.state.write().vectors.adopt_chunk(&dst.join(name))?;
         }
+        self.repoint_bodies(&dst);
         snap.known_chunks = entries.into_iter().map(|e| (e.name.clone(), e)).collect();
         snap.latest = Some((cap_seq, dst));
         snap.at = Instant::now();
@@ -1442,6 +1444,40 @@ impl Inner {
         // is done, so a reader never sees the new snapshot beside ones about to be removed.
         *self.snap_info.lock() = (Some(cap_seq), at.last_seq);
         Ok(cap_seq)
+    }
+
+    /// Points every record the new snapshot in `dir` holds at its row of that snapshot's
+    /// record table: bodies of records inserted since open leave the heap for the mapped file
+    /// (page cache, which the kernel can evict), and the table an older snapshot had stops
+    /// being used, so its file is released once that snapshot is pruned. A body never
+    /// changes, and a row is used only for the record with its id. 64k rows per hold of the
+    /// write lock. A table that fails its checks is logged and the bodies stay as they are
+    /// (the records are safe in the log; the next open reports that snapshot).
+    fn repoint_bodies(&self, dir: &Path) {
+        let table = match snapshot::load_table(dir) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!(snapshot = %dir.display(), error = %e, "the record table just written does not check out; bodies stay where they are");
+                return;
+            }
+        };
+        let rows = table.len();
+        let mut row = 0;
+        while row < rows {
+            let end = rows.min(row + 65_536);
+            let mut st = self.state.write();
+            for r in row..end {
+                let f = table.fields(r);
+                if let Some(Some(rec)) = st.slots.get_mut(f.slot as usize) {
+                    if rec.id == f.id {
+                        debug_assert_eq!(rec.body, Body::Table(table.clone(), r));
+                        rec.body = Body::Table(table.clone(), r);
+                    }
+                }
+            }
+            drop(st);
+            row = end;
+        }
     }
 
     fn new_graph(&self, layer: Layer) -> HnswBuilder {

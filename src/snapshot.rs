@@ -17,7 +17,7 @@ use crate::error::{Error, Result};
 use crate::hnsw::HnswBuilder;
 use crate::keys::KeyIndex;
 use crate::lifecycle::PromoterModel;
-use crate::records::{self, Body, CrcWriter, OwnedBody, Row, RowFields};
+use crate::records::{self, Body, CrcWriter, OwnedBody, RecordTable, Row, RowFields};
 use crate::state::{index_keys, Access, Graph, LayerState, Projections, RecordData};
 use crate::types::{AccessStats, Layer};
 use crate::vectors::{self, Vectors};
@@ -870,6 +870,19 @@ fn decode_tables(dir: &Path, m: &ManifestBody) -> Result<Tables> {
         None => None,
     };
     Ok((slots, keys, stats.promoted, stats.expired, model))
+}
+
+/// The record table of the snapshot in `dir`, checked as a load checks it.
+pub(crate) fn load_table(dir: &Path) -> Result<Arc<RecordTable>> {
+    let m = read_manifest(dir)?;
+    let Some(entry) = m.files.iter().find(|f| f.name == RECORDS_FILE) else {
+        return Err(Error::corrupted(
+            dir.join("MANIFEST"),
+            0,
+            format!("{RECORDS_FILE} not listed"),
+        ));
+    };
+    records::load(dir, entry, m.nslots)
 }
 
 /// Maps the snapshot's vector chunks, each checked against its manifest entry (see

@@ -378,3 +378,53 @@ async fn a_flipped_bit_in_a_vector_chunk_is_named_and_the_log_replayed_instead()
     assert_eq!(hits[0].id, ids[49], "vectors come from the log, intact");
     m.close().await.unwrap();
 }
+
+/// Record tables still mapped by this process whose file was deleted (a pruned snapshot's).
+#[cfg(target_os = "linux")]
+fn deleted_tables_mapped() -> usize {
+    std::fs::read_to_string("/proc/self/maps")
+        .unwrap()
+        .lines()
+        .filter(|l| l.contains("records.bin") && l.ends_with("(deleted)"))
+        .count()
+}
+
+/// After a checkpoint, records point at the new snapshot's record table: the table a pruned
+/// snapshot had is no longer mapped (its disk space is freed), and every record reads the same.
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_checkpoint_moves_records_to_its_own_table_and_a_pruned_one_is_released() {
+    let dir = tempfile::tempdir().unwrap();
+    let vs = clustered(7, 60, DIM, 4);
+    let mut c = config();
+    c.snapshots_keep = 1;
+    let m = Memory::open(dir.path(), c.clone()).await.unwrap();
+    for (i, v) in vs.iter().take(30).enumerate() {
+        m.insert(record(i, v.clone())).await.unwrap();
+    }
+    m.checkpoint().await.unwrap();
+    m.close().await.unwrap();
+    // Reopened: the 30 records' bodies are rows of that snapshot's table.
+    let m = Memory::open(dir.path(), c).await.unwrap();
+    let loaded = m.records(None);
+    assert_eq!(loaded.len(), 30);
+    for (i, v) in vs.iter().enumerate().skip(30) {
+        m.insert(record(i, v.clone())).await.unwrap();
+    }
+    let before = m.records(None);
+    // Two checkpoints: the snapshot loaded at open is pruned by the first.
+    m.checkpoint().await.unwrap();
+    m.insert(record(99, vs[0].iter().map(|x| -x).collect()))
+        .await
+        .unwrap();
+    m.checkpoint().await.unwrap();
+    assert_eq!(
+        deleted_tables_mapped(),
+        0,
+        "a pruned snapshot's records.bin is still mapped"
+    );
+    let after = m.records(None);
+    assert_eq!(after.len(), 61);
+    assert_eq!(after[..60], before[..]);
+    m.close().await.unwrap();
+}
