@@ -4,7 +4,7 @@
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::hnsw::HnswBuilder;
-use crate::records::Body;
+use crate::records::{Body, RecordTable};
 use crate::snapshot::{self, Capture, FileEntry, Writer};
 use crate::state::{content_key, fnv64, Projections};
 use crate::store_files::{StoreLock, StoreManifest};
@@ -1373,6 +1373,12 @@ impl Inner {
     }
 
     fn checkpoint_blocking(&self) -> Result<u64> {
+        self.checkpoint_then(true)
+    }
+
+    /// A checkpoint; `repoint`: then point the records at the new snapshot's table (not worth
+    /// it when the store is closing).
+    fn checkpoint_then(&self, repoint: bool) -> Result<u64> {
         // One checkpoint at a time; the snap mutex is held throughout.
         let mut snap = self.snap.lock();
         while self.graphs_loading.load(Ordering::Acquire) > 0 {
@@ -1419,10 +1425,17 @@ impl Inner {
             )?;
             (seq, dst, new_chunk, entries, points)
         };
+        // The record table just written is read back and checked as a load checks it. A
+        // failure fails the checkpoint before anything depends on this snapshot (no marker,
+        // nothing pruned, the log floor unchanged; the next open reports and skips it).
+        let table = snapshot::load_table(&dst)?;
         if let Some(name) = new_chunk {
             self.state.write().vectors.adopt_chunk(&dst.join(name))?;
         }
-        self.repoint_bodies(&dst);
+        if repoint {
+            self.repoint_bodies(&table);
+        }
+        drop(table);
         snap.known_chunks = entries.into_iter().map(|e| (e.name.clone(), e)).collect();
         snap.latest = Some((cap_seq, dst));
         snap.at = Instant::now();
@@ -1446,36 +1459,32 @@ impl Inner {
         Ok(cap_seq)
     }
 
-    /// Points every record the new snapshot in `dir` holds at its row of that snapshot's
-    /// record table: bodies of records inserted since open leave the heap for the mapped file
-    /// (page cache, which the kernel can evict), and the table an older snapshot had stops
-    /// being used, so its file is released once that snapshot is pruned. A body never
-    /// changes, and a row is used only for the record with its id. 64k rows per hold of the
-    /// write lock. A table that fails its checks is logged and the bodies stay as they are
-    /// (the records are safe in the log; the next open reports that snapshot).
-    fn repoint_bodies(&self, dir: &Path) {
-        let table = match snapshot::load_table(dir) {
-            Ok(t) => t,
-            Err(e) => {
-                tracing::error!(snapshot = %dir.display(), error = %e, "the record table just written does not check out; bodies stay where they are");
-                return;
-            }
-        };
+    /// Points every record a new snapshot's record `table` holds at its row: bodies of
+    /// records inserted since open leave the heap for the mapped file (page cache, which the
+    /// kernel can evict), and the table an older snapshot had stops being used, so its file
+    /// is released once that snapshot is pruned. A body never changes, and a row is used only
+    /// for the record with its id. 64k rows per hold of the write lock; the bodies replaced
+    /// are dropped after it is released (their frees, and the unmapping of an old table).
+    fn repoint_bodies(&self, table: &Arc<RecordTable>) {
         let rows = table.len();
         let mut row = 0;
         while row < rows {
-            let end = rows.min(row + 65_536);
+            let end = rows.min(row.saturating_add(65_536));
+            let mut old = Vec::with_capacity((end - row) as usize);
             let mut st = self.state.write();
             for r in row..end {
                 let f = table.fields(r);
                 if let Some(Some(rec)) = st.slots.get_mut(f.slot as usize) {
                     if rec.id == f.id {
-                        debug_assert_eq!(rec.body, Body::Table(table.clone(), r));
-                        rec.body = Body::Table(table.clone(), r);
+                        old.push(std::mem::replace(
+                            &mut rec.body,
+                            Body::Table(table.clone(), r),
+                        ));
                     }
                 }
             }
             drop(st);
+            drop(old);
             row = end;
         }
     }
@@ -1747,7 +1756,7 @@ impl Inner {
                 result = self.commit_blocking(events).map(|_| ());
             }
             if result.is_ok() && self.config.checkpoint_on_close {
-                result = self.checkpoint_blocking().map(|_| ());
+                result = self.checkpoint_then(false).map(|_| ());
             }
         }
         self.shutdown.store(true, Ordering::Release);
