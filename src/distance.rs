@@ -100,7 +100,8 @@ pub(crate) fn prefetch<T>(s: &[T], lines: usize) {
                 break;
             }
             // SAFETY: a prefetch reads nothing architecturally and cannot fault, whatever
-            // the address; this one is a cache line holding part of `s`.
+            // the address (here: the lines from the one `s` starts in to the one it ends in;
+            // `wrapping_*` arithmetic, never dereferenced).
             #[allow(unsafe_code)]
             unsafe {
                 _mm_prefetch(line, _MM_HINT_T0)

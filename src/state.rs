@@ -250,7 +250,8 @@ impl SlotSet {
     /// runs split the bitset at word boundaries; a layer's slots can sit in a narrow range).
     pub(crate) fn iter_part(&self, i: usize, n: usize) -> impl Iterator<Item = u32> + '_ {
         let words = &self.bits.0;
-        // The first word at which `want` slots lie before it.
+        // One past the word that holds slot number `want` (0-based) of the set: the same
+        // function on both ends of adjacent parts, so every word lands in exactly one.
         let word_at = |want: usize| {
             let mut seen = 0;
             words
