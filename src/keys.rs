@@ -17,6 +17,7 @@
 //! slot order. Each slot is below the snapshot's slot count; each ref count is at least 1.
 
 use crate::error::{Error, Result};
+use crate::records::{table_header, u64_at};
 use crate::snapshot::{check_sum, FileEntry};
 use magray_wal::Id;
 use std::fs::File;
@@ -97,16 +98,6 @@ fn sections(ids: usize, content: usize, refs: usize) -> Option<Sections> {
         ref_counts,
         end,
     })
-}
-
-fn u32_at(b: &[u8], at: usize) -> u32 {
-    u32::from_le_bytes([b[at], b[at + 1], b[at + 2], b[at + 3]])
-}
-
-fn u64_at(b: &[u8], at: usize) -> u64 {
-    let mut w = [0u8; 8];
-    w.copy_from_slice(&b[at..at + 8]);
-    u64::from_le_bytes(w)
 }
 
 impl KeyIndex {
@@ -244,24 +235,8 @@ impl KeyIndex {
         let b: &mut [u8] = &mut bytemuck::cast_slice_mut(&mut k.buf)[..len];
         f.read_exact(b).map_err(|e| Error::io(path, e))?;
         check_sum(path, entry, flen, crc32fast::hash(b))?;
-        if len < HEADER {
-            return Err(bad(0, "shorter than the key index header".into()));
-        }
-        let h = &b[..HEADER];
-        if h[0..8] != MAGIC {
-            return Err(bad(0, "bad magic (not a key index)".into()));
-        }
-        if crc32fast::hash(&h[..60]) != u32_at(h, 60) {
-            return Err(bad(60, "header checksum mismatch".into()));
-        }
-        let version = u32_at(h, 8);
-        if version != KEYS_FORMAT_VERSION {
-            return Err(bad(
-                8,
-                format!("key index format {version}, this build reads {KEYS_FORMAT_VERSION}"),
-            ));
-        }
-        if u32_at(h, 12) != 0 || h[40..60].iter().any(|b| *b != 0) {
+        let h = table_header(path, b, &MAGIC, "key index", KEYS_FORMAT_VERSION)?;
+        if h[12..16].iter().chain(&h[40..60]).any(|b| *b != 0) {
             return Err(bad(12, "reserved bytes are not zero".into()));
         }
         let count = |at: usize| usize::try_from(u64_at(h, at)).unwrap_or(usize::MAX);

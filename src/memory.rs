@@ -4,7 +4,7 @@
 use crate::config::Config;
 use crate::error::{Error, Result};
 use crate::hnsw::HnswBuilder;
-use crate::records::{Body, RecordTable};
+use crate::records::{self, Body, RecordTable};
 use crate::snapshot::{self, Capture, FileEntry, Writer};
 use crate::state::{content_key, fnv64, Projections};
 use crate::store_files::{StoreLock, StoreManifest};
@@ -1407,7 +1407,7 @@ impl Inner {
             snap.marker_seq = at.last_seq;
         }
         let root = self.dir.join("snapshots");
-        let (cap_seq, dst, new_chunk, entries, points) = {
+        let (cap_seq, written, points) = {
             let idx = self.index_lock.lock();
             let points = self.graph_points.load(Ordering::Acquire);
             let mut cap = Capture::take(&self.state.read());
@@ -1417,26 +1417,31 @@ impl Inner {
             w.dump_graphs(&mut cap)?;
             drop(idx);
             let prev = snap.latest.as_ref().map(|(_, p)| p.clone());
-            let (dst, new_chunk, entries) = w.finish(
+            let written = w.finish(
                 cap,
                 prev.as_deref(),
                 &snap.known_chunks,
                 self.config.clock.now_us(),
             )?;
-            (seq, dst, new_chunk, entries, points)
+            (seq, written, points)
         };
+        let dst = written.dir;
         // The record table just written is read back and checked as a load checks it. A
         // failure fails the checkpoint before anything depends on this snapshot (no marker,
         // nothing pruned, the log floor unchanged; the next open reports and skips it).
-        let table = snapshot::load_table(&dst)?;
-        if let Some(name) = new_chunk {
+        let table = records::load(&dst, &written.records, written.nslots)?;
+        if let Some(name) = written.new_chunk {
             self.state.write().vectors.adopt_chunk(&dst.join(name))?;
         }
         if repoint {
             self.repoint_bodies(&table);
         }
         drop(table);
-        snap.known_chunks = entries.into_iter().map(|e| (e.name.clone(), e)).collect();
+        snap.known_chunks = written
+            .chunks
+            .into_iter()
+            .map(|e| (e.name.clone(), e))
+            .collect();
         snap.latest = Some((cap_seq, dst));
         snap.at = Instant::now();
         snap.model_version = model_version;

@@ -162,13 +162,13 @@ impl std::fmt::Debug for RecordTable {
     }
 }
 
-fn u32_at(b: &[u8], at: usize) -> u32 {
+pub(crate) fn u32_at(b: &[u8], at: usize) -> u32 {
     let mut x = [0u8; 4];
     x.copy_from_slice(&b[at..at + 4]);
     u32::from_le_bytes(x)
 }
 
-fn u64_at(b: &[u8], at: usize) -> u64 {
+pub(crate) fn u64_at(b: &[u8], at: usize) -> u64 {
     let mut x = [0u8; 8];
     x.copy_from_slice(&b[at..at + 8]);
     u64::from_le_bytes(x)
@@ -433,6 +433,38 @@ pub(crate) fn write(w: impl Write, rows: &[Row]) -> std::io::Result<(u64, u32)> 
     Ok((w.len, w.crc.finalize()))
 }
 
+/// Checks the 64-byte header a snapshot's table files start with (`records.bin`,
+/// `keys.bin`): that `file` holds one, its magic (bytes 0..8), its crc32 of bytes 0..60 (at
+/// 60) and its format version (u32 at 8), `what` naming the kind of file in the errors.
+/// Returns the header.
+pub(crate) fn table_header<'a>(
+    path: &Path,
+    file: &'a [u8],
+    magic: &[u8; 8],
+    what: &str,
+    version: u32,
+) -> Result<&'a [u8]> {
+    let bad = |off: u64, why: String| Error::corrupted(path, off, why);
+    if file.len() < HEADER {
+        return Err(bad(0, format!("shorter than the {what} header")));
+    }
+    let h = &file[..HEADER];
+    if h[0..8] != *magic {
+        return Err(bad(0, format!("bad magic (not a {what})")));
+    }
+    if crc32fast::hash(&h[..60]) != u32_at(h, 60) {
+        return Err(bad(60, "header checksum mismatch".into()));
+    }
+    let v = u32_at(h, 8);
+    if v != version {
+        return Err(bad(
+            8,
+            format!("{what} format {v}, this build reads {version}"),
+        ));
+    }
+    Ok(h)
+}
+
 /// Checks the record table `entry` of the snapshot in `dir` against its manifest length and
 /// crc32, then maps and reads it; `nslots` bounds the slots it may name.
 pub(crate) fn load(dir: &Path, entry: &FileEntry, nslots: u32) -> Result<Arc<RecordTable>> {
@@ -441,23 +473,7 @@ pub(crate) fn load(dir: &Path, entry: &FileEntry, nslots: u32) -> Result<Arc<Rec
     let path = &dir.join(&entry.name);
     let bad = |off: u64, why: String| Error::corrupted(path, off, why);
     let flen = entry.len;
-    if flen < HEADER as u64 {
-        return Err(bad(0, "shorter than the record table header".into()));
-    }
-    let h = &map[..HEADER];
-    if h[0..8] != MAGIC {
-        return Err(bad(0, "bad magic (not a record table)".into()));
-    }
-    if crc32fast::hash(&h[..60]) != u32_at(h, 60) {
-        return Err(bad(60, "header checksum mismatch".into()));
-    }
-    let version = u32_at(h, 8);
-    if version != RECORDS_FORMAT_VERSION {
-        return Err(bad(
-            8,
-            format!("record table format {version}, this build reads {RECORDS_FORMAT_VERSION}"),
-        ));
-    }
+    let h = table_header(path, &map, &MAGIC, "record table", RECORDS_FORMAT_VERSION)?;
     if u32_at(h, 12) as usize != ROW {
         return Err(bad(
             12,

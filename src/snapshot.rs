@@ -17,7 +17,7 @@ use crate::error::{Error, Result};
 use crate::hnsw::HnswBuilder;
 use crate::keys::KeyIndex;
 use crate::lifecycle::PromoterModel;
-use crate::records::{self, Body, CrcWriter, OwnedBody, RecordTable, Row, RowFields};
+use crate::records::{self, Body, CrcWriter, OwnedBody, Row, RowFields};
 use crate::state::{index_keys, Access, Graph, LayerState, Projections, RecordData};
 use crate::types::{AccessStats, Layer};
 use crate::vectors::{self, Vectors};
@@ -359,7 +359,7 @@ impl Writer {
         prev: Option<&Path>,
         known_chunks: &HashMap<String, FileEntry>,
         created_us: u64,
-    ) -> Result<(PathBuf, Option<String>, Vec<FileEntry>)> {
+    ) -> Result<Written> {
         let tmp = &self.tmp;
         let mut files = Vec::new();
         let rpath = tmp.join(RECORDS_FILE);
@@ -367,11 +367,12 @@ impl Writer {
             .and_then(|f| records::write(f, &cap.records))
             .map_err(|e| Error::io(&rpath, e))?;
         sync_file(&rpath)?;
-        files.push(FileEntry {
+        let records = FileEntry {
             name: RECORDS_FILE.into(),
             len,
             crc,
-        });
+        };
+        files.push(records.clone());
         let keys = index_keys(cap.records.iter().map(|r| {
             let f = &r.fields;
             (f.slot, f.id, f.layer, f.content_hash, &r.body)
@@ -473,8 +474,26 @@ impl Writer {
         }
         std::fs::rename(tmp, &dst).map_err(|e| Error::io(&dst, e))?;
         sync_dir(&self.root)?;
-        Ok((dst, new_chunk, chunk_entries))
+        Ok(Written {
+            dir: dst,
+            new_chunk,
+            chunks: chunk_entries,
+            records,
+            nslots: cap.nslots,
+        })
     }
+}
+
+/// A snapshot [`Writer::finish`] put in place.
+pub(crate) struct Written {
+    pub(crate) dir: PathBuf,
+    /// The vector chunk it wrote (the others are hard-linked), if any.
+    pub(crate) new_chunk: Option<String>,
+    /// Manifest entries of all its vector chunks.
+    pub(crate) chunks: Vec<FileEntry>,
+    /// Manifest entry of its record table, and the slots it covers.
+    pub(crate) records: FileEntry,
+    pub(crate) nslots: u32,
 }
 
 /// Writes (and fsyncs) `dir/MANIFEST` for `body`, in the format `body.format` names.
@@ -754,7 +773,11 @@ fn decode_tables(dir: &Path, m: &ManifestBody) -> Result<Tables> {
     // empty cells and overwriting each (400 MB less to write at 1M records).
     let nslots = m.nslots as usize;
     let mut slots: Vec<Option<RecordData>> = Vec::with_capacity(nslots);
+    // Live records, counted as they are placed (both formats refuse a slot out of order, so
+    // none is placed twice), instead of a second pass over every slot.
+    let mut live = 0usize;
     let mut place = |at: usize, rec: RecordData| {
+        live += 1;
         if at < slots.len() {
             slots[at] = Some(rec);
         } else {
@@ -850,7 +873,6 @@ fn decode_tables(dir: &Path, m: &ManifestBody) -> Result<Tables> {
     let keys = match m.files.iter().find(|f| f.name == KEYS_FILE) {
         Some(entry) => {
             let keys = KeyIndex::load(dir, entry, m.nslots)?;
-            let live = slots.iter().filter(|r| r.is_some()).count();
             if keys.ids() != live {
                 return Err(Error::corrupted(
                     dir.join(KEYS_FILE),
@@ -870,19 +892,6 @@ fn decode_tables(dir: &Path, m: &ManifestBody) -> Result<Tables> {
         None => None,
     };
     Ok((slots, keys, stats.promoted, stats.expired, model))
-}
-
-/// The record table of the snapshot in `dir`, checked as a load checks it.
-pub(crate) fn load_table(dir: &Path) -> Result<Arc<RecordTable>> {
-    let m = read_manifest(dir)?;
-    let Some(entry) = m.files.iter().find(|f| f.name == RECORDS_FILE) else {
-        return Err(Error::corrupted(
-            dir.join("MANIFEST"),
-            0,
-            format!("{RECORDS_FILE} not listed"),
-        ));
-    };
-    records::load(dir, entry, m.nslots)
 }
 
 /// Maps the snapshot's vector chunks, each checked against its manifest entry (see

@@ -772,19 +772,20 @@ fn scan_split<I>(
         return;
     }
     let k = top.k;
+    let part = &part;
+    // Part `i` into a top-k of its own.
+    let scan = move |i: usize| {
+        let mut t = TopK::new(k);
+        part(i, n).for_each(|slot| exact(slot, &mut t));
+        t
+    };
     std::thread::scope(|scope| {
-        let part = &part;
         let others: Vec<_> = (1..n)
             .map(|i| {
-                let scan = move || {
-                    let mut t = TopK::new(k);
-                    part(i, n).for_each(|slot| exact(slot, &mut t));
-                    t
-                };
                 // A thread that cannot be started leaves its part to this one.
                 std::thread::Builder::new()
                     .name("magray-scan".into())
-                    .spawn_scoped(scope, scan)
+                    .spawn_scoped(scope, move || scan(i))
                     .map_err(|_| i)
             })
             .collect();
@@ -792,11 +793,7 @@ fn scan_split<I>(
         for h in others {
             let t = match h {
                 Ok(h) => h.join().unwrap_or_else(|e| std::panic::resume_unwind(e)),
-                Err(i) => {
-                    let mut t = TopK::new(k);
-                    part(i, n).for_each(|slot| exact(slot, &mut t));
-                    t
-                }
+                Err(i) => scan(i),
             };
             for (score, slot) in t.into_sorted() {
                 top.push(score, slot);
