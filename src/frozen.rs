@@ -127,17 +127,14 @@ impl FrozenGraph {
             dim,
         }
     }
+}
 
-    /// Points in the graph.
-    pub(crate) fn len(&self) -> usize {
+impl SearchGraph for FrozenGraph {
+    fn len(&self) -> usize {
         self.slots.len()
     }
 
-    /// Searches with a candidate list of `ef` and pushes up to `ef` of the nearest points whose
-    /// slot passes `ok` into `top`, as (1 − cosine distance, slot). Returns how many it pushed.
-    /// Points failing `ok` are still walked through (they link the graph), as hnswlib does.
-    ///
-    /// Unlike plain HNSW, every upper level is searched with a beam (not greedily), each
+    /// Walks the codes ([`walk`]), then re-scores the kept points exactly. Unlike plain HNSW, every upper level is searched with a beam (not greedily), each
     /// seeded by the whole beam of the level above: `ef` wide on level 1, whose beam seeds
     /// layer 0, and [`UPPER_BEAM`] wide above it. On clustered data a single greedy path can end
     /// in the wrong cluster, and layer 0 rarely links clusters. With greedy descent above level
@@ -145,7 +142,7 @@ impl FrozenGraph {
     /// scored 0.17, the true top 0.96), and two at 1M; with the beam the worst query finds 8 of
     /// 10 at 100k and 7 of 10 at 1M, at the same speed (the upper levels hold ~1/M of the
     /// points; a full `ef` beam on every level was 40 % slower at 1M).
-    pub(crate) fn search(
+    fn search(
         &self,
         q: &[f32],
         ef: usize,
@@ -170,54 +167,82 @@ impl FrozenGraph {
             let at = node as usize * self.dim;
             prefetch(&self.codes[at..at + self.dim], PREFETCH_LINES);
         };
-        let cur_d = dist(cur);
-        VISITED.with(|v| {
-            let (marks, generation) = &mut *v.borrow_mut();
-            if marks.len() < self.slots.len() {
-                marks.resize(self.slots.len(), 0);
-            }
-            let mut seeds = vec![(cur_d, cur)];
-            for (l, level) in self.upper.iter().enumerate().rev() {
-                let g = next_generation(marks, generation);
-                let all = |_: u32| true;
-                // Level 1 gets the whole beam; the sparser levels above need less.
-                let width = if l == 0 { ef } else { ef.min(UPPER_BEAM) };
-                let res = beam(
-                    &seeds,
-                    width,
-                    |n| upper_links(level, n),
-                    Scorer {
-                        dist: &dist,
-                        prefetch: &pf,
-                    },
-                    &all,
-                    marks,
-                    g,
-                );
-                seeds = res.into_vec();
-            }
-            let g = next_generation(marks, generation);
-            let ok_node = |n: u32| ok(self.slots[n as usize]);
-            let res = beam(
-                &seeds,
-                ef,
-                |n| &self.adj0[self.off0[n as usize] as usize..self.off0[n as usize + 1] as usize],
-                Scorer {
-                    dist: &dist,
-                    prefetch: &pf,
-                },
-                &ok_node,
-                marks,
-                g,
-            );
-            let found = res.len();
-            for (_, n) in res {
-                let slot = self.slots[n as usize];
-                top.push(dot(q, vectors.get(slot)), slot);
-            }
-            found
-        })
+        let ok_node = |n: u32| ok(self.slots[n as usize]);
+        let res = walk(
+            cur,
+            self.slots.len(),
+            self.upper.len(),
+            |l, n| upper_links(&self.upper[l - 1], n),
+            |n| &self.adj0[self.off0[n as usize] as usize..self.off0[n as usize + 1] as usize],
+            Scorer {
+                dist: &dist,
+                prefetch: &pf,
+            },
+            &ok_node,
+            ef,
+        );
+        let found = res.len();
+        for (_, n) in res {
+            let slot = self.slots[n as usize];
+            top.push(dot(q, vectors.get(slot)), slot);
+        }
+        found
     }
+}
+
+/// A read-only HNSW graph that searches walk: a [`FrozenGraph`] (links copied, int8 codes),
+/// or right after open a [`crate::dump_graph::MappedGraph`] (the snapshot's dump, searched in
+/// place on the f32 vectors) until the first is made.
+pub(crate) trait SearchGraph: Send + Sync + std::fmt::Debug {
+    /// Points in the graph.
+    fn len(&self) -> usize;
+    /// Searches with a candidate list of `ef` and pushes up to `ef` of the nearest points
+    /// whose slot passes `ok` into `top`, as (1 − cosine distance, slot). Returns how many it
+    /// pushed. Points failing `ok` are still walked through (they link the graph), as hnswlib
+    /// does. See [`FrozenGraph`]'s implementation for the walk.
+    fn search(
+        &self,
+        q: &[f32],
+        ef: usize,
+        vectors: &Vectors,
+        ok: &dyn Fn(u32) -> bool,
+        top: &mut TopK,
+    ) -> usize;
+}
+
+/// The walk of a search through a graph of `n` nodes with levels `1..=levels` above layer 0,
+/// from `entry`: a beam on each upper level, seeded by the level above (see
+/// `FrozenGraph`'s `search`), then layer 0 with `ef`, keeping nodes that pass `ok_node`.
+/// Returns the kept nodes as (distance key, node).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn walk<'a>(
+    entry: u32,
+    n: usize,
+    levels: usize,
+    upper: impl Fn(usize, u32) -> &'a [u32],
+    links0: impl Fn(u32) -> &'a [u32],
+    score: Scorer<'_>,
+    ok_node: &dyn Fn(u32) -> bool,
+    ef: usize,
+) -> BinaryHeap<(u32, u32)> {
+    let cur_d = (score.dist)(entry);
+    VISITED.with(|v| {
+        let (marks, generation) = &mut *v.borrow_mut();
+        if marks.len() < n {
+            marks.resize(n, 0);
+        }
+        let mut seeds = vec![(cur_d, entry)];
+        for l in (1..=levels).rev() {
+            let g = next_generation(marks, generation);
+            let all = |_: u32| true;
+            // Level 1 gets the whole beam; the sparser levels above need less.
+            let width = if l == 1 { ef } else { ef.min(UPPER_BEAM) };
+            let res = beam(&seeds, width, |x| upper(l, x), score, &all, marks, g);
+            seeds = res.into_vec();
+        }
+        let g = next_generation(marks, generation);
+        beam(&seeds, ef, links0, score, ok_node, marks, g)
+    })
 }
 
 /// Nodes from which [`FrozenGraph::from_parts`] codes on several threads (a million

@@ -54,6 +54,107 @@ fn pad4(len: usize) -> usize {
     (4 - len % 4) % 4
 }
 
+/// The fixed part of a graph dump ([`HnswBuilder::write_to`], `docs/format.md`): its header
+/// fields, each checked, and where its regions start. The regions up to the upper-level links
+/// are checked to fit in the dump.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct DumpHeader {
+    pub(crate) m: usize,
+    pub(crate) ef_c: usize,
+    /// Points.
+    pub(crate) n: usize,
+    pub(crate) top: usize,
+    /// Entry node (`u32::MAX` in an empty graph; checked by the caller against the levels).
+    pub(crate) entry: u32,
+    pub(crate) rng: u64,
+    /// Byte offsets: `n` levels (then `n` level-0 link counts), the level-0 link cells
+    /// (`2m` per node), the upper-level blocks.
+    pub(crate) levels_at: usize,
+    pub(crate) links_at: usize,
+    pub(crate) upper_at: usize,
+}
+
+impl DumpHeader {
+    /// The slot list starts here.
+    pub(crate) const SLOTS_AT: usize = DUMP_HEADER_LEN;
+
+    /// Parses and checks the header of a dump for `dim`-d vectors. Errors carry the byte
+    /// offset of the bad field.
+    pub(crate) fn parse(bytes: &[u8], dim: usize) -> Result<DumpHeader, (u64, String)> {
+        let at = |o: usize| -> Result<u32, (u64, String)> {
+            bytes
+                .get(o..o + 4)
+                .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                .ok_or((o as u64, "the dump ends inside its header".into()))
+        };
+        if bytes.len() < DUMP_HEADER_LEN {
+            return Err((
+                bytes.len() as u64,
+                format!(
+                    "{} bytes: shorter than the {DUMP_HEADER_LEN}-byte header",
+                    bytes.len()
+                ),
+            ));
+        }
+        if bytes[..8] != DUMP_MAGIC {
+            return Err((0, "not an HNSW graph dump (bad magic)".into()));
+        }
+        let version = at(8)?;
+        if version != DUMP_VERSION {
+            return Err((
+                8,
+                format!("graph dump format {version}, this build reads {DUMP_VERSION}"),
+            ));
+        }
+        let (fdim, m, ef_c, n, top, entry) = (
+            at(12)? as usize,
+            at(16)? as usize,
+            at(20)? as usize,
+            at(24)? as usize,
+            at(28)? as usize,
+            at(32)?,
+        );
+        if fdim != dim {
+            return Err((12, format!("graph of {fdim}-d vectors in a {dim}-d store")));
+        }
+        if !(2..=MAX_M).contains(&m) {
+            return Err((16, format!("M {m} out of range")));
+        }
+        if top > MAX_LEVEL {
+            return Err((28, format!("top level {top} above {MAX_LEVEL}")));
+        }
+        if !(1..=crate::config::MAX_EF).contains(&ef_c) {
+            return Err((20, format!("ef_construction {ef_c} out of range")));
+        }
+        if at(36)? != 0 {
+            return Err((36, "reserved field is not zero".into()));
+        }
+        let rng = u64::from_le_bytes(bytes[40..48].try_into().unwrap_or_default());
+        let m0 = 2 * m;
+        let levels_at = DUMP_HEADER_LEN + 4 * n;
+        let links_at = levels_at + 2 * n + pad4(2 * n);
+        let upper_at = n
+            .checked_mul(m0 * 4)
+            .and_then(|l| l.checked_add(links_at))
+            .filter(|e| *e <= bytes.len())
+            .ok_or((
+                24,
+                format!("{n} points do not fit in {} bytes", bytes.len()),
+            ))?;
+        Ok(DumpHeader {
+            m,
+            ef_c,
+            n,
+            top,
+            entry,
+            rng,
+            levels_at,
+            links_at,
+            upper_at,
+        })
+    }
+}
+
 /// See the module documentation.
 pub(crate) struct HnswBuilder {
     m: usize,
@@ -311,66 +412,18 @@ impl HnswBuilder {
     /// in the dump: call [`HnswBuilder::fill_vectors`] for every node before inserting.
     /// Errors carry the byte offset of the bad field.
     pub(crate) fn read(bytes: &[u8], dim: usize) -> Result<HnswBuilder, (u64, String)> {
-        let at = |o: usize| -> Result<u32, (u64, String)> {
-            bytes
-                .get(o..o + 4)
-                .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
-                .ok_or((o as u64, "the dump ends inside its header".into()))
-        };
-        if bytes.len() < DUMP_HEADER_LEN {
-            return Err((
-                bytes.len() as u64,
-                format!(
-                    "{} bytes: shorter than the {DUMP_HEADER_LEN}-byte header",
-                    bytes.len()
-                ),
-            ));
-        }
-        if bytes[..8] != DUMP_MAGIC {
-            return Err((0, "not an HNSW graph dump (bad magic)".into()));
-        }
-        let version = at(8)?;
-        if version != DUMP_VERSION {
-            return Err((
-                8,
-                format!("graph dump format {version}, this build reads {DUMP_VERSION}"),
-            ));
-        }
-        let (fdim, m, ef_c, n, top, entry) = (
-            at(12)? as usize,
-            at(16)? as usize,
-            at(20)? as usize,
-            at(24)? as usize,
-            at(28)? as usize,
-            at(32)?,
-        );
-        if fdim != dim {
-            return Err((12, format!("graph of {fdim}-d vectors in a {dim}-d store")));
-        }
-        if !(2..=MAX_M).contains(&m) {
-            return Err((16, format!("M {m} out of range")));
-        }
-        if top > MAX_LEVEL {
-            return Err((28, format!("top level {top} above {MAX_LEVEL}")));
-        }
-        if !(1..=crate::config::MAX_EF).contains(&ef_c) {
-            return Err((20, format!("ef_construction {ef_c} out of range")));
-        }
-        if at(36)? != 0 {
-            return Err((36, "reserved field is not zero".into()));
-        }
-        let rng = u64::from_le_bytes(bytes[40..48].try_into().unwrap_or_default());
+        let DumpHeader {
+            m,
+            ef_c,
+            n,
+            top,
+            entry,
+            rng,
+            levels_at,
+            links_at,
+            upper_at,
+        } = DumpHeader::parse(bytes, dim)?;
         let m0 = 2 * m;
-        let levels_at = DUMP_HEADER_LEN + 4 * n;
-        let links_at = levels_at + 2 * n + pad4(2 * n);
-        let upper_at = n
-            .checked_mul(m0 * 4)
-            .and_then(|l| l.checked_add(links_at))
-            .filter(|e| *e <= bytes.len())
-            .ok_or((
-                24,
-                format!("{n} points do not fit in {} bytes", bytes.len()),
-            ))?;
         let u32s = |from: usize, count: usize| {
             bytes[from..from + 4 * count]
                 .chunks_exact(4)
@@ -573,6 +626,7 @@ impl HnswBuilder {
 #[allow(clippy::unwrap_used)] // tests: a panic is the failure report
 pub(crate) mod tests {
     use super::*;
+    use crate::frozen::SearchGraph;
     use crate::state::TopK;
     use crate::vectors::Vectors;
     use hnsw_rs::prelude::{DistDot, Hnsw};
@@ -629,7 +683,7 @@ pub(crate) mod tests {
         top.into_sorted().into_iter().map(|(_, s)| s).collect()
     }
 
-    fn build(vs: &[Vec<f32>], seed: u64) -> (HnswBuilder, Vectors) {
+    pub(crate) fn build(vs: &[Vec<f32>], seed: u64) -> (HnswBuilder, Vectors) {
         let dim = vs[0].len();
         let mut b = HnswBuilder::new(dim, 16, 100, seed);
         let mut store = Vectors::new(dim);

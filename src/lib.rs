@@ -55,6 +55,7 @@ pub use magray_wal as wal;
 pub mod backup;
 mod config;
 mod distance;
+mod dump_graph;
 pub mod embed;
 mod error;
 mod frozen;

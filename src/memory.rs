@@ -2,6 +2,7 @@
 //! (indexer; access flush + automatic checkpoints).
 
 use crate::config::Config;
+use crate::dump_graph::MappedGraph;
 use crate::error::{Error, Result};
 use crate::hnsw::HnswBuilder;
 use crate::records::{self, Body, RecordTable};
@@ -37,7 +38,11 @@ const SUBSCRIBER_BUFFER: usize = 4096;
 /// See `SnapState::graph_points`.
 const GRAPH_ONLY_CHECKPOINT_POINTS: u64 = 1_024;
 
-type Dumps = (PathBuf, snapshot::ManifestBody, Vec<(Layer, String)>);
+type Dumps = (
+    PathBuf,
+    snapshot::ManifestBody,
+    Vec<(Layer, String, Option<Arc<MappedGraph>>)>,
+);
 
 struct SnapState {
     latest: Option<(u64, PathBuf)>,
@@ -413,11 +418,18 @@ impl Memory {
                     .filter(|f| l.manifest.chunks.contains(&f.name))
                     .map(|f| (f.name.clone(), f.clone()))
                     .collect();
-                let dumps: Vec<(Layer, String)> = l
+                let graphs = l.graphs;
+                let dumps: Vec<(Layer, String, Option<Arc<MappedGraph>>)> = l
                     .manifest
                     .layers
                     .iter()
-                    .filter_map(|le| le.dump.clone().map(|d| (le.layer, d)))
+                    .filter_map(|le| {
+                        let mapped = graphs
+                            .iter()
+                            .find(|(gl, _)| *gl == le.layer)
+                            .map(|(_, g)| g.clone());
+                        le.dump.clone().map(|d| (le.layer, d, mapped))
+                    })
                     .collect();
                 let manifest = l.manifest;
                 (
@@ -490,13 +502,25 @@ impl Memory {
         // list until the dump loads (searched exactly meanwhile).
         let with_dump: HashSet<Layer> = dumps
             .as_ref()
-            .map(|(_, _, d)| d.iter().map(|(l, _)| *l).collect())
+            .map(|(_, _, d)| d.iter().map(|(l, _, _)| *l).collect())
             .unwrap_or_default();
         for l in Layer::ALL {
             if !with_dump.contains(&l) {
                 let ls = &mut proj.layers[l.index()];
                 ls.in_index.clear();
                 ls.recompute_pending();
+            }
+        }
+        // A dump open could map and check is searched in place at once; the indexer replaces
+        // it with the usual frozen copy once it has read the dump (see `crate::dump_graph`).
+        for (l, _, mapped) in dumps.iter().flat_map(|(_, _, d)| d) {
+            if let Some(g) = mapped {
+                let ls = &mut proj.layers[l.index()];
+                set_index_slots(ls, g.slots());
+                ls.frozen = Some(g.clone());
+                ls.unfrozen.clear();
+                ls.recompute_pending();
+                report.graphs_in_place.push(*l);
             }
         }
         let applied = proj.applied_seq;
@@ -1544,7 +1568,7 @@ impl Inner {
 
     fn indexer(self: &Arc<Self>, dumps: Option<Dumps>) {
         if let Some((dir, manifest, list)) = dumps {
-            for (layer, base) in list {
+            for (layer, base, mapped) in list {
                 if self.shutdown.load(Ordering::Acquire) {
                     // A dropped handle stops here instead of loading dumps nobody will use
                     // (close() checkpoints, which waits for the loads, before shutting down).
@@ -1552,12 +1576,14 @@ impl Inner {
                     continue;
                 }
                 let mut early = false;
-                let res = snapshot::load_graph(&dir, &manifest, &base, self.config.dimension)
-                    .and_then(|mut g| {
-                        g.set_ef_construction(self.config.hnsw.ef_construction);
-                        early = self.freeze_loaded(layer, &g);
-                        self.attach_vectors(g, &dir, &base)
-                    });
+                let checked = mapped.as_ref().map(|g| g.bytes());
+                let res =
+                    snapshot::load_graph(&dir, &manifest, &base, self.config.dimension, checked)
+                        .and_then(|mut g| {
+                            g.set_ef_construction(self.config.hnsw.ef_construction);
+                            early = self.freeze_loaded(layer, &g);
+                            self.attach_vectors(g, &dir, &base)
+                        });
                 let _idx = self.index_lock.lock();
                 let mut st = self.state.write();
                 let ls = &mut st.layers[layer.index()];
@@ -1734,7 +1760,8 @@ impl Inner {
                 graph.insert(*s, v);
             }
         }
-        let frozen = (!members.is_empty()).then(|| Arc::new(graph.freeze()));
+        let frozen = (!members.is_empty())
+            .then(|| Arc::new(graph.freeze()) as Arc<dyn crate::frozen::SearchGraph>);
         let _idx = self.index_lock.lock();
         let mut st = self.state.write();
         let ls = &mut st.layers[layer.index()];

@@ -13,6 +13,7 @@
 //! renamed to `snapshots/<S:020>` and `snapshots/` is fsynced. A snapshot is valid only if its
 //! manifest and every file it lists check out; open falls back to the next older one.
 
+use crate::dump_graph::MappedGraph;
 use crate::error::{Error, Result};
 use crate::hnsw::HnswBuilder;
 use crate::keys::KeyIndex;
@@ -688,6 +689,9 @@ pub(crate) struct Loaded {
     pub(crate) manifest: ManifestBody,
     /// The trained promoter the snapshot holds, if any.
     pub(crate) model: Option<PromoterModel>,
+    /// Each layer's graph dump, mapped and checked, searchable in place (see
+    /// [`map_graph`]); a layer whose dump cannot be is missing here.
+    pub(crate) graphs: Vec<(Layer, Arc<MappedGraph>)>,
 }
 
 /// File name of the record table (snapshot format 3; format 2 had `records.zst`).
@@ -732,12 +736,41 @@ pub(crate) fn load(dir: &Path, dim: usize) -> Result<Loaded> {
             .iter()
             .try_for_each(|f| check_file(dir, f))
             .and_then(|_| decode_tables(dir, &m));
+        let graphs = match &rest {
+            Ok(_) => m
+                .layers
+                .iter()
+                .filter_map(|le| {
+                    let base = le.dump.as_ref()?;
+                    match map_graph(dir, &m, base, dim) {
+                        Ok(g) => Some((le.layer, Arc::new(g))),
+                        Err(e) => {
+                            // The indexer reads the dump again, and reports it when it
+                            // rebuilds the layer's graph.
+                            tracing::debug!(layer = %le.layer, error = %e, "graph dump not searchable in place");
+                            None
+                        }
+                    }
+                })
+                .collect(),
+            Err(_) => Vec::new(),
+        };
         let vectors = vectors
             .join()
             .unwrap_or_else(|_| Err(Error::corrupted(dir, 0, "checksum thread panicked")));
-        Ok((rest?, vectors?))
+        Ok((rest?, vectors?, graphs))
     })
-    .and_then(|(tables, vectors)| finish_load(dim, m, tables, vectors))
+    .and_then(|(tables, vectors, graphs)| finish_load(dim, m, tables, vectors, graphs))
+}
+
+/// Maps one layer's graph dump, checks it against the manifest through the map (as
+/// [`map_checked`]) and opens it for searching in place ([`MappedGraph::open`]).
+fn map_graph(dir: &Path, m: &ManifestBody, base: &str, dim: usize) -> Result<MappedGraph> {
+    let entry = graph_entry(dir, m, base)?;
+    let path = graph_path(dir, base);
+    let map = map_checked(dir, entry)?;
+    MappedGraph::open(Arc::new(map), dim, m.nslots)
+        .map_err(|(off, why)| Error::corrupted(&path, off, why))
 }
 
 /// Decoded tables: slots, their key index (format 4 on), lifecycle counters (promoted,
@@ -911,7 +944,13 @@ fn map_chunks(dir: &Path, dim: usize, m: &ManifestBody) -> Result<Vectors> {
     Vectors::from_chunks(dim, maps, m.nslots)
 }
 
-fn finish_load(dim: usize, m: ManifestBody, tables: Tables, vectors: Vectors) -> Result<Loaded> {
+fn finish_load(
+    dim: usize,
+    m: ManifestBody,
+    tables: Tables,
+    vectors: Vectors,
+    graphs: Vec<(Layer, Arc<MappedGraph>)>,
+) -> Result<Loaded> {
     let (slots, keys, promoted, expired, model) = tables;
     let mut p = Projections::from_parts(dim, m.seq, m.ts_us, slots, keys, vectors);
     p.promoted = promoted;
@@ -928,6 +967,7 @@ fn finish_load(dim: usize, m: ManifestBody, tables: Tables, vectors: Vectors) ->
         projections: p,
         manifest: m,
         model,
+        graphs,
     })
 }
 
@@ -936,16 +976,9 @@ pub(crate) fn graph_path(dir: &Path, base: &str) -> PathBuf {
     dir.join(format!("{base}.graph"))
 }
 
-/// Loads one layer's HNSW graph dump (without its vectors: see
-/// [`HnswBuilder::fill_vectors`]), after checking it against the manifest.
-pub(crate) fn load_graph(
-    dir: &Path,
-    m: &ManifestBody,
-    base: &str,
-    dim: usize,
-) -> Result<HnswBuilder> {
-    let path = graph_path(dir, base);
-    let name = file_name(&path);
+/// The manifest entry of the graph dump `base`.
+fn graph_entry<'m>(dir: &Path, m: &'m ManifestBody, base: &str) -> Result<&'m FileEntry> {
+    let name = file_name(&graph_path(dir, base));
     let Some(entry) = m.files.iter().find(|f| f.name == name) else {
         let why = if m
             .files
@@ -959,6 +992,25 @@ pub(crate) fn load_graph(
         };
         return Err(Error::corrupted(dir.join("MANIFEST"), 0, why));
     };
+    Ok(entry)
+}
+
+/// Loads one layer's HNSW graph dump (without its vectors: see
+/// [`HnswBuilder::fill_vectors`]), after checking it against the manifest; from `checked`
+/// when open has already mapped and checked the same file ([`map_graph`]).
+pub(crate) fn load_graph(
+    dir: &Path,
+    m: &ManifestBody,
+    base: &str,
+    dim: usize,
+    checked: Option<&[u8]>,
+) -> Result<HnswBuilder> {
+    let path = graph_path(dir, base);
+    if let Some(bytes) = checked {
+        return HnswBuilder::read(bytes, dim)
+            .map_err(|(off, why)| Error::corrupted(&path, off, why));
+    }
+    let entry = graph_entry(dir, m, base)?;
     let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
     if bytes.len() as u64 != entry.len || crc32fast::hash(&bytes) != entry.crc {
         // The same check (and message) as every other snapshot file.

@@ -7,7 +7,7 @@
 
 use crate::distance::dot;
 use crate::error::{Error, Result};
-use crate::frozen::FrozenGraph;
+use crate::frozen::SearchGraph;
 use crate::hnsw::HnswBuilder;
 use crate::keys::KeyIndex;
 use crate::records::{Body, OwnedBody, Row, RowFields};
@@ -286,8 +286,9 @@ pub(crate) struct LayerState {
     /// The graph; `None` while a dump loads or before the first insert (then the whole layer
     /// is searched exactly).
     pub(crate) graph: Option<Arc<Graph>>,
-    /// A compact copy of `graph` as of its last freeze, searched instead of it.
-    pub(crate) frozen: Option<Arc<FrozenGraph>>,
+    /// A compact copy of `graph` as of its last freeze, searched instead of it (right after
+    /// open, until the dump's copy is made: the dump itself, see `crate::dump_graph`).
+    pub(crate) frozen: Option<Arc<dyn SearchGraph>>,
     /// Slots inserted into `graph` since `frozen` was taken (searched exactly).
     pub(crate) unfrozen: Vec<u32>,
 }

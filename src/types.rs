@@ -306,6 +306,10 @@ pub struct OpenReport {
     pub log: magray_wal::RecoveryReport,
     /// HNSW dumps that could not be used; those layers are rebuilt in the background.
     pub index_rebuilds: Vec<(Layer, String)>,
+    /// Layers whose HNSW dump open mapped and checked: searches walk it in place from the
+    /// moment open returns, until the indexer has made its usual copy (without this, a layer
+    /// is scanned exactly until then).
+    pub graphs_in_place: Vec<Layer>,
     /// Time spent opening (µs), in all. Its parts below: where a slow open spends its time.
     pub open_us: u64,
     /// Of `open_us`: everything before the snapshots: the config check, the lock, the store

@@ -101,6 +101,79 @@ async fn a_bad_hnsw_dump_is_reported_and_the_layer_reindexed() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_graph_dump_is_searched_in_place_as_soon_as_open_returns() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config();
+    c.exact_search_below = 0;
+    let vs = clustered(23, 3_050, DIM, 8);
+    let m = Memory::open(dir.path(), c.clone()).await.unwrap();
+    let batch = vs[..3_000]
+        .iter()
+        .enumerate()
+        .map(|(i, v)| record(i, v.clone()))
+        .collect();
+    let mut ids = m.insert_batch(batch).await.unwrap();
+    m.wait_indexed().await.unwrap();
+    m.checkpoint().await.unwrap();
+    // After the snapshot: 10 deletes and 50 inserts, replayed at open.
+    for id in &ids[..10] {
+        m.delete(*id).await.unwrap();
+    }
+    let batch = vs[3_000..]
+        .iter()
+        .enumerate()
+        .map(|(i, v)| record(3_000 + i, v.clone()))
+        .collect();
+    ids.extend(m.insert_batch(batch).await.unwrap());
+    drop(m);
+
+    let m = Memory::open(dir.path(), c).await.unwrap();
+    // No wait: the dump is the layer's searchable graph from the start.
+    let st = m.stats();
+    assert_eq!(
+        st.open.graphs_in_place,
+        vec![Layer::Interact],
+        "{:?}",
+        st.open
+    );
+    assert!(st.open.index_rebuilds.is_empty(), "{:?}", st.open);
+    assert!(st.layers[0].index_ready, "{:?}", st.layers[0]);
+    assert_eq!(st.layers[0].indexed, 3_000);
+    assert_eq!(st.layers[0].pending, 50, "the inserts since the snapshot");
+    let quiet = SearchOptions {
+        record_access: false,
+        ..SearchOptions::top_k(3)
+    };
+    let mut early = Vec::new();
+    for (i, v) in vs.iter().enumerate().step_by(7) {
+        let hits = m.search(v, &quiet).await.unwrap();
+        if i < 10 {
+            assert!(
+                hits.iter().all(|h| h.id != ids[i]),
+                "deleted record {i} found"
+            );
+        } else {
+            assert_eq!(hits[0].id, ids[i], "record {i}");
+        }
+        early.push(hits.iter().map(|h| h.id).collect::<Vec<_>>());
+    }
+    // The same results once the indexer has replaced it with its own copy.
+    m.wait_indexed().await.unwrap();
+    let mut late = Vec::new();
+    for v in vs.iter().step_by(7) {
+        let hits = m.search(v, &quiet).await.unwrap();
+        late.push(hits.iter().map(|h| h.id).collect::<Vec<_>>());
+    }
+    let same = early.iter().zip(&late).filter(|(a, b)| a == b).count();
+    assert!(
+        same * 100 >= early.len() * 95,
+        "{same} of {} top-3 lists agree",
+        early.len()
+    );
+    m.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn checkpoints_happen_every_n_events_and_old_ones_are_pruned() {
     let dir = tempfile::tempdir().unwrap();
     let mut c = config();

@@ -309,6 +309,12 @@ async fn status(dir: &Path, json: bool, prometheus: bool) -> Result<()> {
             "replay": s.open.replay_us / 1000,
         });
         v["replayed_events"] = json!(s.open.replayed_events);
+        v["graphs_in_place"] = json!(s
+            .open
+            .graphs_in_place
+            .iter()
+            .map(|l| l.name())
+            .collect::<Vec<_>>());
         v["embedding_cache_hit_rate"] = json!(s.embedder.as_ref().map(|e| e.hit_rate()));
     }
     if json {
@@ -368,12 +374,18 @@ async fn status(dir: &Path, json: bool, prometheus: bool) -> Result<()> {
             s.promoted[0], s.promoted[1], s.expired[0], s.expired[1], s.expired[2], s.promoter_version
         );
         println!(
-            "open       {} ms (log {} ms, snapshot {} ms, replay {} ms), {} events replayed",
+            "open       {} ms (log {} ms, snapshot {} ms, replay {} ms), {} events replayed{}",
             s.open.open_us / 1000,
             s.open.log_open_us / 1000,
             s.open.snapshot_load_us / 1000,
             s.open.replay_us / 1000,
-            s.open.replayed_events
+            s.open.replayed_events,
+            if s.open.graphs_in_place.is_empty() {
+                String::new()
+            } else {
+                let names: Vec<&str> = s.open.graphs_in_place.iter().map(|l| l.name()).collect();
+                format!("; graphs searched in place from open: {}", names.join(", "))
+            }
         );
     }
     if warnings.is_empty() {
