@@ -17,7 +17,9 @@
 //! Env: `BENCH_RECOVERY_SIZES` (default "10000,100000"), `BENCH_RECOVERY_DELTA` (default
 //! 10000), `BENCH_RECOVERY_RUNS` (child-process opens per size, default 3),
 //! `BENCH_EMPTY_RUNS` (default 20), `BENCH_REPORT_ONLY=1` (skip criterion), `BENCH_KEEP=1`
-//! (keep the stores and print where, to profile an open by hand).
+//! (keep the stores and print where, to profile an open by hand),
+//! `BENCH_RECOVERY_INDEX_UP_TO` (largest store indexed before its snapshot, default 100000;
+//! 1000000 indexes the 1M store too, about 30 more minutes).
 
 mod common;
 
@@ -30,8 +32,10 @@ use std::time::{Duration, Instant};
 
 const SEED: u64 = 0x07ec_00e7;
 const BATCH: usize = 1_000;
-/// Largest store that is indexed before its snapshot.
-const INDEX_UP_TO: usize = 100_000;
+/// Largest store that is indexed before its snapshot (`BENCH_RECOVERY_INDEX_UP_TO`).
+fn index_up_to() -> usize {
+    env_usize("BENCH_RECOVERY_INDEX_UP_TO", 100_000)
+}
 const TARGET_EMPTY_MS: f64 = 150.0;
 /// Set (to the store dir) in the child process that measures one open.
 const CHILD_ENV: &str = "ENGINE_RECOVERY_CHILD";
@@ -84,7 +88,7 @@ fn build(rt: &tokio::runtime::Runtime, n: usize, delta: usize) -> Built {
         let t = Instant::now();
         insert_range(&m, &mut emb, 0, n).await;
         let insert = t.elapsed();
-        let index = if n <= INDEX_UP_TO {
+        let index = if n <= index_up_to() {
             let t = Instant::now();
             m.wait_indexed().await.unwrap();
             Some(t.elapsed())
@@ -237,7 +241,7 @@ fn main() {
     for &n in &sizes {
         eprintln!(
             "engine_recovery: building a store of {n} records + {delta} delta{} ...",
-            if n <= INDEX_UP_TO {
+            if n <= index_up_to() {
                 " (indexing it first)"
             } else {
                 " (not indexed)"

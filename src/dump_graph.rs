@@ -6,7 +6,8 @@
 //! 384-d points, after the dump itself is read and checked (about 0.4 s). Until then a layer
 //! would be scanned exactly (about 120 ms a query at a million points on two cores). A
 //! [`MappedGraph`] needs only the dump's crc (checked through the map as open checks every
-//! snapshot file) and one pass over its level bytes; it scores points exactly, on the f32
+//! snapshot file) and one pass over its level bytes and one over its slots (each below the
+//! snapshot's slot count, each once); it scores points exactly, on the f32
 //! vectors, so it is slower per query than the coded copy that replaces it once the indexer
 //! has made it, but as exact.
 //!
@@ -16,6 +17,10 @@
 //! bounds. The indexer's full check of the same bytes ([`crate::hnsw::HnswBuilder::read`])
 //! still runs before the graph is used to insert; if it fails, this graph is dropped and the
 //! layer is rebuilt, as for any bad dump.
+//!
+//! Pages are read through the map after open has populated and checked them; a page the
+//! kernel later drops and cannot read back would raise SIGBUS, the risk the store already
+//! takes with its mapped vector chunks and record table.
 
 use crate::distance::{dist_key, dot, prefetch};
 use crate::frozen::{walk, Scorer, SearchGraph};
@@ -123,11 +128,12 @@ impl MappedGraph {
         }
         let mut seen = crate::state::SlotSet::default();
         for (i, s) in slots.iter().enumerate() {
-            if *s >= nslots || !seen.insert(*s) {
-                return Err((
-                    (DumpHeader::SLOTS_AT + 4 * i) as u64,
-                    format!("slot {s} appears twice or is not below the store's {nslots}"),
-                ));
+            let at = (DumpHeader::SLOTS_AT + 4 * i) as u64;
+            if *s >= nslots {
+                return Err((at, format!("slot {s}, but the snapshot has {nslots} slots")));
+            }
+            if !seen.insert(*s) {
+                return Err((at, format!("slot {s} appears twice")));
             }
         }
         Ok(g)
@@ -199,6 +205,10 @@ impl MappedGraph {
 impl SearchGraph for MappedGraph {
     fn len(&self) -> usize {
         self.head.n
+    }
+
+    fn in_place(&self) -> bool {
+        true
     }
 
     /// The same walk as the frozen copy's, scored exactly on the f32 vectors.
@@ -370,5 +380,180 @@ mod tests {
             let got = top10(&g, &store, q, &|_| true);
             assert!(!got.is_empty() && got.iter().all(|s| *s < 300));
         }
+    }
+
+    use crate::memory::HOLD_DUMP_LOADS;
+    use crate::{Config, Layer, Memory, NewRecord, SearchOptions};
+
+    const DIM: usize = 16;
+
+    fn config() -> Config {
+        Config {
+            dimension: DIM,
+            exact_search_below: 0,
+            checkpoint_every: 0,
+            checkpoint_interval: std::time::Duration::ZERO,
+            checkpoint_on_close: false,
+            ..Config::default()
+        }
+    }
+
+    fn record(i: usize, v: &[f32]) -> NewRecord {
+        NewRecord::new(format!("record {i}"), v.to_vec())
+    }
+
+    /// The store's indexer waits before loading dumps while this lives.
+    struct Hold(std::path::PathBuf);
+    impl Hold {
+        fn new(dir: &std::path::Path) -> Hold {
+            HOLD_DUMP_LOADS.lock().push(dir.to_path_buf());
+            Hold(dir.to_path_buf())
+        }
+    }
+    impl Drop for Hold {
+        fn drop(&mut self) {
+            HOLD_DUMP_LOADS.lock().retain(|d| *d != self.0);
+        }
+    }
+
+    fn quiet(k: usize) -> SearchOptions {
+        SearchOptions {
+            record_access: false,
+            ..SearchOptions::top_k(k)
+        }
+    }
+
+    /// With the indexer held before it reads the dump, the layer is already searched through
+    /// its graph (the dump in place), with the right index state after the replayed delta;
+    /// once the indexer runs, its own copy replaces the dump and gives the same answers.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_dump_is_searched_in_place_from_open_until_the_indexer_replaces_it() {
+        let tmp = tempfile::tempdir().unwrap();
+        let vs = clustered(3_050, DIM, 8, 0.3);
+        let m = Memory::open(tmp.path(), config()).await.unwrap();
+        let batch = (0..3_000).map(|i| record(i, &vs[i])).collect();
+        let mut ids = m.insert_batch(batch).await.unwrap();
+        m.wait_indexed().await.unwrap();
+        m.checkpoint().await.unwrap();
+        // After the snapshot: 10 deletes and 50 inserts, replayed at open.
+        for id in &ids[..10] {
+            m.delete(*id).await.unwrap();
+        }
+        let batch = (3_000..3_050).map(|i| record(i, &vs[i])).collect();
+        ids.extend(m.insert_batch(batch).await.unwrap());
+        drop(m);
+
+        let hold = Hold::new(tmp.path());
+        let m = Memory::open(tmp.path(), config()).await.unwrap();
+        let st = m.stats();
+        assert_eq!(
+            st.open.graphs_in_place,
+            vec![Layer::Interact],
+            "{:?}",
+            st.open
+        );
+        assert!(m.graph_in_place(Layer::Interact));
+        let l = &st.layers[0];
+        assert!(l.index_ready, "{l:?}");
+        assert_eq!(
+            (l.records, l.indexed, l.tombstones),
+            (3_040, 3_000, 10),
+            "{l:?}"
+        );
+        assert_eq!(l.pending, 50, "the inserts since the snapshot: {l:?}");
+        let mut early = Vec::new();
+        for (i, v) in vs.iter().enumerate().step_by(7) {
+            let hits = m.search(v, &quiet(3)).await.unwrap();
+            if i < 10 {
+                assert!(
+                    hits.iter().all(|h| h.id != ids[i]),
+                    "deleted record {i} found"
+                );
+            } else {
+                assert_eq!(hits[0].id, ids[i], "record {i}");
+            }
+            early.push(hits.iter().map(|h| h.id).collect::<Vec<_>>());
+        }
+        assert!(m.graph_in_place(Layer::Interact), "still held");
+
+        drop(hold);
+        m.wait_indexed().await.unwrap();
+        assert!(!m.graph_in_place(Layer::Interact));
+        let st = m.stats();
+        assert!(st.open.index_rebuilds.is_empty(), "{:?}", st.open);
+        assert_eq!(st.layers[0].indexed, 3_050);
+        let mut late = Vec::new();
+        for v in vs.iter().step_by(7) {
+            let hits = m.search(v, &quiet(3)).await.unwrap();
+            late.push(hits.iter().map(|h| h.id).collect::<Vec<_>>());
+        }
+        let same = early.iter().zip(&late).filter(|(a, b)| a == b).count();
+        assert!(
+            same * 100 >= early.len() * 95,
+            "{same} of {} top-3 lists agree",
+            early.len()
+        );
+        m.close().await.unwrap();
+    }
+
+    /// A dump whose crc matches but that the indexer's full check refuses (here a node with
+    /// more level-0 links than 2M, which the in-place reader caps) is searched in place at
+    /// open, then reported, dropped and rebuilt.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_dump_the_indexer_refuses_is_dropped_and_the_layer_rebuilt() {
+        let tmp = tempfile::tempdir().unwrap();
+        let vs = clustered(1_100, DIM, 5, 0.3);
+        let m = Memory::open(tmp.path(), config()).await.unwrap();
+        let batch = (0..1_100).map(|i| record(i, &vs[i])).collect();
+        let ids = m.insert_batch(batch).await.unwrap();
+        m.wait_indexed().await.unwrap();
+        let seq = m.checkpoint().await.unwrap();
+        drop(m);
+        let snap = tmp
+            .path()
+            .join("snapshots")
+            .join(crate::snapshot::dir_name(seq));
+        let path = snap.join("hnsw-interact.graph");
+        let mut bytes = std::fs::read(&path).unwrap();
+        let head = DumpHeader::parse(&bytes, DIM).unwrap();
+        let count_at = head.levels_at + head.n;
+        bytes[count_at] = (2 * head.m + 1) as u8;
+        std::fs::write(&path, &bytes).unwrap();
+        let mut manifest = crate::snapshot::read_manifest(&snap).unwrap();
+        let entry = manifest
+            .files
+            .iter_mut()
+            .find(|f| f.name == "hnsw-interact.graph")
+            .unwrap();
+        entry.crc = crc32fast::hash(&bytes);
+        crate::snapshot::write_manifest(&snap, &manifest).unwrap();
+
+        let hold = Hold::new(tmp.path());
+        let m = Memory::open(tmp.path(), config()).await.unwrap();
+        assert_eq!(m.stats().open.graphs_in_place, vec![Layer::Interact]);
+        assert!(m.graph_in_place(Layer::Interact));
+        for i in (0..1_100).step_by(50) {
+            let hits = m.search(&vs[i], &quiet(1)).await.unwrap();
+            assert_eq!(hits[0].id, ids[i], "record {i}, in place");
+        }
+        drop(hold);
+        m.wait_indexed().await.unwrap();
+        let st = m.stats();
+        assert_eq!(st.open.index_rebuilds.len(), 1, "{:?}", st.open);
+        let (layer, why) = &st.open.index_rebuilds[0];
+        assert_eq!(*layer, Layer::Interact);
+        assert!(
+            why.contains("hnsw-interact.graph")
+                && why.contains(&format!("offset {count_at}"))
+                && why.contains("level-0 links"),
+            "{why}"
+        );
+        assert!(!m.graph_in_place(Layer::Interact));
+        assert_eq!(st.layers[0].indexed, 1_100, "rebuilt");
+        for i in (0..1_100).step_by(50) {
+            let hits = m.search(&vs[i], &quiet(1)).await.unwrap();
+            assert_eq!(hits[0].id, ids[i], "record {i}, rebuilt");
+        }
+        m.close().await.unwrap();
     }
 }

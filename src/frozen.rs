@@ -196,6 +196,11 @@ impl SearchGraph for FrozenGraph {
 pub(crate) trait SearchGraph: Send + Sync + std::fmt::Debug {
     /// Points in the graph.
     fn len(&self) -> usize;
+    /// True for a dump searched in place, which the indexer replaces with a frozen copy as
+    /// soon as it has the graph.
+    fn in_place(&self) -> bool {
+        false
+    }
     /// Searches with a candidate list of `ef` and pushes up to `ef` of the nearest points
     /// whose slot passes `ok` into `top`, as (1 − cosine distance, slot). Returns how many it
     /// pushed. Points failing `ok` are still walked through (they link the graph), as hnswlib
@@ -279,7 +284,8 @@ fn code_into_avx2(v: &[f32], out: &mut [i8]) -> f32 {
 fn code_into_portable(v: &[f32], out: &mut [i8]) -> f32 {
     const MAGIC: f32 = 12_582_912.0;
     let peak = f32::from_bits(v.iter().fold(0u32, |m, x| m.max(x.to_bits() & 0x7fff_ffff)));
-    let (scale, back) = if peak > 0.0 && peak.is_finite() {
+    // A zero, NaN, infinite or subnormal peak (whose 127 / peak overflows) codes with scale 1.
+    let (scale, back) = if peak > 0.0 && peak.is_finite() && (127.0 / peak).is_finite() {
         (127.0 / peak, peak / 127.0)
     } else {
         (1.0, 1.0)

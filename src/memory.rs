@@ -38,6 +38,11 @@ const SUBSCRIBER_BUFFER: usize = 4096;
 /// See `SnapState::graph_points`.
 const GRAPH_ONLY_CHECKPOINT_POINTS: u64 = 1_024;
 
+/// Tests: stores (by the path given to open) whose indexer waits before it loads their HNSW
+/// dumps, for as long as they are listed here.
+#[cfg(test)]
+pub(crate) static HOLD_DUMP_LOADS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
 type Dumps = (
     PathBuf,
     snapshot::ManifestBody,
@@ -499,7 +504,7 @@ impl Memory {
             ));
         }
         // Layers without a usable dump are indexed from scratch; the others keep their slot
-        // list until the dump loads (searched exactly meanwhile).
+        // list until the dump loads (searched in place meanwhile, below, or else exactly).
         let with_dump: HashSet<Layer> = dumps
             .as_ref()
             .map(|(_, _, d)| d.iter().map(|(l, _, _)| *l).collect())
@@ -864,6 +869,15 @@ impl Memory {
         }
         self.wait_indexed().await?;
         self.checkpoint().await
+    }
+
+    /// Tests: whether `layer`'s searches walk its snapshot's dump in place.
+    #[cfg(test)]
+    pub(crate) fn graph_in_place(&self, layer: Layer) -> bool {
+        self.inner.state.read().layers[layer.index()]
+            .frozen
+            .as_ref()
+            .is_some_and(|f| f.in_place())
     }
 
     /// Waits until every live record is in its layer's HNSW index (benchmarks, tests).
@@ -1567,6 +1581,10 @@ impl Inner {
     }
 
     fn indexer(self: &Arc<Self>, dumps: Option<Dumps>) {
+        #[cfg(test)]
+        while HOLD_DUMP_LOADS.lock().contains(&self.dir) && !self.shutdown.load(Ordering::Acquire) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
         if let Some((dir, manifest, list)) = dumps {
             for (layer, base, mapped) in list {
                 if self.shutdown.load(Ordering::Acquire) {
@@ -1577,13 +1595,16 @@ impl Inner {
                 }
                 let mut early = false;
                 let checked = mapped.as_ref().map(|g| g.bytes());
-                let res =
-                    snapshot::load_graph(&dir, &manifest, &base, self.config.dimension, checked)
-                        .and_then(|mut g| {
-                            g.set_ef_construction(self.config.hnsw.ef_construction);
-                            early = self.freeze_loaded(layer, &g);
-                            self.attach_vectors(g, &dir, &base)
-                        });
+                let loaded =
+                    snapshot::load_graph(&dir, &manifest, &base, self.config.dimension, checked);
+                // Searches hold it while it is installed; this thread no longer needs the map
+                // (once replaced, the dump is unmapped before the long vector copy below).
+                drop(mapped);
+                let res = loaded.and_then(|mut g| {
+                    g.set_ef_construction(self.config.hnsw.ef_construction);
+                    early = self.freeze_loaded(layer, &g);
+                    self.attach_vectors(g, &dir, &base)
+                });
                 let _idx = self.index_lock.lock();
                 let mut st = self.state.write();
                 let ls = &mut st.layers[layer.index()];
@@ -1591,12 +1612,13 @@ impl Inner {
                     Ok(g) => {
                         set_index_slots(ls, g.slots());
                         ls.graph = Some(Arc::new(parking_lot::Mutex::new(g)));
-                        if !early {
+                        if !early && !ls.frozen.as_ref().is_some_and(|f| f.in_place()) {
                             ls.frozen = None;
                             ls.unfrozen.clear();
                         }
                         // Else the early copy stays: nothing was inserted since it was taken
-                        // (this thread is the only one that inserts).
+                        // (this thread is the only one that inserts). A dump searched in place
+                        // stays until `maybe_freeze` below replaces it.
                     }
                     Err(e) => {
                         let why = e.to_string();
@@ -1714,6 +1736,7 @@ impl Inner {
             };
             let due = match &ls.frozen {
                 None => true,
+                Some(f) if f.in_place() => true,
                 Some(_) => {
                     let n = ls.unfrozen.len() as u64;
                     n >= (ls.indexed / 32).max(1024)

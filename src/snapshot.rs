@@ -498,7 +498,7 @@ pub(crate) struct Written {
 }
 
 /// Writes (and fsyncs) `dir/MANIFEST` for `body`, in the format `body.format` names.
-fn write_manifest(dir: &Path, body: &ManifestBody) -> Result<()> {
+pub(crate) fn write_manifest(dir: &Path, body: &ManifestBody) -> Result<()> {
     let body_bytes = encode(body)?;
     let mut h = [0u8; HEADER_LEN];
     h[0..4].copy_from_slice(&MAGIC);
@@ -704,7 +704,8 @@ const KEYS_FILE: &str = "keys.bin";
 const PROMOTER_FILE: &str = "promoter.bin";
 
 /// Loads the snapshot in `dir`: validates the manifest and every non-graph file, decodes the
-/// records and stats and maps the vector chunks.
+/// records and stats and maps the vector chunks; maps and checks each HNSW dump to search it
+/// in place (a dump that fails that is left to the indexer, which reports it).
 pub(crate) fn load(dir: &Path, dim: usize) -> Result<Loaded> {
     let m = read_manifest(dir)?;
     let mpath = dir.join("MANIFEST");
@@ -1006,10 +1007,30 @@ pub(crate) fn load_graph(
     checked: Option<&[u8]>,
 ) -> Result<HnswBuilder> {
     let path = graph_path(dir, base);
-    if let Some(bytes) = checked {
-        return HnswBuilder::read(bytes, dim)
-            .map_err(|(off, why)| Error::corrupted(&path, off, why));
+    let g = match checked {
+        Some(bytes) => HnswBuilder::read(bytes, dim),
+        None => HnswBuilder::read(&read_graph(dir, m, base)?, dim),
     }
+    .map_err(|(off, why)| Error::corrupted(&path, off, why))?;
+    // The same bound as open's in-place check (`MappedGraph::open`): a slot the snapshot
+    // does not have is not this graph's, even if records replayed since have it now.
+    if let Some(i) = g.slots().iter().position(|s| *s >= m.nslots) {
+        return Err(Error::corrupted(
+            &path,
+            (crate::hnsw::DumpHeader::SLOTS_AT + 4 * i) as u64,
+            format!(
+                "slot {}, but the snapshot has {} slots",
+                g.slots()[i],
+                m.nslots
+            ),
+        ));
+    }
+    Ok(g)
+}
+
+/// Reads the graph dump `base` and checks it against its manifest entry.
+fn read_graph(dir: &Path, m: &ManifestBody, base: &str) -> Result<Vec<u8>> {
+    let path = graph_path(dir, base);
     let entry = graph_entry(dir, m, base)?;
     let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
     if bytes.len() as u64 != entry.len || crc32fast::hash(&bytes) != entry.crc {
@@ -1017,7 +1038,7 @@ pub(crate) fn load_graph(
         check_file(dir, entry)?;
         return Err(Error::corrupted(&path, 0, "changed while it was read"));
     }
-    HnswBuilder::read(&bytes, dim).map_err(|(off, why)| Error::corrupted(&path, off, why))
+    Ok(bytes)
 }
 
 #[cfg(test)]

@@ -284,7 +284,7 @@ pub(crate) struct LayerState {
     /// Points in the graph.
     pub(crate) indexed: u64,
     /// The graph; `None` while a dump loads or before the first insert (then the whole layer
-    /// is searched exactly).
+    /// is searched exactly, unless `frozen` is the dump searched in place).
     pub(crate) graph: Option<Arc<Graph>>,
     /// A compact copy of `graph` as of its last freeze, searched instead of it (right after
     /// open, until the dump's copy is made: the dump itself, see `crate::dump_graph`).

@@ -287,8 +287,9 @@ pub struct LayerStats {
     pub pending: u64,
     /// Points in the index whose record was deleted or moved.
     pub tombstones: u64,
-    /// Whether this layer has a frozen HNSW graph for searches to walk: false while its dump
-    /// loads and before a new graph's first freeze (the layer is searched exactly until
+    /// Whether this layer has an HNSW graph for searches to walk: from open when its dump
+    /// could be searched in place (`OpenReport::graphs_in_place`), else once the dump has
+    /// loaded; false before a new graph's first freeze (the layer is searched exactly until
     /// then). A layer under `Config::exact_search_below` records is scanned exactly anyway.
     pub index_ready: bool,
 }
@@ -308,7 +309,8 @@ pub struct OpenReport {
     pub index_rebuilds: Vec<(Layer, String)>,
     /// Layers whose HNSW dump open mapped and checked: searches walk it in place from the
     /// moment open returns, until the indexer has made its usual copy (without this, a layer
-    /// is scanned exactly until then).
+    /// is scanned exactly until then). If the indexer's full check of the same dump fails, the
+    /// layer is also listed in `index_rebuilds` and searched exactly until rebuilt.
     pub graphs_in_place: Vec<Layer>,
     /// Time spent opening (µs), in all. Its parts below: where a slow open spends its time.
     pub open_us: u64,
