@@ -935,6 +935,7 @@ impl Memory {
             last_snapshot_seq,
             events_since_snapshot: st.applied_seq.saturating_sub(marker_seq),
             pending_accesses: inner.access_hits.load(Ordering::Relaxed),
+            graphs_loading: inner.graphs_loading.load(Ordering::Acquire),
             dimension: st.dim,
             open: inner.report.lock().clone(),
             embedder: self.embedder.as_ref().map(|b| b.embedder().stats()),

@@ -339,6 +339,9 @@ pub struct Stats {
     pub events_since_snapshot: u64,
     /// Search hits waiting to be written as `Accessed` events.
     pub pending_accesses: u64,
+    /// HNSW dumps of the snapshot opened that the indexer has still to load in full (their
+    /// layers are searched in place or exactly meanwhile: see `LayerStats::index_ready`).
+    pub graphs_loading: u64,
     /// Vector dimension.
     pub dimension: usize,
     /// What happened at open.
