@@ -482,6 +482,9 @@ mod tests {
         let st = m.stats();
         assert!(st.open.index_rebuilds.is_empty(), "{:?}", st.open);
         assert_eq!(st.layers[0].indexed, 3_050);
+        // The builder reads the snapshot's vectors from their maps: it copies only the 50
+        // inserted since, until a checkpoint maps those too.
+        assert_eq!(m.graph_copies(Layer::Interact), 50);
         let mut late = Vec::new();
         for v in vs.iter().step_by(7) {
             let hits = m.search(v, &quiet(3)).await.unwrap();
@@ -493,6 +496,8 @@ mod tests {
             "{same} of {} top-3 lists agree",
             early.len()
         );
+        m.checkpoint().await.unwrap();
+        assert_eq!(m.graph_copies(Layer::Interact), 0);
         m.close().await.unwrap();
     }
 

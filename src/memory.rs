@@ -871,6 +871,13 @@ impl Memory {
         self.checkpoint().await
     }
 
+    /// Tests: vectors `layer`'s graph builder holds copies of (not read from the maps).
+    #[cfg(test)]
+    pub(crate) fn graph_copies(&self, layer: Layer) -> usize {
+        let g = self.inner.state.read().layers[layer.index()].graph.clone();
+        g.map_or(0, |g| g.lock().own_vectors())
+    }
+
     /// Tests: whether `layer`'s searches walk its snapshot's dump in place.
     #[cfg(test)]
     pub(crate) fn graph_in_place(&self, layer: Layer) -> bool {
@@ -1471,6 +1478,7 @@ impl Inner {
         let table = records::load(&dst, &written.records, written.nslots)?;
         if let Some(name) = written.new_chunk {
             self.state.write().vectors.adopt_chunk(&dst.join(name))?;
+            self.share_maps();
         }
         if repoint {
             self.repoint_bodies(&table);
@@ -1533,16 +1541,35 @@ impl Inner {
         }
     }
 
-    fn new_graph(&self, layer: Layer) -> HnswBuilder {
+    /// An empty graph for `layer`, reading the vectors `mapped` holds from there.
+    fn new_graph(&self, layer: Layer, mapped: crate::vectors::Vectors) -> HnswBuilder {
         let h = self.config.hnsw;
         // Seeded per layer: the same records inserted in the same order make the same graph.
         let seed = 0x4d47_5259_0000_0000 | layer.index() as u64;
-        HnswBuilder::new(self.config.dimension, h.m, h.ef_construction, seed)
+        let mut g = HnswBuilder::new(self.config.dimension, h.m, h.ef_construction, seed);
+        g.share(mapped);
+        g
     }
 
-    /// Gives a loaded graph dump its vectors from the store, by slot, 64k nodes per read
-    /// lock (so writers are not held up for the whole copy at a million points).
+    /// After a checkpoint mapped a new vector chunk: every graph reads those vectors from the
+    /// map and drops its copies of them.
+    fn share_maps(&self) {
+        let _idx = self.index_lock.lock();
+        let (mapped, graphs) = {
+            let st = self.state.read();
+            let graphs: Vec<_> = st.layers.iter().filter_map(|l| l.graph.clone()).collect();
+            (st.vectors.mapped_part(), graphs)
+        };
+        for g in graphs {
+            g.lock().share(mapped.mapped_part());
+        }
+    }
+
+    /// Gives a loaded graph dump its vectors: the store's maps for the slots they hold, else
+    /// copies from the store by slot, 64k nodes per read lock (so writers are not held up).
     fn attach_vectors(&self, mut g: HnswBuilder, dir: &Path, base: &str) -> Result<HnswBuilder> {
+        // The snapshot's own slots are all mapped: nothing to copy but what is not.
+        g.share(self.state.read().vectors.mapped_part());
         while !g.vectors_missing().is_empty() {
             let st = self.state.read();
             let nslots = st.slots.len() as u32;
@@ -1690,7 +1717,9 @@ impl Inner {
             let (graph, fresh) = match &ls.graph {
                 Some(g) => (g.clone(), false),
                 None => (
-                    Arc::new(parking_lot::Mutex::new(self.new_graph(layer))),
+                    Arc::new(parking_lot::Mutex::new(
+                        self.new_graph(layer, st.vectors.mapped_part()),
+                    )),
                     true,
                 ),
             };
@@ -1768,7 +1797,7 @@ impl Inner {
             .iter()
             .collect();
         tracing::info!(layer = %layer, records = members.len(), "rebuilding HNSW index (tombstones over threshold)");
-        let mut graph = self.new_graph(layer);
+        let mut graph = self.new_graph(layer, self.state.read().vectors.mapped_part());
         for chunk in members.chunks(self.config.index_batch) {
             if self.shutdown.load(Ordering::Acquire) {
                 return;
