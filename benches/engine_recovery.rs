@@ -144,8 +144,8 @@ fn child(dir: &str) {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
         let ready = t.elapsed();
-        // The dump loaded in full: the indexer's own copy searched, its builder holding the
-        // vectors it needs for later inserts (the steady state's memory).
+        // The dump loaded in full: the indexer's own copy searched, its builder ready for
+        // later inserts (the steady state's memory).
         while m.stats().graphs_loading > 0 {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
@@ -411,5 +411,5 @@ fn main() {
     if std::env::var_os("BENCH_KEEP").is_some() {
         stores.into_iter().for_each(|s| drop(s.dir.keep()));
     }
-    println!("columns: medians of {runs} fresh processes; 1st q = first search after open returned (through the HNSW dump searched in place when the store is indexed, else an exact scan); graph walk = ms from open until searches walk an HNSW graph (at open for a dump searched in place); dump loaded = ms until the indexer has read the dump in full and replaced it with its own copy; RSS in MiB (last run; RSS loaded = after the dump loaded, the builder holding its copy of the vectors)");
+    println!("columns: medians of {runs} fresh processes; 1st q = first search after open returned (through the HNSW dump searched in place when the store is indexed, else an exact scan); graph walk = ms from open until searches walk an HNSW graph (at open for a dump searched in place); dump loaded = ms until the indexer has read the dump in full and replaced it with its own copy; RSS in MiB (last run; RSS loaded = after the dump loaded: the builder's links, its copies of vectors the snapshot's maps lack, the frozen copy's codes)");
 }
