@@ -19,7 +19,9 @@
 //! `BENCH_EMPTY_RUNS` (default 20), `BENCH_REPORT_ONLY=1` (skip criterion), `BENCH_KEEP=1`
 //! (keep the stores and print where, to profile an open by hand),
 //! `BENCH_RECOVERY_INDEX_UP_TO` (largest store indexed before its snapshot, default 100000;
-//! 1000000 indexes the 1M store too, about 30 more minutes).
+//! 1000000 indexes the 1M store too, about 20 more minutes). By hand:
+//! `ENGINE_RECOVERY_CHILD=<store> [ENGINE_RECOVERY_INDEX_SECS=60] <this bench binary>` opens a
+//! kept store once (and then reports the index catch-up rate over that many seconds).
 
 mod common;
 
@@ -166,6 +168,23 @@ fn child(dir: &str) {
             s.layers[layer].records,
             s.layers[layer].pending,
         );
+        // Index catch-up on this store for a while (an unindexed store's vectors are mapped:
+        // the rate of a builder reading them from the maps).
+        if let Some(secs) = std::env::var("ENGINE_RECOVERY_INDEX_SECS")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+        {
+            let before = m.stats().layers[layer].indexed;
+            let t = Instant::now();
+            tokio::time::sleep(Duration::from_secs(secs)).await;
+            let after = m.stats().layers[layer].indexed;
+            println!(
+                "INDEXING indexed={} in {:.1} s: {:.0} vectors/s (from {before} points)",
+                after - before,
+                t.elapsed().as_secs_f64(),
+                (after - before) as f64 / t.elapsed().as_secs_f64()
+            );
+        }
         drop(m);
     });
 }

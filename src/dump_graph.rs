@@ -484,7 +484,7 @@ mod tests {
         assert_eq!(st.layers[0].indexed, 3_050);
         // The builder reads the snapshot's vectors from their maps: it copies only the 50
         // inserted since, until a checkpoint maps those too.
-        assert_eq!(m.graph_copies(Layer::Interact), 50);
+        assert_eq!(m.graph_copies(Layer::Interact), Some(50));
         let mut late = Vec::new();
         for v in vs.iter().step_by(7) {
             let hits = m.search(v, &quiet(3)).await.unwrap();
@@ -497,7 +497,7 @@ mod tests {
             early.len()
         );
         m.checkpoint().await.unwrap();
-        assert_eq!(m.graph_copies(Layer::Interact), 0);
+        assert_eq!(m.graph_copies(Layer::Interact), Some(0));
         m.close().await.unwrap();
     }
 

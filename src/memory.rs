@@ -871,11 +871,12 @@ impl Memory {
         self.checkpoint().await
     }
 
-    /// Tests: vectors `layer`'s graph builder holds copies of (not read from the maps).
+    /// Tests: vectors `layer`'s graph builder holds copies of (not read from the maps); `None`
+    /// without a graph.
     #[cfg(test)]
-    pub(crate) fn graph_copies(&self, layer: Layer) -> usize {
+    pub(crate) fn graph_copies(&self, layer: Layer) -> Option<usize> {
         let g = self.inner.state.read().layers[layer.index()].graph.clone();
-        g.map_or(0, |g| g.lock().own_vectors())
+        g.map(|g| g.lock().own_vectors())
     }
 
     /// Tests: whether `layer`'s searches walk its snapshot's dump in place.
@@ -1478,7 +1479,10 @@ impl Inner {
         let table = records::load(&dst, &written.records, written.nslots)?;
         if let Some(name) = written.new_chunk {
             self.state.write().vectors.adopt_chunk(&dst.join(name))?;
-            self.share_maps();
+            // Not at close: the graphs are about to be dropped.
+            if repoint {
+                self.share_maps();
+            }
         }
         if repoint {
             self.repoint_bodies(&table);
@@ -1587,9 +1591,9 @@ impl Inner {
         Ok(g)
     }
 
-    /// Makes a graph just read from a dump searchable before it has its own copy of the
-    /// vectors (1.5 GB to copy at a million 384-d points): freezes it from the store's mapped
-    /// vectors, outside the projections' lock, and installs that frozen copy. False (nothing
+    /// Makes a graph just read from a dump searchable before its vectors are attached:
+    /// freezes it from the store's mapped vectors, outside the projections' lock, and
+    /// installs that frozen copy (replacing the dump searched in place). False (nothing
     /// installed) when the graph names a slot that is not mapped; `attach_vectors` then
     /// decides.
     fn freeze_loaded(&self, layer: Layer, g: &HnswBuilder) -> bool {
@@ -1626,7 +1630,7 @@ impl Inner {
                 let loaded =
                     snapshot::load_graph(&dir, &manifest, &base, self.config.dimension, checked);
                 // Searches hold it while it is installed; this thread no longer needs the map
-                // (once replaced, the dump is unmapped before the long vector copy below).
+                // (once replaced, the dump is unmapped before the vectors are attached).
                 drop(mapped);
                 let res = loaded.and_then(|mut g| {
                     g.set_ef_construction(self.config.hnsw.ef_construction);
@@ -1804,6 +1808,9 @@ impl Inner {
             }
             let vs: Vec<(u32, Vec<f32>)> = {
                 let st = self.state.read();
+                // A checkpoint during the rebuild mapped more vectors: read those from the map
+                // too (this graph is not yet in the state, where `share_maps` finds graphs).
+                graph.share(st.vectors.mapped_part());
                 chunk
                     .iter()
                     .map(|s| (*s, st.vectors.get(*s).to_vec()))
@@ -1816,6 +1823,7 @@ impl Inner {
         let frozen = (!members.is_empty())
             .then(|| Arc::new(graph.freeze()) as Arc<dyn crate::frozen::SearchGraph>);
         let _idx = self.index_lock.lock();
+        graph.share(self.state.read().vectors.mapped_part());
         let mut st = self.state.write();
         let ls = &mut st.layers[layer.index()];
         ls.frozen = frozen;

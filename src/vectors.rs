@@ -78,8 +78,11 @@ impl Vectors {
             let at = (slot - self.tail_start) as usize * self.dim;
             return &self.tail[at..at + self.dim];
         }
-        let i = self.chunks.partition_point(|c| c.start + c.count <= slot);
-        let c = &self.chunks[i];
+        // Most slots are in the first chunk (the one a store's first big snapshot wrote).
+        let c = match self.chunks.first() {
+            Some(c) if slot < c.start + c.count => c,
+            _ => &self.chunks[self.chunks.partition_point(|c| c.start + c.count <= slot)],
+        };
         let at = HEADER_LEN + (slot - c.start) as usize * self.dim * 4;
         // Alignment and length were checked when the chunk was mapped.
         bytemuck::cast_slice(&c.map[at..at + self.dim * 4])
