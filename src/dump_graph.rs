@@ -24,7 +24,7 @@
 
 use crate::distance::{dist_key, dot, prefetch};
 use crate::frozen::{walk, Scorer, SearchGraph};
-use crate::hnsw::DumpHeader;
+use crate::hnsw::{check_slots, DumpHeader};
 use crate::state::TopK;
 use crate::vectors::Vectors;
 use memmap2::Mmap;
@@ -68,74 +68,20 @@ impl MappedGraph {
         }
         let bytes: &[u8] = &map;
         let head = DumpHeader::parse(bytes, dim)?;
-        let n = head.n;
-        let cells_per_level = head.m + 1;
-        let mut upper_cell = Vec::with_capacity(n);
-        let mut cell = 0usize;
-        let mut entry_ok = n == 0 && head.entry == u32::MAX;
-        for (i, &lvl) in bytes[head.levels_at..head.levels_at + n].iter().enumerate() {
-            let lvl = lvl as usize;
-            if lvl > head.top {
-                return Err((
-                    (head.levels_at + i) as u64,
-                    format!("node {i} has level {lvl} above the top {}", head.top),
-                ));
-            }
-            upper_cell.push(u32::try_from(cell).map_err(|_| {
-                (
-                    head.upper_at as u64,
-                    "upper-level links beyond 16 GiB".to_string(),
-                )
-            })?);
-            cell += lvl * cells_per_level;
-            if i as u32 == head.entry && lvl == head.top {
-                entry_ok = true;
-            }
-        }
-        let end = cell
-            .checked_mul(4)
-            .and_then(|c| c.checked_add(head.upper_at));
-        if end != Some(bytes.len()) {
-            return Err((
-                head.upper_at as u64,
-                format!(
-                    "the upper-level links take {} bytes; the dump has {} after the level-0 links",
-                    cell.saturating_mul(4),
-                    bytes.len() - head.upper_at
-                ),
-            ));
-        }
-        if !entry_ok {
-            return Err((
-                32,
-                format!(
-                    "entry node {} is not a node of the top level {}",
-                    head.entry, head.top
-                ),
-            ));
-        }
+        let upper_cell = head.upper_cells(bytes)?;
         let g = MappedGraph {
             map,
             head,
             upper_cell,
         };
         let slots = g.slots();
-        if slots.len() != n {
+        if slots.len() != head.n {
             return Err((
                 DumpHeader::SLOTS_AT as u64,
                 "the slot list is not 4-byte aligned".into(),
             ));
         }
-        let mut seen = crate::state::SlotSet::default();
-        for (i, s) in slots.iter().enumerate() {
-            let at = (DumpHeader::SLOTS_AT + 4 * i) as u64;
-            if *s >= nslots {
-                return Err((at, format!("slot {s}, but the snapshot has {nslots} slots")));
-            }
-            if !seen.insert(*s) {
-                return Err((at, format!("slot {s} appears twice")));
-            }
-        }
+        check_slots(slots, nslots)?;
         Ok(g)
     }
 

@@ -35,8 +35,8 @@ pub(crate) struct FrozenGraph {
     /// Entry node (a node of the top level); `None` for an empty graph.
     entry: Option<u32>,
     /// Every point's vector as int8, node-major, each scaled by its own largest |component|
-    /// (`round(x · 127 / peak)`, see [`code_into`]): the walk compares these (a quarter of the bytes of f32, and
-    /// memory bandwidth is what a walk spends), and only the `ef` it keeps are re-scored
+    /// (`round(x · 127 / peak)`, see [`code_into`]): the walk compares these (a quarter of
+    /// the bytes of f32, and memory bandwidth is what a walk spends), and only the `ef` it keeps are re-scored
     /// exactly from the f32 vectors. A per-vector scale uses each code's full range, and one
     /// peaky vector cannot coarsen the others.
     codes: Vec<i8>,
@@ -86,7 +86,7 @@ impl FrozenGraph {
             }
         };
         let threads = if n >= SPLIT_CODES_FROM {
-            std::thread::available_parallelism().map_or(1, |p| p.get().min(8))
+            crate::state::scan_threads()
         } else {
             1
         };
@@ -134,8 +134,8 @@ impl SearchGraph for FrozenGraph {
         self.slots.len()
     }
 
-    /// Walks the codes ([`walk`]), then re-scores the kept points exactly. Unlike plain HNSW, every upper level is searched with a beam (not greedily), each
-    /// seeded by the whole beam of the level above: `ef` wide on level 1, whose beam seeds
+    /// Walks the codes ([`walk`]), then re-scores the kept points exactly. Unlike plain
+    /// HNSW, every upper level is searched with a beam (not greedily), each seeded by the whole beam of the level above: `ef` wide on level 1, whose beam seeds
     /// layer 0, and [`UPPER_BEAM`] wide above it. On clustered data a single greedy path can end
     /// in the wrong cluster, and layer 0 rarely links clusters. With greedy descent above level
     /// 1, one query in 1,000 of the 100k bench store found none of its true top 10 (its results

@@ -154,6 +154,74 @@ impl DumpHeader {
             upper_at,
         })
     }
+
+    /// Checks every node's level against the top, the entry node, and that the upper-level
+    /// blocks (`level · (m + 1)` cells per node) fill the rest of the dump exactly. Returns
+    /// where each node's block starts, in u32 cells after `upper_at`.
+    pub(crate) fn upper_cells(&self, bytes: &[u8]) -> Result<Vec<u32>, (u64, String)> {
+        let n = self.n;
+        let mut starts = Vec::with_capacity(n);
+        let mut cell = 0usize;
+        let mut entry_ok = n == 0 && self.entry == u32::MAX;
+        for (i, &lvl) in bytes[self.levels_at..self.levels_at + n].iter().enumerate() {
+            let lvl = lvl as usize;
+            if lvl > self.top {
+                return Err((
+                    (self.levels_at + i) as u64,
+                    format!("node {i} has level {lvl} above the top {}", self.top),
+                ));
+            }
+            starts.push(u32::try_from(cell).map_err(|_| {
+                (
+                    self.upper_at as u64,
+                    "upper-level links beyond 16 GiB".to_string(),
+                )
+            })?);
+            cell += lvl * (self.m + 1);
+            if i as u32 == self.entry && lvl == self.top {
+                entry_ok = true;
+            }
+        }
+        let end = cell
+            .checked_mul(4)
+            .and_then(|c| c.checked_add(self.upper_at));
+        if end != Some(bytes.len()) {
+            return Err((
+                self.upper_at as u64,
+                format!(
+                    "the upper-level links take {} bytes; the dump has {} after the level-0 links",
+                    cell.saturating_mul(4),
+                    bytes.len() - self.upper_at
+                ),
+            ));
+        }
+        if !entry_ok {
+            return Err((
+                32,
+                format!(
+                    "entry node {} is not a node of the top level {}",
+                    self.entry, self.top
+                ),
+            ));
+        }
+        Ok(starts)
+    }
+}
+
+/// Checks a dump's slot list (`slots`, from byte [`DumpHeader::SLOTS_AT`]): each below the
+/// snapshot's `nslots`, each once (a bitset: the slots are dense).
+pub(crate) fn check_slots(slots: &[u32], nslots: u32) -> Result<(), (u64, String)> {
+    let mut seen = crate::state::SlotSet::default();
+    for (i, s) in slots.iter().enumerate() {
+        let at = (DumpHeader::SLOTS_AT + 4 * i) as u64;
+        if *s >= nslots {
+            return Err((at, format!("slot {s}, but the snapshot has {nslots} slots")));
+        }
+        if !seen.insert(*s) {
+            return Err((at, format!("slot {s} appears twice")));
+        }
+    }
+    Ok(())
 }
 
 /// Set in `HnswBuilder::loc` for a node whose vector is a copy in `own`.
@@ -491,11 +559,17 @@ impl HnswBuilder {
         Ok(())
     }
 
-    /// Reads a dump written by [`HnswBuilder::write_to`] for `dim`-d vectors, validating every
-    /// field (a dump whose crc matches can still be from another build). The vectors are not
-    /// in the dump: call [`HnswBuilder::fill_vectors`] for every node before inserting.
-    /// Errors carry the byte offset of the bad field.
-    pub(crate) fn read(bytes: &[u8], dim: usize) -> Result<HnswBuilder, (u64, String)> {
+    /// Reads a dump written by [`HnswBuilder::write_to`] for `dim`-d vectors of a snapshot
+    /// with `nslots` slots, validating every field (a dump whose crc matches can still be
+    /// from another build). The vectors are not in the dump: call
+    /// [`HnswBuilder::fill_vectors`] for every node before inserting. Errors carry the byte
+    /// offset of the bad field.
+    pub(crate) fn read(
+        bytes: &[u8],
+        dim: usize,
+        nslots: u32,
+    ) -> Result<HnswBuilder, (u64, String)> {
+        let head = DumpHeader::parse(bytes, dim)?;
         let DumpHeader {
             m,
             ef_c,
@@ -506,7 +580,8 @@ impl HnswBuilder {
             levels_at,
             links_at,
             upper_at,
-        } = DumpHeader::parse(bytes, dim)?;
+        } = head;
+        let upper_cells = head.upper_cells(bytes)?;
         let m0 = 2 * m;
         let u32s = |from: usize, count: usize| {
             bytes[from..from + 4 * count]
@@ -515,36 +590,24 @@ impl HnswBuilder {
                 .collect::<Vec<u32>>()
         };
         let slots = u32s(DUMP_HEADER_LEN, n);
+        check_slots(&slots, nslots)?;
         let levels = bytes[levels_at..levels_at + n].to_vec();
         let len0 = bytes[levels_at + n..levels_at + 2 * n].to_vec();
         let links0 = u32s(links_at, n * m0);
         let mut upper = Vec::with_capacity(n);
-        let mut upper_off = Vec::with_capacity(n);
-        let mut off = upper_at;
-        let mut entry_ok = n == 0 && entry == u32::MAX;
-        for i in 0..n {
+        let upper_off: Vec<usize> = upper_cells
+            .iter()
+            .map(|c| upper_at + 4 * *c as usize)
+            .collect();
+        for (i, &off) in upper_off.iter().enumerate() {
             let lvl = levels[i] as usize;
-            if lvl > top {
-                return Err((
-                    (levels_at + i) as u64,
-                    format!("node {i} has level {lvl} above the top {top}"),
-                ));
-            }
             if len0[i] as usize > m0 {
                 return Err((
                     (levels_at + n + i) as u64,
                     format!("node {i} has {} level-0 links, at most {m0}", len0[i]),
                 ));
             }
-            let cells = lvl * (m + 1);
-            if off + 4 * cells > bytes.len() {
-                return Err((
-                    off as u64,
-                    "the dump ends inside the upper-level links".into(),
-                ));
-            }
-            let u = u32s(off, cells);
-            upper_off.push(off);
+            let u = u32s(off, lvl * (m + 1));
             for l in 0..lvl {
                 if u[l * (m + 1)] as usize > m {
                     return Err((
@@ -557,23 +620,7 @@ impl HnswBuilder {
                     ));
                 }
             }
-            off += 4 * cells;
             upper.push(u.into_boxed_slice());
-            if i as u32 == entry && lvl == top {
-                entry_ok = true;
-            }
-        }
-        if off != bytes.len() {
-            return Err((
-                off as u64,
-                format!("{} bytes after the last node", bytes.len() - off),
-            ));
-        }
-        if !entry_ok {
-            return Err((
-                32,
-                format!("entry node {entry} is not a node of the top level {top}"),
-            ));
         }
         let b = HnswBuilder {
             m,
@@ -615,24 +662,6 @@ impl HnswBuilder {
                         return Err((cell as u64, why));
                     }
                 }
-            }
-        }
-        // Slots are dense (below the store's slot count), so a bitset of them is small: a
-        // hash set of a million slots took about 100 ms of a million-point load.
-        let bits = b.slots.iter().max().map_or(0, |m| *m as usize + 1);
-        let mut seen = crate::state::SlotSet::default();
-        let mut seen_sparse = crate::state::FastSet::default();
-        for (i, s) in b.slots.iter().enumerate() {
-            let fresh = if bits <= 64 * n {
-                seen.insert(*s)
-            } else {
-                seen_sparse.insert(*s)
-            };
-            if !fresh {
-                return Err((
-                    (DUMP_HEADER_LEN + 4 * i) as u64,
-                    format!("slot {s} appears twice"),
-                ));
             }
         }
         Ok(b)
@@ -899,7 +928,7 @@ pub(crate) mod tests {
         let (mut a, mut store) = build(&vs[..1_000], 3);
         let mut bytes = Vec::new();
         a.write_to(&mut bytes).unwrap();
-        let mut b = HnswBuilder::read(&bytes, dim).unwrap();
+        let mut b = HnswBuilder::read(&bytes, dim, store.len()).unwrap();
         assert_eq!(b.vectors_missing(), 0..1_000);
         // Frozen straight from the dump, vectors taken from the store by slot (what open does
         // before the builder has its copy): the same searches as the original's freeze.
@@ -1010,7 +1039,7 @@ pub(crate) mod tests {
         }
 
         // A dump read back copies only what the maps lack.
-        let mut back = HnswBuilder::read(&dump(&shared), dim).unwrap();
+        let mut back = HnswBuilder::read(&dump(&shared), dim, store.len()).unwrap();
         back.share(store.mapped_part());
         back.fill_vectors(usize::MAX, |s| Some(store.get(s)))
             .unwrap();
@@ -1030,7 +1059,7 @@ pub(crate) mod tests {
         let (g, _) = build(&data(300, dim), 4);
         let mut ok = Vec::new();
         g.write_to(&mut ok).unwrap();
-        let err = |bytes: &[u8], d: usize| HnswBuilder::read(bytes, d).expect_err("refused");
+        let err = |bytes: &[u8], d: usize| HnswBuilder::read(bytes, d, 300).expect_err("refused");
         assert_eq!(
             err(&ok[..40], dim).0,
             40,
@@ -1085,7 +1114,7 @@ pub(crate) mod tests {
             (DUMP_HEADER_LEN + 4) as u64,
             "slot 0 twice"
         );
-        // The same with one far slot, which makes the check use a hash set, not a bitset.
+        // The same beside a slot beyond the store: the first bad slot in order is reported.
         let mut far = dup.clone();
         far[DUMP_HEADER_LEN + 8..DUMP_HEADER_LEN + 12].copy_from_slice(&u32::MAX.to_le_bytes());
         assert_eq!(
@@ -1094,7 +1123,7 @@ pub(crate) mod tests {
             "slot 0 twice beside slot u32::MAX"
         );
         // A slot the store does not have.
-        let mut b = HnswBuilder::read(&ok, dim).unwrap();
+        let mut b = HnswBuilder::read(&ok, dim, 300).unwrap();
         assert_eq!(
             b.fill_vectors(1_000, |s| (s < 100).then_some(&[0.5f32; 8][..])),
             Err(100)
@@ -1116,7 +1145,7 @@ pub(crate) mod tests {
             let i = at % flipped.len();
             flipped[i] ^= 1 << bit;
             for damaged in [&flipped[..], &bytes[..cut % bytes.len()]] {
-                if let Ok(mut b) = HnswBuilder::read(damaged, dim) {
+                if let Ok(mut b) = HnswBuilder::read(damaged, dim, 120) {
                     if b.fill_vectors(usize::MAX, |s| (s < 120).then(|| store.get(s))).is_ok() {
                         let f = b.freeze();
                         let mut top = TopK::new(10);

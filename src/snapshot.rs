@@ -1007,25 +1007,11 @@ pub(crate) fn load_graph(
     checked: Option<&[u8]>,
 ) -> Result<HnswBuilder> {
     let path = graph_path(dir, base);
-    let g = match checked {
-        Some(bytes) => HnswBuilder::read(bytes, dim),
-        None => HnswBuilder::read(&read_graph(dir, m, base)?, dim),
+    match checked {
+        Some(bytes) => HnswBuilder::read(bytes, dim, m.nslots),
+        None => HnswBuilder::read(&read_graph(dir, m, base)?, dim, m.nslots),
     }
-    .map_err(|(off, why)| Error::corrupted(&path, off, why))?;
-    // The same bound as open's in-place check (`MappedGraph::open`): a slot the snapshot
-    // does not have is not this graph's, even if records replayed since have it now.
-    if let Some(i) = g.slots().iter().position(|s| *s >= m.nslots) {
-        return Err(Error::corrupted(
-            &path,
-            (crate::hnsw::DumpHeader::SLOTS_AT + 4 * i) as u64,
-            format!(
-                "slot {}, but the snapshot has {} slots",
-                g.slots()[i],
-                m.nslots
-            ),
-        ));
-    }
-    Ok(g)
+    .map_err(|(off, why)| Error::corrupted(&path, off, why))
 }
 
 /// Reads the graph dump `base` and checks it against its manifest entry.

@@ -16,9 +16,8 @@ use crate::vectors::Vectors;
 use magray_wal::{AccessSource, Envelope, Event, Id, Inserted};
 use std::collections::{HashMap, HashSet, VecDeque};
 
-/// Hash map and set of the projections (foldhash: seeded per process, much faster than SipHash).
+/// Hash map of the projections (foldhash: seeded per process, much faster than SipHash).
 pub(crate) type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
-pub(crate) type FastSet<T> = HashSet<T, foldhash::fast::RandomState>;
 use std::sync::Arc;
 
 /// The HNSW graph of one layer: only the indexer thread inserts (and a checkpoint dumps it
@@ -726,8 +725,9 @@ pub(crate) fn index_keys<'a>(
 /// against tens of µs to start a thread.
 const SPLIT_SCAN_MIN: usize = 65_536;
 
-/// Threads a long exact scan may use (this process's available parallelism, read once).
-fn scan_threads() -> usize {
+/// Threads a long exact scan, or the coding of a big frozen graph, may use (this process's
+/// available parallelism, at most 8, read once).
+pub(crate) fn scan_threads() -> usize {
     static N: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
     *N.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get().min(8)))
 }
