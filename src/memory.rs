@@ -520,11 +520,7 @@ impl Memory {
         // it with the usual frozen copy once it has read the dump (see `crate::dump_graph`).
         for (l, _, mapped) in dumps.iter().flat_map(|(_, _, d)| d) {
             if let Some(g) = mapped {
-                let ls = &mut proj.layers[l.index()];
-                set_index_slots(ls, g.slots());
-                ls.frozen = Some(g.clone());
-                ls.unfrozen.clear();
-                ls.recompute_pending();
+                install_graph(&mut proj.layers[l.index()], g.slots(), g.clone());
                 report.graphs_in_place.push(*l);
             }
         }
@@ -1603,12 +1599,11 @@ impl Inner {
         }
         let frozen = Arc::new(g.freeze_with(|node| mapped.get(g.slots()[node])));
         let _idx = self.index_lock.lock();
-        let mut st = self.state.write();
-        let ls = &mut st.layers[layer.index()];
-        set_index_slots(ls, g.slots());
-        ls.frozen = Some(frozen);
-        ls.unfrozen.clear();
-        ls.recompute_pending();
+        install_graph(
+            &mut self.state.write().layers[layer.index()],
+            g.slots(),
+            frozen,
+        );
         true
     }
 
@@ -1891,6 +1886,19 @@ impl Inner {
         }
         result
     }
+}
+
+/// Makes `graph`, which holds `slots`, the one a layer's searches walk: its slots are what is
+/// in the index, nothing is searched exactly beside it but the records it lacks.
+fn install_graph(
+    ls: &mut crate::state::LayerState,
+    slots: &[u32],
+    graph: Arc<dyn crate::frozen::SearchGraph>,
+) {
+    set_index_slots(ls, slots);
+    ls.frozen = Some(graph);
+    ls.unfrozen.clear();
+    ls.recompute_pending();
 }
 
 /// Marks `slots` (a graph's own slot list) as what is in a layer's index, with its count and
