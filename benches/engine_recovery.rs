@@ -22,6 +22,9 @@
 //! 1000000 indexes the 1M store too, about 20 more minutes). By hand:
 //! `ENGINE_RECOVERY_CHILD=<store> [ENGINE_RECOVERY_INDEX_SECS=60] <this bench binary>` opens a
 //! kept store once (and then reports the index catch-up rate over that many seconds).
+//! `ENGINE_RECOVERY_UPGRADE=<store> <this bench binary>` rewrites a kept store's snapshot in
+//! the current format and keeps a delta after it: one checkpoint (its log delta goes into the
+//! snapshot), then `BENCH_RECOVERY_DELTA` new records left in the log only.
 
 mod common;
 
@@ -253,9 +256,35 @@ fn median(mut v: Vec<f64>) -> f64 {
     v[v.len() / 2]
 }
 
+/// `ENGINE_RECOVERY_UPGRADE`: checkpoint the kept store in `dir` (the current snapshot
+/// format), then add a delta of new records to its log only.
+fn upgrade(dir: &Path) {
+    let rt = runtime();
+    rt.block_on(async {
+        let m = Memory::open(dir, config()).await.unwrap();
+        m.wait_indexed().await.unwrap();
+        let t = Instant::now();
+        let seq = m.checkpoint().await.unwrap();
+        println!(
+            "UPGRADE snapshot {seq} in {:.1} s",
+            t.elapsed().as_secs_f64()
+        );
+        let n = m.stats().layers[Layer::Assets.index()].records as usize;
+        let delta = env_usize("BENCH_RECOVERY_DELTA", 10_000);
+        let mut emb = Embedder::new(SEED ^ n as u64);
+        insert_range(&m, &mut emb, n, delta).await;
+        println!("UPGRADE {delta} records after it, in the log only");
+        drop(m); // no close(): the delta stays in the log only
+    });
+}
+
 fn main() {
     if let Some(dir) = std::env::var_os(CHILD_ENV) {
         child(&dir.to_string_lossy());
+        return;
+    }
+    if let Some(dir) = std::env::var_os("ENGINE_RECOVERY_UPGRADE") {
+        upgrade(Path::new(&dir));
         return;
     }
     let sizes = env_list("BENCH_RECOVERY_SIZES", "10000,100000");

@@ -313,7 +313,7 @@ fn copy_snapshot(from: &Path, to: &Path, dim: usize) -> Result<()> {
             .map_err(|e| Error::io(&dst, e))?;
     }
     sync_dir(&tmp)?;
-    if let Err(e) = snapshot::load(&tmp, dim) {
+    if let Err(e) = snapshot::load(&tmp, dim, snapshot::Check::Full) {
         let _ = std::fs::remove_dir_all(&tmp);
         return Err(e);
     }

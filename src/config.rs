@@ -34,6 +34,8 @@ impl HnswConfig {
 
 /// Largest HNSW candidate list (`ef_construction`, `ef_search`, a scaled beam, a dump's).
 pub(crate) const MAX_EF: usize = 4096;
+/// Widest vector a store may have (`MEMORY_DIMENSION`).
+pub(crate) const MAX_DIMENSION: usize = 16_384;
 
 /// `ef` scaled for a graph of `points` (see [`HnswConfig::effective_ef`]).
 pub(crate) fn scale_ef(ef: usize, points: u64) -> usize {
@@ -359,9 +361,9 @@ impl Config {
     pub fn validate(&self) -> Result<()> {
         let check = |ok: bool, msg: String| if ok { Ok(()) } else { Err(Error::Config(msg)) };
         check(
-            (1..=16_384).contains(&self.dimension),
+            (1..=MAX_DIMENSION).contains(&self.dimension),
             format!(
-                "dimension {} must be within 1..=16384 (MEMORY_DIMENSION)",
+                "dimension {} must be within 1..={MAX_DIMENSION} (MEMORY_DIMENSION)",
                 self.dimension
             ),
         )?;

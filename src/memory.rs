@@ -33,6 +33,10 @@ pub type EventStream = ReceiverStream<Result<Envelope>>;
 /// Capacity of the live-event broadcast a subscriber may fall behind by before it is told it
 /// lagged.
 const SUBSCRIBER_BUFFER: usize = 4096;
+/// File in `snapshots/` that marks damage found in a vector chunk after open (it holds the
+/// error): the next open checks every snapshot file in full, and its first checkpoint
+/// removes the mark.
+pub(crate) const DAMAGE_MARK: &str = "DAMAGED";
 
 /// A snapshot's directory, manifest and the HNSW dumps it holds (layer, basename).
 /// See `SnapState::graph_points`.
@@ -112,6 +116,12 @@ pub(crate) struct Inner {
     snap_info: Mutex<(Option<u64>, u64)>,
     inflight: Mutex<HashSet<u64>>,
     graphs_loading: AtomicU64,
+    /// The indexer's scrub of the vector chunks mapped at open has not finished.
+    scrubbing: AtomicBool,
+    /// Damage was found and the store marked (`DAMAGE_MARK`).
+    damage_noted: AtomicBool,
+    /// Opened after damage: the first checkpoint removes the mark.
+    clear_mark: AtomicBool,
     /// Points inserted into the layers' graphs since open (a rebuild counts all of its own).
     graph_points: AtomicU64,
     /// Layers whose index `optimize()` asked to rebuild (bit per layer).
@@ -372,6 +382,19 @@ impl Memory {
 
         report.log_open_us = started.elapsed().as_micros() as u64;
         let snapshots_from = Instant::now();
+        let mark = snap_root.join(DAMAGE_MARK);
+        report.full_check = match std::fs::read(&mark) {
+            Ok(b) => Some(String::from_utf8_lossy(&b).into_owned()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(Error::io(&mark, e)),
+        };
+        let check = match &report.full_check {
+            Some(why) => {
+                tracing::warn!(%why, "damage was found after an earlier open; checking every snapshot file in full");
+                snapshot::Check::Full
+            }
+            None => snapshot::Check::Blocks,
+        };
         let mut loaded = None;
         if !config.full_replay {
             for (seq, path) in snapshot::list(&snap_root)? {
@@ -385,7 +408,7 @@ impl Memory {
                         .push(quarantine(&path, why, &config));
                     continue;
                 }
-                match snapshot::load(&path, config.dimension) {
+                match snapshot::load(&path, config.dimension, check) {
                     Ok(l) => {
                         // The log's event at S must be the one the snapshot saw: after a
                         // salvage, later sequences may belong to a different history.
@@ -525,6 +548,8 @@ impl Memory {
             }
         }
         let applied = proj.applied_seq;
+        let unchecked = proj.vectors.unchecked();
+        let clear_mark = report.full_check.is_some();
         let (applied_tx, _) = watch::channel(applied);
         let (events_tx, _) = broadcast::channel(SUBSCRIBER_BUFFER);
         report.open_us = started.elapsed().as_micros() as u64;
@@ -552,6 +577,9 @@ impl Memory {
             snap: Mutex::new(snap_state),
             inflight: Mutex::new(HashSet::new()),
             graphs_loading: AtomicU64::new(with_dump.len() as u64),
+            scrubbing: AtomicBool::new(unchecked),
+            damage_noted: AtomicBool::new(false),
+            clear_mark: AtomicBool::new(clear_mark),
             graph_points: AtomicU64::new(0),
             force_rebuild: std::sync::atomic::AtomicU8::new(0),
             report: Mutex::new(report),
@@ -890,6 +918,10 @@ impl Memory {
             self.inner.check()?;
             let done = {
                 let st = self.inner.state.read();
+                // Nothing is indexed once damage is found (see `Stats::damage`).
+                if let Some(e) = st.vectors.damage() {
+                    return Err(e);
+                }
                 self.inner.graphs_loading.load(Ordering::Acquire) == 0
                     && st.layers.iter().all(|l| {
                         l.pending.iter().all(|s| !l.members.contains(s))
@@ -940,6 +972,7 @@ impl Memory {
             events_since_snapshot: st.applied_seq.saturating_sub(marker_seq),
             pending_accesses: inner.access_hits.load(Ordering::Relaxed),
             graphs_loading: inner.graphs_loading.load(Ordering::Acquire),
+            damage: st.vectors.damage().map(|e| e.to_string()),
             dimension: st.dim,
             open: inner.report.lock().clone(),
             embedder: self.embedder.as_ref().map(|b| b.embedder().stats()),
@@ -1292,7 +1325,7 @@ impl Inner {
             )));
         }
         let now = self.config.clock.now_us();
-        let hits: Vec<SearchHit> = {
+        let (hits, damage): (Vec<SearchHit>, _) = {
             let st = self.state.read();
             let mut top = crate::state::TopK::new(o.top_k);
             for l in layers {
@@ -1305,19 +1338,31 @@ impl Inner {
                 };
                 st.search_layer(*l, &q, o, how, &mut top);
             }
-            top.into_sorted()
-                .into_iter()
-                .filter(|(s, _)| o.score_threshold.is_none_or(|t| *s >= t))
-                .filter_map(|(score, slot)| {
-                    st.live(slot).map(|r| SearchHit {
-                        id: RecordId(r.id),
-                        score,
-                        layer: r.layer,
-                        record: r.to_record(),
+            // A damaged block read as zeros (see `crate::vectors`): this search's scores
+            // cannot be trusted, nor any later one's.
+            let damage = st.vectors.damage();
+            let hits = match damage {
+                Some(_) => Vec::new(),
+                None => top
+                    .into_sorted()
+                    .into_iter()
+                    .filter(|(s, _)| o.score_threshold.is_none_or(|t| *s >= t))
+                    .filter_map(|(score, slot)| {
+                        st.live(slot).map(|r| SearchHit {
+                            id: RecordId(r.id),
+                            score,
+                            layer: r.layer,
+                            record: r.to_record(),
+                        })
                     })
-                })
-                .collect()
+                    .collect(),
+            };
+            (hits, damage)
         };
+        if let Some(e) = damage {
+            self.note_damage(&e);
+            return Err(e);
+        }
         if o.record_access && !hits.is_empty() {
             self.record_access(Accessed {
                 source: AccessSource::SearchHit,
@@ -1424,11 +1469,19 @@ impl Inner {
     fn checkpoint_then(&self, repoint: bool) -> Result<u64> {
         // One checkpoint at a time; the snap mutex is held throughout.
         let mut snap = self.snap.lock();
-        while self.graphs_loading.load(Ordering::Acquire) > 0 {
+        while self.graphs_loading.load(Ordering::Acquire) > 0
+            || self.scrubbing.load(Ordering::Acquire)
+        {
             if let Some(r) = self.failure.lock().clone() {
                 return Err(Error::Poisoned(r));
             }
             std::thread::sleep(Duration::from_millis(5));
+        }
+        // A snapshot would link the damaged chunk again: refuse, so that the snapshots kept
+        // (and the log floor) stay as they are until a reopen has checked them.
+        if let Some(e) = self.state.read().vectors.damage() {
+            self.note_damage(&e);
+            return Err(e);
         }
         let applied = self.state.read().applied_seq;
         let model = self.model();
@@ -1504,6 +1557,13 @@ impl Inner {
         }
         if let Some((oldest, _)) = all.iter().take(self.config.snapshots_keep).next_back() {
             self.log()?.set_retention_floor(*oldest)?;
+        }
+        if self.clear_mark.swap(false, Ordering::AcqRel) {
+            // Opened after damage, every chunk checked in full: the snapshot just written
+            // links only those and chunks written since.
+            let mark = root.join(DAMAGE_MARK);
+            std::fs::remove_file(&mark).map_err(|e| Error::io(&mark, e))?;
+            magray_wal::fsutil::sync_dir(&root)?;
         }
         // Published last: stats() names a snapshot only once its checkpoint (pruning included)
         // is done, so a reader never sees the new snapshot beside ones about to be removed.
@@ -1607,10 +1667,49 @@ impl Inner {
         true
     }
 
+    /// Notes damage found in the vector chunks: logged, and marked in the store (once) so
+    /// that the next open checks every snapshot file in full.
+    fn note_damage(&self, e: &Error) {
+        if self.damage_noted.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        tracing::error!(error = %e, "damaged vector chunk: searches and checkpoints fail until the store is reopened (the next open checks every snapshot file and replays the log past a damaged snapshot)");
+        let root = self.dir.join("snapshots");
+        let mark = root.join(DAMAGE_MARK);
+        let written = std::fs::File::create(&mark)
+            .and_then(|mut f| {
+                use std::io::Write;
+                f.write_all(e.to_string().as_bytes())?;
+                magray_wal::fsutil::sync_file(&f, &mark)
+            })
+            .map_err(|err| Error::io(&mark, err))
+            .and_then(|_| magray_wal::fsutil::sync_dir(&root).map_err(Error::from));
+        if let Err(err) = written {
+            tracing::error!(error = %err, "could not mark the store as damaged");
+        }
+    }
+
     fn indexer(self: &Arc<Self>, dumps: Option<Dumps>) {
         #[cfg(test)]
         while HOLD_DUMP_LOADS.lock().contains(&self.dir) && !self.shutdown.load(Ordering::Acquire) {
             std::thread::sleep(Duration::from_millis(1));
+        }
+        // Every block of the chunks mapped at open is checked before the graphs read them.
+        let mapped = self.state.read().vectors.mapped_part();
+        let scrubbed = mapped.scrub();
+        drop(mapped);
+        self.scrubbing.store(false, Ordering::Release);
+        if let Err(e) = scrubbed {
+            self.note_damage(&e);
+            // Nothing is indexed from damaged vectors; searches fail until a reopen.
+            if let Some((_, _, list)) = &dumps {
+                self.graphs_loading
+                    .fetch_sub(list.len() as u64, Ordering::AcqRel);
+            }
+            while !self.shutdown.load(Ordering::Acquire) {
+                self.index_wake.wait(Duration::from_millis(200));
+            }
+            return;
         }
         if let Some((dir, manifest, list)) = dumps {
             for (layer, base, mapped) in list {
@@ -1844,7 +1943,14 @@ impl Inner {
                 result = self.commit_blocking(events).map(|_| ());
             }
             if result.is_ok() && self.config.checkpoint_on_close {
-                result = self.checkpoint_then(false).map(|_| ());
+                result = match self.checkpoint_then(false) {
+                    // Reported already (the mark, the log, searches); the next open recovers.
+                    Err(e) if self.damage_noted.load(Ordering::Acquire) => {
+                        tracing::warn!(error = %e, "no snapshot at close: a vector chunk is damaged");
+                        Ok(())
+                    }
+                    r => r.map(|_| ()),
+                };
             }
         }
         self.shutdown.store(true, Ordering::Release);

@@ -34,7 +34,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// Snapshot format version (MANIFEST, records, stats). Changelog in docs/format.md.
-pub const SNAPSHOT_FORMAT_VERSION: u32 = 4;
+pub const SNAPSHOT_FORMAT_VERSION: u32 = 5;
 /// The oldest snapshot format this build still reads (format 2 kept its records in
 /// `records.zst`; they are decoded as they were; formats 2 and 3 have no `keys.bin`, it is
 /// built from the records at open).
@@ -404,14 +404,13 @@ impl Writer {
             files.push(write_file(&tmp.join(PROMOTER_FILE), &encode(model)?)?);
         }
         let mut chunk_entries = Vec::new();
+        let mut sums_entries = Vec::new();
         for name in &cap.old_chunks {
-            let src = prev
-                .ok_or_else(|| {
-                    Error::InvalidInput("vector chunks without a previous snapshot".into())
-                })?
-                .join(name);
+            let prev = prev.ok_or_else(|| {
+                Error::InvalidInput("vector chunks without a previous snapshot".into())
+            })?;
             let dst = tmp.join(name);
-            std::fs::hard_link(&src, &dst).map_err(|e| Error::io(&dst, e))?;
+            std::fs::hard_link(prev.join(name), &dst).map_err(|e| Error::io(&dst, e))?;
             let entry = match known_chunks.get(name) {
                 Some(e) => e.clone(),
                 None => {
@@ -423,14 +422,37 @@ impl Writer {
                     }
                 }
             };
+            let sums = vectors::sums_name(name);
+            let sums_entry = match known_chunks.get(&sums) {
+                Some(e) => {
+                    let sdst = tmp.join(&sums);
+                    std::fs::hard_link(prev.join(&sums), &sdst).map_err(|e| Error::io(&sdst, e))?;
+                    e.clone()
+                }
+                // A chunk from before block sums: written once, from the chunk as read.
+                None => {
+                    let (len, crc) = vectors::write_sums_of(&dst, entry.len, entry.crc)?;
+                    FileEntry {
+                        name: sums,
+                        len,
+                        crc,
+                    }
+                }
+            };
             chunk_entries.push(entry);
+            sums_entries.push(sums_entry);
         }
         let mut new_chunk = None;
         if let Some((start, bytes)) = &cap.new_chunk {
             let count = (bytes.len() / (cap.dim * 4)) as u32;
             let name = vectors::chunk_name(*start, count);
             let path = tmp.join(&name);
-            let (len, crc) = vectors::write_chunk(&path, cap.dim, *start, bytes)?;
+            let ((len, crc), (slen, scrc)) = vectors::write_chunk(&path, cap.dim, *start, bytes)?;
+            sums_entries.push(FileEntry {
+                name: vectors::sums_name(&name),
+                len: slen,
+                crc: scrc,
+            });
             chunk_entries.push(FileEntry {
                 name: name.clone(),
                 len,
@@ -440,6 +462,7 @@ impl Writer {
         }
         let chunks = chunk_entries.iter().map(|e| e.name.clone()).collect();
         files.extend(chunk_entries.iter().cloned());
+        files.extend(sums_entries.iter().cloned());
         let mut layers = Vec::new();
         for (layer, indexed, dump) in self.dumps {
             let dump = match dump {
@@ -475,6 +498,7 @@ impl Writer {
         }
         std::fs::rename(tmp, &dst).map_err(|e| Error::io(&dst, e))?;
         sync_dir(&self.root)?;
+        chunk_entries.extend(sums_entries);
         Ok(Written {
             dir: dst,
             new_chunk,
@@ -490,7 +514,7 @@ pub(crate) struct Written {
     pub(crate) dir: PathBuf,
     /// The vector chunk it wrote (the others are hard-linked), if any.
     pub(crate) new_chunk: Option<String>,
-    /// Manifest entries of all its vector chunks.
+    /// Manifest entries of all its vector chunks and their block sums files.
     pub(crate) chunks: Vec<FileEntry>,
     /// Manifest entry of its record table, and the slots it covers.
     pub(crate) records: FileEntry,
@@ -703,10 +727,22 @@ const KEYS_FILE: &str = "keys.bin";
 /// File name of the trained promoter in a snapshot.
 const PROMOTER_FILE: &str = "promoter.bin";
 
+/// How [`load`] checks the vector chunks.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Check {
+    /// Every byte of every file, before load returns (tools, backups, and an open after
+    /// damage was found).
+    Full,
+    /// A chunk with block sums (format 5 on) is mapped unread: each block is checked on first
+    /// read and by the indexer's scrub (see `crate::vectors`). Every other file in full.
+    Blocks,
+}
+
 /// Loads the snapshot in `dir`: validates the manifest and every non-graph file, decodes the
-/// records and stats and maps the vector chunks; maps and checks each HNSW dump to search it
-/// in place (a dump that fails that is left to the indexer, which reports it).
-pub(crate) fn load(dir: &Path, dim: usize) -> Result<Loaded> {
+/// records and stats and maps the vector chunks (checked as `check` says); maps and checks
+/// each HNSW dump to search it in place (a dump that fails that is left to the indexer, which
+/// reports it).
+pub(crate) fn load(dir: &Path, dim: usize, check: Check) -> Result<Loaded> {
     let m = read_manifest(dir)?;
     let mpath = dir.join("MANIFEST");
     if m.dim as usize != dim {
@@ -719,8 +755,7 @@ pub(crate) fn load(dir: &Path, dim: usize) -> Result<Loaded> {
             ),
         ));
     }
-    // The vector chunks are most of the bytes: map and check them on a second thread while
-    // this one reads the records.
+    let sums: Vec<String> = m.chunks.iter().map(|c| vectors::sums_name(c)).collect();
     let other_files: Vec<&FileEntry> = m
         .files
         .iter()
@@ -729,16 +764,17 @@ pub(crate) fn load(dir: &Path, dim: usize) -> Result<Loaded> {
                 && f.name != RECORDS_FILE
                 && f.name != KEYS_FILE
                 && !m.chunks.contains(&f.name)
+                && !sums.contains(&f.name)
         })
         .collect();
+    // Two threads of about equal work: this one reads the record table and builds a record per
+    // slot; the other maps the vector chunks (checking them in full when asked), reads the key
+    // index and maps each graph dump.
     std::thread::scope(|scope| {
-        let vectors = scope.spawn(|| map_chunks(dir, dim, &m));
-        let rest = other_files
-            .iter()
-            .try_for_each(|f| check_file(dir, f))
-            .and_then(|_| decode_tables(dir, &m));
-        let graphs = match &rest {
-            Ok(_) => m
+        let second = scope.spawn(|| {
+            let vectors = map_chunks(dir, dim, &m, check)?;
+            let keys = load_keys(dir, &m)?;
+            let graphs = m
                 .layers
                 .iter()
                 .filter_map(|le| {
@@ -753,15 +789,47 @@ pub(crate) fn load(dir: &Path, dim: usize) -> Result<Loaded> {
                         }
                     }
                 })
-                .collect(),
-            Err(_) => Vec::new(),
-        };
-        let vectors = vectors
+                .collect::<Vec<_>>();
+            Ok((vectors, keys, graphs))
+        });
+        let rest = other_files
+            .iter()
+            .try_for_each(|f| check_file(dir, f))
+            .and_then(|_| decode_tables(dir, &m));
+        let second = second
             .join()
-            .unwrap_or_else(|_| Err(Error::corrupted(dir, 0, "checksum thread panicked")));
-        Ok((rest?, vectors?, graphs))
+            .unwrap_or_else(|_| Err(Error::corrupted(dir, 0, "snapshot load thread panicked")));
+        let (mut tables, (vectors, keys, graphs)) = (rest?, second?);
+        check_keys(dir, &keys, tables.live)?;
+        tables.keys = keys;
+        Ok((tables, vectors, graphs))
     })
     .and_then(|(tables, vectors, graphs)| finish_load(dim, m, tables, vectors, graphs))
+}
+
+/// The key index of the snapshot (format 4 on; `None` before, built from the records).
+fn load_keys(dir: &Path, m: &ManifestBody) -> Result<Option<KeyIndex>> {
+    match m.files.iter().find(|f| f.name == KEYS_FILE) {
+        Some(entry) => Ok(Some(KeyIndex::load(dir, entry, m.nslots)?)),
+        None if m.format >= 4 => Err(Error::corrupted(
+            dir.join("MANIFEST"),
+            0,
+            format!("{KEYS_FILE} not listed"),
+        )),
+        None => Ok(None),
+    }
+}
+
+/// A key index must hold exactly the snapshot's live records.
+fn check_keys(dir: &Path, keys: &Option<KeyIndex>, live: usize) -> Result<()> {
+    match keys {
+        Some(k) if k.ids() != live => Err(Error::corrupted(
+            dir.join(KEYS_FILE),
+            16,
+            format!("{} ids for {live} records", k.ids()),
+        )),
+        _ => Ok(()),
+    }
 }
 
 /// Maps one layer's graph dump, checks it against the manifest through the map (as
@@ -774,15 +842,18 @@ fn map_graph(dir: &Path, m: &ManifestBody, base: &str, dim: usize) -> Result<Map
         .map_err(|(off, why)| Error::corrupted(&path, off, why))
 }
 
-/// Decoded tables: slots, their key index (format 4 on), lifecycle counters (promoted,
-/// expired), the promoter.
-type Tables = (
-    Vec<Option<RecordData>>,
-    Option<KeyIndex>,
-    [u64; 2],
-    [u64; 3],
-    Option<PromoterModel>,
-);
+/// Decoded tables.
+struct Tables {
+    slots: Vec<Option<RecordData>>,
+    /// Live records among the slots.
+    live: usize,
+    /// The key index (format 4 on; read beside the tables, see [`load`]).
+    keys: Option<KeyIndex>,
+    /// Lifecycle counters: promotions, expiries.
+    promoted: [u64; 2],
+    expired: [u64; 3],
+    model: Option<PromoterModel>,
+}
 
 fn decode_tables(dir: &Path, m: &ManifestBody) -> Result<Tables> {
     // Decompressed straight into aligned memory: one 270 MB buffer (and its page faults) less
@@ -904,43 +975,57 @@ fn decode_tables(dir: &Path, m: &ManifestBody) -> Result<Tables> {
     } else {
         None
     };
-    let keys = match m.files.iter().find(|f| f.name == KEYS_FILE) {
-        Some(entry) => {
-            let keys = KeyIndex::load(dir, entry, m.nslots)?;
-            if keys.ids() != live {
-                return Err(Error::corrupted(
-                    dir.join(KEYS_FILE),
-                    16,
-                    format!("{} ids for {live} records", keys.ids()),
-                ));
-            }
-            Some(keys)
-        }
-        None if m.format >= 4 => {
-            return Err(Error::corrupted(
-                dir.join("MANIFEST"),
-                0,
-                format!("{KEYS_FILE} not listed"),
-            ))
-        }
-        None => None,
-    };
-    Ok((slots, keys, stats.promoted, stats.expired, model))
+    Ok(Tables {
+        slots,
+        live,
+        keys: None,
+        promoted: stats.promoted,
+        expired: stats.expired,
+        model,
+    })
 }
 
-/// Maps the snapshot's vector chunks, each checked against its manifest entry (see
-/// [`map_checked`]) before anything else is read from it.
-fn map_chunks(dir: &Path, dim: usize, m: &ManifestBody) -> Result<Vectors> {
+/// Maps the snapshot's vector chunks. With [`Check::Blocks`], a chunk with block sums (all,
+/// from format 5 on) is mapped unread with its sums; any other is checked against its
+/// manifest entry (see [`map_checked`]) before anything else is read from it.
+fn map_chunks(dir: &Path, dim: usize, m: &ManifestBody, check: Check) -> Result<Vectors> {
+    let listed = |name: &str| m.files.iter().find(|f| f.name == name);
+    let unlisted =
+        |name: &str| Error::corrupted(dir.join("MANIFEST"), 0, format!("{name} is not listed"));
     let mut maps = Vec::with_capacity(m.chunks.len());
     for name in &m.chunks {
-        let Some(entry) = m.files.iter().find(|f| &f.name == name) else {
-            return Err(Error::corrupted(
-                dir.join("MANIFEST"),
-                0,
-                format!("chunk {name} is not listed"),
-            ));
+        let entry = listed(name).ok_or_else(|| unlisted(name))?;
+        let sums_name = vectors::sums_name(name);
+        let sums = match listed(&sums_name) {
+            Some(s) => Some(s),
+            None if m.format >= 5 => return Err(unlisted(&sums_name)),
+            None => None,
         };
-        maps.push((dir.join(name), map_checked(dir, entry)?));
+        let path = dir.join(name);
+        match (check, sums) {
+            (Check::Blocks, Some(s)) => {
+                let spath = dir.join(&s.name);
+                let bytes = std::fs::read(&spath).map_err(|e| Error::io(&spath, e))?;
+                check_sum(&spath, s, bytes.len() as u64, crc32fast::hash(&bytes))?;
+                let sums = vectors::parse_sums(&spath, &bytes, entry.len)?;
+                let f = File::open(&path).map_err(|e| Error::io(&path, e))?;
+                // SAFETY: snapshot files are immutable once renamed into place; nothing in
+                // this crate writes to them again, and the store lock keeps other writers of
+                // ours out. Every read through the map checks its block first (`Vectors`).
+                #[allow(unsafe_code)]
+                let map = unsafe { Mmap::map(&f) }.map_err(|e| Error::io(&path, e))?;
+                if map.len() as u64 != entry.len {
+                    check_sum(&path, entry, map.len() as u64, 0)?;
+                }
+                maps.push((path, map, Some(sums)));
+            }
+            (_, sums) => {
+                if let Some(s) = sums {
+                    check_file(dir, s)?;
+                }
+                maps.push((path, map_checked(dir, entry)?, None));
+            }
+        }
     }
     Vectors::from_chunks(dim, maps, m.nslots)
 }
@@ -952,7 +1037,14 @@ fn finish_load(
     vectors: Vectors,
     graphs: Vec<(Layer, Arc<MappedGraph>)>,
 ) -> Result<Loaded> {
-    let (slots, keys, promoted, expired, model) = tables;
+    let Tables {
+        slots,
+        keys,
+        promoted,
+        expired,
+        model,
+        ..
+    } = tables;
     let mut p = Projections::from_parts(dim, m.seq, m.ts_us, slots, keys, vectors);
     p.promoted = promoted;
     p.expired = expired;
@@ -1033,8 +1125,22 @@ mod tests {
     use super::*;
     use crate::{Config, Memory, NewRecord};
 
+    /// Rewrites the snapshot in `dir` as format 4 wrote it: no block sums files.
+    fn downgrade_to_format_4(dir: &Path) {
+        let mut m = read_manifest(dir).unwrap();
+        let sums: Vec<String> = m.chunks.iter().map(|c| vectors::sums_name(c)).collect();
+        assert!(!sums.is_empty());
+        for s in &sums {
+            std::fs::remove_file(dir.join(s)).unwrap();
+        }
+        m.format = 4;
+        m.files.retain(|f| !sums.contains(&f.name));
+        write_manifest(dir, &m).unwrap();
+    }
+
     /// Rewrites the snapshot in `dir` as format 3 wrote it: no `keys.bin`.
     fn downgrade_to_format_3(dir: &Path) {
+        downgrade_to_format_4(dir);
         let mut m = read_manifest(dir).unwrap();
         std::fs::remove_file(dir.join(KEYS_FILE)).unwrap();
         m.format = 3;
@@ -1046,7 +1152,7 @@ mod tests {
     /// `records.bin`, no `keys.bin`, and a format-2 MANIFEST.
     fn downgrade_to_format_2(dir: &Path, dim: usize) {
         downgrade_to_format_3(dir);
-        let loaded = load(dir, dim).unwrap();
+        let loaded = load(dir, dim, Check::Full).unwrap();
         let records = loaded
             .projections
             .slots
@@ -1133,6 +1239,11 @@ mod tests {
         older_snapshot_opens(3).await;
     }
 
+    #[tokio::test]
+    async fn a_format_4_snapshot_still_opens_and_the_next_checkpoint_writes_the_current_format() {
+        older_snapshot_opens(4).await;
+    }
+
     /// A snapshot downgraded to `format` opens with the same records; identical inserts and
     /// reference counts still resolve through the keys built at open; the next checkpoint
     /// writes the current format.
@@ -1169,7 +1280,8 @@ mod tests {
         let snap = tmp.path().join("snapshots").join(dir_name(seq));
         match format {
             2 => downgrade_to_format_2(&snap, dim),
-            _ => downgrade_to_format_3(&snap),
+            3 => downgrade_to_format_3(&snap),
+            _ => downgrade_to_format_4(&snap),
         }
         assert_eq!(read_manifest(&snap).unwrap().format, format);
 
@@ -1179,7 +1291,7 @@ mod tests {
         assert!(st.open.snapshots_rejected.is_empty(), "{:?}", st.open);
         assert_eq!(m.records(None), before);
         let refs = |snap: &Path| {
-            load(snap, dim)
+            load(snap, dim, Check::Blocks)
                 .unwrap()
                 .projections
                 .refs_in(&first.unwrap().0)
@@ -1203,6 +1315,14 @@ mod tests {
         );
         assert!(snap.join(RECORDS_FILE).exists());
         assert!(snap.join(KEYS_FILE).exists());
+        // The old chunk, linked, got its block sums (written from it, once); the new one too.
+        let manifest = read_manifest(&snap).unwrap();
+        assert_eq!(manifest.chunks.len(), 2);
+        for c in &manifest.chunks {
+            let s = vectors::sums_name(c);
+            assert!(manifest.files.iter().any(|f| f.name == s), "{s} listed");
+            assert!(snap.join(&s).exists(), "{s} written");
+        }
         let m = Memory::open(tmp.path(), config()).await.unwrap();
         assert_eq!(m.stats().open.snapshot_seq, Some(next));
         assert_eq!(refs(&snap), 29);

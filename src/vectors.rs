@@ -5,13 +5,22 @@
 //! Chunk file (`vectors-<start>-<count>.f32`): a 64-byte header (magic `MGVC`, format version,
 //! dimension, first slot, count, header crc32) then `count × dimension` little-endian f32.
 //! The snapshot manifest holds a crc32 of the whole file.
+//!
+//! Block sums file (`vectors-<start>-<count>.sums`, beside its chunk and hard-linked with it):
+//! a crc32 per 4 KiB block of the chunk file. A chunk that has one is not read at open: each
+//! block is checked the first time anything reads from it ([`Vectors::get`]), and the indexer
+//! checks every block in the background right after open ([`Vectors::scrub`]). A block that
+//! fails is damage ([`Vectors::damage`]): the read gets zeros instead of the bytes, and the
+//! engine fails the search that made it, names the file and offset, and marks the store so
+//! that the next open checks every file in full (see `memory.rs`, `DAMAGE_MARK`).
 
 use crate::error::{Error, Result};
 use memmap2::Mmap;
 use std::fs::File;
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, OnceLock};
 
 #[cfg(not(target_endian = "little"))]
 compile_error!(
@@ -27,11 +36,117 @@ pub(crate) fn chunk_name(start: u32, count: u32) -> String {
     format!("vectors-{start:010}-{count:010}.f32")
 }
 
+/// Bytes per checksummed block of a chunk file (the last block may be shorter).
+pub(crate) const BLOCK: usize = 4096;
+const SUMS_MAGIC: [u8; 4] = *b"MGVS";
+const SUMS_VERSION: u32 = 1;
+const SUMS_HEADER: usize = 32;
+
+/// Name of the block sums file of the chunk file `chunk`.
+pub(crate) fn sums_name(chunk: &str) -> String {
+    format!("{}.sums", chunk.strip_suffix(".f32").unwrap_or(chunk))
+}
+
+/// What a damaged block reads as (the widest dimension a store may have).
+static ZEROS: [f32; crate::config::MAX_DIMENSION] = [0.0; crate::config::MAX_DIMENSION];
+
 struct Chunk {
     start: u32,
     count: u32,
     name: String,
+    path: PathBuf,
     map: Mmap,
+    /// Block sums of a chunk not checked in full when it was mapped.
+    lazy: Option<Lazy>,
+}
+
+/// The blocks of a chunk, checked on first read.
+struct Lazy {
+    sums: Vec<u32>,
+    /// One bit per block, set once it checked out.
+    done: Vec<AtomicU64>,
+    /// Every block checked out.
+    all: AtomicBool,
+    /// The first damage found: offset in the file and what was wrong.
+    damage: OnceLock<(u64, String)>,
+}
+
+impl Lazy {
+    fn new(sums: Vec<u32>) -> Lazy {
+        Lazy {
+            done: (0..sums.len().div_ceil(64))
+                .map(|_| AtomicU64::new(0))
+                .collect(),
+            sums,
+            all: AtomicBool::new(false),
+            damage: OnceLock::new(),
+        }
+    }
+
+    /// Checks block `b` of `map`, the chunk file `chunk` (at once if it checked out before);
+    /// `populated`: its pages were just populated by the caller. False (and the damage noted)
+    /// when it does not.
+    fn check_block(&self, map: &Mmap, b: usize, populated: bool, chunk: &str) -> bool {
+        let bit = 1u64 << (b % 64);
+        if self.done[b / 64].load(Ordering::Acquire) & bit != 0 {
+            return true;
+        }
+        let lo = b * BLOCK;
+        let hi = (lo + BLOCK).min(map.len());
+        if !populated {
+            if let Err(why) = populate(map, lo, hi - lo) {
+                let _ = self.damage.set((lo as u64, why));
+                return false;
+            }
+        }
+        if crc32fast::hash(&map[lo..hi]) != self.sums[b] {
+            let _ = self.damage.set((
+                lo as u64,
+                format!(
+                    "checksum mismatch in block {b} (bytes {lo}..{hi}) against {}",
+                    sums_name(chunk)
+                ),
+            ));
+            return false;
+        }
+        self.done[b / 64].fetch_or(bit, Ordering::Release);
+        true
+    }
+}
+
+impl Chunk {
+    /// True when bytes `[at, at + n)` of the file checked out (checking any block not yet
+    /// checked), or were checked in full at open.
+    fn check(&self, at: usize, n: usize) -> bool {
+        let Some(lz) = &self.lazy else {
+            return true;
+        };
+        if lz.all.load(Ordering::Acquire) {
+            return true;
+        }
+        (at / BLOCK..=(at + n - 1) / BLOCK).all(|b| lz.check_block(&self.map, b, false, &self.name))
+    }
+}
+
+/// Populates `map[at..at + n]` before it is read: a page that cannot be read is an error
+/// (the text says why) instead of the SIGBUS a plain read through the map would raise. Where
+/// the call is missing or refused for another reason the bytes are read as they are.
+fn populate(map: &Mmap, at: usize, n: usize) -> std::result::Result<(), String> {
+    #[cfg(target_os = "linux")]
+    {
+        // errno values (Linux, every architecture we build for).
+        const EIO: i32 = 5;
+        const EFAULT: i32 = 14;
+        const EHWPOISON: i32 = 133;
+        if let Err(e) = map.advise_range(memmap2::Advice::PopulateRead, at, n) {
+            if let Some(EFAULT | EIO | EHWPOISON) = e.raw_os_error() {
+                return Err(format!("cannot read {n} bytes from here: {e}"));
+            }
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (map, at, n);
+    Ok(())
 }
 
 /// Vectors by slot.
@@ -84,8 +199,57 @@ impl Vectors {
             _ => &self.chunks[self.chunks.partition_point(|c| c.start + c.count <= slot)],
         };
         let at = HEADER_LEN + (slot - c.start) as usize * self.dim * 4;
+        if !c.check(at, self.dim * 4) {
+            // Damage, now noted in the chunk: the caller reports it (see `damage`).
+            return &ZEROS[..self.dim];
+        }
         // Alignment and length were checked when the chunk was mapped.
         bytemuck::cast_slice(&c.map[at..at + self.dim * 4])
+    }
+
+    /// The first damage found in a chunk (by a read or the scrub), as the error to report.
+    pub(crate) fn damage(&self) -> Option<Error> {
+        self.chunks.iter().find_map(|c| {
+            let (at, why) = c.lazy.as_ref()?.damage.get()?;
+            Some(Error::corrupted(&c.path, *at, why.clone()))
+        })
+    }
+
+    /// Checks every block of every chunk not yet checked, in file order; the first damage is
+    /// the error (and stays noted, see [`Vectors::damage`]). Reads only through the maps, so
+    /// it needs no lock of the projections.
+    pub(crate) fn scrub(&self) -> Result<()> {
+        const STEP: usize = (16 << 20) / BLOCK;
+        for c in &self.chunks {
+            let Some(lz) = &c.lazy else { continue };
+            let mut b = 0;
+            while b < lz.sums.len() && !lz.all.load(Ordering::Acquire) {
+                let end = (b + STEP).min(lz.sums.len());
+                let (lo, hi) = (b * BLOCK, (end * BLOCK).min(c.map.len()));
+                if let Err(why) = populate(&c.map, lo, hi - lo) {
+                    let _ = lz.damage.set((lo as u64, why));
+                }
+                if lz.damage.get().is_some()
+                    || !(b..end).all(|k| lz.check_block(&c.map, k, true, &c.name))
+                {
+                    return Err(self
+                        .damage()
+                        .unwrap_or_else(|| Error::corrupted(&c.path, lo as u64, "damaged")));
+                }
+                b = end;
+            }
+            lz.all.store(true, Ordering::Release);
+        }
+        Ok(())
+    }
+
+    /// True while some block of a chunk has not been checked.
+    pub(crate) fn unchecked(&self) -> bool {
+        self.chunks.iter().any(|c| {
+            c.lazy
+                .as_ref()
+                .is_some_and(|lz| !lz.all.load(Ordering::Acquire))
+        })
     }
 
     /// The mapped slots alone (`[0, tail_start)`), sharing the maps: read without the
@@ -136,17 +300,32 @@ impl Vectors {
         Ok(())
     }
 
-    /// Builds the store from a snapshot's chunk files, mapped and crc-checked by the caller.
+    /// Builds the store from a snapshot's chunk files, mapped by the caller: each either
+    /// crc-checked in full (`None`) or with its block sums, to check each block on first read.
     pub(crate) fn from_chunks(
         dim: usize,
-        maps: Vec<(PathBuf, Mmap)>,
+        maps: Vec<(PathBuf, Mmap, Option<Vec<u32>>)>,
         slots: u32,
     ) -> Result<Vectors> {
         let mut v = Vectors::new(dim);
-        let last = maps.last().map(|(p, _)| p.clone()).unwrap_or_default();
-        for (p, map) in maps {
+        let last = maps.last().map(|(p, _, _)| p.clone()).unwrap_or_default();
+        for (p, map, sums) in maps {
             let p = &p;
-            let c = chunk_of(p, map, dim)?;
+            let mut c = chunk_of(p, map, dim)?;
+            if let Some(sums) = sums {
+                if sums.len() != c.map.len().div_ceil(BLOCK) {
+                    return Err(Error::corrupted(
+                        p.with_file_name(sums_name(&c.name)),
+                        SUMS_HEADER as u64,
+                        format!(
+                            "{} block sums for {} blocks",
+                            sums.len(),
+                            c.map.len().div_ceil(BLOCK)
+                        ),
+                    ));
+                }
+                c.lazy = Some(Lazy::new(sums));
+            }
             if c.start != v.tail_start {
                 return Err(Error::corrupted(
                     p,
@@ -174,9 +353,15 @@ impl Vectors {
     }
 }
 
-/// Writes (and fsyncs) a chunk file; returns its length and crc32, taken from the bytes
-/// written (reading a new 1.5 GB chunk back for its crc was seconds of a 1M checkpoint).
-pub(crate) fn write_chunk(path: &Path, dim: usize, start: u32, data: &[u8]) -> Result<(u64, u32)> {
+/// Writes (and fsyncs) a chunk file and its block sums file beside it; returns the length and
+/// crc32 of each (chunk, then sums), taken from the bytes written (reading a new 1.5 GB chunk
+/// back for its crc was seconds of a 1M checkpoint).
+pub(crate) fn write_chunk(
+    path: &Path,
+    dim: usize,
+    start: u32,
+    data: &[u8],
+) -> Result<((u64, u32), (u64, u32))> {
     let count = (data.len() / (dim * 4)) as u32;
     let mut h = [0u8; HEADER_LEN];
     h[0..4].copy_from_slice(&MAGIC);
@@ -194,7 +379,171 @@ pub(crate) fn write_chunk(path: &Path, dim: usize, start: u32, data: &[u8]) -> R
     let mut crc = crc32fast::Hasher::new();
     crc.update(&h);
     crc.update(data);
-    Ok(((HEADER_LEN + data.len()) as u64, crc.finalize()))
+    let len = HEADER_LEN + data.len();
+    // Block 0 holds the header and the first vectors.
+    let first = (BLOCK - HEADER_LEN).min(data.len());
+    let mut block0 = h.to_vec();
+    block0.extend_from_slice(&data[..first]);
+    let sums: Vec<u32> = std::iter::once(crc32fast::hash(&block0))
+        .chain(data[first..].chunks(BLOCK).map(crc32fast::hash))
+        .collect();
+    let sums = write_sums(path, len as u64, &sums)?;
+    Ok(((len as u64, crc.finalize()), sums))
+}
+
+/// Writes (and fsyncs) the block sums file of the chunk file at `chunk` (`len` bytes).
+fn write_sums(chunk: &Path, len: u64, sums: &[u32]) -> Result<(u64, u32)> {
+    let name = chunk
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let path = chunk.with_file_name(sums_name(&name));
+    let mut b = Vec::with_capacity(SUMS_HEADER + sums.len() * 4);
+    b.extend_from_slice(&SUMS_MAGIC);
+    b.extend_from_slice(&SUMS_VERSION.to_le_bytes());
+    b.extend_from_slice(&(BLOCK as u32).to_le_bytes());
+    b.extend_from_slice(&(sums.len() as u32).to_le_bytes());
+    b.extend_from_slice(&len.to_le_bytes());
+    b.extend_from_slice(&[0; 4]);
+    let hcrc = crc32fast::hash(&b);
+    b.extend_from_slice(&hcrc.to_le_bytes());
+    for s in sums {
+        b.extend_from_slice(&s.to_le_bytes());
+    }
+    let mut f = File::create(&path).map_err(|e| Error::io(&path, e))?;
+    f.write_all(&b)
+        .and_then(|_| magray_wal::fsutil::sync_file(&f, &path))
+        .map_err(|e| Error::io(&path, e))?;
+    Ok((b.len() as u64, crc32fast::hash(&b)))
+}
+
+/// Writes the block sums file of an existing chunk file (one a snapshot from before block
+/// sums links), reading the chunk once; its length and crc32 must match the manifest's
+/// (`len`, `crc`), so that damage is never blessed with sums of its own.
+pub(crate) fn write_sums_of(chunk: &Path, len: u64, crc: u32) -> Result<(u64, u32)> {
+    use std::io::Read;
+    let mut f = File::open(chunk).map_err(|e| Error::io(chunk, e))?;
+    let mut whole = crc32fast::Hasher::new();
+    let mut sums = Vec::new();
+    let mut buf = vec![0u8; 256 * BLOCK];
+    let mut read = 0u64;
+    loop {
+        // Fill the buffer (a short read is not the end).
+        let mut n = 0;
+        while n < buf.len() {
+            match f.read(&mut buf[n..]) {
+                Ok(0) => break,
+                Ok(k) => n += k,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(Error::io(chunk, e)),
+            }
+        }
+        if n == 0 {
+            break;
+        }
+        whole.update(&buf[..n]);
+        sums.extend(buf[..n].chunks(BLOCK).map(crc32fast::hash));
+        read += n as u64;
+        if n < buf.len() {
+            break;
+        }
+    }
+    if read != len || whole.finalize() != crc {
+        return Err(Error::corrupted(
+            chunk,
+            0,
+            "checksum mismatch against the manifest (found while writing its block sums)",
+        ));
+    }
+    write_sums(chunk, len, &sums)
+}
+
+/// Checks the `len`-byte header at the start of `file`: the file is long enough, `magic`, the
+/// crc32 of all but the last 4 bytes (which hold it), and `version` at offset 4. Returns a
+/// reader of the header's little-endian u32 fields by offset.
+fn check_header<'a>(
+    path: &Path,
+    file: &'a [u8],
+    len: usize,
+    magic: &[u8; 4],
+    what: &str,
+    version: u32,
+) -> Result<impl Fn(usize) -> u32 + 'a> {
+    if file.len() < len {
+        return Err(Error::corrupted(
+            path,
+            0,
+            format!("shorter than the {what} header"),
+        ));
+    }
+    let h = &file[..len];
+    let u32_at = move |at: usize| u32::from_le_bytes([h[at], h[at + 1], h[at + 2], h[at + 3]]);
+    if h[0..4] != *magic {
+        return Err(Error::corrupted(
+            path,
+            0,
+            format!("bad magic (not a {what})"),
+        ));
+    }
+    if crc32fast::hash(&h[..len - 4]) != u32_at(len - 4) {
+        return Err(Error::corrupted(
+            path,
+            (len - 4) as u64,
+            "header checksum mismatch",
+        ));
+    }
+    if u32_at(4) != version {
+        return Err(Error::corrupted(
+            path,
+            4,
+            format!("unsupported {what} version {}", u32_at(4)),
+        ));
+    }
+    Ok(u32_at)
+}
+
+/// The block sums in `bytes`, the sums file at `path` (crc-checked against the manifest by the
+/// caller) of a chunk file of `chunk_len` bytes.
+pub(crate) fn parse_sums(path: &Path, bytes: &[u8], chunk_len: u64) -> Result<Vec<u32>> {
+    let u32_at = check_header(
+        path,
+        bytes,
+        SUMS_HEADER,
+        &SUMS_MAGIC,
+        "block sums",
+        SUMS_VERSION,
+    )?;
+    if u32_at(8) as usize != BLOCK {
+        return Err(Error::corrupted(
+            path,
+            8,
+            format!("block size {}; this build reads {BLOCK}", u32_at(8)),
+        ));
+    }
+    let n = u32_at(12) as usize;
+    let len = u64::from_le_bytes(bytes[16..24].try_into().unwrap_or_default());
+    if len != chunk_len || n as u64 != chunk_len.div_ceil(BLOCK as u64) {
+        return Err(Error::corrupted(
+            path,
+            12,
+            format!("{n} blocks of a {len}-byte chunk; the chunk is {chunk_len} bytes"),
+        ));
+    }
+    if bytes.len() != SUMS_HEADER + n * 4 {
+        return Err(Error::corrupted(
+            path,
+            bytes.len() as u64,
+            format!(
+                "file is {} bytes; header says {}",
+                bytes.len(),
+                SUMS_HEADER + n * 4
+            ),
+        ));
+    }
+    Ok(bytes[SUMS_HEADER..]
+        .chunks_exact(4)
+        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect())
 }
 
 fn map_chunk(path: &Path, dim: usize) -> Result<Chunk> {
@@ -208,35 +557,17 @@ fn map_chunk(path: &Path, dim: usize) -> Result<Chunk> {
 
 /// The chunk file at `path`, already mapped: its header checked against `dim`.
 fn chunk_of(path: &Path, map: Mmap, dim: usize) -> Result<Chunk> {
-    if map.len() < HEADER_LEN {
-        return Err(Error::corrupted(path, 0, "shorter than the chunk header"));
-    }
-    let h = &map[..HEADER_LEN];
-    let u32_at = |at: usize| u32::from_le_bytes([h[at], h[at + 1], h[at + 2], h[at + 3]]);
-    if h[0..4] != MAGIC {
-        return Err(Error::corrupted(path, 0, "bad magic (not a vector chunk)"));
-    }
-    if crc32fast::hash(&h[..60]) != u32_at(60) {
-        return Err(Error::corrupted(path, 60, "header checksum mismatch"));
-    }
-    if u32_at(4) != VERSION {
-        return Err(Error::corrupted(
-            path,
-            4,
-            format!("unsupported chunk version {}", u32_at(4)),
-        ));
-    }
-    if u32_at(8) as usize != dim {
+    let (file_dim, start, count) = {
+        let u32_at = check_header(path, &map, HEADER_LEN, &MAGIC, "vector chunk", VERSION)?;
+        (u32_at(8), u32_at(12), u32_at(16))
+    };
+    if file_dim as usize != dim {
         return Err(Error::corrupted(
             path,
             8,
-            format!(
-                "chunk dimension {} differs from the store's {dim}",
-                u32_at(8)
-            ),
+            format!("chunk dimension {file_dim} differs from the store's {dim}"),
         ));
     }
-    let (start, count) = (u32_at(12), u32_at(16));
     let want = HEADER_LEN + count as usize * dim * 4;
     if map.len() != want {
         return Err(Error::corrupted(
@@ -260,6 +591,224 @@ fn chunk_of(path: &Path, map: Mmap, dim: usize) -> Result<Chunk> {
         start,
         count,
         name,
+        path: path.to_path_buf(),
         map,
+        lazy: None,
     })
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests: a panic is the failure report
+mod tests {
+    use super::*;
+    use crate::memory::HOLD_DUMP_LOADS;
+    use crate::{Config, Memory, NewRecord, SearchOptions};
+
+    const DIM: usize = 16;
+
+    /// A distinct unit vector per `i`.
+    fn vector(i: usize) -> Vec<f32> {
+        let mut x = (i as u64 + 1).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let mut v: Vec<f32> = (0..DIM)
+            .map(|_| {
+                x ^= x >> 29;
+                x = x.wrapping_mul(0xBF58_476D_1CE4_E5B9);
+                (x >> 40) as f32 / (1u64 << 24) as f32 - 0.5
+            })
+            .collect();
+        v[i % DIM] += 1.0;
+        let n = v.iter().map(|x| x * x).sum::<f32>().sqrt();
+        v.iter().map(|x| x / n).collect()
+    }
+
+    fn flip(path: &Path, at: usize) {
+        let mut b = std::fs::read(path).unwrap();
+        b[at] ^= 0x10;
+        std::fs::write(path, b).unwrap();
+    }
+
+    /// A chunk of `n` vectors written with its sums, then damaged at byte `damage`, mapped
+    /// with its sums as open maps it.
+    fn lazy_chunk(dir: &Path, n: usize, damage: Option<usize>) -> (PathBuf, Vectors) {
+        let data: Vec<f32> = (0..n).flat_map(vector).collect();
+        let path = dir.join(chunk_name(0, n as u32));
+        let ((len, _), _) = write_chunk(&path, DIM, 0, bytemuck::cast_slice(&data)).unwrap();
+        if let Some(at) = damage {
+            flip(&path, at);
+        }
+        let spath = path.with_file_name(sums_name(&chunk_name(0, n as u32)));
+        let sums = parse_sums(&spath, &std::fs::read(&spath).unwrap(), len).unwrap();
+        let f = File::open(&path).unwrap();
+        // SAFETY: test file, not changed while mapped.
+        #[allow(unsafe_code)]
+        let map = unsafe { Mmap::map(&f) }.unwrap();
+        let v = Vectors::from_chunks(DIM, vec![(path.clone(), map, Some(sums))], n as u32).unwrap();
+        (path, v)
+    }
+
+    /// Each block is checked on its first read: a damaged one reads as zeros and is noted with
+    /// the file and the block's offset; the other blocks read as written; the scrub stops at
+    /// the damage.
+    #[test]
+    fn a_damaged_block_is_found_by_the_first_read_of_it_and_named() {
+        let tmp = tempfile::tempdir().unwrap();
+        // 64 vectors of 64 bytes per 4 KiB block; 300 vectors span 5 blocks.
+        let (path, v) = lazy_chunk(tmp.path(), 300, Some(2 * BLOCK + 100));
+        assert!(v.unchecked());
+        assert_eq!(v.get(3), &vector(3)[..]);
+        assert_eq!(v.get(299), &vector(299)[..]);
+        assert!(v.damage().is_none());
+        // Slot 127 spans blocks 1 and 2 (bytes 64 + 127 × 64 = 8192 − 64 ..).
+        let bad = (2 * BLOCK - HEADER_LEN) / (DIM * 4);
+        assert_eq!(v.get(bad as u32), &[0.0; DIM][..]);
+        let e = v.damage().unwrap().to_string();
+        assert!(
+            e.contains(&path.display().to_string()) && e.contains(&format!("offset {}", 2 * BLOCK)),
+            "{e}"
+        );
+        assert!(e.contains("block 2"), "{e}");
+        // Still damaged, still named; a good block still reads.
+        assert_eq!(v.get(bad as u32 + 1), &[0.0; DIM][..]);
+        assert_eq!(v.get(10), &vector(10)[..]);
+        let scrub = v.scrub().unwrap_err().to_string();
+        assert_eq!(scrub, e);
+        assert!(v.unchecked());
+    }
+
+    #[test]
+    fn the_scrub_checks_every_block_once() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (_, v) = lazy_chunk(tmp.path(), 1_000, None);
+        assert!(v.unchecked());
+        v.scrub().unwrap();
+        assert!(!v.unchecked());
+        assert!(v.damage().is_none());
+        for i in (0..1_000).step_by(97) {
+            assert_eq!(v.get(i as u32), &vector(i)[..]);
+        }
+        // Found by the scrub, before any read.
+        let (path, v) = lazy_chunk(tmp.path(), 1_000, Some(14 * BLOCK + 3));
+        let e = v.scrub().unwrap_err().to_string();
+        assert!(
+            e.contains(&path.display().to_string())
+                && e.contains(&format!("offset {}", 14 * BLOCK)),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn block_sums_of_another_chunk_are_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let data: Vec<f32> = (0..100).flat_map(vector).collect();
+        let path = tmp.path().join(chunk_name(0, 100));
+        let ((len, crc), _) = write_chunk(&path, DIM, 0, bytemuck::cast_slice(&data)).unwrap();
+        let spath = path.with_file_name(sums_name(&chunk_name(0, 100)));
+        let bytes = std::fs::read(&spath).unwrap();
+        let e = parse_sums(&spath, &bytes, len + 64)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains(".sums") && e.contains("offset 12"), "{e}");
+        let e = parse_sums(&spath, &bytes[..bytes.len() - 4], len)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("header says"), "{e}");
+        // Sums written from the chunk as read match the ones written with it...
+        let other = tmp.path().join("copy");
+        std::fs::create_dir(&other).unwrap();
+        let copy = other.join(chunk_name(0, 100));
+        std::fs::copy(&path, &copy).unwrap();
+        write_sums_of(&copy, len, crc).unwrap();
+        assert_eq!(
+            std::fs::read(copy.with_file_name(sums_name(&chunk_name(0, 100)))).unwrap(),
+            bytes
+        );
+        // ... and a chunk that no longer matches its manifest crc gets none.
+        flip(&copy, 500);
+        let e = write_sums_of(&copy, len, crc).unwrap_err().to_string();
+        assert!(e.contains("checksum mismatch"), "{e}");
+    }
+
+    fn config() -> Config {
+        Config {
+            dimension: DIM,
+            // Every search reads every vector of the layer.
+            exact_search_below: 1_000_000,
+            checkpoint_every: 0,
+            checkpoint_interval: std::time::Duration::ZERO,
+            ..Config::default()
+        }
+    }
+
+    /// A search that reads a damaged block before the scrub gets there fails, naming the
+    /// chunk and offset; so does a checkpoint; close writes no snapshot; the store is marked,
+    /// and the next open checks in full, replays the log past the snapshot, and its first
+    /// checkpoint clears the mark.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_search_that_reads_a_damaged_block_fails_and_the_next_open_recovers() {
+        let tmp = tempfile::tempdir().unwrap();
+        let m = Memory::open(tmp.path(), config()).await.unwrap();
+        let batch = (0..300)
+            .map(|i| NewRecord::new(format!("record {i}"), vector(i)))
+            .collect();
+        let ids = m.insert_batch(batch).await.unwrap();
+        let seq = m.checkpoint().await.unwrap();
+        m.close().await.unwrap();
+        let snap = tmp.path().join("snapshots").join(format!("{seq:020}"));
+        let chunk = snap.join(chunk_name(0, 300));
+        flip(&chunk, 3 * BLOCK + 7);
+
+        HOLD_DUMP_LOADS.lock().push(tmp.path().to_path_buf());
+        let m = Memory::open(tmp.path(), config()).await;
+        let m = m.inspect_err(|_| HOLD_DUMP_LOADS.lock().clear()).unwrap();
+        let st = m.stats();
+        assert_eq!(st.open.snapshot_seq, Some(seq), "{:?}", st.open);
+        assert_eq!(st.open.full_check, None);
+        assert_eq!(st.damage, None, "nothing read yet");
+        let e = m
+            .search(&vector(5), &SearchOptions::top_k(3))
+            .await
+            .unwrap_err();
+        HOLD_DUMP_LOADS.lock().retain(|d| d != tmp.path());
+        assert!(matches!(e, Error::Corrupted { .. }), "{e:?}");
+        let e = e.to_string();
+        assert!(
+            e.contains(&chunk_name(0, 300)) && e.contains(&format!("offset {}", 3 * BLOCK)),
+            "{e}"
+        );
+        assert_eq!(m.stats().damage, Some(e.clone()));
+        assert_eq!(m.checkpoint().await.unwrap_err().to_string(), e);
+        let mark = tmp
+            .path()
+            .join("snapshots")
+            .join(crate::memory::DAMAGE_MARK);
+        assert_eq!(std::fs::read_to_string(&mark).unwrap(), e);
+        m.close().await.unwrap();
+        assert!(
+            crate::snapshot::list(&tmp.path().join("snapshots"))
+                .unwrap()
+                .len()
+                == 1
+        );
+
+        let m = Memory::open(tmp.path(), config()).await.unwrap();
+        let open = m.stats().open;
+        assert_eq!(open.full_check, Some(e), "{open:?}");
+        assert_eq!(open.snapshot_seq, None, "{open:?}");
+        assert!(open.snapshots_rejected[0].1.contains(".f32"), "{open:?}");
+        for i in [5, 190, 299] {
+            let hits = m
+                .search(&vector(i), &SearchOptions::top_k(1))
+                .await
+                .unwrap();
+            assert_eq!(hits[0].id, ids[i], "record {i} from the log");
+        }
+        assert!(mark.exists(), "until a checkpoint of checked data");
+        m.checkpoint().await.unwrap();
+        assert!(!mark.exists());
+        m.close().await.unwrap();
+        let m = Memory::open(tmp.path(), config()).await.unwrap();
+        assert_eq!(m.stats().open.full_check, None);
+        assert!(m.stats().open.snapshots_rejected.is_empty());
+        m.close().await.unwrap();
+    }
 }

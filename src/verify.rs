@@ -28,7 +28,7 @@ pub(crate) fn load(dir: &Path, full_replay: bool) -> Result<(Projections, Option
     let mut base = None;
     if !full_replay {
         for (seq, path) in snapshot::list(&dir.join("snapshots"))? {
-            if let Ok(l) = snapshot::load(&path, m.dimension) {
+            if let Ok(l) = snapshot::load(&path, m.dimension, snapshot::Check::Full) {
                 base = Some((seq, l.projections));
                 break;
             }
@@ -150,7 +150,7 @@ pub fn verify(dir: &Path) -> Result<VerifyReport> {
     }
     let mut compared = false;
     for (seq, path) in snapshot::list(&dir.join("snapshots"))? {
-        let checked = snapshot::load(&path, m.dimension).and_then(|l| {
+        let checked = snapshot::load(&path, m.dimension, snapshot::Check::Full).and_then(|l| {
             for f in l
                 .manifest
                 .files

@@ -347,8 +347,13 @@ async fn a_selective_filter_on_an_indexed_layer_still_finds_every_match() {
     m.close().await.unwrap();
 }
 
+/// A chunk is mapped unread at open; the indexer's scrub finds a flipped bit in the
+/// background, names the file, and marks the store: searches fail with that error until the
+/// store is reopened, and the next open checks in full, rejects the snapshot and replays the
+/// log, every record intact.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_flipped_bit_in_a_vector_chunk_is_named_and_the_log_replayed_instead() {
+async fn a_flipped_bit_in_a_vector_chunk_is_found_by_the_scrub_and_the_log_replayed_at_the_next_open(
+) {
     let dir = tempfile::tempdir().unwrap();
     let vs = clustered(9, 50, DIM, 5);
     let m = Memory::open(dir.path(), config()).await.unwrap();
@@ -368,7 +373,32 @@ async fn a_flipped_bit_in_a_vector_chunk_is_named_and_the_log_replayed_instead()
         .unwrap();
     flip_byte(&chunk, |len| len - 5, 0x10);
     let m = Memory::open(dir.path(), config()).await.unwrap();
+    assert_eq!(m.stats().open.snapshot_seq, Some(seq), "mapped unread");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let damage = loop {
+        if let Some(d) = m.stats().damage {
+            break d;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the scrub never found it"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    };
+    assert!(
+        damage.contains(".f32") && damage.contains("offset"),
+        "{damage}"
+    );
+    let e = m
+        .search(&vs[49], &SearchOptions::top_k(1))
+        .await
+        .unwrap_err();
+    assert_eq!(e.to_string(), damage);
+    m.close().await.unwrap();
+
+    let m = Memory::open(dir.path(), config()).await.unwrap();
     let open = m.stats().open;
+    assert_eq!(open.full_check, Some(damage), "{open:?}");
     assert_eq!(
         open.snapshot_seq, None,
         "the only snapshot is rejected: {open:?}"
@@ -376,6 +406,7 @@ async fn a_flipped_bit_in_a_vector_chunk_is_named_and_the_log_replayed_instead()
     assert!(open.snapshots_rejected[0].1.contains(".f32"), "{open:?}");
     let hits = m.search(&vs[49], &SearchOptions::top_k(1)).await.unwrap();
     assert_eq!(hits[0].id, ids[49], "vectors come from the log, intact");
+    assert_eq!(m.stats().damage, None);
     m.close().await.unwrap();
 }
 

@@ -863,16 +863,21 @@ pub async fn inject(dir: &Path, fault: Fault, rng: &mut Rng, oracle: &mut Oracle
             }
             // Expected: open falls back (an older snapshot or a full replay), names the bad
             // snapshot (or there is nothing to name when it was deleted), and loses nothing.
+            // Or, for a vector chunk (mapped unread, each block checked on first read and by
+            // the indexer's scrub): the damage is reported after open, naming the chunk, and
+            // the next open (the oracle's check below) falls back.
             let rejected = match Memory::open(dir, quiet_config()).await {
                 Ok(m) => {
-                    // HNSW dumps load (and are checked) in the background.
+                    // HNSW dumps and vector blocks are checked in the background.
                     let _ = m.wait_indexed().await;
-                    let r = m.stats().open;
+                    let s = m.stats();
                     drop(m);
+                    let r = s.open;
                     r.snapshots_rejected
                         .iter()
                         .any(|(p, _)| name.contains(p.as_str()) || p.contains(&name))
                         || r.index_rebuilds.iter().any(|_| true)
+                        || s.damage.is_some_and(|d| d.contains(&name))
                 }
                 Err(e) => {
                     return FaultOutcome {

@@ -269,6 +269,16 @@ async fn status(dir: &Path, json: bool, prometheus: bool) -> Result<()> {
         for (l, why) in &s.open.index_rebuilds {
             warnings.push(format!("{l} index rebuilt at open: {why}"));
         }
+        if let Some(why) = &s.open.full_check {
+            warnings.push(format!(
+                "damage was found after an earlier open ({why}); this open checked every snapshot file in full"
+            ));
+        }
+        if let Some(d) = &s.damage {
+            warnings.push(format!(
+                "damaged vector chunk: {d}; searches fail until the store is reopened"
+            ));
+        }
     }
     if prometheus {
         print!("{}", prometheus_text(stats.as_ref(), offline, &sizes, free));
