@@ -1004,10 +1004,7 @@ fn map_chunks(dir: &Path, dim: usize, m: &ManifestBody, check: Check) -> Result<
         let path = dir.join(name);
         match (check, sums) {
             (Check::Blocks, Some(s)) => {
-                let spath = dir.join(&s.name);
-                let bytes = std::fs::read(&spath).map_err(|e| Error::io(&spath, e))?;
-                check_sum(&spath, s, bytes.len() as u64, crc32fast::hash(&bytes))?;
-                let sums = vectors::parse_sums(&spath, &bytes, entry.len)?;
+                let sums = read_sums(dir, s, entry.len)?;
                 let f = File::open(&path).map_err(|e| Error::io(&path, e))?;
                 // SAFETY: snapshot files are immutable once renamed into place; nothing in
                 // this crate writes to them again, and the store lock keeps other writers of
@@ -1019,15 +1016,24 @@ fn map_chunks(dir: &Path, dim: usize, m: &ManifestBody, check: Check) -> Result<
                 }
                 maps.push((path, map, Some(sums)));
             }
+            // In full: the whole file's crc now, and its block sums (if any) kept, so that
+            // the scrub (and `verify`) checks those against the chunk too.
             (_, sums) => {
-                if let Some(s) = sums {
-                    check_file(dir, s)?;
-                }
-                maps.push((path, map_checked(dir, entry)?, None));
+                let sums = sums.map(|s| read_sums(dir, s, entry.len)).transpose()?;
+                maps.push((path, map_checked(dir, entry)?, sums));
             }
         }
     }
     Vectors::from_chunks(dim, maps, m.nslots)
+}
+
+/// The block sums file `entry` of the snapshot in `dir`, checked against the manifest, for a
+/// chunk of `chunk_len` bytes.
+fn read_sums(dir: &Path, entry: &FileEntry, chunk_len: u64) -> Result<Vec<u32>> {
+    let path = dir.join(&entry.name);
+    let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
+    check_sum(&path, entry, bytes.len() as u64, crc32fast::hash(&bytes))?;
+    vectors::parse_sums(&path, &bytes, chunk_len)
 }
 
 fn finish_load(

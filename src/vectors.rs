@@ -728,6 +728,44 @@ mod tests {
         assert!(e.contains("checksum mismatch"), "{e}");
     }
 
+    /// Block sums that disagree with their chunk (their own crc in the manifest matching):
+    /// `verify` checks every block against them and names the block.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn verify_checks_every_block_against_its_sum() {
+        let tmp = tempfile::tempdir().unwrap();
+        let m = Memory::open(tmp.path(), config()).await.unwrap();
+        let batch = (0..300)
+            .map(|i| NewRecord::new(format!("record {i}"), vector(i)))
+            .collect();
+        m.insert_batch(batch).await.unwrap();
+        let seq = m.checkpoint().await.unwrap();
+        m.close().await.unwrap();
+        let report = crate::verify::verify(tmp.path()).unwrap();
+        assert!(report.problems.is_empty(), "{:?}", report.problems);
+        let snap = tmp.path().join("snapshots").join(format!("{seq:020}"));
+        let sums = snap.join(sums_name(&chunk_name(0, 300)));
+        flip(&sums, SUMS_HEADER + 4 * 3);
+        let mut manifest = crate::snapshot::read_manifest(&snap).unwrap();
+        let bytes = std::fs::read(&sums).unwrap();
+        for f in &mut manifest.files {
+            if f.name == sums_name(&chunk_name(0, 300)) {
+                f.crc = crc32fast::hash(&bytes);
+            }
+        }
+        crate::snapshot::write_manifest(&snap, &manifest).unwrap();
+        let report = crate::verify::verify(tmp.path()).unwrap();
+        assert!(
+            report
+                .problems
+                .iter()
+                .any(|p| p.contains(&chunk_name(0, 300))
+                    && p.contains("block 3")
+                    && p.contains(&format!("offset {}", 3 * BLOCK))),
+            "{:?}",
+            report.problems
+        );
+    }
+
     fn config() -> Config {
         Config {
             dimension: DIM,

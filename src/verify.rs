@@ -159,6 +159,8 @@ pub fn verify(dir: &Path) -> Result<VerifyReport> {
             {
                 snapshot::check_file(&path, f)?;
             }
+            // Each block against its sum too: what a store opened on these files checks.
+            l.projections.vectors.scrub()?;
             Ok(l)
         });
         match checked {
