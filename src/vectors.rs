@@ -728,21 +728,27 @@ mod tests {
         assert!(e.contains("checksum mismatch"), "{e}");
     }
 
+    /// A closed store in `dir` with records 0..300 in one snapshot: their ids, and the
+    /// snapshot's directory.
+    async fn store_of_300(dir: &Path) -> (Vec<crate::RecordId>, PathBuf) {
+        let m = Memory::open(dir, config()).await.unwrap();
+        let batch = (0..300)
+            .map(|i| NewRecord::new(format!("record {i}"), vector(i)))
+            .collect();
+        let ids = m.insert_batch(batch).await.unwrap();
+        let seq = m.checkpoint().await.unwrap();
+        m.close().await.unwrap();
+        (ids, dir.join("snapshots").join(format!("{seq:020}")))
+    }
+
     /// Block sums that disagree with their chunk (their own crc in the manifest matching):
     /// `verify` checks every block against them and names the block.
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn verify_checks_every_block_against_its_sum() {
         let tmp = tempfile::tempdir().unwrap();
-        let m = Memory::open(tmp.path(), config()).await.unwrap();
-        let batch = (0..300)
-            .map(|i| NewRecord::new(format!("record {i}"), vector(i)))
-            .collect();
-        m.insert_batch(batch).await.unwrap();
-        let seq = m.checkpoint().await.unwrap();
-        m.close().await.unwrap();
+        let (_, snap) = store_of_300(tmp.path()).await;
         let report = crate::verify::verify(tmp.path()).unwrap();
         assert!(report.problems.is_empty(), "{:?}", report.problems);
-        let snap = tmp.path().join("snapshots").join(format!("{seq:020}"));
         let sums = snap.join(sums_name(&chunk_name(0, 300)));
         flip(&sums, SUMS_HEADER + 4 * 3);
         let mut manifest = crate::snapshot::read_manifest(&snap).unwrap();
@@ -784,14 +790,8 @@ mod tests {
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn a_search_that_reads_a_damaged_block_fails_and_the_next_open_recovers() {
         let tmp = tempfile::tempdir().unwrap();
-        let m = Memory::open(tmp.path(), config()).await.unwrap();
-        let batch = (0..300)
-            .map(|i| NewRecord::new(format!("record {i}"), vector(i)))
-            .collect();
-        let ids = m.insert_batch(batch).await.unwrap();
-        let seq = m.checkpoint().await.unwrap();
-        m.close().await.unwrap();
-        let snap = tmp.path().join("snapshots").join(format!("{seq:020}"));
+        let (ids, snap) = store_of_300(tmp.path()).await;
+        let seq = crate::snapshot::read_manifest(&snap).unwrap().seq;
         let chunk = snap.join(chunk_name(0, 300));
         flip(&chunk, 3 * BLOCK + 7);
 
