@@ -120,8 +120,6 @@ pub(crate) struct Inner {
     scrubbing: AtomicBool,
     /// Damage was found and the store marked (`DAMAGE_MARK`).
     damage_noted: AtomicBool,
-    /// Opened after damage: the first checkpoint removes the mark.
-    clear_mark: AtomicBool,
     /// Points inserted into the layers' graphs since open (a rebuild counts all of its own).
     graph_points: AtomicU64,
     /// Layers whose index `optimize()` asked to rebuild (bit per layer).
@@ -423,6 +421,13 @@ impl Memory {
                         loaded = Some((seq, path, l, delta));
                         break;
                     }
+                    // After damage (the mark), a snapshot that fails the full check is set
+                    // aside, so that no later open maps it unread again.
+                    Err(e) if report.full_check.is_some() => {
+                        report
+                            .snapshots_rejected
+                            .push(quarantine(&path, e.to_string(), &config));
+                    }
                     Err(e) => {
                         tracing::warn!(snapshot = %path.display(), error = %e, "snapshot rejected; trying an older one");
                         report
@@ -432,6 +437,15 @@ impl Memory {
                 }
             }
         }
+        if report.full_check.is_some() && !config.full_replay {
+            // Every snapshot newer than the one loaded failed the full check and is set
+            // aside; the one loaded passed it: no open needs the full check any more.
+            match std::fs::remove_file(&mark) {
+                Ok(()) => magray_wal::fsutil::sync_dir(&snap_root)?,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(Error::io(&mark, e)),
+            }
+        }
         let mut model = PromoterModel::default();
         let (mut proj, dumps, mut snap_state, delta) = match loaded {
             Some((seq, path, l, delta)) => {
@@ -439,11 +453,18 @@ impl Memory {
                     model = m;
                 }
                 report.snapshot_seq = Some(seq);
+                // The chunks and their block sums files: the next checkpoint links both.
+                let sums: Vec<String> = l
+                    .manifest
+                    .chunks
+                    .iter()
+                    .map(|c| crate::vectors::sums_name(c))
+                    .collect();
                 let known: HashMap<String, FileEntry> = l
                     .manifest
                     .files
                     .iter()
-                    .filter(|f| l.manifest.chunks.contains(&f.name))
+                    .filter(|f| l.manifest.chunks.contains(&f.name) || sums.contains(&f.name))
                     .map(|f| (f.name.clone(), f.clone()))
                     .collect();
                 let graphs = l.graphs;
@@ -549,7 +570,6 @@ impl Memory {
         }
         let applied = proj.applied_seq;
         let unchecked = proj.vectors.unchecked();
-        let clear_mark = report.full_check.is_some();
         let (applied_tx, _) = watch::channel(applied);
         let (events_tx, _) = broadcast::channel(SUBSCRIBER_BUFFER);
         report.open_us = started.elapsed().as_micros() as u64;
@@ -579,7 +599,6 @@ impl Memory {
             graphs_loading: AtomicU64::new(with_dump.len() as u64),
             scrubbing: AtomicBool::new(unchecked),
             damage_noted: AtomicBool::new(false),
-            clear_mark: AtomicBool::new(clear_mark),
             graph_points: AtomicU64::new(0),
             force_rebuild: std::sync::atomic::AtomicU8::new(0),
             report: Mutex::new(report),
@@ -1464,34 +1483,58 @@ impl Inner {
         self.checkpoint_then(true)
     }
 
+    /// Waits until the vector chunks mapped at open are checked (the indexer's scrub), then
+    /// fails with the damage found, if any. Whatever writes a decision taken from vectors to
+    /// the log or to a snapshot calls this first.
+    fn vectors_checked(&self) -> Result<()> {
+        while self.scrubbing.load(Ordering::Acquire) {
+            self.check()?;
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        match self.state.read().vectors.damage() {
+            Some(e) => {
+                self.note_damage(&e);
+                Err(e)
+            }
+            None => Ok(()),
+        }
+    }
+
     /// A checkpoint; `repoint`: then point the records at the new snapshot's table (not worth
     /// it when the store is closing).
     fn checkpoint_then(&self, repoint: bool) -> Result<u64> {
         // One checkpoint at a time; the snap mutex is held throughout.
         let mut snap = self.snap.lock();
-        while self.graphs_loading.load(Ordering::Acquire) > 0
-            || self.scrubbing.load(Ordering::Acquire)
-        {
+        let unchanged = |snap: &SnapState| {
+            let applied = self.state.read().applied_seq;
+            (applied == snap.marker_seq
+                && self.model().version == snap.model_version
+                && !self.graphs_changed(snap))
+            .then(|| snap.latest.as_ref().map(|(s, _)| *s).unwrap_or(0))
+        };
+        if let Some(e) = self.state.read().vectors.damage() {
+            self.note_damage(&e);
+            return Err(e);
+        }
+        // Nothing to write (an idle open and close): no need to wait for the loads below.
+        if let Some(seq) = unchanged(&snap) {
+            return Ok(seq);
+        }
+        while self.graphs_loading.load(Ordering::Acquire) > 0 {
             if let Some(r) = self.failure.lock().clone() {
                 return Err(Error::Poisoned(r));
             }
             std::thread::sleep(Duration::from_millis(5));
         }
-        // A snapshot would link the damaged chunk again: refuse, so that the snapshots kept
+        // A snapshot would link a damaged chunk again: refuse, so that the snapshots kept
         // (and the log floor) stay as they are until a reopen has checked them.
-        if let Some(e) = self.state.read().vectors.damage() {
-            self.note_damage(&e);
-            return Err(e);
-        }
-        let applied = self.state.read().applied_seq;
+        self.vectors_checked()?;
         let model = self.model();
         let model_version = model.version;
-        if applied == snap.marker_seq
-            && model_version == snap.model_version
-            && !self.graphs_changed(&snap)
-        {
-            return Ok(snap.latest.as_ref().map(|(s, _)| *s).unwrap_or(0));
+        if let Some(seq) = unchanged(&snap) {
+            return Ok(seq);
         }
+        let applied = self.state.read().applied_seq;
         if snap.latest.as_ref().is_some_and(|(s, _)| *s == applied) {
             // The latest snapshot's marker never reached the log (a crash or a failed commit
             // right after its rename), and no event came since: only the graphs or the model
@@ -1557,13 +1600,6 @@ impl Inner {
         }
         if let Some((oldest, _)) = all.iter().take(self.config.snapshots_keep).next_back() {
             self.log()?.set_retention_floor(*oldest)?;
-        }
-        if self.clear_mark.swap(false, Ordering::AcqRel) {
-            // Opened after damage, every chunk checked in full: the snapshot just written
-            // links only those and chunks written since.
-            let mark = root.join(DAMAGE_MARK);
-            std::fs::remove_file(&mark).map_err(|e| Error::io(&mark, e))?;
-            magray_wal::fsutil::sync_dir(&root)?;
         }
         // Published last: stats() names a snapshot only once its checkpoint (pruning included)
         // is done, so a reader never sees the new snapshot beside ones about to be removed.
@@ -1696,8 +1732,13 @@ impl Inner {
         }
         // Every block of the chunks mapped at open is checked before the graphs read them.
         let mapped = self.state.read().vectors.mapped_part();
-        let scrubbed = mapped.scrub();
+        let scrubbed = mapped.scrub(&|| self.shutdown.load(Ordering::Acquire));
         drop(mapped);
+        if self.shutdown.load(Ordering::Acquire) {
+            // A dropped handle: nobody waits for the rest (close() checkpoints, which waits for
+            // the scrub, before shutting down).
+            return;
+        }
         self.scrubbing.store(false, Ordering::Release);
         if let Err(e) = scrubbed {
             self.note_damage(&e);

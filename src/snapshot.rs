@@ -1029,15 +1029,21 @@ fn map_chunks(dir: &Path, dim: usize, m: &ManifestBody, check: Check) -> Result<
             None => None,
         };
         let path = dir.join(name);
-        match (check, sums) {
+        let unread = match (check, sums) {
             (Check::Blocks, Some(s)) => {
-                let sums = read_sums(dir, s, entry.len)?;
                 let f = File::open(&path).map_err(|e| Error::io(&path, e))?;
                 // SAFETY: snapshot files are immutable once renamed into place; nothing in
                 // this crate writes to them again, and the store lock keeps other writers of
                 // ours out. Every read through the map checks its block first (`Vectors`).
                 #[allow(unsafe_code)]
                 let map = unsafe { Mmap::map(&f) }.map_err(|e| Error::io(&path, e))?;
+                vectors::populate_works(&map).then_some((s, map))
+            }
+            _ => None,
+        };
+        match unread {
+            Some((s, map)) => {
+                let sums = read_sums(dir, s, entry.len)?;
                 if map.len() as u64 != entry.len {
                     check_sum(&path, entry, map.len() as u64, 0)?;
                 }
@@ -1045,7 +1051,7 @@ fn map_chunks(dir: &Path, dim: usize, m: &ManifestBody, check: Check) -> Result<
             }
             // In full: the whole file's crc now, and its block sums (if any) kept, so that
             // the scrub (and `verify`) checks those against the chunk too.
-            (_, sums) => {
+            None => {
                 let sums = sums.map(|s| read_sums(dir, s, entry.len)).transpose()?;
                 maps.push((path, map_checked(dir, entry)?, sums));
             }

@@ -128,6 +128,27 @@ impl Chunk {
     }
 }
 
+/// True where [`populate`] can turn an unreadable page into an error (Linux 5.14 on): only
+/// then is a chunk mapped unread at open (else a media error found by a later read would be a
+/// SIGBUS, not an error; such a chunk is checked in full at open instead).
+pub(crate) fn populate_works(map: &Mmap) -> bool {
+    #[cfg(target_os = "linux")]
+    {
+        const EIO: i32 = 5;
+        const EFAULT: i32 = 14;
+        const EHWPOISON: i32 = 133;
+        match map.advise_range(memmap2::Advice::PopulateRead, 0, map.len().min(BLOCK)) {
+            Ok(()) => true,
+            Err(e) => matches!(e.raw_os_error(), Some(EFAULT | EIO | EHWPOISON)),
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = map;
+        false
+    }
+}
+
 /// Populates `map[at..at + n]` before it is read: a page that cannot be read is an error
 /// (the text says why) instead of the SIGBUS a plain read through the map would raise. Where
 /// the call is missing or refused for another reason the bytes are read as they are.
@@ -215,32 +236,38 @@ impl Vectors {
         })
     }
 
-    /// Checks every block of every chunk not yet checked, in file order; the first damage is
-    /// the error (and stays noted, see [`Vectors::damage`]). Reads only through the maps, so
-    /// it needs no lock of the projections.
-    pub(crate) fn scrub(&self) -> Result<()> {
+    /// Checks every block of every chunk not yet checked, in file order, until `stop` says so
+    /// (checked between 16 MiB steps); the first damage is the error (and stays noted, see
+    /// [`Vectors::damage`]). Reads only through the maps, so it needs no lock of the
+    /// projections.
+    pub(crate) fn scrub(&self, stop: &dyn Fn() -> bool) -> Result<()> {
         const STEP: usize = (16 << 20) / BLOCK;
         for c in &self.chunks {
             let Some(lz) = &c.lazy else { continue };
             let mut b = 0;
             while b < lz.sums.len() && !lz.all.load(Ordering::Acquire) {
+                if stop() {
+                    return Ok(());
+                }
                 let end = (b + STEP).min(lz.sums.len());
                 let (lo, hi) = (b * BLOCK, (end * BLOCK).min(c.map.len()));
-                if let Err(why) = populate(&c.map, lo, hi - lo) {
-                    let _ = lz.damage.set((lo as u64, why));
-                }
-                if lz.damage.get().is_some()
-                    || !(b..end).all(|k| lz.check_block(&c.map, k, true, &c.name))
-                {
+                // Where the step cannot be populated, each block is (and names the one).
+                let populated = populate(&c.map, lo, hi - lo).is_ok();
+                if !(b..end).all(|k| lz.check_block(&c.map, k, populated, &c.name)) {
                     return Err(self
                         .damage()
                         .unwrap_or_else(|| Error::corrupted(&c.path, lo as u64, "damaged")));
                 }
                 b = end;
             }
-            lz.all.store(true, Ordering::Release);
+            if lz.damage.get().is_none() {
+                lz.all.store(true, Ordering::Release);
+            }
         }
-        Ok(())
+        match self.damage() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
     }
 
     /// True while some block of a chunk has not been checked.
@@ -670,7 +697,7 @@ mod tests {
         // Still damaged, still named; a good block still reads.
         assert_eq!(v.get(bad as u32 + 1), &[0.0; DIM][..]);
         assert_eq!(v.get(10), &vector(10)[..]);
-        let scrub = v.scrub().unwrap_err().to_string();
+        let scrub = v.scrub(&|| false).unwrap_err().to_string();
         assert_eq!(scrub, e);
         assert!(v.unchecked());
     }
@@ -680,7 +707,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let (_, v) = lazy_chunk(tmp.path(), 1_000, None);
         assert!(v.unchecked());
-        v.scrub().unwrap();
+        v.scrub(&|| false).unwrap();
         assert!(!v.unchecked());
         assert!(v.damage().is_none());
         for i in (0..1_000).step_by(97) {
@@ -688,7 +715,7 @@ mod tests {
         }
         // Found by the scrub, before any read.
         let (path, v) = lazy_chunk(tmp.path(), 1_000, Some(14 * BLOCK + 3));
-        let e = v.scrub().unwrap_err().to_string();
+        let e = v.scrub(&|| false).unwrap_err().to_string();
         assert!(
             e.contains(&path.display().to_string())
                 && e.contains(&format!("offset {}", 14 * BLOCK)),
@@ -772,6 +799,32 @@ mod tests {
         );
     }
 
+    /// A checkpoint after open links the loaded snapshot's block sums with its chunks (it
+    /// does not write them again).
+    #[cfg(unix)]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn block_sums_are_linked_into_the_next_snapshot() {
+        use std::os::unix::fs::MetadataExt;
+        let tmp = tempfile::tempdir().unwrap();
+        let (_, first) = store_of_300(tmp.path()).await;
+        let m = Memory::open(tmp.path(), config()).await.unwrap();
+        m.insert(NewRecord::new("one more", vector(300)))
+            .await
+            .unwrap();
+        let seq = m.checkpoint().await.unwrap();
+        m.close().await.unwrap();
+        let next = tmp.path().join("snapshots").join(format!("{seq:020}"));
+        let ino = |p: PathBuf| std::fs::metadata(p).unwrap().ino();
+        for name in [chunk_name(0, 300), sums_name(&chunk_name(0, 300))] {
+            assert_eq!(
+                ino(first.join(&name)),
+                ino(next.join(&name)),
+                "{name} linked"
+            );
+        }
+        assert!(next.join(sums_name(&chunk_name(300, 1))).exists());
+    }
+
     fn config() -> Config {
         Config {
             dimension: DIM,
@@ -815,6 +868,10 @@ mod tests {
         );
         assert_eq!(m.stats().damage, Some(e.clone()));
         assert_eq!(m.checkpoint().await.unwrap_err().to_string(), e);
+        // No lifecycle decision is taken from damaged vectors either; the log is unchanged.
+        let last = m.stats().last_seq;
+        assert_eq!(m.run_lifecycle().await.unwrap_err().to_string(), e);
+        assert_eq!(m.stats().last_seq, last);
         let mark = tmp
             .path()
             .join("snapshots")
@@ -833,6 +890,15 @@ mod tests {
         assert_eq!(open.full_check, Some(e), "{open:?}");
         assert_eq!(open.snapshot_seq, None, "{open:?}");
         assert!(open.snapshots_rejected[0].1.contains(".f32"), "{open:?}");
+        assert!(
+            open.snapshots_rejected[0].1.contains("moved to"),
+            "set aside: {open:?}"
+        );
+        assert!(!snap.exists());
+        assert!(
+            !mark.exists(),
+            "the snapshot loaded (none here) passed the full check"
+        );
         for i in [5, 190, 299] {
             let hits = m
                 .search(&vector(i), &SearchOptions::top_k(1))
@@ -840,9 +906,6 @@ mod tests {
                 .unwrap();
             assert_eq!(hits[0].id, ids[i], "record {i} from the log");
         }
-        assert!(mark.exists(), "until a checkpoint of checked data");
-        m.checkpoint().await.unwrap();
-        assert!(!mark.exists());
         m.close().await.unwrap();
         let m = Memory::open(tmp.path(), config()).await.unwrap();
         assert_eq!(m.stats().open.full_check, None);

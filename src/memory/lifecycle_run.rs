@@ -94,6 +94,9 @@ impl Inner {
     pub(super) fn run_lifecycle(&self, promote: bool, expire: bool) -> Result<LifecycleReport> {
         let _one_at_a_time = self.lifecycle_lock.lock();
         self.check()?;
+        // Scores read the records' vectors (their own and their neighbours'): never from an
+        // unchecked or damaged block.
+        self.vectors_checked()?;
         let now = self.config.clock.now_us();
         let lc = &self.config.lifecycle;
         let model = self.model();
@@ -193,6 +196,8 @@ impl Inner {
             });
         }
         if !events.is_empty() {
+            // Damage a search found while this run scored: its decisions are not written.
+            self.vectors_checked()?;
             report.seq = self.commit_blocking(events)?.last_seq;
             tracing::info!(
                 promoted = ?report.promoted,
