@@ -772,45 +772,62 @@ pub(crate) fn load(dir: &Path, dim: usize, check: Check) -> Result<Loaded> {
     // page faults were half of building them); the other then maps the vector chunks (checking
     // them in full when asked), reads the key index and maps each graph dump.
     let (cells_tx, cells_rx) = std::sync::mpsc::sync_channel::<Vec<Option<RecordData>>>(1);
-    let mref = &m;
+    // The key index and each graph dump, mapped and checked to search in place (a dump that
+    // fails is left to the indexer, which reads it again, and reports it when it rebuilds
+    // the layer's graph).
+    let keys_and_graphs = || -> Result<KeysAndGraphs> {
+        let keys = load_keys(dir, &m)?;
+        let graphs = m
+            .layers
+            .iter()
+            .filter_map(|le| {
+                let base = le.dump.as_ref()?;
+                match map_graph(dir, &m, base, dim) {
+                    Ok(g) => Some((le.layer, Arc::new(g))),
+                    Err(e) => {
+                        tracing::debug!(layer = %le.layer, error = %e, "graph dump not searchable in place");
+                        None
+                    }
+                }
+            })
+            .collect();
+        Ok((keys, graphs))
+    };
+    // Chunks checked in full (about 0.1 s per GB) are the second thread's only work; the
+    // keys and dumps are then this one's, after the records, in memory it faults in itself.
+    let chunks_in_full = check == Check::Full || m.format < 5;
+    let (mref, kg) = (&m, &keys_and_graphs);
     std::thread::scope(|scope| {
         let second = scope.spawn(move || {
-            let m = mref;
-            let _ = cells_tx.send(faulted_in(m.nslots as usize));
-            let vectors = map_chunks(dir, dim, m, check)?;
-            let keys = load_keys(dir, m)?;
-            let graphs = m
-                .layers
-                .iter()
-                .filter_map(|le| {
-                    let base = le.dump.as_ref()?;
-                    match map_graph(dir, m, base, dim) {
-                        Ok(g) => Some((le.layer, Arc::new(g))),
-                        Err(e) => {
-                            // The indexer reads the dump again, and reports it when it
-                            // rebuilds the layer's graph.
-                            tracing::debug!(layer = %le.layer, error = %e, "graph dump not searchable in place");
-                            None
-                        }
-                    }
-                })
-                .collect::<Vec<_>>();
-            Ok((vectors, keys, graphs))
+            if !chunks_in_full {
+                let _ = cells_tx.send(faulted_in(mref.nslots as usize));
+            }
+            drop(cells_tx);
+            let vectors = map_chunks(dir, dim, mref, check)?;
+            let more = (!chunks_in_full).then(kg).transpose()?;
+            Ok((vectors, more))
         });
         let rest = other_files
             .iter()
             .try_for_each(|f| check_file(dir, f))
             .and_then(|_| decode_tables(dir, &m, cells_rx));
+        let mine = chunks_in_full.then(kg).transpose();
         let second = second
             .join()
             .unwrap_or_else(|_| Err(Error::corrupted(dir, 0, "snapshot load thread panicked")));
-        let (mut tables, (vectors, keys, graphs)) = (rest?, second?);
+        let (mut tables, (vectors, theirs), mine) = (rest?, second?, mine?);
+        let Some((keys, graphs)) = theirs.or(mine) else {
+            return Err(Error::corrupted(dir, 0, "key index not loaded"));
+        };
         check_keys(dir, &keys, tables.live)?;
         tables.keys = keys;
         Ok((tables, vectors, graphs))
     })
     .and_then(|(tables, vectors, graphs)| finish_load(dim, m, tables, vectors, graphs))
 }
+
+/// A snapshot's key index (format 4 on) and the graph dumps open could map to search in place.
+type KeysAndGraphs = (Option<KeyIndex>, Vec<(Layer, Arc<MappedGraph>)>);
 
 /// The key index of the snapshot (format 4 on; `None` before, built from the records).
 fn load_keys(dir: &Path, m: &ManifestBody) -> Result<Option<KeyIndex>> {
