@@ -931,7 +931,9 @@ impl Memory {
             .is_some_and(|f| f.in_place())
     }
 
-    /// Waits until every live record is in its layer's HNSW index (benchmarks, tests).
+    /// Waits until every live record is in its layer's HNSW index and the vector blocks
+    /// mapped at open are all checked (benchmarks, tests); fails with damage found in them
+    /// (see `Stats::damage`).
     pub async fn wait_indexed(&self) -> Result<()> {
         loop {
             self.inner.check()?;
@@ -942,6 +944,7 @@ impl Memory {
                     return Err(e);
                 }
                 self.inner.graphs_loading.load(Ordering::Acquire) == 0
+                    && !self.inner.scrubbing.load(Ordering::Acquire)
                     && st.layers.iter().all(|l| {
                         l.pending.iter().all(|s| !l.members.contains(s))
                             && (l.graph.is_none() || l.frozen.is_some())
