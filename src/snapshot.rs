@@ -769,8 +769,8 @@ pub(crate) fn load(dir: &Path, dim: usize, check: Check) -> Result<Loaded> {
         .collect();
     // Two threads of about equal work: this one reads the record table and builds a record per
     // slot, in memory the other one has faulted in meanwhile (at 1M records, about 90 MB: its
-    // page faults were half of building them); the other then maps the vector chunks (checking
-    // them in full when asked), reads the key index and maps each graph dump.
+    // page faults were half of building them); the other then maps the vector chunks unread,
+    // reads the key index and maps each graph dump. (With the chunks checked in full: below.)
     let (cells_tx, cells_rx) = std::sync::mpsc::sync_channel::<Vec<Option<RecordData>>>(1);
     // The key index and each graph dump, mapped and checked to search in place (a dump that
     // fails is left to the indexer, which reads it again, and reports it when it rebuilds
