@@ -21,7 +21,7 @@ use crate::lifecycle::PromoterModel;
 use crate::records::{self, Body, CrcWriter, OwnedBody, Row, RowFields};
 use crate::state::{index_keys, Access, Graph, LayerState, Projections, RecordData};
 use crate::types::{AccessStats, Layer};
-use crate::vectors::{self, Vectors};
+use crate::vectors::{self, Populated, Vectors};
 use magray_wal::fsutil::{self, sync_dir, TEMP_PREFIX};
 use memmap2::Mmap;
 use rkyv::rancor::BoxedError;
@@ -635,50 +635,31 @@ pub(crate) fn map_checked(dir: &Path, entry: &FileEntry) -> Result<Mmap> {
 /// populated for a reason other than the file's bytes (the kernel lacks the call, or memory
 /// is short): the caller then reads the file with `read()`, which needs no populated map.
 fn crc_populated(path: &Path, map: &Mmap) -> Result<Option<u32>> {
-    #[cfg(target_os = "linux")]
-    {
-        const STEP: usize = 16 << 20;
-        // errno values (Linux, every architecture we build for).
-        const EIO: i32 = 5;
-        const EINTR: i32 = 4;
-        const EAGAIN: i32 = 11;
-        const EFAULT: i32 = 14;
-        const EHWPOISON: i32 = 133;
-        let mut h = crc32fast::Hasher::new();
-        let mut at = 0;
-        let mut retries = 0;
-        while at < map.len() {
-            let n = STEP.min(map.len() - at);
-            match map.advise_range(memmap2::Advice::PopulateRead, at, n) {
-                Ok(()) => h.update(&map[at..at + n]),
-                Err(e) => match e.raw_os_error() {
-                    // A page that cannot be read: what a touch would have turned into SIGBUS.
-                    Some(EFAULT | EIO | EHWPOISON) => {
-                        return Err(Error::corrupted(
-                            path,
-                            at as u64,
-                            format!("cannot read {n} bytes from here: {e}"),
-                        ))
-                    }
-                    Some(EINTR | EAGAIN) if retries < 8 => {
-                        retries += 1;
-                        continue;
-                    }
-                    _ => {
-                        tracing::debug!(file = %path.display(), error = %e, "MADV_POPULATE_READ failed; checking the file with read()");
-                        return Ok(None);
-                    }
-                },
+    const STEP: usize = 16 << 20;
+    let mut h = crc32fast::Hasher::new();
+    let mut at = 0;
+    let mut retries = 0;
+    while at < map.len() {
+        let n = STEP.min(map.len() - at);
+        match vectors::populate(map, at, n) {
+            Populated::Yes => h.update(&map[at..at + n]),
+            Populated::Unreadable(why) => return Err(Error::corrupted(path, at as u64, why)),
+            Populated::Interrupted if retries < 8 => {
+                retries += 1;
+                continue;
             }
-            at += n;
+            Populated::Interrupted => {
+                tracing::debug!(file = %path.display(), "MADV_POPULATE_READ kept being interrupted; checking the file with read()");
+                return Ok(None);
+            }
+            Populated::Unsupported(why) => {
+                tracing::debug!(file = %path.display(), error = %why, "MADV_POPULATE_READ failed; checking the file with read()");
+                return Ok(None);
+            }
         }
-        Ok(Some(h.finalize()))
+        at += n;
     }
-    #[cfg(not(target_os = "linux"))]
-    {
-        let _ = (path, map);
-        Ok(None)
-    }
+    Ok(Some(h.finalize()))
 }
 
 /// Checks one listed file's length and crc32.

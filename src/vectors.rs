@@ -94,7 +94,7 @@ impl Lazy {
         let lo = b * BLOCK;
         let hi = (lo + BLOCK).min(map.len());
         if !populated {
-            if let Err(why) = populate(map, lo, hi - lo) {
+            if let Err(why) = populate_block(map, lo, hi - lo) {
                 let _ = self.damage.set((lo as u64, why));
                 return false;
             }
@@ -128,46 +128,68 @@ impl Chunk {
     }
 }
 
+/// What `MADV_POPULATE_READ` over a range of a map found.
+pub(crate) enum Populated {
+    /// Every page is in memory: reading the range cannot raise SIGBUS.
+    Yes,
+    /// A page cannot be read (a media error), what a read through the map would turn into
+    /// SIGBUS; the text says where and why.
+    Unreadable(String),
+    /// Interrupted (EINTR, EAGAIN): worth another try.
+    Interrupted,
+    /// The call is missing (Linux before 5.14, other systems) or refused for another reason
+    /// (memory short): the bytes can only be read as they are.
+    Unsupported(String),
+}
+
+/// Populates `map[at..at + n]` with `MADV_POPULATE_READ` (see [`Populated`]). The one place
+/// that calls it: snapshot files checked through their maps, and chunk blocks checked on
+/// first read and by the scrub.
+pub(crate) fn populate(map: &Mmap, at: usize, n: usize) -> Populated {
+    #[cfg(target_os = "linux")]
+    {
+        // errno values (Linux, every architecture we build for).
+        const EINTR: i32 = 4;
+        const EIO: i32 = 5;
+        const EAGAIN: i32 = 11;
+        const EFAULT: i32 = 14;
+        const EHWPOISON: i32 = 133;
+        match map.advise_range(memmap2::Advice::PopulateRead, at, n) {
+            Ok(()) => Populated::Yes,
+            Err(e) => match e.raw_os_error() {
+                Some(EFAULT | EIO | EHWPOISON) => {
+                    Populated::Unreadable(format!("cannot read {n} bytes from here: {e}"))
+                }
+                Some(EINTR | EAGAIN) => Populated::Interrupted,
+                _ => Populated::Unsupported(e.to_string()),
+            },
+        }
+    }
+    #[cfg(not(target_os = "linux"))]
+    {
+        let _ = (map, at, n);
+        Populated::Unsupported("MADV_POPULATE_READ is Linux-only".into())
+    }
+}
+
 /// True where [`populate`] can turn an unreadable page into an error (Linux 5.14 on): only
 /// then is a chunk mapped unread at open (else a media error found by a later read would be a
 /// SIGBUS, not an error; such a chunk is checked in full at open instead).
 pub(crate) fn populate_works(map: &Mmap) -> bool {
-    #[cfg(target_os = "linux")]
-    {
-        const EIO: i32 = 5;
-        const EFAULT: i32 = 14;
-        const EHWPOISON: i32 = 133;
-        match map.advise_range(memmap2::Advice::PopulateRead, 0, map.len().min(BLOCK)) {
-            Ok(()) => true,
-            Err(e) => matches!(e.raw_os_error(), Some(EFAULT | EIO | EHWPOISON)),
-        }
-    }
-    #[cfg(not(target_os = "linux"))]
-    {
-        let _ = map;
-        false
-    }
+    matches!(
+        populate(map, 0, map.len().min(BLOCK)),
+        Populated::Yes | Populated::Unreadable(_)
+    )
 }
 
-/// Populates `map[at..at + n]` before it is read: a page that cannot be read is an error
-/// (the text says why) instead of the SIGBUS a plain read through the map would raise. Where
-/// the call is missing or refused for another reason the bytes are read as they are.
-fn populate(map: &Mmap, at: usize, n: usize) -> std::result::Result<(), String> {
-    #[cfg(target_os = "linux")]
-    {
-        // errno values (Linux, every architecture we build for).
-        const EIO: i32 = 5;
-        const EFAULT: i32 = 14;
-        const EHWPOISON: i32 = 133;
-        if let Err(e) = map.advise_range(memmap2::Advice::PopulateRead, at, n) {
-            if let Some(EFAULT | EIO | EHWPOISON) = e.raw_os_error() {
-                return Err(format!("cannot read {n} bytes from here: {e}"));
-            }
-        }
+/// Populates a range of a chunk before its blocks are checked: an unreadable page is damage
+/// (the text says why); where the call is missing, refused or interrupted the bytes are read
+/// as they are.
+fn populate_block(map: &Mmap, at: usize, n: usize) -> std::result::Result<(), String> {
+    match populate(map, at, n) {
+        Populated::Unreadable(why) => Err(why),
+        _ => Ok(()),
     }
-    #[cfg(not(target_os = "linux"))]
-    let _ = (map, at, n);
-    Ok(())
 }
 
 /// Vectors by slot.
@@ -252,7 +274,7 @@ impl Vectors {
                 let end = (b + STEP).min(lz.sums.len());
                 let (lo, hi) = (b * BLOCK, (end * BLOCK).min(c.map.len()));
                 // Where the step cannot be populated, each block is (and names the one).
-                let populated = populate(&c.map, lo, hi - lo).is_ok();
+                let populated = populate_block(&c.map, lo, hi - lo).is_ok();
                 if !(b..end).all(|k| lz.check_block(&c.map, k, populated, &c.name)) {
                     return Err(self
                         .damage()
