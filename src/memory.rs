@@ -454,17 +454,11 @@ impl Memory {
                 }
                 report.snapshot_seq = Some(seq);
                 // The chunks and their block sums files: the next checkpoint links both.
-                let sums: Vec<String> = l
-                    .manifest
-                    .chunks
-                    .iter()
-                    .map(|c| crate::vectors::sums_name(c))
-                    .collect();
                 let known: HashMap<String, FileEntry> = l
                     .manifest
                     .files
                     .iter()
-                    .filter(|f| l.manifest.chunks.contains(&f.name) || sums.contains(&f.name))
+                    .filter(|f| l.manifest.is_vector_file(&f.name))
                     .map(|f| (f.name.clone(), f.clone()))
                     .collect();
                 let graphs = l.graphs;

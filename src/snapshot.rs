@@ -74,6 +74,15 @@ pub(crate) struct ManifestBody {
     pub(crate) layers: Vec<LayerEntry>,
 }
 
+impl ManifestBody {
+    /// True for a vector chunk or its block sums file (both also listed in `files`).
+    pub(crate) fn is_vector_file(&self, name: &str) -> bool {
+        self.chunks
+            .iter()
+            .any(|c| c == name || vectors::sums_name(c) == name)
+    }
+}
+
 /// A record as snapshot format 2 kept it (read only).
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub(crate) struct SnapRecord {
@@ -736,7 +745,6 @@ pub(crate) fn load(dir: &Path, dim: usize, check: Check) -> Result<Loaded> {
             ),
         ));
     }
-    let sums: Vec<String> = m.chunks.iter().map(|c| vectors::sums_name(c)).collect();
     let other_files: Vec<&FileEntry> = m
         .files
         .iter()
@@ -744,8 +752,7 @@ pub(crate) fn load(dir: &Path, dim: usize, check: Check) -> Result<Loaded> {
             !f.name.starts_with("hnsw-")
                 && f.name != RECORDS_FILE
                 && f.name != KEYS_FILE
-                && !m.chunks.contains(&f.name)
-                && !sums.contains(&f.name)
+                && !m.is_vector_file(&f.name)
         })
         .collect();
     // Two threads of about equal work: this one reads the record table and builds a record per
@@ -1061,10 +1068,7 @@ fn map_chunks(dir: &Path, dim: usize, m: &ManifestBody, check: Check) -> Result<
 /// The block sums file `entry` of the snapshot in `dir`, checked against the manifest, for a
 /// chunk of `chunk_len` bytes.
 fn read_sums(dir: &Path, entry: &FileEntry, chunk_len: u64) -> Result<Vec<u32>> {
-    let path = dir.join(&entry.name);
-    let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
-    check_sum(&path, entry, bytes.len() as u64, crc32fast::hash(&bytes))?;
-    vectors::parse_sums(&path, &bytes, chunk_len)
+    vectors::parse_sums(&dir.join(&entry.name), &read_listed(dir, entry)?, chunk_len)
 }
 
 fn finish_load(
@@ -1145,14 +1149,15 @@ pub(crate) fn load_graph(
 
 /// Reads the graph dump `base` and checks it against its manifest entry.
 fn read_graph(dir: &Path, m: &ManifestBody, base: &str) -> Result<Vec<u8>> {
-    let path = graph_path(dir, base);
-    let entry = graph_entry(dir, m, base)?;
+    read_listed(dir, graph_entry(dir, m, base)?)
+}
+
+/// The bytes of the listed file `entry` of the snapshot in `dir`, read once and checked
+/// against its manifest length and crc32 (the same check and message as [`check_file`]).
+fn read_listed(dir: &Path, entry: &FileEntry) -> Result<Vec<u8>> {
+    let path = dir.join(&entry.name);
     let bytes = std::fs::read(&path).map_err(|e| Error::io(&path, e))?;
-    if bytes.len() as u64 != entry.len || crc32fast::hash(&bytes) != entry.crc {
-        // The same check (and message) as every other snapshot file.
-        check_file(dir, entry)?;
-        return Err(Error::corrupted(&path, 0, "changed while it was read"));
-    }
+    check_sum(&path, entry, bytes.len() as u64, crc32fast::hash(&bytes))?;
     Ok(bytes)
 }
 
