@@ -23,7 +23,7 @@
 //! takes with its mapped vector chunks and record table.
 
 use crate::distance::{dist_key, dot, prefetch};
-use crate::frozen::{walk, Scorer, SearchGraph};
+use crate::frozen::{push_exact, walk, Scorer, SearchGraph};
 use crate::hnsw::{check_slots, DumpHeader};
 use crate::state::TopK;
 use crate::vectors::Vectors;
@@ -187,11 +187,7 @@ impl SearchGraph for MappedGraph {
             &ok_node,
             ef.max(1),
         );
-        let found = res.len();
-        for (_, node) in res {
-            top.push(dot(q, vector(node)), slots[node as usize]);
-        }
-        found
+        push_exact(res, q, slots, vectors, top)
     }
 }
 

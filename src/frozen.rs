@@ -181,13 +181,25 @@ impl SearchGraph for FrozenGraph {
             &ok_node,
             ef,
         );
-        let found = res.len();
-        for (_, n) in res {
-            let slot = self.slots[n as usize];
-            top.push(dot(q, vectors.get(slot)), slot);
-        }
-        found
+        push_exact(res, q, &self.slots, vectors, top)
     }
+}
+
+/// Pushes the nodes a [`walk`] kept into `top` by slot (`slots[node]`), each scored exactly
+/// on its f32 vector; returns how many. Both graph kinds end their search with it.
+pub(crate) fn push_exact(
+    kept: BinaryHeap<(u32, u32)>,
+    q: &[f32],
+    slots: &[u32],
+    vectors: &Vectors,
+    top: &mut TopK,
+) -> usize {
+    let found = kept.len();
+    for (_, node) in kept {
+        let slot = slots[node as usize];
+        top.push(dot(q, vectors.get(slot)), slot);
+    }
+    found
 }
 
 /// A read-only HNSW graph that searches walk: a [`FrozenGraph`] (links copied, int8 codes),
