@@ -5,9 +5,9 @@ use crate::config::Config;
 use crate::dump_graph::MappedGraph;
 use crate::error::{Error, Result};
 use crate::hnsw::HnswBuilder;
-use crate::records::{self, Body, RecordTable};
+use crate::records::{self, RecordTable};
 use crate::snapshot::{self, Capture, FileEntry, Writer};
-use crate::state::{content_key, fnv64, Projections};
+use crate::state::{content_key, fnv64, Projections, Replaced};
 use crate::store_files::{StoreLock, StoreManifest};
 use crate::types::*;
 use magray_wal::{
@@ -1054,9 +1054,8 @@ impl Memory {
     /// For export, verification and tests; it copies every record.
     pub fn records(&self, layer: Option<Layer>) -> Vec<Record> {
         let st = self.inner.state.read();
-        st.slots
-            .iter()
-            .flatten()
+        st.records()
+            .map(|(_, r)| r)
             .filter(|r| layer.is_none_or(|l| r.layer == l))
             .map(|r| r.to_record())
             .collect()
@@ -1574,7 +1573,7 @@ impl Inner {
             }
         }
         if repoint {
-            self.repoint_bodies(&table);
+            self.repoint_records(&table);
         }
         drop(table);
         snap.known_chunks = written
@@ -1604,34 +1603,29 @@ impl Inner {
         Ok(cap_seq)
     }
 
-    /// Points every record a new snapshot's record `table` holds at its row: bodies of
-    /// records inserted since open leave the heap for the mapped file (page cache, which the
-    /// kernel can evict), and the table an older snapshot had stops being used, so its file
-    /// is released once that snapshot is pruned. A body never changes, and a row is used only
-    /// for the record with its id. 64k rows per hold of the write lock; the bodies replaced
-    /// are dropped after it is released (their frees, and the unmapping of an old table).
-    fn repoint_bodies(&self, table: &Arc<RecordTable>) {
+    /// Points every record a new snapshot's record `table` holds at its row: a record
+    /// unchanged since becomes that row (16 bytes in memory), the body of any other leaves
+    /// the heap for the mapped file (page cache, which the kernel can evict), and the table
+    /// an older snapshot had stops being used, so its file is released once that snapshot is
+    /// pruned. A body never changes, and a row is used only for the record with its id. 64k
+    /// rows per hold of the write lock; what is replaced is dropped after it is released
+    /// (the frees, and the unmapping of an old table).
+    fn repoint_records(&self, table: &Arc<RecordTable>) {
+        let mut old = Replaced::default();
+        let t = self.state.write().repoint_begin(table, &mut old);
+        drop(old);
         let rows = table.len();
         let mut row = 0;
         while row < rows {
             let end = rows.min(row.saturating_add(65_536));
-            let mut old = Vec::with_capacity((end - row) as usize);
-            let mut st = self.state.write();
-            for r in row..end {
-                let f = table.fields(r);
-                if let Some(Some(rec)) = st.slots.get_mut(f.slot as usize) {
-                    if rec.id == f.id {
-                        old.push(std::mem::replace(
-                            &mut rec.body,
-                            Body::Table(table.clone(), r),
-                        ));
-                    }
-                }
-            }
-            drop(st);
+            let mut old = Replaced::default();
+            self.state.write().repoint(table, t, row..end, &mut old);
             drop(old);
             row = end;
         }
+        let mut old = Replaced::default();
+        self.state.write().repoint_end(&mut old);
+        drop(old);
     }
 
     /// An empty graph for `layer`, reading the vectors `mapped` holds from there.
@@ -1665,7 +1659,7 @@ impl Inner {
         g.share(self.state.read().vectors.mapped_part());
         while !g.vectors_missing().is_empty() {
             let st = self.state.read();
-            let nslots = st.slots.len() as u32;
+            let nslots = st.nslots();
             g.fill_vectors(1 << 16, |slot| {
                 (slot < nslots).then(|| st.vectors.get(slot))
             })

@@ -18,8 +18,10 @@ use crate::error::{Error, Result};
 use crate::hnsw::HnswBuilder;
 use crate::keys::KeyIndex;
 use crate::lifecycle::PromoterModel;
-use crate::records::{self, Body, CrcWriter, OwnedBody, Row, RowFields};
-use crate::state::{index_keys, Access, Graph, LayerState, Projections, RecordData};
+use crate::records::{self, Body, CrcWriter, OwnedBody, RecordTable, Row, RowFields};
+use crate::state::{
+    index_keys, Access, Graph, LayerState, Projections, RecordData, RowRef, Slot, SlotSet,
+};
 use crate::types::{AccessStats, Layer};
 use crate::vectors::{self, Populated, Vectors};
 use magray_wal::fsutil::{self, sync_dir, TEMP_PREFIX};
@@ -148,11 +150,9 @@ impl Capture {
     pub(crate) fn take(p: &Projections) -> Capture {
         let mut records = Vec::new();
         let mut stats = Vec::new();
-        for (slot, r) in p.slots.iter().enumerate() {
-            let Some(r) = r else { continue };
-            let slot = slot as u32;
+        for (slot, r) in p.records() {
             records.push(r.to_row(slot));
-            if let Some(a) = &r.access {
+            if let Some(a) = r.access {
                 let mut sessions: Vec<u64> = a.sessions.iter().copied().collect();
                 let mut projects: Vec<u64> = a.projects.iter().copied().collect();
                 sessions.sort_unstable();
@@ -385,7 +385,7 @@ impl Writer {
         files.push(records.clone());
         let keys = index_keys(cap.records.iter().map(|r| {
             let f = &r.fields;
-            (f.slot, f.id, f.layer, f.content_hash, &r.body)
+            (f.slot, f.id, f.layer, f.content_hash, r.body.as_ref())
         }));
         drop(cap.records);
         let kpath = tmp.join(KEYS_FILE);
@@ -755,11 +755,9 @@ pub(crate) fn load(dir: &Path, dim: usize, check: Check) -> Result<Loaded> {
                 && !m.is_vector_file(&f.name)
         })
         .collect();
-    // Two threads of about equal work: this one reads the record table and builds a record per
-    // slot, in memory the other one has faulted in meanwhile (at 1M records, about 90 MB: its
-    // page faults were half of building them); the other then maps the vector chunks unread,
-    // reads the key index and maps each graph dump. (With the chunks checked in full: below.)
-    let (cells_tx, cells_rx) = std::sync::mpsc::sync_channel::<Vec<Option<RecordData>>>(1);
+    // Two threads: this one checks the record table and points a slot at each row; the other
+    // maps the vector chunks unread, reads the key index and maps each graph dump. (With the
+    // chunks checked in full: below.)
     // The key index and each graph dump, mapped and checked to search in place (a dump that
     // fails is left to the indexer, which reads it again, and reports it when it rebuilds
     // the layer's graph).
@@ -782,15 +780,11 @@ pub(crate) fn load(dir: &Path, dim: usize, check: Check) -> Result<Loaded> {
         Ok((keys, graphs))
     };
     // Chunks checked in full (about 0.1 s per GB) are the second thread's only work; the
-    // keys and dumps are then this one's, after the records, in memory it faults in itself.
+    // keys and dumps are then this one's, after the records.
     let chunks_in_full = check == Check::Full || m.format < 5;
     let (mref, kg) = (&m, &keys_and_graphs);
     std::thread::scope(|scope| {
         let second = scope.spawn(move || {
-            if !chunks_in_full {
-                let _ = cells_tx.send(faulted_in(mref.nslots as usize));
-            }
-            drop(cells_tx);
             let vectors = map_chunks(dir, dim, mref, check)?;
             let more = (!chunks_in_full).then(kg).transpose()?;
             Ok((vectors, more))
@@ -798,7 +792,7 @@ pub(crate) fn load(dir: &Path, dim: usize, check: Check) -> Result<Loaded> {
         let rest = other_files
             .iter()
             .try_for_each(|f| check_file(dir, f))
-            .and_then(|_| decode_tables(dir, &m, cells_rx));
+            .and_then(|_| decode_tables(dir, &m));
         let mine = chunks_in_full.then(kg).transpose();
         let second = second
             .join()
@@ -854,7 +848,13 @@ fn map_graph(dir: &Path, m: &ManifestBody, base: &str, dim: usize) -> Result<Map
 
 /// Decoded tables.
 struct Tables {
-    slots: Vec<Option<RecordData>>,
+    slots: Vec<Slot>,
+    /// The record table the slots' rows are in (format 3 on).
+    table: Option<Arc<RecordTable>>,
+    /// Each layer's slots, found as the rows were checked (format 3 on).
+    members: Option<[SlotSet; 3]>,
+    /// Access statistics by slot (each of a live record).
+    access: Vec<(u32, Access)>,
     /// Live records among the slots.
     live: usize,
     /// The key index (format 4 on; read beside the tables, see [`load`]).
@@ -865,24 +865,8 @@ struct Tables {
     model: Option<PromoterModel>,
 }
 
-/// An empty vector with room for `n` cells, each page of which has been written (so filling
-/// it takes no page faults).
-fn faulted_in(n: usize) -> Vec<Option<RecordData>> {
-    let mut v: Vec<Option<RecordData>> = Vec::with_capacity(n);
-    let per_page = (4096 / std::mem::size_of::<Option<RecordData>>()).max(1);
-    for cell in v.spare_capacity_mut().iter_mut().step_by(per_page) {
-        cell.write(None);
-    }
-    v
-}
-
-/// Decodes the records, stats and promoter; the slots go into the vector `cells` brings (see
-/// [`faulted_in`]), or a new one if none comes.
-fn decode_tables(
-    dir: &Path,
-    m: &ManifestBody,
-    cells: std::sync::mpsc::Receiver<Vec<Option<RecordData>>>,
-) -> Result<Tables> {
+/// Decodes the records, stats and promoter.
+fn decode_tables(dir: &Path, m: &ManifestBody) -> Result<Tables> {
     // Decompressed straight into aligned memory: one 270 MB buffer (and its page faults) less
     // per million records than decompressing and then copying for rkyv.
     let read_zst = |name: &str| -> Result<AlignedVec<16>> {
@@ -901,38 +885,37 @@ fn decode_tables(
     };
     let spath = dir.join("stats.zst");
     let stats: Stats = decode_aligned(&read_zst("stats.zst")?, &spath)?;
-    // Rows are in slot order: push them (gaps as `None`) instead of pre-filling a million
-    // empty cells and overwriting each (400 MB less to write at 1M records).
+    // Rows are in slot order: push them, gaps as `Slot::Dead`.
     let nslots = m.nslots as usize;
-    let mut slots: Vec<Option<RecordData>> = Vec::new();
+    let mut slots: Vec<Slot> = Vec::with_capacity(nslots);
     // Live records, counted as they are placed (both formats refuse a slot out of order, so
     // none is placed twice), instead of a second pass over every slot.
     let mut live = 0usize;
-    let mut cells = Some(cells);
-    let mut place = |at: usize, rec: RecordData| {
-        if let Some(rx) = cells.take() {
-            slots = rx.recv().unwrap_or_default();
-            slots.reserve_exact(nslots);
-        }
+    let mut place = |at: usize, rec: Slot| {
         live += 1;
         if at < slots.len() {
-            slots[at] = Some(rec);
+            slots[at] = rec;
         } else {
-            slots.resize_with(at, || None);
-            slots.push(Some(rec));
+            slots.resize_with(at, Slot::default);
+            slots.push(rec);
         }
     };
+    let (mut loaded_table, mut layer_members) = (None, None);
     if let Some(entry) = m.files.iter().find(|f| f.name == RECORDS_FILE) {
         // Format 3: the table stays as read; each record's body is a row of it.
-        let table = records::load(dir, entry, m.nslots)?;
-        for row in 0..table.len() {
-            let f = table.fields(row);
-            let slot = f.slot as usize;
-            place(
-                slot,
-                RecordData::from_row(f, Body::Table(table.clone(), row)),
-            );
-        }
+        let mut members: [SlotSet; 3] = Default::default();
+        let table = records::load_each(dir, entry, m.nslots, |row, slot, layer, since| {
+            let r = RowRef {
+                table: 0,
+                layer,
+                row,
+                layer_since_us: since,
+            };
+            place(slot as usize, Slot::Row(r));
+            members[layer.index()].insert(slot);
+        })?;
+        loaded_table = Some(table);
+        layer_members = Some(members);
     } else {
         // Format 2: zstd over rkyv, every record decoded.
         let rpath = dir.join("records.zst");
@@ -966,32 +949,42 @@ fn decode_tables(
                 layer_since_us: r.layer_since_us,
                 rating: r.rating,
             };
-            place(r.slot as usize, RecordData::from_row(fields, body));
+            place(
+                r.slot as usize,
+                Slot::Owned(Box::new(RecordData::from_row(fields, body))),
+            );
         }
     }
-    slots.resize_with(nslots, || None);
+    slots.resize_with(nslots, Slot::default);
+    let mut access = Vec::with_capacity(stats.stats.len());
     for s in stats.stats {
-        let Some(Some(r)) = slots.get_mut(s.slot as usize) else {
+        if !matches!(
+            slots.get(s.slot as usize),
+            Some(Slot::Row(_) | Slot::Owned(_))
+        ) {
             return Err(Error::corrupted(
                 &spath,
                 0,
                 format!("stats for dead slot {}", s.slot),
             ));
-        };
-        r.access = Some(Box::new(Access {
-            stats: AccessStats {
-                count: s.count,
-                last_access_us: s.last_access_us,
-                decayed: s.decayed,
-                distinct_sessions: s.sessions.len() as u32,
-                distinct_projects: s.projects.len() as u32,
-                search_hits: s.search_hits,
-                rank_sum: s.rank_sum,
-                score_sum: s.score_sum,
+        }
+        access.push((
+            s.slot,
+            Access {
+                stats: AccessStats {
+                    count: s.count,
+                    last_access_us: s.last_access_us,
+                    decayed: s.decayed,
+                    distinct_sessions: s.sessions.len() as u32,
+                    distinct_projects: s.projects.len() as u32,
+                    search_hits: s.search_hits,
+                    rank_sum: s.rank_sum,
+                    score_sum: s.score_sum,
+                },
+                sessions: s.sessions.into_iter().collect(),
+                projects: s.projects.into_iter().collect(),
             },
-            sessions: s.sessions.into_iter().collect(),
-            projects: s.projects.into_iter().collect(),
-        }));
+        ));
     }
     let model = if m.files.iter().any(|f| f.name == PROMOTER_FILE) {
         let p = dir.join(PROMOTER_FILE);
@@ -1009,6 +1002,9 @@ fn decode_tables(
     };
     Ok(Tables {
         slots,
+        table: loaded_table,
+        members: layer_members,
+        access,
         live,
         keys: None,
         promoted: stats.promoted,
@@ -1080,13 +1076,20 @@ fn finish_load(
 ) -> Result<Loaded> {
     let Tables {
         slots,
+        table,
+        members,
+        access,
         keys,
         promoted,
         expired,
         model,
         ..
     } = tables;
-    let mut p = Projections::from_parts(dim, m.seq, m.ts_us, slots, keys, vectors);
+    let mut p = Projections::from_parts(dim, slots, table, members, keys, vectors);
+    (p.applied_seq, p.last_ts_us) = (m.seq, m.ts_us);
+    for (slot, a) in access {
+        p.set_access(slot, a);
+    }
     p.promoted = promoted;
     p.expired = expired;
     for le in &m.layers {
@@ -1197,10 +1200,7 @@ mod tests {
         let loaded = load(dir, dim, Check::Full).unwrap();
         let records = loaded
             .projections
-            .slots
-            .iter()
-            .enumerate()
-            .filter_map(|(slot, r)| r.as_ref().map(|r| (slot as u32, r)))
+            .records()
             .map(|(slot, r)| SnapRecord {
                 slot,
                 id: r.id,

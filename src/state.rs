@@ -10,7 +10,7 @@ use crate::error::{Error, Result};
 use crate::frozen::SearchGraph;
 use crate::hnsw::HnswBuilder;
 use crate::keys::KeyIndex;
-use crate::records::{Body, OwnedBody, Row, RowFields};
+use crate::records::{Body, BodyRef, OwnedBody, RecordTable, Row, RowFields};
 use crate::types::{AccessStats, Layer, Record, RecordId, SearchOptions, DECAY_HALF_LIVES_US};
 use crate::vectors::Vectors;
 use magray_wal::{AccessSource, Envelope, Event, Id, Inserted};
@@ -58,9 +58,6 @@ pub(crate) struct RecordData {
     /// TTL counts from here.
     pub(crate) layer_since_us: u64,
     pub(crate) rating: Option<f32>,
-    /// `None` until its first access (most records are never accessed, and this would be
-    /// most of a record's size: it is built for every record at open).
-    pub(crate) access: Option<Box<Access>>,
 }
 
 /// What `Accessed` events left on a record.
@@ -84,11 +81,7 @@ static NOT_ACCESSED: AccessStats = AccessStats {
 };
 
 impl RecordData {
-    pub(crate) fn stats(&self) -> &AccessStats {
-        self.access.as_ref().map_or(&NOT_ACCESSED, |a| &a.stats)
-    }
-
-    /// A record as a snapshot's record table holds it (no access statistics yet).
+    /// A record as a snapshot's record table holds it.
     pub(crate) fn from_row(f: RowFields, body: Body) -> RecordData {
         RecordData {
             id: f.id,
@@ -99,12 +92,85 @@ impl RecordData {
             inserted_seq: f.inserted_seq,
             layer_since_us: f.layer_since_us,
             rating: f.rating,
-            access: None,
+        }
+    }
+
+    /// This record, to read it, with its access statistics if it has any.
+    fn as_rec<'a>(&'a self, access: Option<&'a Access>) -> Rec<'a> {
+        Rec {
+            id: self.id,
+            layer: self.layer,
+            body: self.body.as_ref(),
+            content_hash: self.content_hash,
+            ts_us: self.ts_us,
+            inserted_seq: self.inserted_seq,
+            layer_since_us: self.layer_since_us,
+            rating: self.rating,
+            access,
+        }
+    }
+
+    /// Whether it holds exactly what `f` says.
+    fn is_row(&self, f: &RowFields) -> bool {
+        (self.id, self.layer, self.content_hash, self.ts_us)
+            == (f.id, f.layer, f.content_hash, f.ts_us)
+            && (self.inserted_seq, self.layer_since_us) == (f.inserted_seq, f.layer_since_us)
+            && self.rating.map(f32::to_bits) == f.rating.map(f32::to_bits)
+    }
+}
+
+/// A live record, read where it is kept: a row of a loaded record table (a record unchanged
+/// since that snapshot) or a [`RecordData`]. Copied out of a row on each read: a few fixed
+/// fields; the strings stay where they are.
+#[derive(Clone, Copy)]
+pub(crate) struct Rec<'a> {
+    pub(crate) id: Id,
+    pub(crate) layer: Layer,
+    pub(crate) body: BodyRef<'a>,
+    pub(crate) content_hash: u64,
+    pub(crate) ts_us: u64,
+    pub(crate) inserted_seq: u64,
+    pub(crate) layer_since_us: u64,
+    pub(crate) rating: Option<f32>,
+    pub(crate) access: Option<&'a Access>,
+}
+
+impl<'a> Rec<'a> {
+    fn of_row(table: &'a Arc<RecordTable>, row: u32, access: Option<&'a Access>) -> Rec<'a> {
+        let f = table.fields(row);
+        Rec {
+            id: f.id,
+            layer: f.layer,
+            body: BodyRef::Table(table, row),
+            content_hash: f.content_hash,
+            ts_us: f.ts_us,
+            inserted_seq: f.inserted_seq,
+            layer_since_us: f.layer_since_us,
+            rating: f.rating,
+            access,
+        }
+    }
+
+    pub(crate) fn stats(&self) -> &'a AccessStats {
+        self.access.map_or(&NOT_ACCESSED, |a| &a.stats)
+    }
+
+    /// The record as owned data (the body is a reference count; not the statistics).
+    pub(crate) fn to_data(self) -> RecordData {
+        RecordData {
+            id: self.id,
+            layer: self.layer,
+            body: self.body.to_body(),
+            content_hash: self.content_hash,
+            ts_us: self.ts_us,
+            inserted_seq: self.inserted_seq,
+            layer_since_us: self.layer_since_us,
+            rating: self.rating,
         }
     }
 
     /// This record as a row of a snapshot's record table.
-    pub(crate) fn to_row(&self, slot: u32) -> Row {
+    pub(crate) fn to_row(self, slot: u32) -> Row {
         Row {
             fields: RowFields {
                 slot,
@@ -116,11 +182,11 @@ impl RecordData {
                 layer_since_us: self.layer_since_us,
                 rating: self.rating,
             },
-            body: self.body.clone(),
+            body: self.body.to_body(),
         }
     }
 
-    pub(crate) fn to_record(&self) -> Record {
+    pub(crate) fn to_record(self) -> Record {
         Record {
             id: RecordId(self.id),
             layer: self.layer,
@@ -138,7 +204,8 @@ impl RecordData {
         }
     }
 
-    fn matches(&self, o: &SearchOptions) -> bool {
+    /// Whether the record passes the search filters (layer is checked by the caller).
+    pub(crate) fn matches(&self, o: &SearchOptions) -> bool {
         if let Some(p) = &o.project {
             if self.body.project() != Some(p.as_str()) {
                 return false;
@@ -156,6 +223,41 @@ impl RecordData {
         }
         o.tags.iter().all(|t| self.body.has_tag(t))
     }
+}
+
+/// Records, bodies and tables a repoint replaced, dropped once the state lock is released
+/// (their frees, and the unmapping of an old table).
+#[derive(Default)]
+pub(crate) struct Replaced {
+    pub(crate) slots: Vec<Slot>,
+    pub(crate) bodies: Vec<Body>,
+    pub(crate) tables: Vec<Arc<RecordTable>>,
+}
+
+/// What a slot holds. 16 bytes: at 1M records, open builds 16 MB of these instead of a
+/// 90-byte record each.
+#[derive(Debug, Clone, Default)]
+pub(crate) enum Slot {
+    /// Never filled (replay ahead of it) or its record is gone.
+    #[default]
+    Dead,
+    /// A record unchanged since a snapshot: a row of one of `Projections::tables`.
+    Row(RowRef),
+    /// A record inserted or changed since.
+    Owned(Box<RecordData>),
+}
+
+const _: () = assert!(std::mem::size_of::<Slot>() == 16);
+
+/// Row `row` of `Projections::tables[table]`, with the two fields every search reads of each
+/// point it keeps (a copy: the row has them too), so that an unfiltered search reads nothing
+/// of the mapped table but its results.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) struct RowRef {
+    pub(crate) table: u8,
+    pub(crate) layer: Layer,
+    pub(crate) row: u32,
+    pub(crate) layer_since_us: u64,
 }
 
 /// A growable bitset over slots.
@@ -330,7 +432,17 @@ pub(crate) struct Projections {
     pub(crate) dim: usize,
     pub(crate) applied_seq: u64,
     pub(crate) last_ts_us: u64,
-    pub(crate) slots: Vec<Option<RecordData>>,
+    /// Every slot's record (see [`Slot`]).
+    slots: Vec<Slot>,
+    /// The record tables that `Slot::Row` points into: the one loaded at open, and after a
+    /// checkpoint the one it wrote (`Memory::repoint_records` moves the rows to it and then
+    /// drops the older).
+    tables: [Option<Arc<RecordTable>>; 2],
+    /// How many slots point into each of `tables`.
+    rows_in: [usize; 2],
+    /// Access statistics of the live records accessed at least once (most never are), kept
+    /// beside the records so that an access does not turn a row into an owned record.
+    access: FastMap<u32, Box<Access>>,
     /// Ids, content keys and reference counts as of the snapshot this state was loaded from,
     /// searched in place (see `crate::keys`). Entries can be stale: every hit is confirmed
     /// against the record. Empty for a state replayed from the log alone.
@@ -362,6 +474,9 @@ impl Projections {
             applied_seq: 0,
             last_ts_us: 0,
             slots: Vec::new(),
+            tables: [None, None],
+            rows_in: [0, 0],
+            access: FastMap::default(),
             keys: KeyIndex::default(),
             by_id: FastMap::default(),
             by_content: FastMap::default(),
@@ -374,56 +489,258 @@ impl Projections {
         }
     }
 
-    /// Projections loaded from a snapshot: its records by slot and their key index (`None`
-    /// for a snapshot older than format 4: it is built here from the records).
+    /// Projections loaded from a snapshot: its records by slot (rows of `table`, or owned,
+    /// see [`Slot`]), each layer's slots and the key index (`None` for those not read from
+    /// the snapshot: they are found here from the records).
+    /// The caller sets `applied_seq` and `last_ts_us`.
     pub(crate) fn from_parts(
         dim: usize,
-        applied_seq: u64,
-        last_ts_us: u64,
-        slots: Vec<Option<RecordData>>,
+        slots: Vec<Slot>,
+        table: Option<Arc<RecordTable>>,
+        members: Option<[SlotSet; 3]>,
         keys: Option<KeyIndex>,
         vectors: Vectors,
     ) -> Projections {
         let mut p = Projections::new(dim);
-        p.applied_seq = applied_seq;
-        p.last_ts_us = last_ts_us;
         p.vectors = vectors;
+        p.rows_in[0] = slots
+            .iter()
+            .filter(|s| matches!(s, Slot::Row(r) if r.table == 0))
+            .count();
+        p.tables[0] = table;
+        p.slots = slots;
         p.keys = keys.unwrap_or_else(|| {
             index_keys(
-                slots
-                    .iter()
-                    .enumerate()
-                    .filter_map(|(slot, r)| r.as_ref().map(|r| (slot as u32, r)))
-                    .map(|(slot, r)| (slot, r.id, r.layer, r.content_hash, &r.body)),
+                p.records()
+                    .map(|(slot, r)| (slot, r.id, r.layer, r.content_hash, r.body)),
             )
         });
-        let mut members: [SlotSet; 3] = Default::default();
-        for (slot, r) in slots.iter().enumerate() {
-            if let Some(r) = r {
-                members[r.layer.index()].insert(slot as u32);
+        let members = members.unwrap_or_else(|| {
+            let mut members: [SlotSet; 3] = Default::default();
+            for (slot, r) in p.records() {
+                members[r.layer.index()].insert(slot);
             }
-        }
+            members
+        });
         for (ls, m) in p.layers.iter_mut().zip(members) {
             ls.members = m;
         }
-        p.slots = slots;
         p
     }
 
-    pub(crate) fn live(&self, slot: u32) -> Option<&RecordData> {
-        self.slots.get(slot as usize).and_then(|r| r.as_ref())
+    /// Slots given out so far (live or not).
+    pub(crate) fn nslots(&self) -> u32 {
+        self.slots.len() as u32
     }
 
-    pub(crate) fn get(&self, id: &Id) -> Option<&RecordData> {
+    pub(crate) fn live(&self, slot: u32) -> Option<Rec<'_>> {
+        self.read(slot, self.slots.get(slot as usize)?)
+    }
+
+    fn read<'a>(&'a self, slot: u32, s: &'a Slot) -> Option<Rec<'a>> {
+        let access = || {
+            (!self.access.is_empty())
+                .then(|| self.access.get(&slot).map(|a| &**a))
+                .flatten()
+        };
+        match s {
+            Slot::Dead => None,
+            Slot::Owned(r) => Some(r.as_rec(access())),
+            Slot::Row(r) => {
+                let table = self.tables.get(r.table as usize)?.as_ref()?;
+                Some(Rec::of_row(table, r.row, access()))
+            }
+        }
+    }
+
+    /// Every live record with its slot, in slot order.
+    pub(crate) fn records(&self) -> impl Iterator<Item = (u32, Rec<'_>)> + '_ {
+        self.slots
+            .iter()
+            .enumerate()
+            .filter_map(|(slot, s)| self.read(slot as u32, s).map(|r| (slot as u32, r)))
+    }
+
+    /// Sets the access statistics of the live record in `slot` (a snapshot's `stats.zst`).
+    pub(crate) fn set_access(&mut self, slot: u32, a: Access) -> bool {
+        if self.live(slot).is_none() {
+            return false;
+        }
+        self.access.insert(slot, Box::new(a));
+        true
+    }
+
+    /// The live record in `slot`, to change it: a table row becomes an owned record first.
+    fn live_mut(&mut self, slot: u32) -> Option<&mut RecordData> {
+        let s = self.slots.get_mut(slot as usize)?;
+        if let Slot::Row(r) = *s {
+            let table = self.tables.get(r.table as usize)?.as_ref()?;
+            *s = Slot::Owned(Box::new(Rec::of_row(table, r.row, None).to_data()));
+            self.rows_in[r.table as usize] -= 1;
+        }
+        match s {
+            Slot::Owned(r) => Some(r),
+            _ => None,
+        }
+    }
+
+    /// Takes the live record out of `slot`, leaving it dead (and drops its statistics).
+    fn take(&mut self, slot: u32) -> Option<RecordData> {
+        let r = match std::mem::take(self.slots.get_mut(slot as usize)?) {
+            Slot::Dead => None,
+            Slot::Owned(r) => Some(*r),
+            Slot::Row(r) => {
+                self.rows_in[r.table as usize] -= 1;
+                let table = self.tables.get(r.table as usize).and_then(Option::as_ref);
+                table.map(|t| Rec::of_row(t, r.row, None).to_data())
+            }
+        };
+        self.access.remove(&slot);
+        r
+    }
+
+    pub(crate) fn get(&self, id: &Id) -> Option<Rec<'_>> {
         self.slot_of(id).and_then(|s| self.live(s))
+    }
+
+    /// Starts moving the records unchanged since a checkpoint to the rows of its record
+    /// `table` (see [`Projections::repoint`]): the table index the rows will name, or `None`
+    /// if both tables still have rows (never: every row of the older table has one in the
+    /// newer, so a whole repoint empties it). A table replaced here goes into `old`.
+    pub(crate) fn repoint_begin(
+        &mut self,
+        table: &Arc<RecordTable>,
+        old: &mut Replaced,
+    ) -> Option<u8> {
+        let free = (0..2).find(|t| self.rows_in[*t] == 0);
+        debug_assert!(free.is_some(), "both record tables still have rows");
+        let free = free?;
+        old.tables.extend(self.tables[free].replace(table.clone()));
+        Some(free as u8)
+    }
+
+    /// Points the records of rows `rows` of a checkpoint's record `table` at their row.
+    /// With `t` from [`Projections::repoint_begin`], a record that still holds what its row
+    /// says (a row of the older table, or an owned record unchanged since the capture; its
+    /// access statistics are kept beside it) becomes a row of table `t`; any other owned record of the row's id gets its body
+    /// from the row. What is replaced goes into `old`, to be dropped outside the lock.
+    pub(crate) fn repoint(
+        &mut self,
+        table: &Arc<RecordTable>,
+        t: Option<u8>,
+        rows: std::ops::Range<u32>,
+        old: &mut Replaced,
+    ) {
+        for row in rows {
+            let f = table.fields(row);
+            let Some(s) = self.slots.get_mut(f.slot as usize) else {
+                continue;
+            };
+            // To a row: a row of the older table (unchanged since the older snapshot, so also
+            // since this one), or an owned record that holds what the row says.
+            let to_row = match (&*s, t) {
+                (Slot::Row(r), Some(t)) if r.table != t => Some((Some(r.table), t)),
+                (Slot::Owned(r), Some(t)) if r.is_row(&f) => Some((None, t)),
+                _ => None,
+            };
+            match (to_row, s) {
+                (Some((from, t)), s) => {
+                    if let Some(from) = from {
+                        self.rows_in[from as usize] -= 1;
+                    }
+                    self.rows_in[t as usize] += 1;
+                    let r = RowRef {
+                        table: t,
+                        layer: f.layer,
+                        row,
+                        layer_since_us: f.layer_since_us,
+                    };
+                    let was = std::mem::replace(s, Slot::Row(r));
+                    if from.is_none() {
+                        old.slots.push(was);
+                    }
+                }
+                (None, Slot::Owned(r)) if r.id == f.id => {
+                    let body = Body::Table(table.clone(), row);
+                    old.bodies.push(std::mem::replace(&mut r.body, body));
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// Takes out each record table no slot points into any more, into `old`.
+    pub(crate) fn repoint_end(&mut self, old: &mut Replaced) {
+        for t in 0..2 {
+            if self.rows_in[t] == 0 {
+                old.tables.extend(self.tables[t].take());
+            }
+        }
+    }
+
+    /// What must hold between the slots and what they point into, beyond what
+    /// [`Projections::live`] shows: each row's table is loaded, its copied layer and TTL
+    /// start are the row's, `rows_in` counts the rows of each table, and every access
+    /// statistic is a live record's. The first violation, if any (for `verify` and tests).
+    pub(crate) fn broken_invariant(&self) -> Option<String> {
+        let mut rows = [0usize; 2];
+        for (slot, s) in self.slots.iter().enumerate() {
+            let Slot::Row(r) = s else { continue };
+            let Some(table) = self.tables.get(r.table as usize).and_then(Option::as_ref) else {
+                return Some(format!(
+                    "slot {slot} is a row of an unloaded table {}",
+                    r.table
+                ));
+            };
+            let f = table.fields(r.row);
+            if (f.slot as usize, f.layer, f.layer_since_us) != (slot, r.layer, r.layer_since_us) {
+                return Some(format!(
+                    "slot {slot} disagrees with row {} of its table",
+                    r.row
+                ));
+            }
+            rows[r.table as usize] += 1;
+        }
+        if rows != self.rows_in {
+            return Some(format!(
+                "{rows:?} rows in the tables, counted {:?}",
+                self.rows_in
+            ));
+        }
+        self.access
+            .keys()
+            .find(|s| self.live(**s).is_none())
+            .map(|s| format!("access statistics for dead slot {s}"))
     }
 
     /// Whether `r` is past its layer's TTL at `now_us` (hidden from readers until the
     /// lifecycle run expires or promotes it).
-    pub(crate) fn past_ttl(&self, r: &RecordData, now_us: u64) -> bool {
+    pub(crate) fn past_ttl(&self, r: &Rec<'_>, now_us: u64) -> bool {
         r.layer_since_us
             .saturating_add(self.ttl_us[r.layer.index()])
             <= now_us
+    }
+
+    /// Whether the record in `slot` is live, in `layer`, passes the filters of `o` and is
+    /// not past its TTL at `now_us`: what a search may return. Called for every point a
+    /// search keeps, so a row is read field by field, and in full only for a filter.
+    pub(crate) fn visible(&self, slot: u32, layer: Layer, o: &SearchOptions, now_us: u64) -> bool {
+        let in_time = |since: u64| since.saturating_add(self.ttl_us[layer.index()]) > now_us;
+        match self.slots.get(slot as usize) {
+            Some(Slot::Owned(r)) => {
+                r.layer == layer && in_time(r.layer_since_us) && r.as_rec(None).matches(o)
+            }
+            Some(Slot::Row(r)) => {
+                debug_assert!(self.tables[r.table as usize].is_some());
+                r.layer == layer
+                    && in_time(r.layer_since_us)
+                    && (!o.filters()
+                        || self.tables[r.table as usize]
+                            .as_ref()
+                            .is_some_and(|t| Rec::of_row(t, r.row, None).matches(o)))
+            }
+            _ => false,
+        }
     }
 
     /// Live records whose `refs` name `id`.
@@ -502,15 +819,13 @@ impl Projections {
                     let Some(slot) = self.slot_of(&hit.id) else {
                         continue;
                     };
-                    let Some(Some(r)) = self.slots.get_mut(slot as usize) else {
-                        continue;
-                    };
-                    touch(r, env.ts_us, a.source, hit.rank, hit.score, sess, proj);
+                    let stats = self.access.entry(slot).or_default();
+                    touch(stats, env.ts_us, a.source, hit.rank, hit.score, sess, proj);
                 }
             }
             Event::Rated { id, rating } => {
                 if let Some(slot) = self.slot_of(id) {
-                    if let Some(Some(r)) = self.slots.get_mut(slot as usize) {
+                    if let Some(r) = self.live_mut(slot) {
                         r.rating = Some(*rating);
                     }
                 }
@@ -520,15 +835,16 @@ impl Projections {
                     let Some(slot) = self.slot_of(&p.id) else {
                         continue;
                     };
-                    let Some(Some(r)) = self.slots.get_mut(slot as usize) else {
-                        continue;
-                    };
-                    if r.layer != p.from || p.from == p.to {
+                    if p.from == p.to || self.live(slot).is_none_or(|r| r.layer != p.from) {
                         continue;
                     }
+                    let Some(r) = self.live_mut(slot) else {
+                        continue;
+                    };
                     let old = content_key(r.content_hash, r.layer, r.body.project());
                     r.layer = p.to;
                     r.layer_since_us = env.ts_us;
+                    let new = content_key(r.content_hash, r.layer, r.body.project());
                     if let Some(n) =
                         p.to.index()
                             .checked_sub(1)
@@ -536,7 +852,6 @@ impl Projections {
                     {
                         *n += 1;
                     }
-                    let new = content_key(r.content_hash, r.layer, r.body.project());
                     self.content_remove(old, slot);
                     self.content_add(new, slot);
                     self.layers[p.from.index()].forget(slot);
@@ -584,7 +899,7 @@ impl Projections {
         }
         let slot = self.vectors.push(&ins.embedding);
         debug_assert_eq!(slot as usize, self.slots.len());
-        self.slots.push(Some(RecordData {
+        self.slots.push(Slot::Owned(Box::new(RecordData {
             id: ins.id,
             layer: ins.layer,
             body: Body::owned(OwnedBody {
@@ -600,8 +915,7 @@ impl Projections {
             inserted_seq: seq,
             layer_since_us: ts_us,
             rating: None,
-            access: None,
-        }));
+        })));
         self.by_id.insert(ins.id, slot);
         self.content_add(
             content_key(ins.content_hash, ins.layer, ins.project.as_deref()),
@@ -622,7 +936,7 @@ impl Projections {
             return false;
         };
         self.by_id.remove(id);
-        let Some(r) = self.slots.get_mut(slot as usize).and_then(Option::take) else {
+        let Some(r) = self.take(slot) else {
             return false;
         };
         let key = content_key(r.content_hash, r.layer, r.body.project());
@@ -656,10 +970,7 @@ impl Projections {
             now_us,
         } = how;
         let ls = &self.layers[layer.index()];
-        let ok = |slot: u32| {
-            self.live(slot)
-                .is_some_and(|r| r.layer == layer && r.matches(o) && !self.past_ttl(r, now_us))
-        };
+        let ok = |slot: u32| self.visible(slot, layer, o, now_us);
         let exact = |slot: u32, top: &mut TopK| {
             if ok(slot) {
                 top.push(dot(q, self.vectors.get(slot)), slot);
@@ -710,7 +1021,7 @@ impl Projections {
 
 /// The key index of a set of live records: `(slot, id, layer, content hash, body)` each.
 pub(crate) fn index_keys<'a>(
-    recs: impl Iterator<Item = (u32, Id, Layer, u64, &'a Body)>,
+    recs: impl Iterator<Item = (u32, Id, Layer, u64, BodyRef<'a>)>,
 ) -> KeyIndex {
     let (mut ids, mut content, mut refs) = (Vec::new(), Vec::new(), Vec::new());
     for (slot, id, layer, content_hash, body) in recs {
@@ -912,7 +1223,7 @@ impl TopK {
 }
 
 fn touch(
-    r: &mut RecordData,
+    a: &mut Access,
     ts: u64,
     source: AccessSource,
     rank: u16,
@@ -920,7 +1231,6 @@ fn touch(
     sess: Option<u64>,
     proj: Option<u64>,
 ) {
-    let a = r.access.get_or_insert_with(Default::default);
     let s = &mut a.stats;
     let now = ts.max(s.last_access_us);
     let dt = now - s.last_access_us;
@@ -987,9 +1297,51 @@ mod tests {
         }])
     }
 
+    /// The record table a checkpoint of `p` writes, loaded back as open loads it, and the
+    /// slots open gives its rows.
+    fn table_of(p: &Projections) -> (tempfile::TempDir, Arc<RecordTable>, Vec<Slot>) {
+        let dir = tempfile::tempdir().unwrap();
+        let rows: Vec<Row> = p.records().map(|(s, r)| r.to_row(s)).collect();
+        let f = std::fs::File::create(dir.path().join("records.bin")).unwrap();
+        let (len, crc) = crate::records::write(f, &rows).unwrap();
+        let entry = crate::snapshot::FileEntry {
+            name: "records.bin".into(),
+            len,
+            crc,
+        };
+        let mut slots = vec![Slot::Dead; p.nslots() as usize];
+        let table = crate::records::load_each(
+            dir.path(),
+            &entry,
+            p.nslots(),
+            |row, slot, layer, layer_since_us| {
+                slots[slot as usize] = Slot::Row(RowRef {
+                    table: 0,
+                    layer,
+                    row,
+                    layer_since_us,
+                });
+            },
+        )
+        .unwrap();
+        (dir, table, slots)
+    }
+
+    fn rows_in(p: &Projections, t: u8) -> usize {
+        let n = p
+            .slots
+            .iter()
+            .filter(|s| matches!(s, Slot::Row(r) if r.table == t))
+            .count();
+        assert_eq!(n, p.rows_in[t as usize], "the count of rows in table {t}");
+        n
+    }
+
     /// Lookups through a snapshot's key index plus the changes after it agree with maps
     /// replayed from the start: through deletes, a move between layers and back, supersedes,
-    /// an id inserted again after its delete, expiry, and references added and dropped.
+    /// an id inserted again after its delete, expiry, and references added and dropped. The
+    /// snapshot's records are rows of its table, as open loads them; halfway, a checkpoint's
+    /// table takes their place (unchanged records move to its rows, the first is dropped).
     #[test]
     fn key_lookups_after_a_snapshot_match_a_full_replay() {
         use Layer::{Assets, Insights, Interact};
@@ -1032,25 +1384,65 @@ mod tests {
             vectors.push(full.vectors.get(slot));
         }
         let keys = index_keys(
-            full.slots
-                .iter()
-                .enumerate()
-                .filter_map(|(s, r)| r.as_ref().map(|r| (s as u32, r)))
-                .map(|(s, r)| (s, r.id, r.layer, r.content_hash, &r.body)),
+            full.records()
+                .map(|(s, r)| (s, r.id, r.layer, r.content_hash, r.body)),
         );
-        let mut snap = Projections::from_parts(
-            2,
-            seq,
-            full.last_ts_us,
-            full.slots.clone(),
-            Some(keys),
-            vectors,
-        );
-        for e in &after {
+        let (_d0, table, slots) = table_of(&full);
+        let mut snap = Projections::from_parts(2, slots, Some(table), None, Some(keys), vectors);
+        (snap.applied_seq, snap.last_ts_us) = (seq, full.last_ts_us);
+        assert_eq!(crate::verify::differ(&snap, &full), None, "as loaded");
+        assert_eq!(rows_in(&snap, 0), 5);
+        let accessed = Event::Accessed(magray_wal::Accessed {
+            source: AccessSource::Get,
+            session: None,
+            project: None,
+            hits: vec![magray_wal::Hit {
+                id: id(4),
+                rank: 0,
+                score: 1.0,
+            }],
+        });
+        let mut tables = Vec::new();
+        for (i, e) in std::iter::once(&accessed).chain(&after).enumerate() {
             seq += 1;
             full.apply(&at(seq, e.clone())).unwrap();
             snap.apply(&at(seq, e.clone())).unwrap();
             assert_eq!(crate::verify::differ(&snap, &full), None, "after {e:?}");
+            if i == 4 {
+                // A checkpoint. At its capture 3 and 5 are rows of the first table, 2 and 4
+                // are owned (both moved between layers; 4 has statistics), 1 is gone and 6
+                // is not inserted yet; then, before the repoint, 2 is rated.
+                let (d1, t1, _) = table_of(&snap);
+                seq += 1;
+                let rated = Event::Rated {
+                    id: id(2),
+                    rating: 0.25,
+                };
+                full.apply(&at(seq, rated.clone())).unwrap();
+                snap.apply(&at(seq, rated)).unwrap();
+                let mut old = Replaced::default();
+                let t = snap.repoint_begin(&t1, &mut old);
+                assert_eq!(t, Some(1));
+                snap.repoint(&t1, t, 0..t1.len(), &mut old);
+                assert_eq!(old.slots.len(), 1, "owned records that became rows");
+                assert_eq!(old.bodies.len(), 1, "owned records given the row's body");
+                snap.repoint_end(&mut old);
+                assert_eq!((old.tables.len(), rows_in(&snap, 0)), (1, 0));
+                assert_eq!(rows_in(&snap, 1), 3);
+                assert!(snap.tables[0].is_none() && snap.tables[1].is_some());
+                let (s2, s4) = (snap.slot_of(&id(2)).unwrap(), snap.slot_of(&id(4)).unwrap());
+                assert!(matches!(&snap.slots[s2 as usize], Slot::Owned(r)
+                    if matches!(r.body, Body::Table(_, _)) && r.rating == Some(0.25)));
+                // Its statistics do not keep a record from being a row.
+                assert!(matches!(&snap.slots[s4 as usize], Slot::Row(r) if r.table == 1));
+                assert!(snap.live(s4).is_some_and(|r| r.stats().count == 1));
+                assert_eq!(
+                    crate::verify::differ(&snap, &full),
+                    None,
+                    "after the repoint"
+                );
+                tables.push((d1, t1));
+            }
         }
         for p in [&snap, &full] {
             // The first "alpha" died; the other one moved to Insights; the id came back.
@@ -1075,6 +1467,31 @@ mod tests {
             // References to 1: from 2 and 6 (3 is gone); to 2: from the new 1 only.
             assert_eq!((p.refs_in(&id(1)), p.refs_in(&id(2))), (2, 1));
         }
+        // An access only one of them saw is a difference, on a row (4) as on an owned
+        // record (the new 1).
+        let hit = |n: u8| {
+            Event::Accessed(magray_wal::Accessed {
+                source: AccessSource::Get,
+                session: None,
+                project: None,
+                hits: vec![magray_wal::Hit {
+                    id: id(n),
+                    rank: 0,
+                    score: 1.0,
+                }],
+            })
+        };
+        assert!(matches!(
+            &snap.slots[snap.slot_of(&id(4)).unwrap() as usize],
+            Slot::Row(_)
+        ));
+        snap.apply(&at(seq + 1, hit(4))).unwrap();
+        assert!(crate::verify::differ(&snap, &full).is_some());
+        full.apply(&at(seq + 1, hit(4))).unwrap();
+        assert_eq!(crate::verify::differ(&snap, &full), None);
+        snap.apply(&at(seq + 2, hit(1))).unwrap();
+        full.apply(&at(seq + 2, hit(2))).unwrap();
+        assert!(crate::verify::differ(&snap, &full).is_some());
     }
 
     #[test]

@@ -256,6 +256,14 @@ impl SearchOptions {
         }
     }
 
+    /// Whether any filter on the records is set (tags, project, session, time range).
+    pub(crate) fn filters(&self) -> bool {
+        !self.tags.is_empty()
+            || self.project.is_some()
+            || self.session.is_some()
+            || self.time_range.is_some()
+    }
+
     /// Records the caller's session and project with the hits (not a filter).
     pub fn asked_by(mut self, session: Option<&str>, project: Option<&str>) -> Self {
         self.caller = Some((session.map(Into::into), project.map(Into::into)));

@@ -55,9 +55,8 @@ pub(crate) fn load(dir: &Path, full_replay: bool) -> Result<(Projections, Option
 /// included, like [`Memory::records`](crate::Memory::records).
 pub fn read_records(dir: &Path, layer: Option<Layer>) -> Result<Vec<Record>> {
     let (p, _) = load(dir, false)?;
-    Ok(p.slots
-        .iter()
-        .flatten()
+    Ok(p.records()
+        .map(|(_, r)| r)
         .filter(|r| layer.is_none_or(|l| r.layer == l))
         .map(|r| r.to_record())
         .collect())
@@ -71,10 +70,7 @@ pub fn read_records_with_vectors(
     let (p, _) = load(dir, false)?;
     // Every block against its sum before any vector is read out.
     p.vectors.scrub(&|| false)?;
-    Ok(p.slots
-        .iter()
-        .enumerate()
-        .filter_map(|(slot, r)| r.as_ref().map(|r| (slot as u32, r)))
+    Ok(p.records()
         .filter(|(_, r)| layer.is_none_or(|l| r.layer == l))
         .map(|(slot, r)| (r.to_record(), p.vectors.get(slot).to_vec()))
         .collect())
@@ -219,12 +215,18 @@ pub(crate) fn differ(a: &Projections, b: &Projections) -> Option<String> {
             a.applied_seq, b.applied_seq
         ));
     }
-    if a.slots.len() != b.slots.len() {
-        return Some(format!("{} slots vs {}", a.slots.len(), b.slots.len()));
+    if let Some(why) = a.broken_invariant().or_else(|| b.broken_invariant()) {
+        return Some(why);
     }
-    for (slot, (x, y)) in a.slots.iter().zip(&b.slots).enumerate() {
-        if x != y {
-            let id = x.as_ref().or(y.as_ref()).map(|r| crate::RecordId(r.id));
+    if a.nslots() != b.nslots() {
+        return Some(format!("{} slots vs {}", a.nslots(), b.nslots()));
+    }
+    for slot in 0..a.nslots() {
+        let (x, y) = (a.live(slot), b.live(slot));
+        // Wherever each is kept (a table row or owned), the same record and statistics.
+        let data = |r: crate::state::Rec<'_>| (r.to_data(), r.access.cloned());
+        if x.map(data) != y.map(data) {
+            let id = x.or(y).map(|r| crate::RecordId(r.id));
             return Some(format!("slot {slot} (record {id:?}) differs"));
         }
     }
@@ -234,12 +236,11 @@ pub(crate) fn differ(a: &Projections, b: &Projections) -> Option<String> {
     // The key lookups (a snapshot's key index plus what changed since, against maps replayed
     // from the start): each record is found by its id, an identical insert resolves to the
     // same record, and it is referred to as often.
-    for (slot, r) in a.slots.iter().enumerate() {
-        let Some(r) = r else { continue };
+    for (slot, r) in a.records() {
         let id = crate::RecordId(r.id);
         let (text, project) = (r.body.text(), r.body.project());
         let dup = |p: &Projections| p.find_duplicate(text, r.content_hash, r.layer, project, 0);
-        if a.slot_of(&r.id) != Some(slot as u32) || b.slot_of(&r.id) != Some(slot as u32) {
+        if a.slot_of(&r.id) != Some(slot) || b.slot_of(&r.id) != Some(slot) {
             return Some(format!(
                 "record {id:?} is not found by its id in slot {slot}"
             ));

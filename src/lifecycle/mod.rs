@@ -137,7 +137,7 @@ pub(crate) fn signals(
     } else {
         nearest.iter().map(|(score, _)| *score).sum::<f32>() / nearest.len() as f32
     };
-    let neighbours: Vec<&crate::state::RecordData> = nearest
+    let neighbours: Vec<crate::state::Rec<'_>> = nearest
         .into_iter()
         .filter(|(score, s)| *s != slot && *score >= CLUSTER_RADIUS)
         .take(CLUSTER_CAP)

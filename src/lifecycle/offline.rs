@@ -126,7 +126,8 @@ impl Collector {
             .flat_map(|l| self.proj.layers[l.index()].members.iter())
             .filter(|s| {
                 self.proj.live(*s).is_some_and(|r| {
-                    !self.proj.past_ttl(r, t) && t.saturating_sub(r.layer_since_us) < self.window_us
+                    !self.proj.past_ttl(&r, t)
+                        && t.saturating_sub(r.layer_since_us) < self.window_us
                 })
             })
             .collect();

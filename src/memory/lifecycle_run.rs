@@ -66,7 +66,7 @@ impl Inner {
                 let Some(r) = st.live(slot).filter(|r| r.layer == layer) else {
                     continue;
                 };
-                let (id, past_ttl, layer_since_us) = (r.id, st.past_ttl(r, now), r.layer_since_us);
+                let (id, past_ttl, layer_since_us) = (r.id, st.past_ttl(&r, now), r.layer_since_us);
                 if let Some(sig) = signals(&st, slot, now, neighbours) {
                     let score = promoter.score(model, &sig);
                     out.push(Scored {
