@@ -38,6 +38,19 @@ const SUBSCRIBER_BUFFER: usize = 4096;
 /// removes the mark.
 pub(crate) const DAMAGE_MARK: &str = "DAMAGED";
 
+/// Writes (and fsyncs) the damage mark in the snapshots directory `root`, holding `e`.
+fn write_damage_mark(root: &Path, e: &Error) -> Result<()> {
+    let mark = root.join(DAMAGE_MARK);
+    std::fs::File::create(&mark)
+        .and_then(|mut f| {
+            use std::io::Write;
+            f.write_all(e.to_string().as_bytes())?;
+            magray_wal::fsutil::sync_file(&f, &mark)
+        })
+        .map_err(|err| Error::io(&mark, err))?;
+    Ok(magray_wal::fsutil::sync_dir(root)?)
+}
+
 /// A snapshot's directory, manifest and the HNSW dumps it holds (layer, basename).
 /// See `SnapState::graph_points`.
 const GRAPH_ONLY_CHECKPOINT_POINTS: u64 = 1_024;
@@ -282,6 +295,8 @@ impl Memory {
                             .map(RecordId);
                     }
                 }
+                // A damaged row reads as no record: a duplicate found may not be the one.
+                self.inner.undamaged_in(&st)?;
             }
             let embed: Vec<usize> = todo
                 .iter()
@@ -338,6 +353,18 @@ impl Memory {
     }
 
     fn open_blocking(dir: PathBuf, config: Config) -> Result<Memory> {
+        match Memory::open_once(dir.clone(), config.clone())? {
+            Some(m) => Ok(m),
+            // The replay found damage in the snapshot mapped unread and marked the store:
+            // open again, checking every snapshot file in full.
+            None => Memory::open_once(dir.clone(), config)?
+                .ok_or_else(|| Error::corrupted(&dir, 0, "damage found again after a full check")),
+        }
+    }
+
+    /// One open: `None` when the replay found damage in what the snapshot mapped unread (a
+    /// row of its record table); the store is then marked (`DAMAGE_MARK`) for the next.
+    fn open_once(dir: PathBuf, config: Config) -> Result<Option<Memory>> {
         let started = Instant::now();
         config.validate()?;
         std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
@@ -525,6 +552,13 @@ impl Memory {
             report.replayed_events += 1;
         }
         report.replay_us = replay_from.elapsed().as_micros() as u64;
+        // A record the replay reached through a damaged row was skipped: this state is not
+        // the log's. (Nothing was written from it yet.)
+        if let Some(e) = proj.damage() {
+            tracing::error!(error = %e, "damage found while replaying onto the snapshot; opening again with every snapshot file checked");
+            write_damage_mark(&snap_root, &e)?;
+            return Ok(None);
+        }
         if snap_state.latest.is_some() && only_markers {
             // Nothing but the snapshot's own `Checkpointed` marker since: an idle open/close
             // must not write another snapshot.
@@ -563,7 +597,7 @@ impl Memory {
             }
         }
         let applied = proj.applied_seq;
-        let unchecked = proj.vectors.unchecked();
+        let unchecked = proj.unchecked();
         let (applied_tx, _) = watch::channel(applied);
         let (events_tx, _) = broadcast::channel(SUBSCRIBER_BUFFER);
         report.open_us = started.elapsed().as_micros() as u64;
@@ -625,11 +659,11 @@ impl Memory {
                 .spawn(move || i.guard("lifecycle", |i| i.lifecycle_loop()))
                 .map_err(|e| Error::io(&inner.dir, e))?,
         );
-        Ok(Memory {
+        Ok(Some(Memory {
             inner,
             threads: Mutex::new(threads),
             embedder: None,
-        })
+        }))
     }
 
     /// Flushes pending access statistics, writes a snapshot (unless
@@ -709,6 +743,9 @@ impl Memory {
                 ids.push(id);
                 events.push(inserted(id, r, v, hash, now));
             }
+            // A damaged row reads as no record: an id returned for a duplicate, or one
+            // found present, may be wrong (checked here too when nothing is committed).
+            inner.undamaged_in(&st)?;
         }
         if !events.is_empty() {
             inner.commit_holding(events, Some(reserved)).await?;
@@ -724,10 +761,17 @@ impl Memory {
             let st = self.inner.state.read();
             // A record past its layer's TTL is expired for readers, even before the
             // lifecycle run writes its `Expired` event.
-            st.get(&id.0)
+            let rec = st
+                .get(&id.0)
                 .filter(|r| !st.past_ttl(r, now))
-                .map(|r| r.to_record())
-                .ok_or(Error::NotFound(id))?
+                .map(|r| r.to_record());
+            // A damaged row reads as no record: not "not found" but the damage.
+            if let Some(e) = st.damage() {
+                drop(st);
+                self.inner.note_damage(&e);
+                return Err(e);
+            }
+            rec.ok_or(Error::NotFound(id))?
         };
         self.inner.record_access(Accessed {
             source: AccessSource::Get,
@@ -934,7 +978,8 @@ impl Memory {
             let done = {
                 let st = self.inner.state.read();
                 // Nothing is indexed once damage is found (see `Stats::damage`).
-                if let Some(e) = st.vectors.damage() {
+                if let Some(e) = st.damage() {
+                    self.inner.note_damage(&e);
                     return Err(e);
                 }
                 self.inner.graphs_loading.load(Ordering::Acquire) == 0
@@ -988,7 +1033,7 @@ impl Memory {
             events_since_snapshot: st.applied_seq.saturating_sub(marker_seq),
             pending_accesses: inner.access_hits.load(Ordering::Relaxed),
             graphs_loading: inner.graphs_loading.load(Ordering::Acquire),
-            damage: st.vectors.damage().map(|e| e.to_string()),
+            damage: st.damage().map(|e| e.to_string()),
             dimension: st.dim,
             open: inner.report.lock().clone(),
             embedder: self.embedder.as_ref().map(|b| b.embedder().stats()),
@@ -1051,14 +1096,25 @@ impl Memory {
 
     /// Every live record (optionally of one layer), in insertion order, including records
     /// past their TTL that no lifecycle run has expired yet (search and `get` hide those).
-    /// For export, verification and tests; it copies every record.
-    pub fn records(&self, layer: Option<Layer>) -> Vec<Record> {
+    /// For export, verification and tests; it copies every record. Fails with
+    /// `Error::Corrupted` where a record's row in the snapshot's table is damaged (see
+    /// `Stats::damage`).
+    pub fn records(&self, layer: Option<Layer>) -> Result<Vec<Record>> {
         let st = self.inner.state.read();
-        st.records()
+        let all = st
+            .records()
             .map(|(_, r)| r)
             .filter(|r| layer.is_none_or(|l| r.layer == l))
             .map(|r| r.to_record())
-            .collect()
+            .collect();
+        match st.damage() {
+            Some(e) => {
+                drop(st);
+                self.inner.note_damage(&e);
+                Err(e)
+            }
+            None => Ok(all),
+        }
     }
 
     /// The store directory.
@@ -1193,7 +1249,11 @@ impl Inner {
     }
 
     fn require(&self, id: RecordId) -> Result<()> {
-        if self.state.read().get(&id.0).is_some() {
+        let st = self.state.read();
+        let found = st.get(&id.0).is_some();
+        // A damaged row reads as no record: not "not found" but the damage.
+        self.undamaged_in(&st)?;
+        if found {
             Ok(())
         } else {
             Err(Error::NotFound(id))
@@ -1226,6 +1286,24 @@ impl Inner {
         }
     }
 
+    /// Fails with the damage found after open in the snapshot's files, if any: nothing is
+    /// committed once some of what it was decided from may have read as missing (a damaged
+    /// row reads as no record, so an insert could duplicate it, or a delete miss it).
+    fn undamaged(&self) -> Result<()> {
+        self.undamaged_in(&self.state.read())
+    }
+
+    /// [`Inner::undamaged`] with the state already read-locked by the caller.
+    fn undamaged_in(&self, st: &Projections) -> Result<()> {
+        match st.damage() {
+            Some(e) => {
+                self.note_damage(&e);
+                Err(e)
+            }
+            None => Ok(()),
+        }
+    }
+
     /// Appends a batch and waits until it is applied. The append and the hand-off to the
     /// apply queue run in their own task, so a caller that gives up (drops the future)
     /// cannot leave a hole in the apply order.
@@ -1241,6 +1319,7 @@ impl Inner {
         events: Vec<Event>,
         reserved: Option<Reservation>,
     ) -> Result<Appended> {
+        self.undamaged()?;
         let log = self.log()?;
         let me = self.clone();
         tokio::spawn(async move {
@@ -1264,6 +1343,7 @@ impl Inner {
     }
 
     fn commit_blocking(&self, events: Vec<Event>) -> Result<Appended> {
+        self.undamaged()?;
         let log = self.log()?;
         let (at, events) = log.append_keep(events)?;
         drop(log);
@@ -1353,25 +1433,23 @@ impl Inner {
                 };
                 st.search_layer(*l, &q, o, how, &mut top);
             }
-            // A damaged block read as zeros (see `crate::vectors`): this search's scores
-            // cannot be trusted, nor any later one's.
-            let damage = st.vectors.damage();
-            let hits = match damage {
-                Some(_) => Vec::new(),
-                None => top
-                    .into_sorted()
-                    .into_iter()
-                    .filter(|(s, _)| o.score_threshold.is_none_or(|t| *s >= t))
-                    .filter_map(|(score, slot)| {
-                        st.live(slot).map(|r| SearchHit {
-                            id: RecordId(r.id),
-                            score,
-                            layer: r.layer,
-                            record: r.to_record(),
-                        })
+            let hits: Vec<SearchHit> = top
+                .into_sorted()
+                .into_iter()
+                .filter(|(s, _)| o.score_threshold.is_none_or(|t| *s >= t))
+                .filter_map(|(score, slot)| {
+                    st.live(slot).map(|r| SearchHit {
+                        id: RecordId(r.id),
+                        score,
+                        layer: r.layer,
+                        record: r.to_record(),
                     })
-                    .collect(),
-            };
+                })
+                .collect();
+            // A damaged vector block read as zeros, a damaged row as no record (see
+            // `crate::vectors`, `RecordTable::row_ok`): this search's answer cannot be
+            // trusted, nor any later one's. Checked after the results were read.
+            let damage = st.damage();
             (hits, damage)
         };
         if let Some(e) = damage {
@@ -1437,8 +1515,16 @@ impl Inner {
             if due {
                 last_flush = Instant::now();
                 let events = self.take_accesses();
-                if !events.is_empty() {
-                    if let Err(e) = self.commit_blocking(events) {
+                // Once damage is known nothing is committed (`undamaged`): the statistics
+                // are dropped (as a crash may drop them), the store is not failed for it.
+                let damaged = self.state.read().damage().is_some();
+                if !events.is_empty() && !damaged {
+                    let done = self.commit_blocking(events).map(|_| ());
+                    if let Err(e) = done.or_else(|e| match e {
+                        // Damage found meanwhile: dropped too.
+                        Error::Corrupted { .. } => Ok(()),
+                        e => Err(e),
+                    }) {
                         self.fail(format!("writing access statistics: {e}"));
                         break;
                     }
@@ -1479,21 +1565,15 @@ impl Inner {
         self.checkpoint_then(true)
     }
 
-    /// Waits until the vector chunks mapped at open are checked (the indexer's scrub), then
-    /// fails with the damage found, if any. Whatever writes a decision taken from vectors to
-    /// the log or to a snapshot calls this first.
-    fn vectors_checked(&self) -> Result<()> {
+    /// Waits until what open mapped unread (vector chunks, the record table) is checked (the
+    /// indexer's scrub), then fails with the damage found, if any. Whatever writes a
+    /// decision taken from vectors or records to the log or to a snapshot calls this first.
+    fn snapshot_checked(&self) -> Result<()> {
         while self.scrubbing.load(Ordering::Acquire) {
             self.check()?;
             std::thread::sleep(Duration::from_millis(5));
         }
-        match self.state.read().vectors.damage() {
-            Some(e) => {
-                self.note_damage(&e);
-                Err(e)
-            }
-            None => Ok(()),
-        }
+        self.undamaged()
     }
 
     /// A checkpoint; `repoint`: then point the records at the new snapshot's table (not worth
@@ -1508,7 +1588,7 @@ impl Inner {
                 && !self.graphs_changed(snap))
             .then(|| snap.latest.as_ref().map(|(s, _)| *s).unwrap_or(0))
         };
-        if let Some(e) = self.state.read().vectors.damage() {
+        if let Some(e) = self.state.read().damage() {
             self.note_damage(&e);
             return Err(e);
         }
@@ -1524,7 +1604,7 @@ impl Inner {
         }
         // A snapshot would link a damaged chunk again: refuse, so that the snapshots kept
         // (and the log floor) stay as they are until a reopen has checked them.
-        self.vectors_checked()?;
+        self.snapshot_checked()?;
         let model = self.model();
         let model_version = model.version;
         if let Some(seq) = unchanged(&snap) {
@@ -1545,7 +1625,17 @@ impl Inner {
         let (cap_seq, written, points) = {
             let idx = self.index_lock.lock();
             let points = self.graph_points.load(Ordering::Acquire);
-            let mut cap = Capture::take(&self.state.read());
+            let mut cap = {
+                let st = self.state.read();
+                let cap = Capture::take(&st);
+                // A row that read as no record would be missing from this snapshot.
+                if let Some(e) = st.damage() {
+                    drop(st);
+                    self.note_damage(&e);
+                    return Err(e);
+                }
+                cap
+            };
             cap.model = Some(model).filter(|m| m.version > 0).map(|m| (*m).clone());
             let seq = cap.seq;
             let mut w = Writer::begin(&root, seq)?;
@@ -1700,20 +1790,33 @@ impl Inner {
         if self.damage_noted.swap(true, Ordering::AcqRel) {
             return;
         }
-        tracing::error!(error = %e, "damaged vector chunk: searches and checkpoints fail until the store is reopened (the next open checks every snapshot file and replays the log past a damaged snapshot)");
-        let root = self.dir.join("snapshots");
-        let mark = root.join(DAMAGE_MARK);
-        let written = std::fs::File::create(&mark)
-            .and_then(|mut f| {
-                use std::io::Write;
-                f.write_all(e.to_string().as_bytes())?;
-                magray_wal::fsutil::sync_file(&f, &mark)
-            })
-            .map_err(|err| Error::io(&mark, err))
-            .and_then(|_| magray_wal::fsutil::sync_dir(&root).map_err(Error::from));
-        if let Err(err) = written {
+        tracing::error!(error = %e, "damaged snapshot file: reads, writes and checkpoints fail until the store is reopened (the next open checks every snapshot file and replays the log past a damaged snapshot)");
+        if let Err(err) = write_damage_mark(&self.dir.join("snapshots"), e) {
             tracing::error!(error = %err, "could not mark the store as damaged");
         }
+    }
+
+    /// Checks every row a slot names in the record `tables` mapped unread (their blocks were
+    /// checked before), 16k slots per hold of the read lock; then marks the tables checked.
+    fn scrub_rows(&self, tables: &[Arc<RecordTable>], stop: &dyn Fn() -> bool) -> Result<()> {
+        if !tables.iter().any(|t| t.unchecked()) {
+            return Ok(());
+        }
+        let mut next = Some(0);
+        while let Some(from) = next {
+            if stop() {
+                return Ok(());
+            }
+            let st = self.state.read();
+            next = st.check_rows(from, 16_384);
+            if let Some(e) = st.damage() {
+                return Err(e);
+            }
+        }
+        for t in tables {
+            t.set_rows_checked();
+        }
+        Ok(())
     }
 
     fn indexer(self: &Arc<Self>, dumps: Option<Dumps>) {
@@ -1721,10 +1824,18 @@ impl Inner {
         while HOLD_DUMP_LOADS.lock().contains(&self.dir) && !self.shutdown.load(Ordering::Acquire) {
             std::thread::sleep(Duration::from_millis(1));
         }
-        // Every block of the chunks mapped at open is checked before the graphs read them.
-        let mapped = self.state.read().vectors.mapped_part();
-        let scrubbed = mapped.scrub(&|| self.shutdown.load(Ordering::Acquire));
-        drop(mapped);
+        // Every block of the chunks mapped at open is checked before the graphs read them,
+        // and every row of a record table mapped unread.
+        let (mapped, tables) = {
+            let st = self.state.read();
+            (st.vectors.mapped_part(), st.record_tables())
+        };
+        let stop = || self.shutdown.load(Ordering::Acquire);
+        let scrubbed = mapped
+            .scrub(&stop)
+            .and_then(|_| tables.iter().try_for_each(|t| t.scrub_blocks(&stop)))
+            .and_then(|_| self.scrub_rows(&tables, &stop));
+        drop((mapped, tables));
         if self.shutdown.load(Ordering::Acquire) {
             // A dropped handle: nobody waits for the rest (close() checkpoints, which waits for
             // the scrub, before shutting down).
@@ -1971,8 +2082,13 @@ impl Inner {
         let mut result = Ok(());
         if self.failure.lock().is_none() {
             let events = self.take_accesses();
-            if !events.is_empty() {
-                result = self.commit_blocking(events).map(|_| ());
+            if !events.is_empty() && self.state.read().damage().is_none() {
+                result = match self.commit_blocking(events) {
+                    // Damage found meanwhile: the statistics are dropped (the checkpoint
+                    // below reports the damage).
+                    Ok(_) | Err(Error::Corrupted { .. }) => Ok(()),
+                    Err(e) => Err(e),
+                };
             }
             if result.is_ok() && self.config.checkpoint_on_close {
                 result = match self.checkpoint_then(false) {

@@ -21,10 +21,12 @@
 use crate::error::{Error, Result};
 use crate::snapshot::{map_checked, FileEntry};
 use crate::types::Layer;
+use crate::vectors::{Lazy, BLOCK};
 use magray_wal::Id;
 use memmap2::Mmap;
 use std::io::Write;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// Record table format version (`records.bin`). Changelog in docs/format.md.
@@ -202,6 +204,24 @@ pub(crate) struct RecordTable {
     rows: u32,
     tags_at: usize,
     refs_at: usize,
+    ntags: u64,
+    nrefs: u64,
+    nslots: u32,
+    /// Where it is (in errors).
+    path: PathBuf,
+    /// A table mapped unread: its blocks checked against its block sums, and each row's
+    /// fields and strings, on first read (see [`RecordTable::row_ok`]). `None`: every byte
+    /// and row was checked when it was loaded.
+    lazy: Option<LazyRows>,
+}
+
+/// What a table mapped unread has checked so far.
+struct LazyRows {
+    blocks: Lazy,
+    /// One bit per row, set once it checked out.
+    rows: Vec<AtomicU64>,
+    /// Every row checked out (a scrub).
+    all: AtomicBool,
 }
 
 impl std::fmt::Debug for RecordTable {
@@ -209,6 +229,7 @@ impl std::fmt::Debug for RecordTable {
         f.debug_struct("RecordTable")
             .field("rows", &self.rows)
             .field("arena", &self.arena().len())
+            .field("lazy", &self.lazy.is_some())
             .finish()
     }
 }
@@ -277,12 +298,18 @@ impl RecordTable {
 
     /// The text of every row.
     #[allow(unsafe_code)]
-    fn arena(&self) -> &str {
-        // SAFETY: `load` ran `std::str::from_utf8` over exactly these bytes before it built
-        // the table, and they do not change: snapshot files are never written again once
-        // renamed into place, and the store lock keeps other writers of ours out (the same
-        // assumption as the vector chunk maps).
-        unsafe { std::str::from_utf8_unchecked(&self.map[self.arena_at..]) }
+    fn arena(&self) -> &[u8] {
+        self.map.get(self.arena_at..).unwrap_or_default()
+    }
+
+    /// Bytes `[start, end)` of the arena as text: a span of a checked row, so in bounds and
+    /// UTF-8 (`load` checked the whole arena; `row_ok` each span of a lazily read table).
+    /// Anything else reads as empty, never a panic.
+    fn text_at(&self, start: usize, end: usize) -> &str {
+        self.arena()
+            .get(start..end)
+            .and_then(|b| std::str::from_utf8(b).ok())
+            .unwrap_or_default()
     }
 
     fn flags(&self, row: u32) -> u8 {
@@ -301,8 +328,7 @@ impl RecordTable {
         let r = self.row(row);
         let start = Self::start(r, which);
         let end = start + u32_at(r, at::LENS + 4 * which) as usize;
-        // `load` checked every span of every row: in bounds and on character boundaries.
-        self.arena().get(start..end).unwrap_or_default()
+        self.text_at(start, end)
     }
 
     fn tags(&self, row: u32) -> impl Iterator<Item = &str> {
@@ -311,10 +337,13 @@ impl RecordTable {
         let first = u64_at(r, at::TAG0) as usize;
         let n = u32_at(r, at::NTAGS) as usize;
         (first..first + n).map(move |t| {
-            let len = u32_at(self.fixed(), self.tags_at + 4 * t) as usize;
+            let len = self
+                .fixed()
+                .get(self.tags_at + 4 * t..self.tags_at + 4 * t + 4)
+                .map_or(0, |b| u32_at(b, 0) as usize);
             let s = start;
             start += len;
-            self.arena().get(s..s + len).unwrap_or_default()
+            self.text_at(s, s + len)
         })
     }
 
@@ -326,10 +355,211 @@ impl RecordTable {
             .map(|i| {
                 let at = self.refs_at + 16 * i;
                 let mut id = [0u8; 16];
-                id.copy_from_slice(&self.fixed()[at..at + 16]);
+                if let Some(b) = self.fixed().get(at..at + 16) {
+                    id.copy_from_slice(b);
+                }
                 id
             })
             .collect()
+    }
+
+    /// True when row `row` can be read as the record the slot index gave `expect` (its
+    /// slot, layer and layer-since time): always for a table checked in full at load; for one
+    /// mapped unread, once the blocks holding the row, its tag lengths, refs and strings
+    /// match their sums and its fields are sound (layer, flags, zero padding, every span in
+    /// bounds and UTF-8) and agree with `expect`. The first failure is kept as the table's
+    /// damage. A row is named by one slot only, so once checked it stays checked.
+    pub(crate) fn row_ok(&self, row: u32, expect: (u32, Layer, u64)) -> bool {
+        let Some(lz) = &self.lazy else {
+            return true;
+        };
+        if row >= self.rows {
+            lz.blocks
+                .fail(16, format!("row {row} of a table of {} rows", self.rows));
+            return false;
+        }
+        let bit = 1u64 << (row % 64);
+        if lz.all.load(Ordering::Acquire)
+            || lz.rows[row as usize / 64].load(Ordering::Acquire) & bit != 0
+        {
+            return true;
+        }
+        match self.check_lazy_row(lz, row, expect) {
+            Ok(()) => {
+                lz.rows[row as usize / 64].fetch_or(bit, Ordering::Release);
+                true
+            }
+            Err((at, why)) => {
+                lz.blocks.fail(at as u64, format!("row {row}: {why}"));
+                false
+            }
+        }
+    }
+
+    fn check_lazy_row(
+        &self,
+        lz: &LazyRows,
+        row: u32,
+        expect: (u32, Layer, u64),
+    ) -> Result<(), (usize, String)> {
+        let name = "records.bin";
+        let row_at = HEADER + row as usize * ROW;
+        let blocks_ok = |at: usize, n: usize| lz.blocks.check_range(&self.map, at, n, name);
+        if !blocks_ok(row_at, ROW) {
+            return Err((row_at, "a block holding it does not match its sum".into()));
+        }
+        let r = self.row(row);
+        let layer = check_row_fields(r, self.nslots).map_err(|why| (row_at, why))?;
+        let found = (u32_at(r, at::SLOT), layer, u64_at(r, at::SINCE));
+        if found != expect {
+            return Err((
+                row_at,
+                format!(
+                    "holds slot {}, layer {} since {}; the slot index says slot {}, layer {} since {}",
+                    found.0, found.1, found.2, expect.0, expect.1, expect.2
+                ),
+            ));
+        }
+        let (ntag, nref) = (
+            u64::from(u32_at(r, at::NTAGS)),
+            u64::from(u32_at(r, at::NREFS)),
+        );
+        let (tag0, ref0) = (u64_at(r, at::TAG0), u64_at(r, at::REF0));
+        if tag0.checked_add(ntag).is_none_or(|e| e > self.ntags)
+            || ref0.checked_add(nref).is_none_or(|e| e > self.nrefs)
+        {
+            return Err((row_at, "tags or refs beyond their tables".into()));
+        }
+        let (tags_at, refs_at) = (
+            HEADER + self.tags_at + 4 * tag0 as usize,
+            HEADER + self.refs_at + 16 * ref0 as usize,
+        );
+        if !blocks_ok(tags_at, 4 * ntag as usize) || !blocks_ok(refs_at, 16 * nref as usize) {
+            return Err((
+                row_at,
+                "a block holding its tags or refs does not match its sum".into(),
+            ));
+        }
+        let tag_lens = (tag0..tag0 + ntag).map(|t| {
+            let at = self.tags_at + 4 * t as usize;
+            u64::from(u32_at(self.fixed(), at))
+        });
+        let lens: Vec<u64> = (0..4)
+            .map(|i| u64::from(u32_at(r, at::LENS + 4 * i)))
+            .chain(tag_lens)
+            .collect();
+        let start = u64_at(r, at::STR);
+        let total = lens.iter().try_fold(0u64, |a, l| a.checked_add(*l));
+        let arena = self.arena().len() as u64;
+        let Some(total) = total.filter(|t| start.checked_add(*t).is_some_and(|e| e <= arena))
+        else {
+            return Err((row_at, "its strings end beyond the text".into()));
+        };
+        let text_at = self.arena_at + start as usize;
+        if !blocks_ok(text_at, total as usize) {
+            return Err((
+                text_at,
+                "a block holding its text does not match its sum".into(),
+            ));
+        }
+        let mut s = start as usize;
+        for len in lens {
+            let e = s + len as usize;
+            if let Err(err) = std::str::from_utf8(&self.arena()[s..e]) {
+                return Err((
+                    self.arena_at + s + err.valid_up_to(),
+                    "text is not UTF-8".into(),
+                ));
+            }
+            s = e;
+        }
+        Ok(())
+    }
+
+    /// Checks a table loaded in full against its block sums file (`sums_path`, parsed):
+    /// each 4 KiB block's crc32 (tools and open after damage, so that sums that disagree
+    /// with the table are found before a lazy open trusts them).
+    pub(crate) fn check_block_sums(&self, sums: &[u32], sums_path: &Path) -> Result<()> {
+        let blocks = self.map.chunks(BLOCK);
+        if blocks.len() != sums.len() {
+            return Err(Error::corrupted(
+                sums_path,
+                12,
+                format!("{} block sums for {} blocks", sums.len(), blocks.len()),
+            ));
+        }
+        match blocks.zip(sums).position(|(b, s)| crc32fast::hash(b) != *s) {
+            Some(i) => Err(Error::corrupted(
+                sums_path,
+                (32 + 4 * i) as u64,
+                format!(
+                    "the sum of block {i} does not match {}",
+                    self.path.display()
+                ),
+            )),
+            None => Ok(()),
+        }
+    }
+
+    /// The damage found in a table mapped unread, naming the file and offset.
+    pub(crate) fn damage(&self) -> Option<Error> {
+        let (at, why) = self.lazy.as_ref()?.blocks.damage()?;
+        Some(Error::corrupted(&self.path, *at, why.clone()))
+    }
+
+    /// True while some rows of a table mapped unread have not been checked.
+    pub(crate) fn unchecked(&self) -> bool {
+        self.lazy
+            .as_ref()
+            .is_some_and(|lz| !lz.all.load(Ordering::Acquire))
+    }
+
+    /// Checks every block of a table mapped unread against its sum (the indexer does, in the
+    /// background, right after open, before it checks the rows the slots name:
+    /// `Projections::check_rows`), unless `stop` says to stop: the damage found, if any.
+    pub(crate) fn scrub_blocks(&self, stop: &dyn Fn() -> bool) -> Result<()> {
+        let Some(lz) = &self.lazy else {
+            return Ok(());
+        };
+        if lz.all.load(Ordering::Acquire) {
+            return Ok(());
+        }
+        // In steps populated at once.
+        const STEP: usize = 256;
+        let mut b = 0;
+        while b < lz.blocks.blocks() {
+            if stop() {
+                return Ok(());
+            }
+            let end = (b + STEP).min(lz.blocks.blocks());
+            let (lo, hi) = (b * BLOCK, (end * BLOCK).min(self.map.len()));
+            let populated = matches!(
+                crate::vectors::populate(&self.map, lo, hi - lo),
+                crate::vectors::Populated::Yes
+            );
+            if !(b..end).all(|k| {
+                lz.blocks
+                    .check_block(&self.map, k, populated, "records.bin")
+            }) {
+                break;
+            }
+            b = end;
+        }
+        match self.damage() {
+            Some(e) => Err(e),
+            None => {
+                lz.blocks.set_all();
+                Ok(())
+            }
+        }
+    }
+
+    /// Marks every row checked: every row a slot names was (`Projections::check_rows`; rows
+    /// no slot names any more are never read).
+    pub(crate) fn set_rows_checked(&self) {
+        if let Some(lz) = &self.lazy {
+            lz.all.store(true, Ordering::Release);
+        }
     }
 
     /// A row's layer (checked by `load`).
@@ -364,6 +594,8 @@ pub(crate) struct CrcWriter<W> {
     pub(crate) inner: W,
     pub(crate) crc: crc32fast::Hasher,
     pub(crate) len: u64,
+    /// With block sums: the crc32 of each whole 4 KiB block so far, and of the one begun.
+    blocks: Option<(Vec<u32>, crc32fast::Hasher)>,
 }
 
 impl<W> CrcWriter<W> {
@@ -372,7 +604,27 @@ impl<W> CrcWriter<W> {
             inner,
             crc: crc32fast::Hasher::new(),
             len: 0,
+            blocks: None,
         }
+    }
+
+    /// A writer that also takes the crc32 of each 4 KiB block (see [`CrcWriter::sums`]).
+    pub(crate) fn with_block_sums(inner: W) -> CrcWriter<W> {
+        CrcWriter {
+            blocks: Some((Vec::new(), crc32fast::Hasher::new())),
+            ..CrcWriter::new(inner)
+        }
+    }
+
+    /// The crc32 of each 4 KiB block written (the last one short), if asked for.
+    pub(crate) fn sums(&mut self) -> Vec<u32> {
+        let Some((mut sums, last)) = self.blocks.take() else {
+            return Vec::new();
+        };
+        if !self.len.is_multiple_of(BLOCK as u64) {
+            sums.push(last.finalize());
+        }
+        sums
     }
 }
 
@@ -380,6 +632,20 @@ impl<W: Write> Write for CrcWriter<W> {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
         let n = self.inner.write(buf)?;
         self.crc.update(&buf[..n]);
+        if let Some((sums, block)) = &mut self.blocks {
+            let mut at = self.len;
+            let mut rest = &buf[..n];
+            while !rest.is_empty() {
+                let room = BLOCK - (at % BLOCK as u64) as usize;
+                let (now, later) = rest.split_at(room.min(rest.len()));
+                block.update(now);
+                at += now.len() as u64;
+                if at.is_multiple_of(BLOCK as u64) {
+                    sums.push(std::mem::take(block).finalize());
+                }
+                rest = later;
+            }
+        }
         self.len += n as u64;
         Ok(n)
     }
@@ -398,9 +664,10 @@ fn len32(n: usize, what: &str) -> std::io::Result<u32> {
     })
 }
 
-/// Writes `rows` (in slot order) as a record table; returns its length and crc32.
-pub(crate) fn write(w: impl Write, rows: &[Row]) -> std::io::Result<(u64, u32)> {
-    let mut w = CrcWriter::new(std::io::BufWriter::with_capacity(1 << 20, w));
+/// Writes `rows` (in slot order) as a record table; returns its length, crc32 and block
+/// sums (a crc32 per 4 KiB block, for [`load_lazy`]).
+pub(crate) fn write(w: impl Write, rows: &[Row]) -> std::io::Result<(u64, u32, Vec<u32>)> {
+    let mut w = CrcWriter::with_block_sums(std::io::BufWriter::with_capacity(1 << 20, w));
     let (mut ntags, mut nrefs, mut arena) = (0u64, 0u64, 0u64);
     let mut fixed = Vec::with_capacity(rows.len() * ROW);
     for Row { fields: r, body: b } in rows {
@@ -486,7 +753,119 @@ pub(crate) fn write(w: impl Write, rows: &[Row]) -> std::io::Result<(u64, u32)> 
         }
     }
     w.flush()?;
-    Ok((w.len, w.crc.finalize()))
+    let sums = w.sums();
+    Ok((w.len, w.crc.clone().finalize(), sums))
+}
+
+/// Slot index format version (`slots.bin`, snapshot format 6 on). Changelog in docs/format.md.
+pub(crate) const SLOTS_FORMAT_VERSION: u32 = 1;
+const SLOTS_MAGIC: [u8; 8] = *b"MGRYSLOT";
+const SLOT_ENTRY: usize = 16;
+const NO_ROW: u32 = u32::MAX;
+
+/// Writes the slot index of a record table (`slots.bin`): for each of `nslots` slots, the
+/// row of its record in the table written from `rows` (or none), its layer and the time it
+/// entered it, so that open fills the slots without reading the table. Layout: a 64-byte
+/// header (magic `MGRYSLOT`, version at 8, entry size at 12, slots at 16, rows at 24, zeros,
+/// crc32 of bytes 0..60 at 60), then 16 bytes per slot: row u32 (`u32::MAX`: none), layer
+/// u8, 3 zero bytes, layer-since µs u64 (zero for none). Returns its length and crc32.
+pub(crate) fn write_slots(path: &Path, nslots: u32, rows: &[Row]) -> Result<(u64, u32)> {
+    let mut b = vec![0u8; HEADER + nslots as usize * SLOT_ENTRY];
+    b[0..8].copy_from_slice(&SLOTS_MAGIC);
+    b[8..12].copy_from_slice(&SLOTS_FORMAT_VERSION.to_le_bytes());
+    b[12..16].copy_from_slice(&(SLOT_ENTRY as u32).to_le_bytes());
+    b[16..24].copy_from_slice(&u64::from(nslots).to_le_bytes());
+    b[24..32].copy_from_slice(&(rows.len() as u64).to_le_bytes());
+    let hcrc = crc32fast::hash(&b[..60]);
+    b[60..64].copy_from_slice(&hcrc.to_le_bytes());
+    for e in b[HEADER..].chunks_exact_mut(SLOT_ENTRY) {
+        e[0..4].copy_from_slice(&NO_ROW.to_le_bytes());
+    }
+    for (row, r) in rows.iter().enumerate() {
+        let at = HEADER + r.fields.slot as usize * SLOT_ENTRY;
+        let Some(e) = b.get_mut(at..at + SLOT_ENTRY) else {
+            return Err(Error::InvalidInput(format!(
+                "slot {} beyond the {nslots} slots of a snapshot",
+                r.fields.slot
+            )));
+        };
+        e[0..4].copy_from_slice(&(row as u32).to_le_bytes());
+        e[4] = r.fields.layer.index() as u8;
+        e[8..16].copy_from_slice(&r.fields.layer_since_us.to_le_bytes());
+    }
+    let mut f = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
+    f.write_all(&b)
+        .and_then(|_| magray_wal::fsutil::sync_file(&f, path))
+        .map_err(|e| Error::io(path, e))?;
+    Ok((b.len() as u64, crc32fast::hash(&b)))
+}
+
+/// Reads the slot index `entry` of the snapshot in `dir` (length and crc32 against the
+/// manifest first, through a map) for a table of `rows` rows and `nslots` slots, calling
+/// `each(slot, row, layer, layer_since_us)` for each slot with a record: rows must come in
+/// slot order, each once, and every field must be sound.
+pub(crate) fn read_slots(
+    dir: &Path,
+    entry: &FileEntry,
+    rows: u32,
+    nslots: u32,
+    mut each: impl FnMut(u32, u32, Layer, u64),
+) -> Result<()> {
+    let path = &dir.join(&entry.name);
+    // Mapped, its length and crc32 checked through the map (no 16 MB copy per 1M slots).
+    let b = map_checked(dir, entry)?;
+    let bad = |off: usize, why: String| Error::corrupted(path, off as u64, why);
+    let h = table_header(path, &b, &SLOTS_MAGIC, "slot index", SLOTS_FORMAT_VERSION)?;
+    if u32_at(h, 12) as usize != SLOT_ENTRY || h[32..60].iter().any(|x| *x != 0) {
+        return Err(bad(
+            12,
+            "entry size or reserved bytes unknown to this build".into(),
+        ));
+    }
+    if u64_at(h, 16) != u64::from(nslots) || u64_at(h, 24) != u64::from(rows) {
+        return Err(bad(
+            16,
+            format!(
+                "{} slots and {} rows; the snapshot has {nslots} slots and its table {rows} rows",
+                u64_at(h, 16),
+                u64_at(h, 24)
+            ),
+        ));
+    }
+    if b.len() != HEADER + nslots as usize * SLOT_ENTRY {
+        return Err(bad(0, format!("{} bytes for {nslots} slots", b.len())));
+    }
+    let mut next = 0u32;
+    for (slot, e) in b[HEADER..].chunks_exact(SLOT_ENTRY).enumerate() {
+        let at = HEADER + slot * SLOT_ENTRY;
+        let row = u32_at(e, 0);
+        if row == NO_ROW {
+            if e[4..].iter().any(|x| *x != 0) {
+                return Err(bad(at, format!("slot {slot} has no record but has fields")));
+            }
+            continue;
+        }
+        let layer = Layer::ALL.get(e[4] as usize).copied();
+        match layer {
+            Some(layer) if row == next && e[5..8] == [0; 3] => {
+                each(slot as u32, row, layer, u64_at(e, 8));
+                next += 1;
+            }
+            _ => {
+                return Err(bad(
+                    at,
+                    format!("slot {slot}: row {row} out of order, or an unknown layer"),
+                ))
+            }
+        }
+    }
+    if next != rows {
+        return Err(bad(
+            24,
+            format!("{next} slots with a record for {rows} rows"),
+        ));
+    }
+    Ok(())
 }
 
 /// Checks the 64-byte header a snapshot's table files start with (`records.bin`,
@@ -538,8 +917,87 @@ pub(crate) fn load_each(
     // Length and crc are checked before anything else is read through the map.
     let map = map_checked(dir, entry)?;
     let path = &dir.join(&entry.name);
+    let t = table_of(map, path, entry.len, nslots, None)?;
     let bad = |off: u64, why: String| Error::corrupted(path, off, why);
-    let flen = entry.len;
+    if let Err(e) = std::str::from_utf8(t.arena()) {
+        return Err(bad(
+            (t.arena_at + e.valid_up_to()) as u64,
+            "text is not UTF-8".into(),
+        ));
+    }
+    check_rows(&t, t.ntags, t.nrefs, nslots, each).map_err(|(row, why)| {
+        bad(
+            HEADER as u64 + u64::from(row) * ROW as u64,
+            format!("row {row}: {why}"),
+        )
+    })?;
+    Ok(Arc::new(t))
+}
+
+/// The record table `entry` of the snapshot in `dir` mapped unread, with its block `sums`
+/// (read and checked by the caller): only its header and sizes are checked here; each row
+/// on its first read ([`RecordTable::row_ok`]) or by [`RecordTable::scrub`].
+/// `None` where a page that cannot be read would be a SIGBUS rather than an error
+/// (`MADV_POPULATE_READ` missing): the caller then loads it in full.
+pub(crate) fn load_lazy(
+    dir: &Path,
+    entry: &FileEntry,
+    sums: Vec<u32>,
+    nslots: u32,
+) -> Result<Option<Arc<RecordTable>>> {
+    let path = &dir.join(&entry.name);
+    let f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    // SAFETY: snapshot files are immutable once renamed into place; nothing in this crate
+    // writes to them again, and the store lock keeps other writers of ours out.
+    #[allow(unsafe_code)]
+    let map = unsafe { Mmap::map(&f) }.map_err(|e| Error::io(path, e))?;
+    if map.len() as u64 != entry.len {
+        return Err(Error::corrupted(
+            path,
+            0,
+            format!(
+                "file is {} bytes; the manifest says {}",
+                map.len(),
+                entry.len
+            ),
+        ));
+    }
+    if !crate::vectors::populate_works(&map) {
+        return Ok(None);
+    }
+    // The header is read through the map: populate it first (an unreadable page is an
+    // error, not a SIGBUS) and check its block against its sum.
+    let lazy = LazyRows {
+        blocks: Lazy::new(sums),
+        rows: Vec::new(),
+        all: AtomicBool::new(false),
+    };
+    if !lazy
+        .blocks
+        .check_range(&map, 0, HEADER.min(map.len()), &entry.name)
+    {
+        let (at, why) = lazy.blocks.damage().cloned().unwrap_or_default();
+        return Err(Error::corrupted(path, at, why));
+    }
+    let mut t = table_of(map, path, entry.len, nslots, Some(lazy))?;
+    if let Some(lz) = &mut t.lazy {
+        lz.rows = (0..(t.rows as usize).div_ceil(64))
+            .map(|_| AtomicU64::new(0))
+            .collect();
+    }
+    Ok(Some(Arc::new(t)))
+}
+
+/// A table over `map` (the file at `path`, `flen` bytes) after its header's checks: magic,
+/// crc, version, row size, reserved bytes, and sizes that add up to the file.
+fn table_of(
+    map: Mmap,
+    path: &Path,
+    flen: u64,
+    nslots: u32,
+    lazy: Option<LazyRows>,
+) -> Result<RecordTable> {
+    let bad = |off: u64, why: String| Error::corrupted(path, off, why);
     let h = table_header(path, &map, &MAGIC, "record table", RECORDS_FORMAT_VERSION)?;
     if u32_at(h, 12) as usize != ROW {
         return Err(bad(
@@ -571,26 +1029,44 @@ pub(crate) fn load_each(
         return Err(bad(16, format!("{rows} rows but only {nslots} slots")));
     }
     let arena_at = HEADER + fixed_len as usize;
-    if let Err(e) = std::str::from_utf8(&map[arena_at..]) {
-        return Err(bad(
-            (arena_at + e.valid_up_to()) as u64,
-            "text is not UTF-8".into(),
-        ));
-    }
-    let t = RecordTable {
+    Ok(RecordTable {
         map,
         arena_at,
         rows: rows as u32,
         tags_at: rows as usize * ROW,
         refs_at: rows as usize * ROW + ntags as usize * 4,
+        ntags,
+        nrefs,
+        nslots,
+        path: path.to_path_buf(),
+        lazy,
+    })
+}
+
+/// What one row must hold on its own: a slot below `nslots`, a known layer, known flags, zero
+/// padding, and nothing in a field flagged absent. Its layer.
+fn check_row_fields(r: &[u8], nslots: u32) -> Result<Layer, String> {
+    let slot = u32_at(r, at::SLOT);
+    if slot >= nslots {
+        return Err(format!("slot {slot} out of order or beyond {nslots}"));
+    }
+    let Some(layer) = Layer::ALL.get(r[at::LAYER] as usize).copied() else {
+        return Err(format!("unknown layer {}", r[at::LAYER]));
     };
-    check_rows(&t, ntags, nrefs, nslots, each).map_err(|(row, why)| {
-        bad(
-            HEADER as u64 + u64::from(row) * ROW as u64,
-            format!("row {row}: {why}"),
-        )
-    })?;
-    Ok(Arc::new(t))
+    let flags = r[at::FLAGS];
+    if flags & !(FLAG_PROJECT | FLAG_SESSION | FLAG_RATING) != 0
+        || r[at::PAD..at::PAD + 2] != [0, 0]
+        || r[at::PAD2..at::PAD2 + 4] != [0; 4]
+    {
+        return Err("unknown flags or non-zero padding".into());
+    }
+    if (flags & FLAG_RATING == 0 && u32_at(r, at::RATING) != 0)
+        || (flags & FLAG_PROJECT == 0 && u32_at(r, at::LENS + 8) != 0)
+        || (flags & FLAG_SESSION == 0 && u32_at(r, at::LENS + 12) != 0)
+    {
+        return Err("a field flagged absent has a value".into());
+    }
+    Ok(layer)
 }
 
 /// Every row's fields and spans, so the accessors can slice without checking.
@@ -606,26 +1082,11 @@ fn check_rows(
     for row in 0..t.rows {
         let r = t.row(row);
         let slot = u32_at(r, at::SLOT);
-        if slot >= nslots || prev_slot.is_some_and(|p| slot <= p) {
+        if prev_slot.is_some_and(|p| slot <= p) {
             return Err((row, format!("slot {slot} out of order or beyond {nslots}")));
         }
         prev_slot = Some(slot);
-        let Some(layer) = Layer::ALL.get(r[at::LAYER] as usize).copied() else {
-            return Err((row, format!("unknown layer {}", r[at::LAYER])));
-        };
-        let flags = r[at::FLAGS];
-        if flags & !(FLAG_PROJECT | FLAG_SESSION | FLAG_RATING) != 0
-            || r[at::PAD..at::PAD + 2] != [0, 0]
-            || r[at::PAD2..at::PAD2 + 4] != [0; 4]
-        {
-            return Err((row, "unknown flags or non-zero padding".into()));
-        }
-        if (flags & FLAG_RATING == 0 && u32_at(r, at::RATING) != 0)
-            || (flags & FLAG_PROJECT == 0 && u32_at(r, at::LENS + 8) != 0)
-            || (flags & FLAG_SESSION == 0 && u32_at(r, at::LENS + 12) != 0)
-        {
-            return Err((row, "a field flagged absent has a value".into()));
-        }
+        let layer = check_row_fields(r, nslots).map_err(|why| (row, why))?;
         if (u64_at(r, at::STR), u64_at(r, at::TAG0), u64_at(r, at::REF0))
             != (str_at, tag_at, ref_at)
         {
@@ -643,7 +1104,13 @@ fn check_rows(
         let tags = (tag_at..tag_at + ntag).map(|i| u32_at(t.fixed(), t.tags_at + 4 * i as usize));
         for len in strings.chain(tags).map(u64::from) {
             str_at += len;
-            if str_at > t.arena().len() as u64 || !t.arena().is_char_boundary(str_at as usize) {
+            // The arena is UTF-8 (checked before): a boundary is its end or a byte that
+            // does not continue a character.
+            let at_boundary = t
+                .arena()
+                .get(str_at as usize)
+                .is_none_or(|b| (*b as i8) >= -0x40);
+            if str_at > t.arena().len() as u64 || !at_boundary {
                 return Err((
                     row,
                     "a string ends beyond the text or inside a character".into(),
@@ -667,7 +1134,11 @@ mod tests {
     use std::fs::File;
 
     fn rows() -> Vec<Row> {
-        (0..50u32)
+        rows_n(50)
+    }
+
+    fn rows_n(n: u32) -> Vec<Row> {
+        (0..n)
             .filter(|s| s % 7 != 3)
             .map(|s| Row {
                 fields: RowFields {
@@ -715,7 +1186,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("records.bin");
         let f = File::create(&path).unwrap();
-        let (len, crc) = write(f, rows).unwrap();
+        let (len, crc, _) = write(f, rows).unwrap();
         (dir, path, len, crc)
     }
 
@@ -736,6 +1207,100 @@ mod tests {
         // An empty table is valid too.
         let (dir, _, len, crc) = written(&[]);
         assert_eq!(load_as(&dir, len, crc, 0).unwrap().len(), 0);
+    }
+
+    /// The table, its sums and a `load_lazy` of it (`None`: no `MADV_POPULATE_READ` here).
+    fn lazy(rows: &[Row], nslots: u32) -> (tempfile::TempDir, PathBuf, Option<Arc<RecordTable>>) {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("records.bin");
+        let (len, crc, sums) = write(File::create(&path).unwrap(), rows).unwrap();
+        assert_eq!(sums.len() as u64, len.div_ceil(BLOCK as u64));
+        let entry = FileEntry {
+            name: "records.bin".into(),
+            len,
+            crc,
+        };
+        let t = load_lazy(dir.path(), &entry, sums, nslots).unwrap();
+        (dir, path, t)
+    }
+
+    /// A table mapped unread reads back the same, row by row; a damaged byte fails the row
+    /// that holds it (and only it) on its first read, names the file and offset, and the
+    /// scrub finds it too.
+    #[test]
+    fn a_table_mapped_unread_checks_each_row_on_first_read() {
+        let rows = rows_n(3_000);
+        let (dir, path, t) = lazy(&rows, 3_000);
+        let Some(t) = t else {
+            eprintln!("MADV_POPULATE_READ missing: tables are loaded in full here");
+            return;
+        };
+        let expect = |r: &Row| (r.fields.slot, r.fields.layer, r.fields.layer_since_us);
+        assert!(t.unchecked() && t.damage().is_none());
+        t.scrub_blocks(&|| false).unwrap();
+        for (i, r) in rows.iter().enumerate() {
+            assert!(t.row_ok(i as u32, expect(r)));
+            assert_eq!(t.fields(i as u32), r.fields);
+            assert_eq!(Body::Table(t.clone(), i as u32), r.body);
+        }
+        t.set_rows_checked();
+        assert!(!t.unchecked());
+        // A row that disagrees with the slot index (another slot, layer or layer-since time)
+        // is damage too.
+        for wrong in [
+            expect(&rows[4]),
+            (
+                rows[5].fields.slot,
+                Layer::Assets,
+                rows[5].fields.layer_since_us,
+            ),
+            (rows[5].fields.slot, rows[5].fields.layer, 7),
+        ] {
+            if wrong == expect(&rows[5]) {
+                continue;
+            }
+            let (_d, _p, t2) = lazy(&rows, 3_000);
+            let t2 = t2.unwrap();
+            assert!(!t2.row_ok(5, wrong));
+            assert!(t2.damage().unwrap().to_string().contains("slot index"));
+        }
+        drop(t);
+        // One flipped text byte in the middle of the arena: its row fails, a row in another
+        // block reads, and the scrub of a fresh map fails too.
+        let good = std::fs::read(&path).unwrap();
+        let at = good.len() - 40_000;
+        let mut b = good.clone();
+        b[at] ^= 0x20;
+        std::fs::write(&path, &b).unwrap();
+        let entry = |bytes: &[u8]| FileEntry {
+            name: "records.bin".into(),
+            len: bytes.len() as u64,
+            crc: crc32fast::hash(&good),
+        };
+        let sums: Vec<u32> = good.chunks(BLOCK).map(crc32fast::hash).collect();
+        let t = load_lazy(dir.path(), &entry(&b), sums.clone(), 3_000)
+            .unwrap()
+            .unwrap();
+        assert!(t.row_ok(0, expect(&rows[0])), "a row far from the damage");
+        let bad = (0..t.len())
+            .filter(|r| !t.row_ok(*r, expect(&rows[*r as usize])))
+            .collect::<Vec<_>>();
+        assert!(!bad.is_empty() && bad.len() < 10, "{bad:?}");
+        let e = t.damage().unwrap().to_string();
+        assert!(e.contains(&path.display().to_string()), "{e}");
+        let t = load_lazy(dir.path(), &entry(&b), sums, 3_000)
+            .unwrap()
+            .unwrap();
+        let e = t.scrub_blocks(&|| false).unwrap_err().to_string();
+        assert!(e.contains("records.bin") && e.contains("block"), "{e}");
+        // A table checked in full is refused where its block sums disagree with it.
+        std::fs::write(&path, &good).unwrap();
+        let full = load_as(&dir, good.len() as u64, crc32fast::hash(&good), 3_000).unwrap();
+        let mut sums: Vec<u32> = good.chunks(BLOCK).map(crc32fast::hash).collect();
+        full.check_block_sums(&sums, &path).unwrap();
+        sums[3] ^= 1;
+        let e = full.check_block_sums(&sums, &path).unwrap_err().to_string();
+        assert!(e.contains("block 3"), "{e}");
     }
 
     #[test]

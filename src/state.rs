@@ -260,6 +260,14 @@ pub(crate) struct RowRef {
     pub(crate) layer_since_us: u64,
 }
 
+impl RowRef {
+    /// What the row must hold for the record in `slot`: the slot, layer and layer-since time
+    /// (see `RecordTable::row_ok`).
+    pub(crate) fn expect(&self, slot: u32) -> (u32, Layer, u64) {
+        (slot, self.layer, self.layer_since_us)
+    }
+}
+
 /// A growable bitset over slots.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub(crate) struct Bits(Vec<u64>);
@@ -548,9 +556,47 @@ impl Projections {
             Slot::Owned(r) => Some(r.as_rec(access())),
             Slot::Row(r) => {
                 let table = self.tables.get(r.table as usize)?.as_ref()?;
-                Some(Rec::of_row(table, r.row, access()))
+                // A row of a table mapped unread is checked on its first read; a bad one
+                // reads as no record, and the damage is the store's (`damage`).
+                table
+                    .row_ok(r.row, r.expect(slot))
+                    .then(|| Rec::of_row(table, r.row, access()))
             }
         }
+    }
+
+    /// Damage found after open in what a snapshot mapped unread (a vector chunk, the record
+    /// table): every read that needs it fails from then on.
+    pub(crate) fn damage(&self) -> Option<crate::error::Error> {
+        self.vectors
+            .damage()
+            .or_else(|| self.tables.iter().flatten().find_map(|t| t.damage()))
+    }
+
+    /// True while something mapped unread has not been checked in full (the scrub's work).
+    pub(crate) fn unchecked(&self) -> bool {
+        self.vectors.unchecked() || self.tables.iter().flatten().any(|t| t.unchecked())
+    }
+
+    /// Checks the rows that slots `from..` name (at most `n` slots), as their first read
+    /// would: the next slot to check, `None` past the last. The scrub calls it in steps, so
+    /// writers are not held up for long.
+    pub(crate) fn check_rows(&self, from: u32, n: u32) -> Option<u32> {
+        let end = from.saturating_add(n).min(self.nslots());
+        for slot in from..end {
+            if let Some(Slot::Row(r)) = self.slots.get(slot as usize) {
+                let table = self.tables.get(r.table as usize).and_then(Option::as_ref);
+                if table.is_some_and(|t| !t.row_ok(r.row, r.expect(slot))) {
+                    return None;
+                }
+            }
+        }
+        (end < self.nslots()).then_some(end)
+    }
+
+    /// The record tables, to scrub outside the state lock.
+    pub(crate) fn record_tables(&self) -> Vec<Arc<RecordTable>> {
+        self.tables.iter().flatten().cloned().collect()
     }
 
     /// Every live record with its slot, in slot order.
@@ -563,7 +609,11 @@ impl Projections {
 
     /// Sets the access statistics of the live record in `slot` (a snapshot's `stats.zst`).
     pub(crate) fn set_access(&mut self, slot: u32, a: Access) -> bool {
-        if self.live(slot).is_none() {
+        // Not `live`: that would read (and check) the row of every accessed record at open.
+        if !matches!(
+            self.slots.get(slot as usize),
+            Some(Slot::Row(_) | Slot::Owned(_))
+        ) {
             return false;
         }
         self.access.insert(slot, Box::new(a));
@@ -575,6 +625,9 @@ impl Projections {
         let s = self.slots.get_mut(slot as usize)?;
         if let Slot::Row(r) = *s {
             let table = self.tables.get(r.table as usize)?.as_ref()?;
+            if !table.row_ok(r.row, r.expect(slot)) {
+                return None;
+            }
             *s = Slot::Owned(Box::new(Rec::of_row(table, r.row, None).to_data()));
             self.rows_in[r.table as usize] -= 1;
         }
@@ -592,7 +645,9 @@ impl Projections {
             Slot::Row(r) => {
                 self.rows_in[r.table as usize] -= 1;
                 let table = self.tables.get(r.table as usize).and_then(Option::as_ref);
-                table.map(|t| Rec::of_row(t, r.row, None).to_data())
+                table
+                    .filter(|t| t.row_ok(r.row, r.expect(slot)))
+                    .map(|t| Rec::of_row(t, r.row, None).to_data())
             }
         };
         self.access.remove(&slot);
@@ -692,6 +747,9 @@ impl Projections {
                     r.table
                 ));
             };
+            if !table.row_ok(r.row, r.expect(slot as u32)) {
+                continue;
+            }
             let f = table.fields(r.row);
             if (f.slot as usize, f.layer, f.layer_since_us) != (slot, r.layer, r.layer_since_us) {
                 return Some(format!(
@@ -735,9 +793,10 @@ impl Projections {
                 r.layer == layer
                     && in_time(r.layer_since_us)
                     && (!o.filters()
-                        || self.tables[r.table as usize]
-                            .as_ref()
-                            .is_some_and(|t| Rec::of_row(t, r.row, None).matches(o)))
+                        || self.tables[r.table as usize].as_ref().is_some_and(|t| {
+                            t.row_ok(r.row, r.expect(slot))
+                                && Rec::of_row(t, r.row, None).matches(o)
+                        }))
             }
             _ => false,
         }
@@ -1303,7 +1362,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let rows: Vec<Row> = p.records().map(|(s, r)| r.to_row(s)).collect();
         let f = std::fs::File::create(dir.path().join("records.bin")).unwrap();
-        let (len, crc) = crate::records::write(f, &rows).unwrap();
+        let (len, crc, _) = crate::records::write(f, &rows).unwrap();
         let entry = crate::snapshot::FileEntry {
             name: "records.bin".into(),
             len,

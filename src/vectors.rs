@@ -60,8 +60,9 @@ struct Chunk {
     lazy: Option<Lazy>,
 }
 
-/// The blocks of a chunk, checked on first read.
-struct Lazy {
+/// The blocks of a mapped snapshot file (a vector chunk, `records.bin`), checked against its
+/// block sums on first read.
+pub(crate) struct Lazy {
     sums: Vec<u32>,
     /// One bit per block, set once it checked out.
     done: Vec<AtomicU64>,
@@ -72,7 +73,7 @@ struct Lazy {
 }
 
 impl Lazy {
-    fn new(sums: Vec<u32>) -> Lazy {
+    pub(crate) fn new(sums: Vec<u32>) -> Lazy {
         Lazy {
             done: (0..sums.len().div_ceil(64))
                 .map(|_| AtomicU64::new(0))
@@ -86,7 +87,7 @@ impl Lazy {
     /// Checks block `b` of `map`, the chunk file `chunk` (at once if it checked out before);
     /// `populated`: its pages were just populated by the caller. False (and the damage noted)
     /// when it does not.
-    fn check_block(&self, map: &Mmap, b: usize, populated: bool, chunk: &str) -> bool {
+    pub(crate) fn check_block(&self, map: &Mmap, b: usize, populated: bool, chunk: &str) -> bool {
         let bit = 1u64 << (b % 64);
         if self.done[b / 64].load(Ordering::Acquire) & bit != 0 {
             return true;
@@ -111,6 +112,35 @@ impl Lazy {
         }
         self.done[b / 64].fetch_or(bit, Ordering::Release);
         true
+    }
+
+    /// True when bytes `[at, at + n)` of `map` (the file `name`) checked out, checking each
+    /// block not yet checked (populated first).
+    pub(crate) fn check_range(&self, map: &Mmap, at: usize, n: usize, name: &str) -> bool {
+        if n == 0 || self.all.load(Ordering::Acquire) {
+            return true;
+        }
+        (at / BLOCK..=(at + n - 1) / BLOCK).all(|b| self.check_block(map, b, false, name))
+    }
+
+    /// Notes damage found by a check of what the blocks hold (the first is kept).
+    pub(crate) fn fail(&self, at: u64, why: String) {
+        let _ = self.damage.set((at, why));
+    }
+
+    /// The first damage found: offset in the file and what was wrong.
+    pub(crate) fn damage(&self) -> Option<&(u64, String)> {
+        self.damage.get()
+    }
+
+    /// Marks every block checked (a scrub that found them all good).
+    pub(crate) fn set_all(&self) {
+        self.all.store(true, Ordering::Release);
+    }
+
+    /// Blocks in the file.
+    pub(crate) fn blocks(&self) -> usize {
+        self.sums.len()
     }
 }
 
@@ -441,7 +471,7 @@ pub(crate) fn write_chunk(
 }
 
 /// Writes (and fsyncs) the block sums file of the chunk file at `chunk` (`len` bytes).
-fn write_sums(chunk: &Path, len: u64, sums: &[u32]) -> Result<(u64, u32)> {
+pub(crate) fn write_sums(chunk: &Path, len: u64, sums: &[u32]) -> Result<(u64, u32)> {
     let name = chunk
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())

@@ -151,7 +151,7 @@ async fn bad_input_gets_a_typed_error_and_writes_nothing() {
     assert!("not-a-uuid".parse::<RecordId>().is_err());
     let s = m.stats();
     assert_eq!(s.last_seq, before, "no bad call may append to the log");
-    assert_eq!(m.records(None).len(), 1);
+    assert_eq!(m.records(None).unwrap().len(), 1);
     m.close().await.unwrap();
 }
 
@@ -235,7 +235,7 @@ async fn concurrent_writers_and_identical_content() {
         1,
         "identical concurrent inserts resolve to one record"
     );
-    assert_eq!(m.records(None).len(), 65);
+    assert_eq!(m.records(None).unwrap().len(), 65);
     let s = m.stats();
     assert_eq!(s.applied_seq, s.last_seq);
     std::sync::Arc::try_unwrap(m)
@@ -303,10 +303,111 @@ async fn a_corrupt_snapshot_falls_back_to_an_older_one_and_says_so() {
         st.open
     );
     assert_eq!(
-        m.records(None).len(),
+        m.records(None).unwrap().len(),
         40,
         "the longer replay recovers everything"
     );
+    m.close().await.unwrap();
+}
+
+/// A row of the record table is checked on its first read (the table is mapped unread at
+/// open): damage there is found by the first read of it or by the scrub, fails every read and
+/// write from then on with the file and offset, and the next open checks everything and falls
+/// back to the older snapshot, losing nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_row_is_found_after_open_and_the_next_open_falls_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let vs = clustered(7, 400, DIM, 4);
+    let mut c = config();
+    c.checkpoint_on_close = false;
+    let m = Memory::open(dir.path(), c.clone()).await.unwrap();
+    let (first_half, second_half) = vs.split_at(200);
+    let batch = |from: usize, vs: &[Vec<f32>]| {
+        vs.iter()
+            .enumerate()
+            .map(|(i, v)| record(from + i, v.clone()))
+            .collect::<Vec<_>>()
+    };
+    m.insert_batch(batch(0, first_half)).await.unwrap();
+    let first = m.checkpoint().await.unwrap();
+    let ids = m.insert_batch(batch(200, second_half)).await.unwrap();
+    let second = m.checkpoint().await.unwrap();
+    let all = m.records(None).unwrap();
+    drop(m);
+    // The last record's text, at the end of the newest table (far from its header block).
+    let snap = dir.path().join("snapshots").join(format!("{second:020}"));
+    flip_byte(&snap.join("records.bin"), |len| len - 3, 0x01);
+    let m = Memory::open(dir.path(), c.clone()).await.unwrap();
+    let st = m.stats();
+    assert_eq!(
+        st.open.snapshot_seq,
+        Some(second),
+        "the table is not read at open"
+    );
+    assert!(st.open.snapshots_rejected.is_empty());
+    let last = *ids.last().unwrap();
+    let e = m.get(last).await.unwrap_err();
+    assert!(
+        matches!(&e, Error::Corrupted { .. }) && e.to_string().contains("records.bin"),
+        "{e}"
+    );
+    assert!(m.records(None).is_err());
+    assert!(m.wait_indexed().await.is_err());
+    assert!(m.stats().damage.is_some_and(|d| d.contains("records.bin")));
+    // Nothing is written once damage is known (an insert's duplicate check read rows).
+    assert!(m.insert(record(9_999, vs[0].clone())).await.is_err());
+    drop(m);
+    let m = Memory::open(dir.path(), c).await.unwrap();
+    let st = m.stats();
+    assert!(st.open.full_check.is_some(), "{:?}", st.open);
+    assert_eq!(st.open.snapshot_seq, Some(first));
+    assert_eq!(st.damage, None);
+    assert_eq!(
+        m.records(None).unwrap(),
+        all,
+        "the longer replay recovers everything"
+    );
+    m.get(last).await.unwrap();
+    m.close().await.unwrap();
+}
+
+/// Damage the replay itself reaches (a delete in the log after the snapshot, of a record whose
+/// row is damaged): open does not return a state that skipped it, but opens again with every
+/// snapshot file checked, and the delete holds.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn damage_the_replay_reaches_makes_open_check_everything() {
+    let dir = tempfile::tempdir().unwrap();
+    let vs = clustered(8, 300, DIM, 4);
+    let mut c = config();
+    c.checkpoint_on_close = false;
+    let m = Memory::open(dir.path(), c.clone()).await.unwrap();
+    let recs = vs
+        .iter()
+        .enumerate()
+        .map(|(i, v)| record(i, v.clone()))
+        .collect();
+    let ids = m.insert_batch(recs).await.unwrap();
+    let snap_seq = m.checkpoint().await.unwrap();
+    let last = *ids.last().unwrap();
+    m.delete(last).await.unwrap();
+    drop(m);
+    let snap = dir.path().join("snapshots").join(format!("{snap_seq:020}"));
+    flip_byte(&snap.join("records.bin"), |len| len - 3, 0x01);
+    let m = Memory::open(dir.path(), c).await.unwrap();
+    let st = m.stats();
+    assert!(
+        st.open
+            .full_check
+            .as_deref()
+            .is_some_and(|w| w.contains("records.bin")),
+        "{:?}",
+        st.open
+    );
+    assert_ne!(st.open.snapshot_seq, Some(snap_seq));
+    assert_eq!(st.damage, None);
+    let left = m.records(None).unwrap();
+    assert_eq!(left.len(), ids.len() - 1);
+    assert!(left.iter().all(|r| r.id != last));
     m.close().await.unwrap();
 }
 
@@ -431,12 +532,12 @@ async fn a_checkpoint_moves_records_to_its_own_table_and_a_pruned_one_is_release
     m.close().await.unwrap();
     // Reopened: the 30 records' bodies are rows of that snapshot's table.
     let m = Memory::open(dir.path(), c).await.unwrap();
-    let loaded = m.records(None);
+    let loaded = m.records(None).unwrap();
     assert_eq!(loaded.len(), 30);
     for (i, v) in vs.iter().enumerate().skip(30) {
         m.insert(record(i, v.clone())).await.unwrap();
     }
-    let before = m.records(None);
+    let before = m.records(None).unwrap();
     // Two checkpoints: the snapshot loaded at open is pruned by the first.
     m.checkpoint().await.unwrap();
     m.insert(record(99, vs[0].iter().map(|x| -x).collect()))
@@ -448,7 +549,7 @@ async fn a_checkpoint_moves_records_to_its_own_table_and_a_pruned_one_is_release
         0,
         "a pruned snapshot's records.bin is still mapped"
     );
-    let after = m.records(None);
+    let after = m.records(None).unwrap();
     assert_eq!(after.len(), 61);
     assert_eq!(after[..60], before[..]);
     m.close().await.unwrap();

@@ -205,7 +205,7 @@ async fn verify(
     let m = Memory::open(dir, cfg())
         .await
         .unwrap_or_else(|e| panic!("cycle {cycle}: open after kill failed: {e}"));
-    let records = m.records(None);
+    let records = m.records(None).unwrap();
     let present: HashMap<RecordId, &Record> = records.iter().map(|r| (r.id, r)).collect();
     for (id, text) in live {
         let r = present
@@ -271,7 +271,7 @@ async fn verify(
     full.full_replay = true;
     let f = Memory::open(copy.path(), full).await.unwrap();
     assert_eq!(
-        f.records(None),
+        f.records(None).unwrap(),
         records,
         "cycle {cycle}: snapshot + delta == full replay"
     );

@@ -198,6 +198,7 @@ async fn capacity_evicts_the_lowest_scores_first_and_only_above_the_limit() {
     assert_eq!(r.expired_capacity, 3, "{r:?}");
     let left: Vec<RecordId> = m
         .records(Some(Layer::Interact))
+        .unwrap()
         .iter()
         .map(|r| r.id)
         .collect();
@@ -452,7 +453,11 @@ async fn replaying_the_log_reproduces_every_records_layer() {
         "the run decided things: {runs:?}"
     );
     let layers = |m: &Memory| -> HashMap<RecordId, Record> {
-        m.records(None).into_iter().map(|r| (r.id, r)).collect()
+        m.records(None)
+            .unwrap()
+            .into_iter()
+            .map(|r| (r.id, r))
+            .collect()
     };
     let live = layers(&m);
     assert!(live.values().any(|r| r.layer == Layer::Insights));

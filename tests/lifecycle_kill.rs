@@ -152,6 +152,7 @@ fn promotion_batches_survive_sigkill_all_or_nothing() {
         copy_store(dir.path(), copy.path());
         let layers = |m: &Memory| -> HashMap<RecordId, Layer> {
             m.records(None)
+                .unwrap()
                 .into_iter()
                 .map(|r| (r.id, r.layer))
                 .collect()
@@ -182,7 +183,7 @@ async fn verify(
         .await
         .unwrap_or_else(|e| panic!("cycle {cycle}: open after kill failed: {e}"));
     let mut rounds: HashMap<String, (usize, HashSet<Layer>)> = HashMap::new();
-    for r in m.records(None) {
+    for r in m.records(None).unwrap() {
         let e = rounds
             .entry(r.tags[0].trim_start_matches('r').to_string())
             .or_default();
@@ -213,6 +214,7 @@ async fn verify(
     // Every promotion batch in the log is applied whole: each id it names is in Insights.
     let layer: HashMap<RecordId, Layer> = m
         .records(None)
+        .unwrap()
         .into_iter()
         .map(|r| (r.id, r.layer))
         .collect();

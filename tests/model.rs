@@ -169,6 +169,7 @@ async fn run(ops: Vec<Op>) {
         m.flush_accesses().await.unwrap();
         let got: HashMap<RecordId, M> = m
             .records(None)
+            .unwrap()
             .into_iter()
             .map(|r| {
                 let vec = model.get(&r.id).map(|x| x.vec).unwrap_or(usize::MAX);

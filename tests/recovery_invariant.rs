@@ -19,6 +19,7 @@ async fn top10(m: &Memory, q: &[f32]) -> Vec<(RecordId, f32)> {
 async fn workload(m: &Memory, rng: &mut StdRng, vs: &[Vec<f32>], from: usize, to: usize) {
     let mut ids = m
         .records(None)
+        .unwrap()
         .into_iter()
         .map(|r| r.id)
         .collect::<Vec<_>>();
@@ -91,8 +92,8 @@ async fn snapshot_plus_delta_equals_full_replay() {
     assert_eq!(full.stats().open.snapshot_seq, None);
     assert_eq!(full.stats().open.replayed_events, full.stats().applied_seq);
 
-    let a = recovered.records(None);
-    let b = full.records(None);
+    let a = recovered.records(None).unwrap();
+    let b = full.records(None).unwrap();
     assert_eq!(a.len(), b.len());
     assert!(a.iter().any(|r| r.stats.count > 0 && r.rating.is_some()));
     assert_eq!(a, b, "records and access statistics agree");

@@ -65,7 +65,7 @@ async fn a_snapshot_ahead_of_the_log_is_set_aside_not_loaded_later() {
         "{open:?}"
     );
     assert!(!ahead.exists(), "moved aside");
-    assert_eq!(m.records(None).len(), 10, "full replay");
+    assert_eq!(m.records(None).unwrap().len(), 10, "full replay");
     m.close().await.unwrap();
     let m = Memory::open(dir.path(), config()).await.unwrap();
     assert!(m.stats().open.snapshots_rejected.is_empty());
@@ -160,6 +160,7 @@ async fn a_cancelled_insert_keeps_its_content_reserved_until_applied() {
         m.insert(r.clone()).await.unwrap();
         let same = m
             .records(None)
+            .unwrap()
             .into_iter()
             .filter(|rec| rec.text == r.text)
             .count();

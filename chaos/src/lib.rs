@@ -457,7 +457,9 @@ pub async fn verify(dir: &Path, oracle: &mut Oracle, cycle: u64) -> Result<Cycle
         .map_err(|e| format!("cycle {cycle}: open after kill failed: {e}"))?;
     let fail = |why: String| format!("cycle {cycle}: {why}");
     let (removed, logged_texts, last_seq) = log_facts(dir).map_err(fail)?;
-    let records = m.records(None);
+    let records = m
+        .records(None)
+        .map_err(|e| fail(format!("reading the records: {e}")))?;
     let present: HashMap<RecordId, &Record> = records.iter().map(|r| (r.id, r)).collect();
     let mut report = CycleReport::default();
     for (id, text) in &oracle.acked {
@@ -535,7 +537,10 @@ pub async fn verify(dir: &Path, oracle: &mut Oracle, cycle: u64) -> Result<Cycle
     )
     .await
     .map_err(|e| fail(format!("full replay open: {e}")))?;
-    if full.records(None) != records {
+    let replayed = full
+        .records(None)
+        .map_err(|e| fail(format!("reading the replayed records: {e}")))?;
+    if replayed != records {
         return Err(fail("snapshot + delta differs from a full replay".into()));
     }
     drop(full);

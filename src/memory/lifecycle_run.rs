@@ -96,7 +96,7 @@ impl Inner {
         self.check()?;
         // Scores read the records' vectors (their own and their neighbours'): never from an
         // unchecked or damaged block.
-        self.vectors_checked()?;
+        self.snapshot_checked()?;
         let now = self.config.clock.now_us();
         let lc = &self.config.lifecycle;
         let model = self.model();
@@ -197,7 +197,7 @@ impl Inner {
         }
         if !events.is_empty() {
             // Damage a search found while this run scored: its decisions are not written.
-            self.vectors_checked()?;
+            self.snapshot_checked()?;
             report.seq = self.commit_blocking(events)?.last_seq;
             tracing::info!(
                 promoted = ?report.promoted,

@@ -28,7 +28,12 @@ async fn main() -> Result<()> {
     let m = Memory::open(&dir, config()).await.context("open")?;
     say("READY".into())?;
     let mut rng = Rng::new(seed);
-    let mut mine: Vec<RecordId> = m.records(None).iter().map(|r| r.id).collect();
+    let mut mine: Vec<RecordId> = m
+        .records(None)
+        .context("records")?
+        .iter()
+        .map(|r| r.id)
+        .collect();
     for op in 0u64.. {
         let roll = rng.range(0, 99);
         let pick = |rng: &mut Rng, mine: &Vec<RecordId>| {
