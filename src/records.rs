@@ -12,11 +12,15 @@
 //! header (64 B) | rows (n × 112 B) | tag lengths (u32 each) | refs (16 B each) | arena (UTF-8)
 //! ```
 //! Each row holds the fixed fields and the lengths and starts of its strings; a row's strings
-//! are consecutive in the arena (kind, text, project, session, then its tags). Loading checks
-//! the header crc, the whole file's length and crc32 against the snapshot manifest, that the
-//! arena is UTF-8, and every row: slot order, layer, flags, and that each start is the running
-//! sum of the lengths before it and falls on a character boundary. The accessors then only
-//! slice what was checked.
+//! are consecutive in the arena (kind, text, project, session, then its tags). A full load
+//! ([`load`]) checks the header crc, the whole file's length and crc32 against the snapshot
+//! manifest, that the arena is UTF-8, and every row: slot order, layer, flags, and that each
+//! start is the running sum of the lengths before it and falls on a character boundary.
+//! From snapshot format 6 the engine maps the table unread instead ([`load_lazy`]): with its
+//! block sums (`records.bin.sums`) and its slot index (`slots.bin`, [`write_slots`] /
+//! [`read_slots`]: each slot's row, layer and layer-since time) open checks only the header
+//! block, and each row is checked on its first read ([`RecordTable::row_ok`]) or by the
+//! scrub. The accessors never panic: they slice with bounds and check each string's UTF-8.
 
 use crate::error::{Error, Result};
 use crate::snapshot::{map_checked, FileEntry};

@@ -1,7 +1,8 @@
 //! Snapshots: every projection at one sequence S, in `snapshots/<S>/`.
 //!
 //! Files: `records.bin` (the record table, read without decoding each row: see
-//! `crate::records`), `keys.bin` (ids and content keys sorted, searched in place: see
+//! `crate::records`) with its block sums `records.bin.sums` and slot index `slots.bin`
+//! (format 6 on: open maps the table unread), `keys.bin` (ids and content keys sorted, searched in place: see
 //! `crate::keys`), `stats.zst` (zstd over rkyv), vector chunks (`vectors-*.f32`,
 //! raw little-endian f32 for memmap2; immutable, hard-linked from the previous snapshot),
 //! HNSW graph dumps (`hnsw-<layer>.graph`, links only; see `crate::hnsw`), the trained
