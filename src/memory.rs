@@ -766,11 +766,7 @@ impl Memory {
                 .filter(|r| !st.past_ttl(r, now))
                 .map(|r| r.to_record());
             // A damaged row reads as no record: not "not found" but the damage.
-            if let Some(e) = st.damage() {
-                drop(st);
-                self.inner.note_damage(&e);
-                return Err(e);
-            }
+            self.inner.undamaged_in(&st)?;
             rec.ok_or(Error::NotFound(id))?
         };
         self.inner.record_access(Accessed {
@@ -978,10 +974,7 @@ impl Memory {
             let done = {
                 let st = self.inner.state.read();
                 // Nothing is indexed once damage is found (see `Stats::damage`).
-                if let Some(e) = st.damage() {
-                    self.inner.note_damage(&e);
-                    return Err(e);
-                }
+                self.inner.undamaged_in(&st)?;
                 self.inner.graphs_loading.load(Ordering::Acquire) == 0
                     && !self.inner.scrubbing.load(Ordering::Acquire)
                     && st.layers.iter().all(|l| {
@@ -1107,14 +1100,8 @@ impl Memory {
             .filter(|r| layer.is_none_or(|l| r.layer == l))
             .map(|r| r.to_record())
             .collect();
-        match st.damage() {
-            Some(e) => {
-                drop(st);
-                self.inner.note_damage(&e);
-                Err(e)
-            }
-            None => Ok(all),
-        }
+        self.inner.undamaged_in(&st)?;
+        Ok(all)
     }
 
     /// The store directory.
@@ -1291,6 +1278,23 @@ impl Inner {
     /// row reads as no record, so an insert could duplicate it, or a delete miss it).
     fn undamaged(&self) -> Result<()> {
         self.undamaged_in(&self.state.read())
+    }
+
+    /// Commits the access statistics gathered since the last flush. Once damage is known
+    /// nothing is committed (`undamaged`): they are then dropped, as a crash may drop them,
+    /// and the store is not failed for them.
+    fn commit_accesses(&self) -> Result<()> {
+        let events = self.take_accesses();
+        if events.is_empty() {
+            return Ok(());
+        }
+        match self.commit_blocking(events) {
+            Err(e) if self.state.read().damage().is_some() => {
+                tracing::debug!(error = %e, "access statistics dropped: the store is damaged");
+                Ok(())
+            }
+            done => done.map(|_| ()),
+        }
     }
 
     /// [`Inner::undamaged`] with the state already read-locked by the caller.
@@ -1514,20 +1518,9 @@ impl Inner {
                 || self.access_hits.load(Ordering::Relaxed) >= self.config.access_flush_hits as u64;
             if due {
                 last_flush = Instant::now();
-                let events = self.take_accesses();
-                // Once damage is known nothing is committed (`undamaged`): the statistics
-                // are dropped (as a crash may drop them), the store is not failed for it.
-                let damaged = self.state.read().damage().is_some();
-                if !events.is_empty() && !damaged {
-                    let done = self.commit_blocking(events).map(|_| ());
-                    if let Err(e) = done.or_else(|e| match e {
-                        // Damage found meanwhile: dropped too.
-                        Error::Corrupted { .. } => Ok(()),
-                        e => Err(e),
-                    }) {
-                        self.fail(format!("writing access statistics: {e}"));
-                        break;
-                    }
+                if let Err(e) = self.commit_accesses() {
+                    self.fail(format!("writing access statistics: {e}"));
+                    break;
                 }
             }
             if Instant::now() >= retry_at && self.checkpoint_due() {
@@ -1588,10 +1581,7 @@ impl Inner {
                 && !self.graphs_changed(snap))
             .then(|| snap.latest.as_ref().map(|(s, _)| *s).unwrap_or(0))
         };
-        if let Some(e) = self.state.read().damage() {
-            self.note_damage(&e);
-            return Err(e);
-        }
+        self.undamaged()?;
         // Nothing to write (an idle open and close): no need to wait for the loads below.
         if let Some(seq) = unchanged(&snap) {
             return Ok(seq);
@@ -1629,11 +1619,7 @@ impl Inner {
                 let st = self.state.read();
                 let cap = Capture::take(&st);
                 // A row that read as no record would be missing from this snapshot.
-                if let Some(e) = st.damage() {
-                    drop(st);
-                    self.note_damage(&e);
-                    return Err(e);
-                }
+                self.undamaged_in(&st)?;
                 cap
             };
             cap.model = Some(model).filter(|m| m.version > 0).map(|m| (*m).clone());
@@ -2081,20 +2067,13 @@ impl Inner {
     fn close_blocking(self: Arc<Self>, threads: Vec<JoinHandle<()>>) -> Result<()> {
         let mut result = Ok(());
         if self.failure.lock().is_none() {
-            let events = self.take_accesses();
-            if !events.is_empty() && self.state.read().damage().is_none() {
-                result = match self.commit_blocking(events) {
-                    // Damage found meanwhile: the statistics are dropped (the checkpoint
-                    // below reports the damage).
-                    Ok(_) | Err(Error::Corrupted { .. }) => Ok(()),
-                    Err(e) => Err(e),
-                };
-            }
+            // Dropped on damage: the checkpoint below reports it.
+            result = self.commit_accesses();
             if result.is_ok() && self.config.checkpoint_on_close {
                 result = match self.checkpoint_then(false) {
                     // Reported already (the mark, the log, searches); the next open recovers.
                     Err(e) if self.damage_noted.load(Ordering::Acquire) => {
-                        tracing::warn!(error = %e, "no snapshot at close: a vector chunk is damaged");
+                        tracing::warn!(error = %e, "no snapshot at close: a snapshot file is damaged");
                         Ok(())
                     }
                     r => r.map(|_| ()),

@@ -525,36 +525,10 @@ impl RecordTable {
         let Some(lz) = &self.lazy else {
             return Ok(());
         };
-        if lz.all.load(Ordering::Acquire) {
-            return Ok(());
-        }
-        // In steps populated at once.
-        const STEP: usize = 256;
-        let mut b = 0;
-        while b < lz.blocks.blocks() {
-            if stop() {
-                return Ok(());
-            }
-            let end = (b + STEP).min(lz.blocks.blocks());
-            let (lo, hi) = (b * BLOCK, (end * BLOCK).min(self.map.len()));
-            let populated = matches!(
-                crate::vectors::populate(&self.map, lo, hi - lo),
-                crate::vectors::Populated::Yes
-            );
-            if !(b..end).all(|k| {
-                lz.blocks
-                    .check_block(&self.map, k, populated, "records.bin")
-            }) {
-                break;
-            }
-            b = end;
-        }
+        lz.blocks.scrub(&self.map, "records.bin", stop);
         match self.damage() {
             Some(e) => Err(e),
-            None => {
-                lz.blocks.set_all();
-                Ok(())
-            }
+            None => Ok(()),
         }
     }
 
@@ -940,7 +914,8 @@ pub(crate) fn load_each(
 
 /// The record table `entry` of the snapshot in `dir` mapped unread, with its block `sums`
 /// (read and checked by the caller): only its header and sizes are checked here; each row
-/// on its first read ([`RecordTable::row_ok`]) or by [`RecordTable::scrub`].
+/// on its first read ([`RecordTable::row_ok`]) or by the scrub ([`RecordTable::scrub_blocks`],
+/// then `Projections::check_rows`).
 /// `None` where a page that cannot be read would be a SIGBUS rather than an error
 /// (`MADV_POPULATE_READ` missing): the caller then loads it in full.
 pub(crate) fn load_lazy(
@@ -950,56 +925,35 @@ pub(crate) fn load_lazy(
     nslots: u32,
 ) -> Result<Option<Arc<RecordTable>>> {
     let path = &dir.join(&entry.name);
-    let f = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-    // SAFETY: snapshot files are immutable once renamed into place; nothing in this crate
-    // writes to them again, and the store lock keeps other writers of ours out.
-    #[allow(unsafe_code)]
-    let map = unsafe { Mmap::map(&f) }.map_err(|e| Error::io(path, e))?;
-    if map.len() as u64 != entry.len {
-        return Err(Error::corrupted(
-            path,
-            0,
-            format!(
-                "file is {} bytes; the manifest says {}",
-                map.len(),
-                entry.len
-            ),
-        ));
-    }
+    let map = crate::snapshot::map_unread(dir, entry)?;
     if !crate::vectors::populate_works(&map) {
         return Ok(None);
     }
     // The header is read through the map: populate it first (an unreadable page is an
     // error, not a SIGBUS) and check its block against its sum.
-    let lazy = LazyRows {
-        blocks: Lazy::new(sums),
-        rows: Vec::new(),
-        all: AtomicBool::new(false),
-    };
-    if !lazy
-        .blocks
-        .check_range(&map, 0, HEADER.min(map.len()), &entry.name)
-    {
-        let (at, why) = lazy.blocks.damage().cloned().unwrap_or_default();
+    let blocks = Lazy::new(sums);
+    if !blocks.check_range(&map, 0, HEADER.min(map.len()), &entry.name) {
+        let (at, why) = blocks.damage().cloned().unwrap_or_default();
         return Err(Error::corrupted(path, at, why));
     }
-    let mut t = table_of(map, path, entry.len, nslots, Some(lazy))?;
-    if let Some(lz) = &mut t.lazy {
-        lz.rows = (0..(t.rows as usize).div_ceil(64))
-            .map(|_| AtomicU64::new(0))
-            .collect();
-    }
-    Ok(Some(Arc::new(t)))
+    Ok(Some(Arc::new(table_of(
+        map,
+        path,
+        entry.len,
+        nslots,
+        Some(blocks),
+    )?)))
 }
 
 /// A table over `map` (the file at `path`, `flen` bytes) after its header's checks: magic,
-/// crc, version, row size, reserved bytes, and sizes that add up to the file.
+/// crc, version, row size, reserved bytes, and sizes that add up to the file. With `lazy`
+/// (its block checks), each row is checked on first read.
 fn table_of(
     map: Mmap,
     path: &Path,
     flen: u64,
     nslots: u32,
-    lazy: Option<LazyRows>,
+    lazy: Option<Lazy>,
 ) -> Result<RecordTable> {
     let bad = |off: u64, why: String| Error::corrupted(path, off, why);
     let h = table_header(path, &map, &MAGIC, "record table", RECORDS_FORMAT_VERSION)?;
@@ -1043,7 +997,13 @@ fn table_of(
         nrefs,
         nslots,
         path: path.to_path_buf(),
-        lazy,
+        lazy: lazy.map(|blocks| LazyRows {
+            blocks,
+            rows: (0..(rows as usize).div_ceil(64))
+                .map(|_| AtomicU64::new(0))
+                .collect(),
+            all: AtomicBool::new(false),
+        }),
     })
 }
 

@@ -639,19 +639,27 @@ pub(crate) fn read_manifest(dir: &Path) -> Result<ManifestBody> {
 /// `read()` makes (a 1.5 GB vector chunk: 167 ms this way, 221 ms with `read()`). Without
 /// that call (Linux before 5.14, other systems) the crc is taken with `read()` first.
 pub(crate) fn map_checked(dir: &Path, entry: &FileEntry) -> Result<Mmap> {
+    let map = map_unread(dir, entry)?;
+    let path = &dir.join(&entry.name);
+    match crc_populated(path, &map)? {
+        Some(crc) => check_sum(path, entry, map.len() as u64, crc)?,
+        None => check_file(dir, entry)?,
+    }
+    Ok(map)
+}
+
+/// Maps the listed file `entry` of the snapshot in `dir` without reading it: only its length
+/// is checked against the manifest. Whoever reads through the map checks what it reads
+/// first (the crc of the whole file, or each block against its sum).
+pub(crate) fn map_unread(dir: &Path, entry: &FileEntry) -> Result<Mmap> {
     let path = &dir.join(&entry.name);
     let f = File::open(path).map_err(|e| Error::io(path, e))?;
     // SAFETY: snapshot files are immutable once renamed into place; nothing in this crate
     // writes to them again, and the store lock keeps other writers of ours out.
     #[allow(unsafe_code)]
     let map = unsafe { Mmap::map(&f) }.map_err(|e| Error::io(path, e))?;
-    let len = map.len() as u64;
-    if len != entry.len {
-        return check_sum(path, entry, len, 0).map(|_| map);
-    }
-    match crc_populated(path, &map)? {
-        Some(crc) => check_sum(path, entry, len, crc)?,
-        None => check_file(dir, entry)?,
+    if map.len() as u64 != entry.len {
+        check_sum(path, entry, map.len() as u64, 0)?;
     }
     Ok(map)
 }
@@ -960,11 +968,7 @@ fn decode_tables(dir: &Path, m: &ManifestBody, check: Check) -> Result<Tables> {
         // its first read and by the scrub), and the slots come from the slot index.
         let lazy = match (check, &index) {
             (Check::Blocks, Some((sums, slots_file))) => {
-                let sums = vectors::parse_sums(
-                    &dir.join(&sums.name),
-                    &read_listed(dir, sums)?,
-                    entry.len,
-                )?;
+                let sums = read_sums(dir, sums, entry.len)?;
                 records::load_lazy(dir, entry, sums, m.nslots)?.map(|t| (t, slots_file))
             }
             _ => None,
@@ -984,9 +988,8 @@ fn decode_tables(dir: &Path, m: &ManifestBody, check: Check) -> Result<Tables> {
                 })?;
                 // Checked in full: the index files must agree with the table.
                 if let Some((sums, slots_file)) = &index {
-                    let spath = dir.join(&sums.name);
-                    let parsed = vectors::parse_sums(&spath, &read_listed(dir, sums)?, entry.len)?;
-                    table.check_block_sums(&parsed, &spath)?;
+                    let parsed = read_sums(dir, sums, entry.len)?;
+                    table.check_block_sums(&parsed, &dir.join(&sums.name))?;
                     let mut listed = Vec::with_capacity(from_rows.len());
                     records::read_slots(dir, slots_file, table.len(), m.nslots, |s, r, l, t| {
                         listed.push((s, r, l, t));
@@ -1120,12 +1123,8 @@ fn map_chunks(dir: &Path, dim: usize, m: &ManifestBody, check: Check) -> Result<
         let path = dir.join(name);
         let unread = match (check, sums) {
             (Check::Blocks, Some(s)) => {
-                let f = File::open(&path).map_err(|e| Error::io(&path, e))?;
-                // SAFETY: snapshot files are immutable once renamed into place; nothing in
-                // this crate writes to them again, and the store lock keeps other writers of
-                // ours out. Every read through the map checks its block first (`Vectors`).
-                #[allow(unsafe_code)]
-                let map = unsafe { Mmap::map(&f) }.map_err(|e| Error::io(&path, e))?;
+                // Every read through the map checks its block first (`Vectors`).
+                let map = map_unread(dir, entry)?;
                 vectors::populate_works(&map).then_some((s, map))
             }
             _ => None,
@@ -1133,9 +1132,6 @@ fn map_chunks(dir: &Path, dim: usize, m: &ManifestBody, check: Check) -> Result<
         match unread {
             Some((s, map)) => {
                 let sums = read_sums(dir, s, entry.len)?;
-                if map.len() as u64 != entry.len {
-                    check_sum(&path, entry, map.len() as u64, 0)?;
-                }
                 maps.push((path, map, Some(sums)));
             }
             // In full: the whole file's crc now, and its block sums (if any) kept, so that

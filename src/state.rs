@@ -554,15 +554,18 @@ impl Projections {
         match s {
             Slot::Dead => None,
             Slot::Owned(r) => Some(r.as_rec(access())),
-            Slot::Row(r) => {
-                let table = self.tables.get(r.table as usize)?.as_ref()?;
-                // A row of a table mapped unread is checked on its first read; a bad one
-                // reads as no record, and the damage is the store's (`damage`).
-                table
-                    .row_ok(r.row, r.expect(slot))
-                    .then(|| Rec::of_row(table, r.row, access()))
-            }
+            Slot::Row(r) => self
+                .row_table(slot, r)
+                .map(|t| Rec::of_row(t, r.row, access())),
         }
+    }
+
+    /// The table holding `slot`'s row `r`, once the row checked out: a row of a table mapped
+    /// unread is checked on its first read (`RecordTable::row_ok`); a bad one reads as no
+    /// record, and the damage is the store's (`damage`).
+    fn row_table(&self, slot: u32, r: &RowRef) -> Option<&Arc<RecordTable>> {
+        let table = self.tables.get(r.table as usize)?.as_ref()?;
+        table.row_ok(r.row, r.expect(slot)).then_some(table)
     }
 
     /// Damage found after open in what a snapshot mapped unread (a vector chunk, the record
@@ -622,16 +625,13 @@ impl Projections {
 
     /// The live record in `slot`, to change it: a table row becomes an owned record first.
     fn live_mut(&mut self, slot: u32) -> Option<&mut RecordData> {
-        let s = self.slots.get_mut(slot as usize)?;
-        if let Slot::Row(r) = *s {
-            let table = self.tables.get(r.table as usize)?.as_ref()?;
-            if !table.row_ok(r.row, r.expect(slot)) {
-                return None;
-            }
-            *s = Slot::Owned(Box::new(Rec::of_row(table, r.row, None).to_data()));
+        if let Some(Slot::Row(r)) = self.slots.get(slot as usize) {
+            let r = *r;
+            let data = Rec::of_row(self.row_table(slot, &r)?, r.row, None).to_data();
+            self.slots[slot as usize] = Slot::Owned(Box::new(data));
             self.rows_in[r.table as usize] -= 1;
         }
-        match s {
+        match self.slots.get_mut(slot as usize)? {
             Slot::Owned(r) => Some(r),
             _ => None,
         }
@@ -644,9 +644,7 @@ impl Projections {
             Slot::Owned(r) => Some(*r),
             Slot::Row(r) => {
                 self.rows_in[r.table as usize] -= 1;
-                let table = self.tables.get(r.table as usize).and_then(Option::as_ref);
-                table
-                    .filter(|t| t.row_ok(r.row, r.expect(slot)))
+                self.row_table(slot, &r)
                     .map(|t| Rec::of_row(t, r.row, None).to_data())
             }
         };
@@ -793,10 +791,9 @@ impl Projections {
                 r.layer == layer
                     && in_time(r.layer_since_us)
                     && (!o.filters()
-                        || self.tables[r.table as usize].as_ref().is_some_and(|t| {
-                            t.row_ok(r.row, r.expect(slot))
-                                && Rec::of_row(t, r.row, None).matches(o)
-                        }))
+                        || self
+                            .row_table(slot, r)
+                            .is_some_and(|t| Rec::of_row(t, r.row, None).matches(o)))
             }
             _ => false,
         }

@@ -133,14 +133,30 @@ impl Lazy {
         self.damage.get()
     }
 
-    /// Marks every block checked (a scrub that found them all good).
-    pub(crate) fn set_all(&self) {
+    /// Checks every block of `map` (the file `name`) not yet checked, in file order, 16 MiB
+    /// populated at a time (where a step cannot be, each block is, and names the one), until
+    /// `stop` says so (checked between steps); then marks them all checked. False when it
+    /// stopped or found damage ([`Lazy::damage`] says which).
+    pub(crate) fn scrub(&self, map: &Mmap, name: &str, stop: &dyn Fn() -> bool) -> bool {
+        const STEP: usize = (16 << 20) / BLOCK;
+        let mut b = 0;
+        while b < self.sums.len() && !self.all.load(Ordering::Acquire) {
+            if stop() {
+                return false;
+            }
+            let end = (b + STEP).min(self.sums.len());
+            let (lo, hi) = (b * BLOCK, (end * BLOCK).min(map.len()));
+            let populated = populate_block(map, lo, hi - lo).is_ok();
+            if !(b..end).all(|k| self.check_block(map, k, populated, name)) {
+                return false;
+            }
+            b = end;
+        }
+        if self.damage.get().is_some() {
+            return false;
+        }
         self.all.store(true, Ordering::Release);
-    }
-
-    /// Blocks in the file.
-    pub(crate) fn blocks(&self) -> usize {
-        self.sums.len()
+        true
     }
 }
 
@@ -293,27 +309,14 @@ impl Vectors {
     /// [`Vectors::damage`]). Reads only through the maps, so it needs no lock of the
     /// projections.
     pub(crate) fn scrub(&self, stop: &dyn Fn() -> bool) -> Result<()> {
-        const STEP: usize = (16 << 20) / BLOCK;
         for c in &self.chunks {
             let Some(lz) = &c.lazy else { continue };
-            let mut b = 0;
-            while b < lz.sums.len() && !lz.all.load(Ordering::Acquire) {
-                if stop() {
-                    return Ok(());
-                }
-                let end = (b + STEP).min(lz.sums.len());
-                let (lo, hi) = (b * BLOCK, (end * BLOCK).min(c.map.len()));
-                // Where the step cannot be populated, each block is (and names the one).
-                let populated = populate_block(&c.map, lo, hi - lo).is_ok();
-                if !(b..end).all(|k| lz.check_block(&c.map, k, populated, &c.name)) {
-                    return Err(self
-                        .damage()
-                        .unwrap_or_else(|| Error::corrupted(&c.path, lo as u64, "damaged")));
-                }
-                b = end;
+            if !lz.scrub(&c.map, &c.name, stop) && lz.damage().is_none() {
+                // Stopped.
+                return Ok(());
             }
-            if lz.damage.get().is_none() {
-                lz.all.store(true, Ordering::Release);
+            if let Some(e) = self.damage() {
+                return Err(e);
             }
         }
         match self.damage() {

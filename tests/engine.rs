@@ -322,15 +322,9 @@ async fn a_damaged_row_is_found_after_open_and_the_next_open_falls_back() {
     c.checkpoint_on_close = false;
     let m = Memory::open(dir.path(), c.clone()).await.unwrap();
     let (first_half, second_half) = vs.split_at(200);
-    let batch = |from: usize, vs: &[Vec<f32>]| {
-        vs.iter()
-            .enumerate()
-            .map(|(i, v)| record(from + i, v.clone()))
-            .collect::<Vec<_>>()
-    };
-    m.insert_batch(batch(0, first_half)).await.unwrap();
+    m.insert_batch(records(0, first_half)).await.unwrap();
     let first = m.checkpoint().await.unwrap();
-    let ids = m.insert_batch(batch(200, second_half)).await.unwrap();
+    let ids = m.insert_batch(records(200, second_half)).await.unwrap();
     let second = m.checkpoint().await.unwrap();
     let all = m.records(None).unwrap();
     drop(m);
@@ -381,12 +375,7 @@ async fn damage_the_replay_reaches_makes_open_check_everything() {
     let mut c = config();
     c.checkpoint_on_close = false;
     let m = Memory::open(dir.path(), c.clone()).await.unwrap();
-    let recs = vs
-        .iter()
-        .enumerate()
-        .map(|(i, v)| record(i, v.clone()))
-        .collect();
-    let ids = m.insert_batch(recs).await.unwrap();
+    let ids = m.insert_batch(records(0, &vs)).await.unwrap();
     let snap_seq = m.checkpoint().await.unwrap();
     let last = *ids.last().unwrap();
     m.delete(last).await.unwrap();
@@ -458,11 +447,7 @@ async fn a_flipped_bit_in_a_vector_chunk_is_found_by_the_scrub_and_the_log_repla
     let dir = tempfile::tempdir().unwrap();
     let vs = clustered(9, 50, DIM, 5);
     let m = Memory::open(dir.path(), config()).await.unwrap();
-    let batch = vs
-        .iter()
-        .enumerate()
-        .map(|(i, v)| record(i, v.clone()))
-        .collect();
+    let batch = records(0, &vs);
     let ids = m.insert_batch(batch).await.unwrap();
     let seq = m.checkpoint().await.unwrap();
     drop(m);

@@ -12,11 +12,7 @@ async fn tombstones_over_the_threshold_rebuild_the_layer_index() {
     c.exact_search_below = 0;
     let m = Memory::open(dir.path(), c).await.unwrap();
     let vs = clustered(21, 1000, DIM, 20);
-    let batch = vs
-        .iter()
-        .enumerate()
-        .map(|(i, v)| record(i, v.clone()))
-        .collect();
+    let batch = records(0, &vs);
     let ids = m.insert_batch(batch).await.unwrap();
     m.wait_indexed().await.unwrap();
     assert_eq!(m.stats().layers[0].indexed, 1000);
@@ -50,11 +46,7 @@ async fn a_bad_hnsw_dump_is_reported_and_the_layer_reindexed() {
     c.exact_search_below = 0;
     let vs = clustered(22, 1_100, DIM, 5);
     let m = Memory::open(dir.path(), c.clone()).await.unwrap();
-    let batch = vs
-        .iter()
-        .enumerate()
-        .map(|(i, v)| record(i, v.clone()))
-        .collect();
+    let batch = records(0, &vs);
     let ids = m.insert_batch(batch).await.unwrap();
     m.wait_indexed().await.unwrap();
     let seq = m.checkpoint().await.unwrap();

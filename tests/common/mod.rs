@@ -45,6 +45,14 @@ pub fn record(i: usize, v: Vec<f32>) -> NewRecord {
     NewRecord::new(format!("record number {i}"), v)
 }
 
+/// [`record`] for each of `vs`, numbered from `first`.
+pub fn records(first: usize, vs: &[Vec<f32>]) -> Vec<NewRecord> {
+    vs.iter()
+        .enumerate()
+        .map(|(i, v)| record(first + i, v.clone()))
+        .collect()
+}
+
 /// Copies a store (not its LOCK), e.g. to open the copy with `full_replay`.
 pub fn copy_store(from: &std::path::Path, to: &std::path::Path) {
     std::fs::create_dir_all(to).unwrap();
