@@ -313,7 +313,9 @@ fn copy_snapshot(from: &Path, to: &Path, dim: usize) -> Result<()> {
             .map_err(|e| Error::io(&dst, e))?;
     }
     sync_dir(&tmp)?;
-    if let Err(e) = snapshot::load(&tmp, dim, snapshot::Check::Full) {
+    let checked = snapshot::load(&tmp, dim, snapshot::Check::Full)
+        .and_then(|l| snapshot::check_dumps(&tmp, &l.manifest));
+    if let Err(e) = checked {
         let _ = std::fs::remove_dir_all(&tmp);
         return Err(e);
     }

@@ -5,38 +5,45 @@
 //! arrays, an int8 code per point) reads every point's vector: about 0.3 s at a million
 //! 384-d points, after the dump itself is read and checked (about 0.4 s). Until then a layer
 //! would be scanned exactly (about 120 ms a query at a million points on two cores). A
-//! [`MappedGraph`] needs only the dump's crc (checked through the map as open checks every
-//! snapshot file) and one pass over its level bytes and one over its slots (each below the
-//! snapshot's slot count, each once); it scores points exactly, on the f32
-//! vectors, so it is slower per query than the coded copy that replaces it once the indexer
-//! has made it, but as exact.
+//! [`MappedGraph`] needs one pass over its level bytes and one over its slots (each below
+//! the snapshot's slot count, each once); it scores points exactly, on the f32 vectors, so it
+//! is slower per query than the coded copy that replaces it once the indexer has made it, but
+//! as exact.
 //!
-//! Open checks the header and every node's level and upper-level block; a link is checked
-//! when it is read (a link list naming a node beyond the graph is read as empty), so a dump
-//! whose crc matches but whose links are wrong cannot make a walk panic or read out of
-//! bounds. The indexer's full check of the same bytes ([`crate::hnsw::HnswBuilder::read`])
-//! still runs before the graph is used to insert; if it fails, this graph is dropped and the
-//! layer is rebuilt, as for any bad dump.
+//! What open reads (header, slots, levels, upper-level blocks: under a tenth of a dump, 11 MB
+//! of 143 MB at 1M points) is checked at open. The level-0 links, the rest, are checked against
+//! the dump's block sums (snapshot format 7 on) block by block as walks first read them, so
+//! open does not read them; an older dump is checked in full at open. A walk that reads a
+//! damaged block stops using the graph: that search and every later one scan the layer exactly
+//! (nothing is missed), and the indexer, which checks every block before it reads the dump,
+//! reports the damage and rebuilds the layer's graph.
 //!
-//! Pages are read through the map after open has populated and checked them; a page the
-//! kernel later drops and cannot read back would raise SIGBUS, the risk the store already
-//! takes with its mapped vector chunks and record table.
+//! A link is checked when it is read (a link list naming a node beyond the graph is read as
+//! empty), so a dump whose sums match but whose links are wrong cannot make a walk panic or
+//! read out of bounds. The indexer's full check of the same bytes
+//! ([`crate::hnsw::HnswBuilder::read`]) still runs before the graph is used to insert; if it
+//! fails, this graph is dropped and the layer is rebuilt, as for any bad dump.
+//!
+//! Pages are populated before they are checked; a page the kernel later drops and cannot
+//! read back would raise SIGBUS, the risk the store already takes with its mapped vector
+//! chunks and record table.
 
 use crate::distance::{dist_key, dot, prefetch};
 use crate::frozen::{push_exact, walk, Scorer, SearchGraph};
 use crate::hnsw::{check_slots, DumpHeader};
 use crate::state::TopK;
-use crate::vectors::Vectors;
-use memmap2::Mmap;
-use std::sync::Arc;
+use crate::vectors::{InPlace, Vectors};
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Cache lines of each f32 vector a walk asks for ahead (see [`prefetch`]), as the builder.
 const PREFETCH_LINES: usize = 4;
 
 /// See the module documentation.
 pub(crate) struct MappedGraph {
-    map: Arc<Mmap>,
+    file: InPlace,
     head: DumpHeader,
+    /// A walk found a damaged block (reported once).
+    warned: AtomicBool,
     /// Per node: where its upper-level block starts, in u32 cells after `head.upper_at`.
     upper_cell: Vec<u32>,
 }
@@ -51,12 +58,12 @@ impl std::fmt::Debug for MappedGraph {
 }
 
 impl MappedGraph {
-    /// A graph over `map`, a dump whose crc has been checked, for a store of `dim`-d vectors
-    /// with `nslots` slots. Checks the header, that the blocks fill the dump exactly, that
-    /// each slot is below `nslots` and appears once, and the entry node. Errors carry the
-    /// byte offset of the bad field.
+    /// A graph over `file`, a dump mapped (see `snapshot::map_in_place`), for a store of
+    /// `dim`-d vectors with `nslots` slots. Checks the blocks of all but the level-0 links,
+    /// the header, that the blocks fill the dump exactly, that each slot is below `nslots`
+    /// and appears once, and the entry node. Errors carry the byte offset of the bad field.
     pub(crate) fn open(
-        map: Arc<Mmap>,
+        file: InPlace,
         dim: usize,
         nslots: u32,
     ) -> Result<MappedGraph, (u64, String)> {
@@ -66,12 +73,24 @@ impl MappedGraph {
                 "a dump is searched in place only on little-endian CPUs".into(),
             ));
         }
-        let bytes: &[u8] = &map;
-        let head = DumpHeader::parse(bytes, dim)?;
-        let upper_cell = head.upper_cells(bytes)?;
+        let fault = |file: &InPlace| {
+            file.fault()
+                .cloned()
+                .unwrap_or((0, "the dump cannot be read".into()))
+        };
+        let len = file.map.len();
+        if !file.ok(0, DumpHeader::SLOTS_AT.min(len)) {
+            return Err(fault(&file));
+        }
+        let head = DumpHeader::parse(&file.map, dim)?;
+        if !file.ok(0, head.links_at) || !file.ok(head.upper_at, len - head.upper_at) {
+            return Err(fault(&file));
+        }
+        let upper_cell = head.upper_cells(&file.map)?;
         let g = MappedGraph {
-            map,
+            file,
             head,
+            warned: AtomicBool::new(false),
             upper_cell,
         };
         let slots = g.slots();
@@ -85,9 +104,16 @@ impl MappedGraph {
         Ok(g)
     }
 
-    /// The dump's bytes (for the indexer's full read of the same graph).
-    pub(crate) fn bytes(&self) -> &[u8] {
-        &self.map
+    /// The dump's bytes, every block checked first (for the indexer's full read of the same
+    /// graph); the damage found is the error.
+    pub(crate) fn checked_bytes(&self) -> crate::error::Result<&[u8]> {
+        self.file.scrub(&|| false)?;
+        Ok(&self.file.map)
+    }
+
+    /// True once a read found a damaged block: the graph is no longer walked.
+    fn damaged(&self) -> bool {
+        self.file.fault().is_some()
     }
 
     /// Node → slot.
@@ -99,7 +125,7 @@ impl MappedGraph {
     /// 4-byte aligned (the layout keeps every region aligned, and maps start on a page).
     fn u32s(&self, at: usize, count: usize) -> &[u32] {
         at.checked_add(count.saturating_mul(4))
-            .and_then(|end| self.map.get(at..end))
+            .and_then(|end| self.file.map.get(at..end))
             .and_then(|b| bytemuck::try_cast_slice(b).ok())
             .unwrap_or(&[])
     }
@@ -114,7 +140,8 @@ impl MappedGraph {
     }
 
     fn level(&self, node: u32) -> usize {
-        self.map
+        self.file
+            .map
             .get(self.head.levels_at + node as usize)
             .map_or(0, |l| *l as usize)
     }
@@ -122,12 +149,16 @@ impl MappedGraph {
     /// Links of `node` on layer 0.
     fn links0(&self, node: u32) -> &[u32] {
         let h = &self.head;
-        let Some(len) = self.map.get(h.levels_at + h.n + node as usize) else {
+        let Some(len) = self.file.map.get(h.levels_at + h.n + node as usize) else {
             return &[];
         };
         let m0 = 2 * h.m;
         let len = (*len as usize).min(m0);
-        self.checked(self.u32s(h.links_at + 4 * node as usize * m0, len))
+        let at = h.links_at + 4 * node as usize * m0;
+        if !self.file.ok(at, 4 * len) {
+            return &[];
+        }
+        self.checked(self.u32s(at, len))
     }
 
     /// Links of `node` on `level` (1 and up): none if the node is not on that level.
@@ -166,7 +197,7 @@ impl SearchGraph for MappedGraph {
         ok: &dyn Fn(u32) -> bool,
         top: &mut TopK,
     ) -> usize {
-        if self.head.n == 0 {
+        if self.head.n == 0 || self.damaged() {
             return 0;
         }
         let slots = self.slots();
@@ -187,6 +218,15 @@ impl SearchGraph for MappedGraph {
             &ok_node,
             ef.max(1),
         );
+        if self.damaged() {
+            // Found nothing: the caller scans the layer exactly (see the module docs).
+            if !self.warned.swap(true, Ordering::AcqRel) {
+                if let Some(e) = self.file.damage() {
+                    tracing::warn!(error = %e, "graph dump damaged; searching the layer exactly until the indexer rebuilds its graph");
+                }
+            }
+            return 0;
+        }
         push_exact(res, q, slots, vectors, top)
     }
 }
@@ -198,12 +238,14 @@ mod tests {
     use crate::hnsw::tests::{build, clustered, exact};
     use crate::hnsw::HnswBuilder;
 
-    fn mapped(bytes: &[u8]) -> Arc<Mmap> {
+    /// A dump read in place, checked in full (as a dump from before block sums).
+    fn mapped(bytes: &[u8]) -> InPlace {
         let mut f = tempfile::tempfile().unwrap();
         std::io::Write::write_all(&mut f, bytes).unwrap();
         // SAFETY: a private temp file, not written again while mapped.
         #[allow(unsafe_code)]
-        Arc::new(unsafe { Mmap::map(&f) }.unwrap())
+        let map = unsafe { memmap2::Mmap::map(&f) }.unwrap();
+        InPlace::new("test.graph".into(), map, None)
     }
 
     fn dump(g: &HnswBuilder) -> Vec<u8> {
@@ -443,11 +485,14 @@ mod tests {
         m.close().await.unwrap();
     }
 
-    /// A dump whose crc matches but that the indexer's full check refuses (here a node with
-    /// more level-0 links than 2M, which the in-place reader caps) is searched in place at
-    /// open, then reported, dropped and rebuilt.
-    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn a_dump_the_indexer_refuses_is_dropped_and_the_layer_rebuilt() {
+    /// A store of 1,100 indexed records and a snapshot of them: its directory, the vectors,
+    /// the ids and the snapshot's directory.
+    async fn indexed_1100() -> (
+        tempfile::TempDir,
+        Vec<Vec<f32>>,
+        Vec<crate::RecordId>,
+        std::path::PathBuf,
+    ) {
         let tmp = tempfile::tempdir().unwrap();
         let vs = clustered(1_100, DIM, 5, 0.3);
         let m = Memory::open(tmp.path(), config()).await.unwrap();
@@ -460,25 +505,146 @@ mod tests {
             .path()
             .join("snapshots")
             .join(crate::snapshot::dir_name(seq));
-        let path = snap.join("hnsw-interact.graph");
-        let mut bytes = std::fs::read(&path).unwrap();
-        let head = DumpHeader::parse(&bytes, DIM).unwrap();
-        let count_at = head.levels_at + head.n;
-        bytes[count_at] = (2 * head.m + 1) as u8;
-        std::fs::write(&path, &bytes).unwrap();
-        let mut manifest = crate::snapshot::read_manifest(&snap).unwrap();
-        let entry = manifest
-            .files
-            .iter_mut()
-            .find(|f| f.name == "hnsw-interact.graph")
-            .unwrap();
-        entry.crc = crc32fast::hash(&bytes);
-        crate::snapshot::write_manifest(&snap, &manifest).unwrap();
+        (tmp, vs, ids, snap)
+    }
 
-        let hold = Hold::new(tmp.path());
-        let m = Memory::open(tmp.path(), config()).await.unwrap();
+    /// Deletes replayed onto a snapshot's graph count as its tombstones whichever way the
+    /// layer's index comes back at open: a format-7 dump searched in place (its own slot
+    /// list is the index), a format-6 one (the manifest lists its slots). And a format-7 dump
+    /// that cannot be mapped at open because its block sums file is damaged (the replay runs
+    /// with no index slots): the layer is searched exactly, then the indexer's full read
+    /// (which checks the sums too) reports the sums file and rebuilds the graph from the live
+    /// records alone.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn deletes_replayed_onto_a_dump_count_the_same_whatever_the_format() {
+        for case in ["format 7", "format 6", "format 7, sums damaged"] {
+            let (tmp, vs, ids, snap) = indexed_1100().await;
+            let m = Memory::open(tmp.path(), config()).await.unwrap();
+            for id in &ids[..50] {
+                m.delete(*id).await.unwrap();
+            }
+            drop(m); // no close: the deletes are in the log only
+            let sums = snap.join("hnsw-interact.graph.sums");
+            match case {
+                "format 6" => crate::snapshot::downgrade_to_format_6(&snap, DIM),
+                "format 7" => {}
+                _ => {
+                    let mut b = std::fs::read(&sums).unwrap();
+                    let last = b.len() - 1;
+                    b[last] ^= 1;
+                    std::fs::write(&sums, &b).unwrap();
+                }
+            }
+            let hold = Hold::new(tmp.path());
+            let m = Memory::open(tmp.path(), config()).await.unwrap();
+            let in_place = case != "format 7, sums damaged";
+            assert_eq!(m.graph_in_place(Layer::Interact), in_place, "{case}");
+            if in_place {
+                let l = &m.stats().layers[0];
+                assert_eq!((l.indexed, l.tombstones), (1_100, 50), "{case}, in place");
+            }
+            for i in (0..1_100).step_by(25) {
+                let hits = m.search(&vs[i], &quiet(1)).await.unwrap();
+                if i < 50 {
+                    assert!(hits.iter().all(|h| h.id != ids[i]), "{case}: {i} deleted");
+                } else {
+                    assert_eq!(hits[0].id, ids[i], "{case}: record {i}");
+                }
+            }
+            drop(hold);
+            m.wait_indexed().await.unwrap();
+            let st = m.stats();
+            let l = &st.layers[0];
+            if in_place {
+                assert!(st.open.index_rebuilds.is_empty(), "{case}: {:?}", st.open);
+                assert_eq!(
+                    (l.records, l.indexed, l.tombstones, l.pending),
+                    (1_050, 1_100, 50, 0),
+                    "{case}"
+                );
+            } else {
+                let why = st.open.index_rebuilds.iter().map(|(_, w)| w.clone());
+                assert!(
+                    why.clone().count() == 1
+                        && why.clone().all(|w| w.contains("hnsw-interact.graph.sums")),
+                    "{case}: {:?}",
+                    st.open
+                );
+                assert_eq!(
+                    (l.records, l.indexed, l.tombstones, l.pending),
+                    (1_050, 1_050, 0, 0),
+                    "{case}: rebuilt"
+                );
+            }
+            m.close().await.unwrap();
+        }
+    }
+
+    /// The interact layer's dump in the snapshot `snap`: its path, bytes and header.
+    fn interact_dump(snap: &std::path::Path) -> (std::path::PathBuf, Vec<u8>, DumpHeader) {
+        let path = snap.join("hnsw-interact.graph");
+        let bytes = std::fs::read(&path).unwrap();
+        let head = DumpHeader::parse(&bytes, DIM).unwrap();
+        (path, bytes, head)
+    }
+
+    /// Writes `bytes` as the interact layer's dump of the snapshot `snap`, with block sums
+    /// and manifest entries that match (as if the writer had written them).
+    fn rewrite_with_sums(snap: &std::path::Path, bytes: &[u8]) {
+        let path = snap.join("hnsw-interact.graph");
+        std::fs::write(&path, bytes).unwrap();
+        let sums: Vec<u32> = bytes
+            .chunks(crate::vectors::BLOCK)
+            .map(crc32fast::hash)
+            .collect();
+        let (slen, scrc) = crate::vectors::write_sums(&path, bytes.len() as u64, &sums).unwrap();
+        let mut manifest = crate::snapshot::read_manifest(snap).unwrap();
+        for f in &mut manifest.files {
+            if f.name == "hnsw-interact.graph" {
+                f.crc = crc32fast::hash(bytes);
+            } else if f.name == "hnsw-interact.graph.sums" {
+                (f.len, f.crc) = (slen, scrc);
+            }
+        }
+        crate::snapshot::write_manifest(snap, &manifest).unwrap();
+    }
+
+    /// Level-0 links damaged (a block against its sum; open does not read them): the walk
+    /// that reads them gives up the graph, so searches scan the layer exactly and miss
+    /// nothing; the indexer names the file and offset and rebuilds the layer's graph.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn damaged_links_found_by_a_walk_are_searched_around_and_rebuilt() {
+        let (tmp, vs, ids, snap) = indexed_1100().await;
+        let (path, mut bytes, head) = interact_dump(&snap);
+        // A flipped bit in every block of nothing but level-0 links: whichever a walk reads
+        // is damaged (a block shared with what open reads would fail the open's check).
+        let block = crate::vectors::BLOCK;
+        let first = head.links_at.div_ceil(block) * block;
+        for at in (first..head.upper_at / block * block).step_by(block) {
+            bytes[at] ^= 0x40;
+        }
+        std::fs::write(&path, &bytes).unwrap();
+
+        let why = searched_in_place_then_rebuilt(tmp.path(), &vs, &ids).await;
+        // The first damaged block a walk read.
+        let named = (first..head.upper_at / block * block)
+            .step_by(block)
+            .any(|at| why.contains(&format!("offset {at}: checksum mismatch in block")));
+        assert!(why.contains("hnsw-interact.graph") && named, "{why}");
+    }
+
+    /// Opens the store in `dir` with the interact layer's dump searched in place (dump loads
+    /// held), checks that searches for `vs` find `ids`, lets the indexer load the dump, which
+    /// it must refuse: the layer is rebuilt and searches find them again. Returns why it was
+    /// refused.
+    async fn searched_in_place_then_rebuilt(
+        dir: &std::path::Path,
+        vs: &[Vec<f32>],
+        ids: &[crate::RecordId],
+    ) -> String {
+        let hold = Hold::new(dir);
+        let m = Memory::open(dir, config()).await.unwrap();
         assert_eq!(m.stats().open.graphs_in_place, vec![Layer::Interact]);
-        assert!(m.graph_in_place(Layer::Interact));
         for i in (0..1_100).step_by(50) {
             let hits = m.search(&vs[i], &quiet(1)).await.unwrap();
             assert_eq!(hits[0].id, ids[i], "record {i}, in place");
@@ -487,14 +653,8 @@ mod tests {
         m.wait_indexed().await.unwrap();
         let st = m.stats();
         assert_eq!(st.open.index_rebuilds.len(), 1, "{:?}", st.open);
-        let (layer, why) = &st.open.index_rebuilds[0];
-        assert_eq!(*layer, Layer::Interact);
-        assert!(
-            why.contains("hnsw-interact.graph")
-                && why.contains(&format!("offset {count_at}"))
-                && why.contains("level-0 links"),
-            "{why}"
-        );
+        let (layer, why) = st.open.index_rebuilds[0].clone();
+        assert_eq!(layer, Layer::Interact);
         assert!(!m.graph_in_place(Layer::Interact));
         assert_eq!(st.layers[0].indexed, 1_100, "rebuilt");
         for i in (0..1_100).step_by(50) {
@@ -502,5 +662,26 @@ mod tests {
             assert_eq!(hits[0].id, ids[i], "record {i}, rebuilt");
         }
         m.close().await.unwrap();
+        why
+    }
+
+    /// A dump whose crc matches but that the indexer's full check refuses (here a node with
+    /// more level-0 links than 2M, which the in-place reader caps) is searched in place at
+    /// open, then reported, dropped and rebuilt.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_dump_the_indexer_refuses_is_dropped_and_the_layer_rebuilt() {
+        let (tmp, vs, ids, snap) = indexed_1100().await;
+        let (_, mut bytes, head) = interact_dump(&snap);
+        let count_at = head.levels_at + head.n;
+        bytes[count_at] = (2 * head.m + 1) as u8;
+        rewrite_with_sums(&snap, &bytes);
+
+        let why = searched_in_place_then_rebuilt(tmp.path(), &vs, &ids).await;
+        assert!(
+            why.contains("hnsw-interact.graph")
+                && why.contains(&format!("offset {count_at}"))
+                && why.contains("level-0 links"),
+            "{why}"
+        );
     }
 }

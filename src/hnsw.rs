@@ -160,28 +160,40 @@ impl DumpHeader {
     /// where each node's block starts, in u32 cells after `upper_at`.
     pub(crate) fn upper_cells(&self, bytes: &[u8]) -> Result<Vec<u32>, (u64, String)> {
         let n = self.n;
-        let mut starts = Vec::with_capacity(n);
-        let mut cell = 0usize;
-        let mut entry_ok = n == 0 && self.entry == u32::MAX;
-        for (i, &lvl) in bytes[self.levels_at..self.levels_at + n].iter().enumerate() {
-            let lvl = lvl as usize;
-            if lvl > self.top {
-                return Err((
-                    (self.levels_at + i) as u64,
-                    format!("node {i} has level {lvl} above the top {}", self.top),
-                ));
-            }
-            starts.push(u32::try_from(cell).map_err(|_| {
-                (
-                    self.upper_at as u64,
-                    "upper-level links beyond 16 GiB".to_string(),
-                )
-            })?);
-            cell += lvl * (self.m + 1);
-            if i as u32 == self.entry && lvl == self.top {
-                entry_ok = true;
-            }
+        let levels = &bytes[self.levels_at..self.levels_at + n];
+        if let Some(i) = levels.iter().position(|l| *l as usize > self.top) {
+            return Err((
+                (self.levels_at + i) as u64,
+                format!(
+                    "node {i} has level {} above the top {}",
+                    levels[i], self.top
+                ),
+            ));
         }
+        // At most 2^32 nodes of level ≤ MAX_LEVEL with M < 128: no u64 overflow. A total
+        // that fits u32 makes every running sum fit too (they only grow), so the truncating
+        // casts below are exact whenever the check after them passes.
+        let per_level = (self.m + 1) as u64;
+        let mut cell = 0u64;
+        let starts: Vec<u32> = levels
+            .iter()
+            .map(|l| {
+                let at = cell as u32;
+                cell += u64::from(*l) * per_level;
+                at
+            })
+            .collect();
+        if u32::try_from(cell).is_err() {
+            return Err((
+                self.upper_at as u64,
+                "upper-level links beyond 16 GiB".to_string(),
+            ));
+        }
+        let cell = cell as usize;
+        let entry_ok = match levels.get(self.entry as usize) {
+            Some(l) => *l as usize == self.top,
+            None => n == 0 && self.entry == u32::MAX,
+        };
         let end = cell
             .checked_mul(4)
             .and_then(|c| c.checked_add(self.upper_at));
@@ -211,14 +223,14 @@ impl DumpHeader {
 /// Checks a dump's slot list (`slots`, from byte [`DumpHeader::SLOTS_AT`]): each below the
 /// snapshot's `nslots`, each once (a bitset: the slots are dense).
 pub(crate) fn check_slots(slots: &[u32], nslots: u32) -> Result<(), (u64, String)> {
-    let mut seen = crate::state::SlotSet::default();
+    let mut seen = vec![0u64; (nslots as usize).div_ceil(64)];
     for (i, s) in slots.iter().enumerate() {
         let at = (DumpHeader::SLOTS_AT + 4 * i) as u64;
-        if *s >= nslots {
-            return Err((at, format!("slot {s}, but the snapshot has {nslots} slots")));
-        }
-        if !seen.insert(*s) {
-            return Err((at, format!("slot {s} appears twice")));
+        let (w, bit) = (*s as usize / 64, 1u64 << (s % 64));
+        match seen.get_mut(w) {
+            Some(word) if *s < nslots && *word & bit == 0 => *word |= bit,
+            Some(_) if *s < nslots => return Err((at, format!("slot {s} appears twice"))),
+            _ => return Err((at, format!("slot {s}, but the snapshot has {nslots} slots"))),
         }
     }
     Ok(())

@@ -3,10 +3,17 @@
 //! on) and how many live records refer to each id, as sorted arrays searched in place.
 //!
 //! Opening a store used to rebuild these as hash maps from every record, about a third of a
-//! 1M-record open. Now open reads this file (one read, one crc32 and one linear check of
-//! its order) and looks keys up by binary search; what changed since the snapshot lives in
-//! small hash maps beside it (see `Projections`). An entry here can be stale (its record was
-//! deleted, or moved to another layer): every lookup is confirmed against the record itself.
+//! 1M-record open. Now open maps this file and looks keys up by binary search in place; what
+//! changed since the snapshot lives in small hash maps beside it (see `Projections`). An
+//! entry here can be stale (its record was deleted, or moved to another layer): every lookup
+//! is confirmed against the record itself.
+//!
+//! From snapshot format 7 the file has block sums (`keys.bin.sums`) and open reads only its
+//! header: each probe of a lookup checks the block it reads on first read (a damaged one makes
+//! the lookup find nothing and is the store's damage, as for the record table), and the
+//! indexer's scrub checks every block and then what open used to check in full (order, slots
+//! below the snapshot's count, counts above zero). Older files, and any file a full check
+//! opens, are checked in full at open and read into memory.
 //!
 //! Layout (integers little-endian; docs/format.md has the table):
 //! ```text
@@ -17,12 +24,13 @@
 //! slot order. Each slot is below the snapshot's slot count; each ref count is at least 1.
 
 use crate::error::{Error, Result};
-use crate::records::{table_header, u64_at};
-use crate::snapshot::{check_sum, FileEntry};
+use crate::records::{table_header, u64_at, CrcWriter};
+use crate::vectors::InPlace;
 use magray_wal::Id;
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::Path;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Key index format version (`keys.bin`). Changelog in docs/format.md.
 pub(crate) const KEYS_FORMAT_VERSION: u32 = 1;
@@ -30,15 +38,27 @@ const MAGIC: [u8; 8] = *b"MGRYKEYS";
 const HEADER: usize = 64;
 
 /// The sorted key arrays of one snapshot (or of an older snapshot's records, built at open).
-/// The whole file is held in `buf` (u64 words, so every section is aligned for its type).
 pub(crate) struct KeyIndex {
-    buf: Vec<u64>,
+    buf: Buf,
     ids: usize,
     content: usize,
     refs: usize,
-    /// Where each section starts; `at.end` is the file length (`buf` is rounded up to whole
-    /// words).
+    /// Where each section starts; `at.end` is the file length (a built `buf` is rounded up to
+    /// whole words).
     at: Sections,
+    /// Slots of the snapshot (every slot listed is below).
+    nslots: u32,
+    /// What open checks of a file it reads in full (order, slots, counts) holds: at once for
+    /// a built index or one checked in full; for one mapped unread, once the scrub checked it.
+    checked: AtomicBool,
+}
+
+/// Where an index's bytes are.
+enum Buf {
+    /// Built here (u64 words, so every section is aligned for its type).
+    Built(Vec<u64>),
+    /// A snapshot's `keys.bin`, read in place (a map starts on a page: aligned too).
+    Mapped(InPlace),
 }
 
 impl Default for KeyIndex {
@@ -125,14 +145,8 @@ impl KeyIndex {
             Some(s) => (s, (ni, nc, nr)),
             None => (EMPTY, (0, 0, 0)),
         };
-        let mut k = KeyIndex {
-            buf: vec![0; s.end.div_ceil(8)],
-            ids: ni,
-            content: nc,
-            refs: nr,
-            at: s,
-        };
-        let b: &mut [u8] = bytemuck::cast_slice_mut(&mut k.buf);
+        let mut buf = vec![0u64; s.end.div_ceil(8)];
+        let b: &mut [u8] = bytemuck::cast_slice_mut(&mut buf);
         b[0..8].copy_from_slice(&MAGIC);
         b[8..12].copy_from_slice(&KEYS_FORMAT_VERSION.to_le_bytes());
         b[16..24].copy_from_slice(&(ni as u64).to_le_bytes());
@@ -152,26 +166,113 @@ impl KeyIndex {
             b[s.ref_ids + i * 16..][..16].copy_from_slice(id);
             b[s.ref_counts + i * 4..][..4].copy_from_slice(&n.to_le_bytes());
         }
-        k
+        KeyIndex {
+            buf: Buf::Built(buf),
+            ids: ni,
+            content: nc,
+            refs: nr,
+            at: s,
+            // Slots of live records: below any count that matters (the bound is for files).
+            nslots: u32::MAX,
+            checked: AtomicBool::new(true),
+        }
     }
 
     fn bytes(&self) -> &[u8] {
-        &bytemuck::cast_slice(&self.buf)[..self.at.end]
+        match &self.buf {
+            Buf::Built(words) => &bytemuck::cast_slice(words)[..self.at.end],
+            Buf::Mapped(f) => &f.map,
+        }
     }
 
+    /// The file read in place, if it is one.
+    fn file(&self) -> Option<&InPlace> {
+        match &self.buf {
+            Buf::Mapped(f) => Some(f),
+            Buf::Built(_) => None,
+        }
+    }
+
+    /// True when bytes `[at, at + n)` may be read: built, checked in full, or their blocks
+    /// checked out now (else the damage is noted: [`KeyIndex::damage`]).
+    fn ok(&self, at: usize, n: usize) -> bool {
+        self.file().is_none_or(|f| f.ok(at, n))
+    }
+
+    // Sections start at byte 64 of u64-aligned memory (a built buffer, a page-aligned map),
+    // u64 and id sections at multiples of 8, u32 sections at multiples of 4: the casts hold
+    // (and an impossible misalignment reads as an empty section, never a panic).
     fn content_keys(&self) -> &[u64] {
-        // The section starts at byte 64 of a u64 buffer: aligned.
-        let at = self.at.content_keys / 8;
-        &self.buf[at..at + self.content]
+        let at = self.at.content_keys;
+        bytemuck::try_cast_slice(&self.bytes()[at..at + self.content * 8]).unwrap_or(&[])
     }
 
     fn u32s(&self, at: usize, n: usize) -> &[u32] {
-        // Every u32 section starts at a multiple of 4 bytes into a u64-aligned buffer.
-        bytemuck::cast_slice(&self.bytes()[at..at + n * 4])
+        bytemuck::try_cast_slice(&self.bytes()[at..at + n * 4]).unwrap_or(&[])
     }
 
     fn id_list(&self, at: usize, n: usize) -> &[[u8; 16]] {
-        bytemuck::cast_slice(&self.bytes()[at..at + n * 16])
+        bytemuck::try_cast_slice(&self.bytes()[at..at + n * 16]).unwrap_or(&[])
+    }
+
+    /// The first `i` in `0..n` for which `less(i)` is false (`less` false from some point on),
+    /// checking each probed element (`width` bytes from `at + i · width`) before `less` reads
+    /// it; `None` when one is damaged.
+    fn lower(
+        &self,
+        at: usize,
+        width: usize,
+        n: usize,
+        less: impl Fn(usize) -> bool,
+    ) -> Option<usize> {
+        let (mut lo, mut hi) = (0, n);
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if !self.ok(at + mid * width, width) {
+                return None;
+            }
+            if less(mid) {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        Some(lo)
+    }
+
+    /// Index of `id` in the id list at `at` (`n` long), checked.
+    fn find_id(&self, at: usize, n: usize, id: &Id) -> Option<usize> {
+        let list = self.id_list(at, n);
+        let i = self.lower(at, 16, n, |i| list.get(i).is_some_and(|x| x < id))?;
+        (i < list.len() && self.ok(at + i * 16, 16) && list[i] == *id).then_some(i)
+    }
+
+    /// Damage found by a lookup or the scrub, as the error to report.
+    pub(crate) fn damage(&self) -> Option<crate::error::Error> {
+        self.file()?.damage()
+    }
+
+    /// True until a file mapped unread has been checked in full by [`KeyIndex::scrub`].
+    pub(crate) fn unchecked(&self) -> bool {
+        !self.checked.load(Ordering::Acquire)
+    }
+
+    /// Checks every block not yet checked, then the order, slots and counts (what open checks
+    /// of a file it reads in full), until `stop` says so; the damage found is the error (and
+    /// stays noted).
+    pub(crate) fn scrub(&self, stop: &dyn Fn() -> bool) -> Result<()> {
+        let Some(f) = self.file() else {
+            return Ok(());
+        };
+        if !self.unchecked() || !f.scrub(stop)? {
+            return Ok(());
+        }
+        if let Err((at, why)) = self.check_contents() {
+            f.fail(at as u64, why.clone());
+            return Err(Error::corrupted(&f.path, at as u64, why));
+        }
+        self.checked.store(true, Ordering::Release);
+        Ok(())
     }
 
     /// Number of ids (live records when the snapshot was taken).
@@ -179,63 +280,100 @@ impl KeyIndex {
         self.ids
     }
 
-    /// The slot `id` had when the index was written (the record may have died since).
+    /// The slot `id` had when the index was written (the record may have died since). A
+    /// damaged block (noted: [`KeyIndex::damage`]) finds nothing.
     pub(crate) fn slot_of(&self, id: &Id) -> Option<u32> {
         let s = self.at;
-        let ids = self.id_list(s.ids, self.ids);
-        let i = ids.binary_search(id).ok()?;
-        self.u32s(s.id_slots, self.ids).get(i).copied()
+        let i = self.find_id(s.ids, self.ids, id)?;
+        let at = s.id_slots + i * 4;
+        let slot = *self
+            .ok(at, 4)
+            .then(|| self.u32s(s.id_slots, self.ids).get(i))??;
+        if slot >= self.nslots {
+            self.fail(at, format!("slot beyond the snapshot's {}", self.nslots));
+            return None;
+        }
+        Some(slot)
     }
 
-    /// Slots that had content key `key` when the index was written, ascending.
+    /// Slots that had content key `key` when the index was written, ascending. A damaged
+    /// block (noted: [`KeyIndex::damage`]) finds none.
     pub(crate) fn content_slots(&self, key: u64) -> &[u32] {
+        let (s, n) = (self.at, self.content);
         let keys = self.content_keys();
-        let lo = keys.partition_point(|k| *k < key);
-        let hi = lo + keys[lo..].partition_point(|k| *k == key);
-        &self.u32s(self.at.content_slots, self.content)[lo..hi]
+        let Some(lo) = self.lower(s.content_keys, 8, n, |i| {
+            keys.get(i).is_some_and(|k| *k < key)
+        }) else {
+            return &[];
+        };
+        let Some(hi) = self.lower(s.content_keys, 8, n, |i| {
+            keys.get(i).is_some_and(|k| *k <= key)
+        }) else {
+            return &[];
+        };
+        let hi = hi.max(lo);
+        if !self.ok(s.content_slots + lo * 4, (hi - lo) * 4) {
+            return &[];
+        }
+        let found = self.u32s(s.content_slots, n).get(lo..hi).unwrap_or(&[]);
+        if let Some(i) = found.iter().position(|slot| *slot >= self.nslots) {
+            let at = s.content_slots + (lo + i) * 4;
+            self.fail(at, format!("slot beyond the snapshot's {}", self.nslots));
+            return &[];
+        }
+        found
     }
 
-    /// How many live records referred to `id` when the index was written.
+    /// How many live records referred to `id` when the index was written. A damaged block
+    /// (noted: [`KeyIndex::damage`]) counts none.
     pub(crate) fn refs_to(&self, id: &Id) -> u32 {
         let s = self.at;
-        match self.id_list(s.ref_ids, self.refs).binary_search(id) {
-            Ok(i) => self.u32s(s.ref_counts, self.refs)[i],
-            Err(_) => 0,
-        }
-    }
-
-    /// Writes the file; returns its length and crc32.
-    pub(crate) fn write(&self, mut f: File, path: &Path) -> Result<(u64, u32)> {
-        let bytes = self.bytes();
-        f.write_all(bytes)
-            .and_then(|_| magray_wal::fsutil::sync_file(&f, path))
-            .map_err(|e| Error::io(path, e))?;
-        Ok((bytes.len() as u64, crc32fast::hash(bytes)))
-    }
-
-    /// Reads and checks `keys.bin` of the snapshot in `dir`: length and crc32 against the
-    /// manifest, header, section sizes, order, and every slot below `nslots`.
-    pub(crate) fn load(dir: &Path, entry: &FileEntry, nslots: u32) -> Result<KeyIndex> {
-        let path = &dir.join(&entry.name);
-        let bad = |off: usize, why: String| Error::corrupted(path, off as u64, why);
-        let mut f = File::open(path).map_err(|e| Error::io(path, e))?;
-        let flen = f.metadata().map_err(|e| Error::io(path, e))?.len();
-        if flen != entry.len {
-            // The same check and message as every other snapshot file (fails on the length).
-            check_sum(path, entry, flen, 0)?;
-        }
-        let len = usize::try_from(flen).map_err(|_| bad(0, "too large for this host".into()))?;
-        let mut k = KeyIndex {
-            buf: vec![0; len.div_ceil(8)],
-            ids: 0,
-            content: 0,
-            refs: 0,
-            at: Sections { end: len, ..EMPTY },
+        let Some(i) = self.find_id(s.ref_ids, self.refs, id) else {
+            return 0;
         };
-        let b: &mut [u8] = &mut bytemuck::cast_slice_mut(&mut k.buf)[..len];
-        f.read_exact(b).map_err(|e| Error::io(path, e))?;
-        check_sum(path, entry, flen, crc32fast::hash(b))?;
-        let h = table_header(path, b, &MAGIC, "key index", KEYS_FORMAT_VERSION)?;
+        let at = s.ref_counts + i * 4;
+        match self
+            .ok(at, 4)
+            .then(|| self.u32s(s.ref_counts, self.refs).get(i))
+        {
+            Some(Some(n)) if *n > 0 => *n,
+            Some(Some(_)) => {
+                self.fail(at, "zero reference count".into());
+                0
+            }
+            _ => 0,
+        }
+    }
+
+    /// Notes damage found in what a checked block holds (a file read in place only).
+    fn fail(&self, at: usize, why: String) {
+        if let Some(f) = self.file() {
+            f.fail(at as u64, why);
+        }
+    }
+
+    /// Writes (and fsyncs) the file; returns its length, crc32 and block sums (taken on the
+    /// way out, as `records::write` does).
+    pub(crate) fn write(&self, f: File, path: &Path) -> Result<(u64, u32, Vec<u32>)> {
+        let mut w = CrcWriter::with_block_sums(f);
+        w.write_all(self.bytes())
+            .and_then(|_| magray_wal::fsutil::sync_file(&w.inner, path))
+            .map_err(|e| Error::io(path, e))?;
+        let sums = w.sums();
+        Ok((w.len, w.crc.finalize(), sums))
+    }
+
+    /// Opens `keys.bin` of a snapshot with `nslots` slots, mapped (see
+    /// `snapshot::map_in_place`): its header and section sizes now, and, unless it is read
+    /// lazily, its order, slots and counts (the scrub's check, see [`KeyIndex::scrub`]).
+    pub(crate) fn open(file: InPlace, nslots: u32) -> Result<KeyIndex> {
+        let path = file.path.clone();
+        let bad = |off: usize, why: String| Error::corrupted(&path, off as u64, why);
+        let len = file.map.len();
+        if !file.ok(0, HEADER.min(len)) {
+            return Err(file.damage().unwrap_or_else(|| bad(0, "header".into())));
+        }
+        let h = table_header(&path, &file.map, &MAGIC, "key index", KEYS_FORMAT_VERSION)?;
         if h[12..16].iter().chain(&h[40..60]).any(|b| *b != 0) {
             return Err(bad(12, "reserved bytes are not zero".into()));
         }
@@ -258,38 +396,70 @@ impl KeyIndex {
                     ),
                 )
             })?;
-        (k.ids, k.content, k.refs, k.at) = (ids, content, refs, s);
-        let ascending = |at: usize, n: usize, what: &str| -> Result<()> {
-            let list = k.id_list(at, n);
+        let lazy = file.lazy.is_some();
+        let buf = if lazy {
+            Buf::Mapped(file)
+        } else {
+            // Checked in full: read whole into memory as before format 7, so that no later
+            // lookup reads through a map (a page the kernel cannot read back would be a
+            // SIGBUS there) and a pruned snapshot's file is not held open.
+            let mut words = vec![0u64; len.div_ceil(8)];
+            bytemuck::cast_slice_mut::<u64, u8>(&mut words)[..len].copy_from_slice(&file.map);
+            Buf::Built(words)
+        };
+        let k = KeyIndex {
+            buf,
+            ids,
+            content,
+            refs,
+            at: s,
+            nslots,
+            checked: AtomicBool::new(!lazy),
+        };
+        if !lazy {
+            k.check_contents().map_err(|(at, why)| bad(at, why))?;
+        }
+        Ok(k)
+    }
+
+    /// Order, slots below the snapshot's count, and counts above zero, over the whole file
+    /// (every block of it checked): the byte offset of the first fault and what it is.
+    fn check_contents(&self) -> std::result::Result<(), (usize, String)> {
+        let (s, nslots) = (self.at, self.nslots);
+        let (ids, content, refs) = (self.ids, self.content, self.refs);
+        let ascending = |at: usize, n: usize, what: &str| {
+            let list = self.id_list(at, n);
             match list.windows(2).position(|w| w[0] >= w[1]) {
-                Some(i) => Err(bad(at + (i + 1) * 16, format!("{what} out of order"))),
+                Some(i) => Err((at + (i + 1) * 16, format!("{what} out of order"))),
                 None => Ok(()),
             }
         };
         ascending(s.ids, ids, "id")?;
         ascending(s.ref_ids, refs, "ref target")?;
-        let keys = k.content_keys();
-        let cslots = k.u32s(s.content_slots, content);
-        if let Some(i) =
-            (1..content).find(|&i| (keys[i - 1], cslots[i - 1]) >= (keys[i], cslots[i]))
+        let keys = self.content_keys();
+        let cslots = self.u32s(s.content_slots, content);
+        if keys.len() != content || cslots.len() != content {
+            return Err((s.content_keys, "content keys not aligned in memory".into()));
+        }
+        if let Some(i) = keys
+            .windows(2)
+            .zip(cslots.windows(2))
+            .position(|(k, c)| (k[0], c[0]) >= (k[1], c[1]))
         {
-            return Err(bad(
-                s.content_keys + i * 8,
+            return Err((
+                s.content_keys + (i + 1) * 8,
                 "content key out of order".into(),
             ));
         }
         for (at, n) in [(s.id_slots, ids), (s.content_slots, content)] {
-            if let Some(i) = k.u32s(at, n).iter().position(|slot| *slot >= nslots) {
-                return Err(bad(
-                    at + i * 4,
-                    format!("slot beyond the snapshot's {nslots}"),
-                ));
+            if let Some(i) = self.u32s(at, n).iter().position(|slot| *slot >= nslots) {
+                return Err((at + i * 4, format!("slot beyond the snapshot's {nslots}")));
             }
         }
-        if let Some(i) = k.u32s(s.ref_counts, refs).iter().position(|n| *n == 0) {
-            return Err(bad(s.ref_counts + i * 4, "zero reference count".into()));
+        if let Some(i) = self.u32s(s.ref_counts, refs).iter().position(|n| *n == 0) {
+            return Err((s.ref_counts + i * 4, "zero reference count".into()));
         }
-        Ok(k)
+        Ok(())
     }
 }
 
@@ -297,6 +467,8 @@ impl KeyIndex {
 #[allow(clippy::unwrap_used)] // tests: a panic is the failure report
 mod tests {
     use super::*;
+    use crate::snapshot::FileEntry;
+    use crate::vectors::BLOCK;
 
     fn id(n: u32) -> Id {
         let mut id = [0u8; 16];
@@ -315,12 +487,18 @@ mod tests {
 
     fn write(dir: &Path, k: &KeyIndex) -> FileEntry {
         let path = dir.join("keys.bin");
-        let (len, crc) = k.write(File::create(&path).unwrap(), &path).unwrap();
+        let (len, crc, sums) = k.write(File::create(&path).unwrap(), &path).unwrap();
+        crate::vectors::write_sums(&path, len, &sums).unwrap();
         FileEntry {
             name: "keys.bin".into(),
             len,
             crc,
         }
+    }
+
+    fn load(dir: &Path, e: &FileEntry, nslots: u32) -> Result<KeyIndex> {
+        let map = crate::snapshot::map_checked(dir, e)?;
+        KeyIndex::open(InPlace::new(dir.join(&e.name), map, None), nslots)
     }
 
     fn check(k: &KeyIndex) {
@@ -344,10 +522,10 @@ mod tests {
         let k = sample();
         check(&k);
         let e = write(tmp.path(), &k);
-        check(&KeyIndex::load(tmp.path(), &e, 100).unwrap());
+        check(&load(tmp.path(), &e, 100).unwrap());
         let empty = KeyIndex::build(Vec::new(), Vec::new(), Vec::new());
         let e = write(tmp.path(), &empty);
-        let back = KeyIndex::load(tmp.path(), &e, 0).unwrap();
+        let back = load(tmp.path(), &e, 0).unwrap();
         assert_eq!(back.slot_of(&id(1)), None);
         assert!(back.content_slots(0).is_empty());
     }
@@ -364,7 +542,7 @@ mod tests {
             len: b.len() as u64,
             crc: crc32fast::hash(&b),
         };
-        KeyIndex::load(dir, &e, nslots).unwrap_err().to_string()
+        load(dir, &e, nslots).unwrap_err().to_string()
     }
 
     #[test]
@@ -379,18 +557,18 @@ mod tests {
         let mut b = good.clone();
         b[s.ids + 5] ^= 1;
         std::fs::write(&path, &b).unwrap();
-        let err = KeyIndex::load(tmp.path(), &e, 100).unwrap_err().to_string();
+        let err = load(tmp.path(), &e, 100).unwrap_err().to_string();
         assert!(
             err.contains("keys.bin") && err.contains("checksum"),
             "{err}"
         );
         // Cut short.
         std::fs::write(&path, &good[..good.len() - 4]).unwrap();
-        let err = KeyIndex::load(tmp.path(), &e, 100).unwrap_err().to_string();
+        let err = load(tmp.path(), &e, 100).unwrap_err().to_string();
         assert!(err.contains("keys.bin") && err.contains("bytes"), "{err}");
         // Slots beyond the snapshot's.
         std::fs::write(&path, &good).unwrap();
-        let err = KeyIndex::load(tmp.path(), &e, 50).unwrap_err().to_string();
+        let err = load(tmp.path(), &e, 50).unwrap_err().to_string();
         assert!(err.contains("slot beyond"), "{err}");
         // Ids out of order, with a crc that matches: the order check catches it.
         let err = load_edited(tmp.path(), 100, |b| {
@@ -451,6 +629,142 @@ mod tests {
         assert!(
             err.contains("zero reference count")
                 && err.contains(&format!("offset {}", s.ref_counts + 4)),
+            "{err}"
+        );
+    }
+
+    /// Opens `keys.bin` in `dir` mapped unread, with its block sums (as a format-7 open).
+    fn load_lazy(dir: &Path, nslots: u32) -> Result<KeyIndex> {
+        let path = dir.join("keys.bin");
+        let spath = dir.join("keys.bin.sums");
+        let f = File::open(&path).unwrap();
+        // SAFETY: a test's own file, not written while mapped.
+        #[allow(unsafe_code)]
+        let map = unsafe { memmap2::Mmap::map(&f) }.unwrap();
+        let sums =
+            crate::vectors::parse_sums(&spath, &std::fs::read(&spath).unwrap(), map.len() as u64)?;
+        let lazy = crate::vectors::Lazy::new(sums);
+        KeyIndex::open(InPlace::new(path, map, Some(lazy)), nslots)
+    }
+
+    /// 20k keys: many blocks per section.
+    fn big() -> KeyIndex {
+        let ids = (0..20_000u32).map(|s| (id(50_000 - s), s)).collect();
+        let content = (0..20_000u32)
+            .map(|s| (u64::from(s % 1_000) << 20, s))
+            .collect();
+        let refs = (0..20_000u32).map(|s| id(s % 5_000)).collect();
+        KeyIndex::build(ids, content, refs)
+    }
+
+    #[test]
+    fn a_mapped_index_checks_each_block_on_first_read_and_the_scrub_the_rest() {
+        let tmp = tempfile::tempdir().unwrap();
+        let k = big();
+        let s = k.at;
+        write(tmp.path(), &k);
+        let path = tmp.path().join("keys.bin");
+        let good = std::fs::read(&path).unwrap();
+
+        // Intact: lookups answer as the built index, nothing is damaged, the scrub passes.
+        let lazy = load_lazy(tmp.path(), 20_000).unwrap();
+        assert!(lazy.unchecked());
+        for slot in (0..20_000u32).step_by(97) {
+            let i = id(50_000 - slot);
+            assert_eq!(lazy.slot_of(&i), Some(slot));
+            assert_eq!(
+                lazy.content_slots((u64::from(slot % 1_000)) << 20),
+                k.content_slots((u64::from(slot % 1_000)) << 20)
+            );
+            assert_eq!(lazy.refs_to(&id(slot % 5_000)), 4);
+        }
+        assert_eq!(lazy.slot_of(&id(7)), None);
+        assert!(lazy.damage().is_none());
+        lazy.scrub(&|| false).unwrap();
+        assert!(!lazy.unchecked());
+
+        // A flipped byte in the slot of the id in slot 0 (the last id, bytewise): its lookup
+        // finds nothing and the damage names the file and the block; a lookup elsewhere
+        // still answers.
+        let i_last = s.id_slots + (20_000 - 1) * 4;
+        let mut b = good.clone();
+        b[i_last] ^= 1;
+        std::fs::write(&path, &b).unwrap();
+        let lazy = load_lazy(tmp.path(), 20_000).unwrap();
+        assert_eq!(lazy.slot_of(&id(50_000 - 19_999)), Some(19_999));
+        assert!(lazy.damage().is_none());
+        assert_eq!(lazy.slot_of(&id(50_000)), None);
+        let block = i_last / BLOCK * BLOCK;
+        let err = lazy.damage().unwrap().to_string();
+        assert!(
+            err.contains("keys.bin") && err.contains(&format!("offset {block}")),
+            "{err}"
+        );
+        // The scrub of a fresh open finds it too.
+        let lazy = load_lazy(tmp.path(), 20_000).unwrap();
+        let err = lazy.scrub(&|| false).unwrap_err().to_string();
+        assert!(err.contains(&format!("offset {block}")), "{err}");
+        assert!(lazy.damage().is_some());
+
+        // Ids out of order, with block sums that match (a wrong writer): lookups are
+        // confirmed by the caller; the scrub's full check names the fault.
+        let mut b = good.clone();
+        let (a, z) = (s.ids, s.ids + 16);
+        let first: Vec<u8> = b[a..a + 16].to_vec();
+        b.copy_within(z..z + 16, a);
+        b[z..z + 16].copy_from_slice(&first);
+        std::fs::write(&path, &b).unwrap();
+        let sums: Vec<u32> = b.chunks(BLOCK).map(crc32fast::hash).collect();
+        crate::vectors::write_sums(&path, b.len() as u64, &sums).unwrap();
+        let lazy = load_lazy(tmp.path(), 20_000).unwrap();
+        let err = lazy.scrub(&|| false).unwrap_err().to_string();
+        assert!(
+            err.contains("id out of order") && err.contains(&format!("offset {}", s.ids + 16)),
+            "{err}"
+        );
+        assert!(lazy.damage().is_some() && lazy.unchecked());
+
+        // A slot beyond the snapshot's, found by the lookup that reads it.
+        std::fs::write(&path, &good).unwrap();
+        let sums: Vec<u32> = good.chunks(BLOCK).map(crc32fast::hash).collect();
+        crate::vectors::write_sums(&path, good.len() as u64, &sums).unwrap();
+        let lazy = load_lazy(tmp.path(), 10_000).unwrap();
+        assert_eq!(lazy.slot_of(&id(50_000 - 15_000)), None);
+        let err = lazy.damage().unwrap().to_string();
+        assert!(err.contains("slot beyond the snapshot's 10000"), "{err}");
+        // The same for a content key (slots 999, 1999, … 19999 share one).
+        let lazy = load_lazy(tmp.path(), 10_000).unwrap();
+        assert!(lazy.content_slots(999 << 20).is_empty());
+        let err = lazy.damage().unwrap().to_string();
+        assert!(err.contains("slot beyond the snapshot's 10000"), "{err}");
+
+        // A flipped byte among the content slots: the lookup that reads it finds none.
+        let key = 500u64 << 20;
+        let lo = k.content_keys().partition_point(|c| *c < key);
+        let at = s.content_slots + lo * 4;
+        let mut b = good.clone();
+        b[at] ^= 1;
+        std::fs::write(&path, &b).unwrap();
+        let lazy = load_lazy(tmp.path(), 20_000).unwrap();
+        assert!(lazy.content_slots(key).is_empty());
+        let err = lazy.damage().unwrap().to_string();
+        assert!(
+            err.contains(&format!("offset {}", at / BLOCK * BLOCK)),
+            "{err}"
+        );
+
+        // A zero reference count whose block sums match: the lookup counts none and notes it.
+        let mut b = good.clone();
+        b[s.ref_counts..s.ref_counts + 4].copy_from_slice(&0u32.to_le_bytes());
+        std::fs::write(&path, &b).unwrap();
+        let sums: Vec<u32> = b.chunks(BLOCK).map(crc32fast::hash).collect();
+        crate::vectors::write_sums(&path, b.len() as u64, &sums).unwrap();
+        let lazy = load_lazy(tmp.path(), 20_000).unwrap();
+        assert_eq!(lazy.refs_to(&id(0)), 0);
+        let err = lazy.damage().unwrap().to_string();
+        assert!(
+            err.contains("zero reference count")
+                && err.contains(&format!("offset {}", s.ref_counts)),
             "{err}"
         );
     }

@@ -575,8 +575,10 @@ impl Memory {
                 ),
             ));
         }
-        // Layers without a usable dump are indexed from scratch; the others keep their slot
-        // list until the dump loads (searched in place meanwhile, below, or else exactly).
+        // Layers without a usable dump are indexed from scratch; the others get their slot
+        // list from the dump: at once from a dump searched in place (below), else when the
+        // indexer loads it (until then the layer is searched exactly; a format-6 manifest
+        // listed the slots meanwhile, a format-7 one does not).
         let with_dump: HashSet<Layer> = dumps
             .as_ref()
             .map(|(_, _, d)| d.iter().map(|(l, _, _)| *l).collect())
@@ -1558,8 +1560,8 @@ impl Inner {
         self.checkpoint_then(true)
     }
 
-    /// Waits until what open mapped unread (vector chunks, the record table) is checked (the
-    /// indexer's scrub), then fails with the damage found, if any. Whatever writes a
+    /// Waits until what open mapped unread (vector chunks, the record table, the key index) is
+    /// checked (the indexer's scrub), then fails with the damage found, if any. Whatever writes a
     /// decision taken from vectors or records to the log or to a snapshot calls this first.
     fn snapshot_checked(&self) -> Result<()> {
         while self.scrubbing.load(Ordering::Acquire) {
@@ -1811,17 +1813,18 @@ impl Inner {
             std::thread::sleep(Duration::from_millis(1));
         }
         // Every block of the chunks mapped at open is checked before the graphs read them,
-        // and every row of a record table mapped unread.
-        let (mapped, tables) = {
+        // and every row of a record table mapped unread, and the key index.
+        let (mapped, tables, keys) = {
             let st = self.state.read();
-            (st.vectors.mapped_part(), st.record_tables())
+            (st.vectors.mapped_part(), st.record_tables(), st.key_index())
         };
         let stop = || self.shutdown.load(Ordering::Acquire);
         let scrubbed = mapped
             .scrub(&stop)
             .and_then(|_| tables.iter().try_for_each(|t| t.scrub_blocks(&stop)))
-            .and_then(|_| self.scrub_rows(&tables, &stop));
-        drop((mapped, tables));
+            .and_then(|_| self.scrub_rows(&tables, &stop))
+            .and_then(|_| keys.scrub(&stop));
+        drop((mapped, tables, keys));
         if self.shutdown.load(Ordering::Acquire) {
             // A dropped handle: nobody waits for the rest (close() checkpoints, which waits for
             // the scrub, before shutting down).
@@ -1849,9 +1852,14 @@ impl Inner {
                     continue;
                 }
                 let mut early = false;
-                let checked = mapped.as_ref().map(|g| g.bytes());
-                let loaded =
-                    snapshot::load_graph(&dir, &manifest, &base, self.config.dimension, checked);
+                // A dump mapped at open: every block checked before it is read in full.
+                let loaded = mapped
+                    .as_ref()
+                    .map(|g| g.checked_bytes())
+                    .transpose()
+                    .and_then(|checked| {
+                        snapshot::load_graph(&dir, &manifest, &base, self.config.dimension, checked)
+                    });
                 // Searches hold it while it is installed; this thread no longer needs the map
                 // (once replaced, the dump is unmapped before the vectors are attached).
                 drop(mapped);
@@ -2135,7 +2143,7 @@ fn install_graph(
 }
 
 /// Marks `slots` (a graph's own slot list) as what is in a layer's index, with its count and
-/// tombstones (the manifest's list was captured with the graph, under the same index lock).
+/// tombstones.
 fn set_index_slots(ls: &mut crate::state::LayerState, slots: &[u32]) {
     ls.in_index.clear();
     for s in slots {

@@ -484,25 +484,7 @@ impl RecordTable {
     /// each 4 KiB block's crc32 (tools and open after damage, so that sums that disagree
     /// with the table are found before a lazy open trusts them).
     pub(crate) fn check_block_sums(&self, sums: &[u32], sums_path: &Path) -> Result<()> {
-        let blocks = self.map.chunks(BLOCK);
-        if blocks.len() != sums.len() {
-            return Err(Error::corrupted(
-                sums_path,
-                12,
-                format!("{} block sums for {} blocks", sums.len(), blocks.len()),
-            ));
-        }
-        match blocks.zip(sums).position(|(b, s)| crc32fast::hash(b) != *s) {
-            Some(i) => Err(Error::corrupted(
-                sums_path,
-                (32 + 4 * i) as u64,
-                format!(
-                    "the sum of block {i} does not match {}",
-                    self.path.display()
-                ),
-            )),
-            None => Ok(()),
-        }
+        crate::vectors::check_sums(&self.map, sums, sums_path, &self.path)
     }
 
     /// The damage found in a table mapped unread, naming the file and offset.
@@ -778,17 +760,10 @@ pub(crate) fn write_slots(path: &Path, nslots: u32, rows: &[Row]) -> Result<(u64
     Ok((b.len() as u64, crc32fast::hash(&b)))
 }
 
-/// Reads the slot index `entry` of the snapshot in `dir` (length and crc32 against the
-/// manifest first, through a map) for a table of `rows` rows and `nslots` slots, calling
-/// `each(slot, row, layer, layer_since_us)` for each slot with a record: rows must come in
-/// slot order, each once, and every field must be sound.
-pub(crate) fn read_slots(
-    dir: &Path,
-    entry: &FileEntry,
-    rows: u32,
-    nslots: u32,
-    mut each: impl FnMut(u32, u32, Layer, u64),
-) -> Result<()> {
+/// Maps the slot index `entry` of the snapshot in `dir` (length and crc32 against the
+/// manifest first, through the map) for a table of `rows` rows and `nslots` slots, and checks
+/// its header and length: the map and its entries, one per slot.
+fn map_slot_index(dir: &Path, entry: &FileEntry, rows: u32, nslots: u32) -> Result<Mmap> {
     let path = &dir.join(&entry.name);
     // Mapped, its length and crc32 checked through the map (no 16 MB copy per 1M slots).
     let b = map_checked(dir, entry)?;
@@ -813,34 +788,117 @@ pub(crate) fn read_slots(
     if b.len() != HEADER + nslots as usize * SLOT_ENTRY {
         return Err(bad(0, format!("{} bytes for {nslots} slots", b.len())));
     }
+    Ok(b)
+}
+
+/// One slot index entry (slot `slot`, `next` the row the next record must have): `None` for
+/// a slot without a record, else its row, layer and layer-since time; the fault otherwise.
+#[inline(always)]
+fn slot_entry(
+    e: &[u8; SLOT_ENTRY],
+    slot: usize,
+    next: u32,
+) -> std::result::Result<Option<(u32, Layer, u64)>, String> {
+    let row = u32::from_le_bytes([e[0], e[1], e[2], e[3]]);
+    let since = u64::from_le_bytes([e[8], e[9], e[10], e[11], e[12], e[13], e[14], e[15]]);
+    let pad = e[5] | e[6] | e[7];
+    match Layer::ALL.get(e[4] as usize) {
+        Some(layer) if row == next && pad == 0 => Ok(Some((row, *layer, since))),
+        _ if row == NO_ROW && e[4] == 0 && pad == 0 && since == 0 => Ok(None),
+        _ if row == NO_ROW => Err(format!("slot {slot} has no record but has fields")),
+        _ => Err(format!(
+            "slot {slot}: row {row} out of order, or an unknown layer"
+        )),
+    }
+}
+
+/// The entries of a slot index map checked by [`map_slot_index`].
+fn slot_entries(b: &Mmap) -> &[[u8; SLOT_ENTRY]] {
+    // The length was checked: a whole number of entries after the header.
+    bytemuck::cast_slice(&b[HEADER..])
+}
+
+/// Reads the slot index `entry` of the snapshot in `dir` (see [`map_slot_index`]), calling
+/// `each(slot, row, layer, layer_since_us)` for each slot with a record: rows must come in
+/// slot order, each once, and every field must be sound.
+pub(crate) fn read_slots(
+    dir: &Path,
+    entry: &FileEntry,
+    rows: u32,
+    nslots: u32,
+    mut each: impl FnMut(u32, u32, Layer, u64),
+) -> Result<()> {
+    let b = map_slot_index(dir, entry, rows, nslots)?;
     let mut next = 0u32;
-    for (slot, e) in b[HEADER..].chunks_exact(SLOT_ENTRY).enumerate() {
-        let at = HEADER + slot * SLOT_ENTRY;
-        let row = u32_at(e, 0);
-        if row == NO_ROW {
-            if e[4..].iter().any(|x| *x != 0) {
-                return Err(bad(at, format!("slot {slot} has no record but has fields")));
-            }
-            continue;
-        }
-        let layer = Layer::ALL.get(e[4] as usize).copied();
-        match layer {
-            Some(layer) if row == next && e[5..8] == [0; 3] => {
-                each(slot as u32, row, layer, u64_at(e, 8));
+    for (slot, e) in slot_entries(&b).iter().enumerate() {
+        match slot_entry(e, slot, next) {
+            Ok(Some((row, layer, since))) => {
+                each(slot as u32, row, layer, since);
                 next += 1;
             }
-            _ => {
-                return Err(bad(
-                    at,
-                    format!("slot {slot}: row {row} out of order, or an unknown layer"),
-                ))
-            }
+            Ok(None) => {}
+            Err(why) => return Err(slot_fault(dir, entry, HEADER + slot * SLOT_ENTRY, why)),
         }
     }
-    if next != rows {
-        return Err(bad(
+    slots_all_rows(dir, entry, next, rows)
+}
+
+/// The slots of a table of `rows` rows (table 0 of the projections) read from its slot index
+/// `entry` (see [`map_slot_index`]), in one tight pass: each slot, and each layer's slots
+/// (built as bitset words). What [`read_slots`] gives, without a call per slot (a
+/// million slots in a few ms).
+pub(crate) fn slots_from_index(
+    dir: &Path,
+    entry: &FileEntry,
+    rows: u32,
+    nslots: u32,
+) -> Result<(Vec<crate::state::Slot>, [crate::state::SlotSet; 3])> {
+    use crate::state::{RowRef, Slot, SlotSet};
+    let b = map_slot_index(dir, entry, rows, nslots)?;
+    let words = (nslots as usize).div_ceil(64);
+    let mut layers: [(Vec<u64>, usize); 3] = std::array::from_fn(|_| (vec![0u64; words], 0));
+    let mut slots = Vec::with_capacity(nslots as usize);
+    let mut next = 0u32;
+    for (slot, e) in slot_entries(&b).iter().enumerate() {
+        match slot_entry(e, slot, next) {
+            Ok(Some((row, layer, since))) => {
+                slots.push(Slot::Row(RowRef {
+                    table: 0,
+                    layer,
+                    row,
+                    layer_since_us: since,
+                }));
+                let (bits, count) = &mut layers[layer.index()];
+                // slot < nslots: its word exists.
+                if let Some(w) = bits.get_mut(slot / 64) {
+                    *w |= 1 << (slot % 64);
+                    *count += 1;
+                }
+                next += 1;
+            }
+            Ok(None) => slots.push(Slot::Dead),
+            Err(why) => return Err(slot_fault(dir, entry, HEADER + slot * SLOT_ENTRY, why)),
+        }
+    }
+    slots_all_rows(dir, entry, next, rows)?;
+    Ok((
+        slots,
+        layers.map(|(words, n)| SlotSet::from_words(words, n)),
+    ))
+}
+
+fn slot_fault(dir: &Path, entry: &FileEntry, at: usize, why: String) -> Error {
+    Error::corrupted(dir.join(&entry.name), at as u64, why)
+}
+
+/// A slot index must name every row of its table.
+fn slots_all_rows(dir: &Path, entry: &FileEntry, named: u32, rows: u32) -> Result<()> {
+    if named != rows {
+        return Err(slot_fault(
+            dir,
+            entry,
             24,
-            format!("{next} slots with a record for {rows} rows"),
+            format!("{named} slots with a record for {rows} rows"),
         ));
     }
     Ok(())
@@ -925,10 +983,9 @@ pub(crate) fn load_lazy(
     nslots: u32,
 ) -> Result<Option<Arc<RecordTable>>> {
     let path = &dir.join(&entry.name);
-    let map = crate::snapshot::map_unread(dir, entry)?;
-    if !crate::vectors::populate_works(&map) {
+    let Some(map) = crate::snapshot::map_for_blocks(dir, entry)? else {
         return Ok(None);
-    }
+    };
     // The header is read through the map: populate it first (an unreadable page is an
     // error, not a SIGBUS) and check its block against its sum.
     let blocks = Lazy::new(sums);
@@ -1152,6 +1209,89 @@ mod tests {
         let f = File::create(&path).unwrap();
         let (len, crc, _) = write(f, rows).unwrap();
         (dir, path, len, crc)
+    }
+
+    /// The slot index read back both ways (the callback for a full check, the tight pass of a
+    /// lazy open) gives each slot's row, layer and layer-since time; each kind of fault in an
+    /// entry whose file crc matches is refused, naming the file and the entry's offset.
+    #[test]
+    fn the_slot_index_reads_back_and_refuses_bad_entries() {
+        use crate::state::Slot;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("slots.bin");
+        let rows = rows_n(200);
+        let nslots = 205;
+        let (len, crc) = write_slots(&path, nslots, &rows).unwrap();
+        let entry = |len: u64, crc: u32| FileEntry {
+            name: "slots.bin".into(),
+            len,
+            crc,
+        };
+        let n = rows.len() as u32;
+        let want: Vec<(u32, u32, Layer, u64)> = rows
+            .iter()
+            .enumerate()
+            .map(|(i, r)| {
+                let f = &r.fields;
+                (f.slot, i as u32, f.layer, f.layer_since_us)
+            })
+            .collect();
+        let mut got = Vec::new();
+        read_slots(dir.path(), &entry(len, crc), n, nslots, |s, r, l, t| {
+            got.push((s, r, l, t))
+        })
+        .unwrap();
+        assert_eq!(got, want);
+        let (slots, layers) = slots_from_index(dir.path(), &entry(len, crc), n, nslots).unwrap();
+        assert_eq!(slots.len(), nslots as usize);
+        let from_slots: Vec<(u32, u32, Layer, u64)> = slots
+            .iter()
+            .enumerate()
+            .filter_map(|(s, slot)| match slot {
+                Slot::Row(r) => Some((s as u32, r.row, r.layer, r.layer_since_us)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(from_slots, want);
+        for l in Layer::ALL {
+            let members: Vec<u32> = layers[l.index()].iter().collect();
+            let expect: Vec<u32> = want.iter().filter(|w| w.2 == l).map(|w| w.0).collect();
+            assert_eq!(members, expect, "{l}");
+            assert_eq!(layers[l.index()].len(), expect.len());
+        }
+
+        // Edits with a crc that matches: both readers refuse each, at the entry.
+        let good = std::fs::read(&path).unwrap();
+        // (slot, byte in its entry, bytes written there, what the error says)
+        let no_row = NO_ROW.to_le_bytes();
+        let cases: [(usize, usize, &[u8], &str); 5] = [
+            (2, 0, &[7], "row 7 out of order"),
+            (4, 4, &[3], "unknown layer"),
+            (5, 6, &[1], "out of order, or an unknown layer"),
+            (3, 9, &[1], "slot 3 has no record but has fields"),
+            (0, 0, &no_row, "slot 0 has no record but has fields"),
+        ];
+        for (slot, byte, bytes, why) in cases {
+            let off = HEADER + slot * SLOT_ENTRY;
+            let mut b = good.clone();
+            b[off + byte..off + byte + bytes.len()].copy_from_slice(bytes);
+            std::fs::write(&path, &b).unwrap();
+            let e = entry(b.len() as u64, crc32fast::hash(&b));
+            let full = read_slots(dir.path(), &e, n, nslots, |_, _, _, _| {}).unwrap_err();
+            let fast = slots_from_index(dir.path(), &e, n, nslots).unwrap_err();
+            for err in [full.to_string(), fast.to_string()] {
+                assert!(
+                    err.contains("slots.bin")
+                        && err.contains(&format!("offset {off}"))
+                        && err.contains(why),
+                    "{err}"
+                );
+            }
+        }
+        // A count that differs from the table's rows.
+        std::fs::write(&path, &good).unwrap();
+        let err = slots_from_index(dir.path(), &entry(len, crc), n + 1, nslots).unwrap_err();
+        assert!(err.to_string().contains("rows"), "{err}");
     }
 
     #[test]

@@ -2,10 +2,12 @@
 //!
 //! Files: `records.bin` (the record table, read without decoding each row: see
 //! `crate::records`) with its block sums `records.bin.sums` and slot index `slots.bin`
-//! (format 6 on: open maps the table unread), `keys.bin` (ids and content keys sorted, searched in place: see
-//! `crate::keys`), `stats.zst` (zstd over rkyv), vector chunks (`vectors-*.f32`,
-//! raw little-endian f32 for memmap2; immutable, hard-linked from the previous snapshot),
-//! HNSW graph dumps (`hnsw-<layer>.graph`, links only; see `crate::hnsw`), the trained
+//! (format 6 on: open maps the table unread), `keys.bin` (ids and content keys sorted, searched
+//! in place: see `crate::keys`; format 7 on with block sums `keys.bin.sums`, mapped unread),
+//! `stats.zst` (zstd over rkyv), vector chunks (`vectors-*.f32`, raw little-endian f32 for
+//! memmap2; immutable, hard-linked from the previous snapshot, with block sums `.sums`), HNSW
+//! graph dumps (`hnsw-<layer>.graph`, links only; see `crate::hnsw`; format 7 on with block
+//! sums `hnsw-<layer>.graph.sums`, level-0 links mapped unread), the trained
 //! promoter (`promoter.bin`, rkyv, only once one was trained) and `MANIFEST`:
 //! a 32-byte header (magic `MGSM`, format version, body length, body crc32, header crc32)
 //! then an rkyv body listing every file with its length and crc32.
@@ -24,7 +26,7 @@ use crate::state::{
     index_keys, Access, Graph, LayerState, Projections, RecordData, RowRef, Slot, SlotSet,
 };
 use crate::types::{AccessStats, Layer};
-use crate::vectors::{self, Populated, Vectors};
+use crate::vectors::{self, InPlace, Lazy, Populated, Vectors};
 use magray_wal::fsutil::{self, sync_dir, TEMP_PREFIX};
 use memmap2::Mmap;
 use rkyv::rancor::BoxedError;
@@ -37,7 +39,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 /// Snapshot format version (MANIFEST, records, stats). Changelog in docs/format.md.
-pub const SNAPSHOT_FORMAT_VERSION: u32 = 6;
+pub const SNAPSHOT_FORMAT_VERSION: u32 = 7;
 /// The oldest snapshot format this build still reads (format 2 kept its records in
 /// `records.zst`; they are decoded as they were; formats 2 and 3 have no `keys.bin`, it is
 /// built from the records at open).
@@ -57,7 +59,7 @@ pub(crate) struct FileEntry {
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub(crate) struct LayerEntry {
     pub(crate) layer: Layer,
-    /// Slots in the dumped graph.
+    /// Slots in the dumped graph (up to format 6; from format 7 empty: the dump lists them).
     pub(crate) indexed: Vec<u32>,
     /// Dump basename, if the layer had a graph.
     pub(crate) dump: Option<String>,
@@ -142,7 +144,7 @@ pub(crate) struct Capture {
     expired: [u64; 3],
     /// The trained promoter, if any (the default model is not written).
     pub(crate) model: Option<PromoterModel>,
-    pub(crate) layers: Vec<(Layer, Vec<u32>, Option<Arc<Graph>>)>,
+    pub(crate) layers: Vec<(Layer, Option<Arc<Graph>>)>,
     new_chunk: Option<(u32, Vec<u8>)>,
     old_chunks: Vec<String>,
 }
@@ -178,10 +180,7 @@ impl Capture {
             .iter()
             .map(|l| {
                 let ls: &LayerState = &p.layers[l.index()];
-                match &ls.graph {
-                    Some(g) => (*l, ls.in_index.ones(), Some(g.clone())),
-                    None => (*l, Vec::new(), None),
-                }
+                (*l, ls.graph.clone())
             })
             .collect();
         Capture {
@@ -264,8 +263,20 @@ fn crc_file(path: &Path) -> Result<(u64, u32)> {
     Ok((len, h.finalize()))
 }
 
-/// A graph dump written into a snapshot: its basename and its manifest entry.
-type Dump = (String, FileEntry);
+/// A graph dump written into a snapshot: its basename, and the manifest entries of the dump
+/// and its block sums.
+type Dump = (String, FileEntry, FileEntry);
+
+/// Writes (and fsyncs) the block sums file of the `len`-byte snapshot file at `path` and
+/// returns its manifest entry.
+fn write_sums_entry(path: &Path, len: u64, sums: &[u32]) -> Result<FileEntry> {
+    let (slen, scrc) = vectors::write_sums(path, len, sums)?;
+    Ok(FileEntry {
+        name: vectors::sums_name(&file_name(path)),
+        len: slen,
+        crc: scrc,
+    })
+}
 
 fn write_file(path: &Path, bytes: &[u8]) -> Result<FileEntry> {
     let mut f = File::create(path).map_err(|e| Error::io(path, e))?;
@@ -315,8 +326,8 @@ pub(crate) fn list(root: &Path) -> Result<Vec<(u64, PathBuf)>> {
 pub(crate) struct Writer {
     tmp: PathBuf,
     root: PathBuf,
-    /// Per layer: its indexed slots, and its dump's basename and manifest entry.
-    dumps: Vec<(Layer, Vec<u32>, Option<Dump>)>,
+    /// Per layer: its dump, if it has a graph.
+    dumps: Vec<(Layer, Option<Dump>)>,
 }
 
 impl Writer {
@@ -337,26 +348,27 @@ impl Writer {
     /// Dumps each captured graph (call with the index lock held, so the graph and its slot
     /// list agree).
     pub(crate) fn dump_graphs(&mut self, cap: &mut Capture) -> Result<()> {
-        for (layer, indexed, graph) in cap.layers.drain(..) {
+        for (layer, graph) in cap.layers.drain(..) {
             let Some(g) = graph else {
-                self.dumps.push((layer, Vec::new(), None));
+                self.dumps.push((layer, None));
                 continue;
             };
             let base = format!("hnsw-{}", layer.name());
             let path = graph_path(&self.tmp, &base);
             let f = File::create(&path).map_err(|e| Error::io(&path, e))?;
-            // The crc is taken on the way out (the dump is not read back for it).
-            let mut w = CrcWriter::new(std::io::BufWriter::with_capacity(1 << 20, f));
+            // The crc and block sums are taken on the way out (the dump is not read back).
+            let mut w = CrcWriter::with_block_sums(std::io::BufWriter::with_capacity(1 << 20, f));
             g.lock()
                 .write_to(&mut w)
                 .and_then(|_| w.flush())
                 .map_err(|e| Error::io(&path, e))?;
+            let sums = write_sums_entry(&path, w.len, &w.sums())?;
             let entry = FileEntry {
                 name: file_name(&path),
                 len: w.len,
                 crc: w.crc.finalize(),
             };
-            self.dumps.push((layer, indexed, Some((base, entry))));
+            self.dumps.push((layer, Some((base, entry, sums))));
         }
         Ok(())
     }
@@ -386,12 +398,7 @@ impl Writer {
         files.push(records.clone());
         // Its block sums (a lazy open checks each row's blocks on first read) and the slot
         // index (a lazy open fills the slots from it, without reading the table).
-        let (slen, scrc) = vectors::write_sums(&rpath, len, &sums)?;
-        files.push(FileEntry {
-            name: vectors::sums_name(RECORDS_FILE),
-            len: slen,
-            crc: scrc,
-        });
+        files.push(write_sums_entry(&rpath, len, &sums)?);
         let ipath = tmp.join(SLOTS_FILE);
         let (ilen, icrc) = records::write_slots(&ipath, cap.nslots, &cap.records)?;
         files.push(FileEntry {
@@ -405,7 +412,7 @@ impl Writer {
         }));
         drop(cap.records);
         let kpath = tmp.join(KEYS_FILE);
-        let (len, crc) = keys.write(
+        let (len, crc, sums) = keys.write(
             File::create(&kpath).map_err(|e| Error::io(&kpath, e))?,
             &kpath,
         )?;
@@ -415,6 +422,8 @@ impl Writer {
             len,
             crc,
         });
+        // Its block sums: a lazy open reads only the header (see `crate::keys`).
+        files.push(write_sums_entry(&kpath, len, &sums)?);
         let st = zstd::bulk::compress(
             &encode(&Stats {
                 stats: cap.stats,
@@ -489,18 +498,20 @@ impl Writer {
         files.extend(chunk_entries.iter().cloned());
         files.extend(sums_entries.iter().cloned());
         let mut layers = Vec::new();
-        for (layer, indexed, dump) in self.dumps {
+        for (layer, dump) in self.dumps {
             let dump = match dump {
-                Some((base, entry)) => {
+                Some((base, entry, sums)) => {
                     sync_file(&graph_path(tmp, &base))?;
                     files.push(entry);
+                    files.push(sums);
                     Some(base)
                 }
                 None => None,
             };
+            // Format 7 on: the dump's own slot list is the layer's index (`indexed` empty).
             layers.push(LayerEntry {
                 layer,
-                indexed,
+                indexed: Vec::new(),
                 dump,
             });
         }
@@ -664,6 +675,89 @@ pub(crate) fn map_unread(dir: &Path, entry: &FileEntry) -> Result<Mmap> {
     Ok(map)
 }
 
+/// Maps the listed file `entry` of the snapshot in `dir` unread (see [`map_unread`]) to check
+/// it block by block on first read, where `MADV_POPULATE_READ` works
+/// ([`vectors::populate_works`]: a bad page read later is then an error, not a SIGBUS);
+/// `None` where it does not, and the caller checks the file in full instead.
+pub(crate) fn map_for_blocks(dir: &Path, entry: &FileEntry) -> Result<Option<Mmap>> {
+    let map = map_unread(dir, entry)?;
+    Ok(vectors::populate_works(&map).then_some(map))
+}
+
+/// Maps the listed file `entry` of the snapshot in `dir` to read it in place (the key index and
+/// the graph dumps). With [`Check::Blocks`] and its block sums listed (format 7 on) it is
+/// mapped unread, each block checked on first read; otherwise checked in full now, and with
+/// [`Check::Full`] its block sums (if listed) checked against it too.
+pub(crate) fn map_in_place(
+    dir: &Path,
+    m: &ManifestBody,
+    entry: &FileEntry,
+    check: Check,
+) -> Result<InPlace> {
+    let sums = listed_sums(dir, m, entry)?;
+    let path = dir.join(&entry.name);
+    if let (Check::Blocks, Some(s)) = (check, sums) {
+        if let Some(map) = map_for_blocks(dir, entry)? {
+            let lazy = Lazy::new(read_sums(dir, s, entry.len)?);
+            return Ok(InPlace::new(path, map, Some(lazy)));
+        }
+    }
+    let map = map_checked(dir, entry)?;
+    if check == Check::Full {
+        check_listed_sums(dir, m, entry, &map)?;
+    }
+    Ok(InPlace::new(path, map, None))
+}
+
+/// The block sums file the manifest `m` lists for its file `entry` (from format 7 the key
+/// index and each graph dump must have one).
+fn listed_sums<'m>(
+    dir: &Path,
+    m: &'m ManifestBody,
+    entry: &FileEntry,
+) -> Result<Option<&'m FileEntry>> {
+    let name = vectors::sums_name(&entry.name);
+    match m.files.iter().find(|f| f.name == name) {
+        None if m.format >= 7 => Err(Error::corrupted(
+            dir.join("MANIFEST"),
+            0,
+            format!("{name} not listed"),
+        )),
+        sums => Ok(sums),
+    }
+}
+
+/// Checks `bytes`, the whole listed file `entry` of the snapshot in `dir`, against its block
+/// sums file where one is listed (read and checked against the manifest first).
+fn check_listed_sums(dir: &Path, m: &ManifestBody, entry: &FileEntry, bytes: &[u8]) -> Result<()> {
+    match listed_sums(dir, m, entry)? {
+        Some(s) => vectors::check_sums(
+            bytes,
+            &read_sums(dir, s, entry.len)?,
+            &dir.join(&s.name),
+            &dir.join(&entry.name),
+        ),
+        None => Ok(()),
+    }
+}
+
+/// Checks every graph dump file the manifest `m` of the snapshot in `dir` lists, in full: its
+/// crc32, and from format 7 its block sums against it (what `verify` and backups check; a
+/// load leaves a bad dump to the indexer, which rebuilds the graph).
+pub(crate) fn check_dumps(dir: &Path, m: &ManifestBody) -> Result<()> {
+    for f in m.files.iter().filter(|f| f.name.starts_with("hnsw-")) {
+        if m.files
+            .iter()
+            .any(|s| s.name == vectors::sums_name(&f.name))
+        {
+            map_in_place(dir, m, f, Check::Full)?;
+        } else {
+            check_file(dir, f)?;
+        }
+    }
+    Ok(())
+}
+
 /// crc32 of `map`, each step populated before it is read; `None` where a step could not be
 /// populated for a reason other than the file's bytes (the kernel lacks the call, or memory
 /// is short): the caller then reads the file with `read()`, which needs no populated map.
@@ -741,14 +835,15 @@ const KEYS_FILE: &str = "keys.bin";
 /// File name of the trained promoter in a snapshot.
 const PROMOTER_FILE: &str = "promoter.bin";
 
-/// How [`load`] checks the vector chunks.
+/// How [`load`] checks the files it maps.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Check {
     /// Every byte of every file, before load returns (tools, backups, and an open after
-    /// damage was found).
+    /// damage was found), and each file's block sums against it.
     Full,
-    /// A chunk with block sums (format 5 on) is mapped unread: each block is checked on first
-    /// read and by the indexer's scrub (see `crate::vectors`). Every other file in full.
+    /// A file with block sums is mapped unread: vector chunks (format 5 on), the record table
+    /// (6 on), the key index and the graph dumps' level-0 links (7 on); each block is checked
+    /// on first read and by the indexer (see `crate::vectors`). Every other file in full.
     Blocks,
 }
 
@@ -776,6 +871,7 @@ pub(crate) fn load(dir: &Path, dim: usize, check: Check) -> Result<Loaded> {
             !f.name.starts_with("hnsw-")
                 && f.name != RECORDS_FILE
                 && f.name != KEYS_FILE
+                && f.name != vectors::sums_name(KEYS_FILE)
                 && f.name != SLOTS_FILE
                 && f.name != vectors::sums_name(RECORDS_FILE)
                 && !m.is_vector_file(&f.name)
@@ -789,13 +885,13 @@ pub(crate) fn load(dir: &Path, dim: usize, check: Check) -> Result<Loaded> {
     // fails is left to the indexer, which reads it again, and reports it when it rebuilds
     // the layer's graph).
     let keys_and_graphs = || -> Result<KeysAndGraphs> {
-        let keys = load_keys(dir, &m)?;
+        let keys = load_keys(dir, &m, check)?;
         let graphs = m
             .layers
             .iter()
             .filter_map(|le| {
                 let base = le.dump.as_ref()?;
-                match map_graph(dir, &m, base, dim) {
+                match map_graph(dir, &m, base, dim, check) {
                     Ok(g) => Some((le.layer, Arc::new(g))),
                     Err(e) => {
                         tracing::debug!(layer = %le.layer, error = %e, "graph dump not searchable in place");
@@ -839,9 +935,12 @@ pub(crate) fn load(dir: &Path, dim: usize, check: Check) -> Result<Loaded> {
 type KeysAndGraphs = (Option<KeyIndex>, Vec<(Layer, Arc<MappedGraph>)>);
 
 /// The key index of the snapshot (format 4 on; `None` before, built from the records).
-fn load_keys(dir: &Path, m: &ManifestBody) -> Result<Option<KeyIndex>> {
+fn load_keys(dir: &Path, m: &ManifestBody, check: Check) -> Result<Option<KeyIndex>> {
     match m.files.iter().find(|f| f.name == KEYS_FILE) {
-        Some(entry) => Ok(Some(KeyIndex::load(dir, entry, m.nslots)?)),
+        Some(entry) => {
+            let file = map_in_place(dir, m, entry, check)?;
+            Ok(Some(KeyIndex::open(file, m.nslots)?))
+        }
         None if m.format >= 4 => Err(Error::corrupted(
             dir.join("MANIFEST"),
             0,
@@ -863,14 +962,19 @@ fn check_keys(dir: &Path, keys: &Option<KeyIndex>, live: usize) -> Result<()> {
     }
 }
 
-/// Maps one layer's graph dump, checks it against the manifest through the map (as
-/// [`map_checked`]) and opens it for searching in place ([`MappedGraph::open`]).
-fn map_graph(dir: &Path, m: &ManifestBody, base: &str, dim: usize) -> Result<MappedGraph> {
+/// Maps one layer's graph dump (checked in full or block by block, as [`map_in_place`]) and
+/// opens it for searching in place ([`MappedGraph::open`]).
+fn map_graph(
+    dir: &Path,
+    m: &ManifestBody,
+    base: &str,
+    dim: usize,
+    check: Check,
+) -> Result<MappedGraph> {
     let entry = graph_entry(dir, m, base)?;
     let path = graph_path(dir, base);
-    let map = map_checked(dir, entry)?;
-    MappedGraph::open(Arc::new(map), dim, m.nslots)
-        .map_err(|(off, why)| Error::corrupted(&path, off, why))
+    let file = map_in_place(dir, m, entry, check)?;
+    MappedGraph::open(file, dim, m.nslots).map_err(|(off, why)| Error::corrupted(&path, off, why))
 }
 
 /// Decoded tables.
@@ -973,9 +1077,17 @@ fn decode_tables(dir: &Path, m: &ManifestBody, check: Check) -> Result<Tables> {
             }
             _ => None,
         };
+        let mut from_index = None;
         let table = match lazy {
             Some((table, slots_file)) => {
-                records::read_slots(dir, slots_file, table.len(), m.nslots, &mut fill)?;
+                // One tight pass, not a call of `fill` per slot (at a million slots about
+                // 15 ms instead of 25–30).
+                from_index = Some(records::slots_from_index(
+                    dir,
+                    slots_file,
+                    table.len(),
+                    m.nslots,
+                )?);
                 table
             }
             None => {
@@ -1005,6 +1117,10 @@ fn decode_tables(dir: &Path, m: &ManifestBody, check: Check) -> Result<Tables> {
                 table
             }
         };
+        if let Some((from, layers)) = from_index {
+            (slots, live) = (from, table.len() as usize);
+            members = layers;
+        }
         loaded_table = Some(table);
         layer_members = Some(members);
     } else {
@@ -1122,11 +1238,8 @@ fn map_chunks(dir: &Path, dim: usize, m: &ManifestBody, check: Check) -> Result<
         };
         let path = dir.join(name);
         let unread = match (check, sums) {
-            (Check::Blocks, Some(s)) => {
-                // Every read through the map checks its block first (`Vectors`).
-                let map = map_unread(dir, entry)?;
-                vectors::populate_works(&map).then_some((s, map))
-            }
+            // Every read through the map checks its block first (`Vectors`).
+            (Check::Blocks, Some(s)) => map_for_blocks(dir, entry)?.map(|map| (s, map)),
             _ => None,
         };
         match unread {
@@ -1234,9 +1347,14 @@ pub(crate) fn load_graph(
     .map_err(|(off, why)| Error::corrupted(&path, off, why))
 }
 
-/// Reads the graph dump `base` and checks it against its manifest entry.
+/// Reads the graph dump `base` and checks it against its manifest entry and its block sums
+/// (format 7 on): the same checks as a dump open mapped has had once the indexer read it
+/// (`MappedGraph::checked_bytes`), so a damaged sums file is found and the graph rebuilt.
 fn read_graph(dir: &Path, m: &ManifestBody, base: &str) -> Result<Vec<u8>> {
-    read_listed(dir, graph_entry(dir, m, base)?)
+    let entry = graph_entry(dir, m, base)?;
+    let bytes = read_listed(dir, entry)?;
+    check_listed_sums(dir, m, entry, &bytes)?;
+    Ok(bytes)
 }
 
 /// The bytes of the listed file `entry` of the snapshot in `dir`, read once and checked
@@ -1248,39 +1366,79 @@ fn read_listed(dir: &Path, entry: &FileEntry) -> Result<Vec<u8>> {
     Ok(bytes)
 }
 
+/// Rewrites the snapshot in `dir` (of `dim`-d vectors) as format 6 wrote it: no block sums
+/// of the key index or the graph dumps, and each dumped layer's slots listed in the manifest.
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests: a panic is the failure report
+pub(crate) fn downgrade_to_format_6(dir: &Path, dim: usize) {
+    downgrade(dir, 6, |m| {
+        let mut sums = vec![vectors::sums_name(KEYS_FILE)];
+        for le in &mut m.layers {
+            if let Some(base) = &le.dump {
+                let path = graph_path(dir, base);
+                let bytes = std::fs::read(&path).unwrap();
+                let h = crate::hnsw::DumpHeader::parse(&bytes, dim).unwrap();
+                le.indexed = bytes[crate::hnsw::DumpHeader::SLOTS_AT..][..4 * h.n]
+                    .chunks_exact(4)
+                    .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                    .collect();
+                sums.push(vectors::sums_name(&file_name(&path)));
+            }
+        }
+        sums
+    });
+}
+
+/// Rewrites the snapshot in `dir` as format `format`: `edit` changes its manifest and names
+/// the files that format did not have, which are removed from the directory and the manifest.
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests: a panic is the failure report
+fn downgrade(dir: &Path, format: u32, edit: impl FnOnce(&mut ManifestBody) -> Vec<String>) {
+    let mut m = read_manifest(dir).unwrap();
+    let gone = edit(&mut m);
+    for g in &gone {
+        std::fs::remove_file(dir.join(g)).unwrap();
+    }
+    m.files.retain(|f| !gone.contains(&f.name));
+    m.format = format;
+    write_manifest(dir, &m).unwrap();
+}
+
 #[cfg(test)]
 #[allow(clippy::unwrap_used)] // tests: a panic is the failure report
 mod tests {
     use super::*;
     use crate::{Config, Memory, NewRecord};
 
+    /// Rewrites the snapshot in `dir` as format 5 wrote it: as format 6, without the record
+    /// table's block sums and slot index.
+    fn downgrade_to_format_5(dir: &Path, dim: usize) {
+        downgrade_to_format_6(dir, dim);
+        downgrade(dir, 5, |_| {
+            vec![vectors::sums_name(RECORDS_FILE), SLOTS_FILE.to_string()]
+        });
+    }
+
     /// Rewrites the snapshot in `dir` as format 4 wrote it: no block sums files.
-    fn downgrade_to_format_4(dir: &Path) {
-        let mut m = read_manifest(dir).unwrap();
-        let sums: Vec<String> = m.chunks.iter().map(|c| vectors::sums_name(c)).collect();
-        assert!(!sums.is_empty());
-        for s in &sums {
-            std::fs::remove_file(dir.join(s)).unwrap();
-        }
-        m.format = 4;
-        m.files.retain(|f| !sums.contains(&f.name));
-        write_manifest(dir, &m).unwrap();
+    fn downgrade_to_format_4(dir: &Path, dim: usize) {
+        downgrade_to_format_5(dir, dim);
+        downgrade(dir, 4, |m| {
+            let sums: Vec<String> = m.chunks.iter().map(|c| vectors::sums_name(c)).collect();
+            assert!(!sums.is_empty());
+            sums
+        });
     }
 
     /// Rewrites the snapshot in `dir` as format 3 wrote it: no `keys.bin`.
-    fn downgrade_to_format_3(dir: &Path) {
-        downgrade_to_format_4(dir);
-        let mut m = read_manifest(dir).unwrap();
-        std::fs::remove_file(dir.join(KEYS_FILE)).unwrap();
-        m.format = 3;
-        m.files.retain(|f| f.name != KEYS_FILE);
-        write_manifest(dir, &m).unwrap();
+    fn downgrade_to_format_3(dir: &Path, dim: usize) {
+        downgrade_to_format_4(dir, dim);
+        downgrade(dir, 3, |_| vec![KEYS_FILE.to_string()]);
     }
 
     /// Rewrites the snapshot in `dir` as format 2 wrote it: `records.zst` instead of
     /// `records.bin`, no `keys.bin`, and a format-2 MANIFEST.
     fn downgrade_to_format_2(dir: &Path, dim: usize) {
-        downgrade_to_format_3(dir);
+        downgrade_to_format_3(dir, dim);
         let loaded = load(dir, dim, Check::Full).unwrap();
         let records = loaded
             .projections
@@ -1310,6 +1468,67 @@ mod tests {
         m.files.retain(|f| f.name != RECORDS_FILE);
         m.files.push(entry);
         write_manifest(dir, &m).unwrap();
+    }
+
+    /// Rewrites the block sums file of `name` in the snapshot `dir` with its last sum wrong,
+    /// and its manifest entry to match (as if the writer had been wrong).
+    fn spoil_last_sum(dir: &Path, name: &str) {
+        let sums = vectors::sums_name(name);
+        let mut b = std::fs::read(dir.join(&sums)).unwrap();
+        let last = b.len() - 1;
+        b[last] ^= 0x10;
+        std::fs::write(dir.join(&sums), &b).unwrap();
+        let mut m = read_manifest(dir).unwrap();
+        let e = m.files.iter_mut().find(|f| f.name == sums).unwrap();
+        e.crc = crc32fast::hash(&b);
+        write_manifest(dir, &m).unwrap();
+    }
+
+    /// A full check (`verify`, backups, an open after damage) refuses block sums that
+    /// disagree with a file whose crc32 matches, naming the file: for the key index the
+    /// snapshot fails to load, for a graph dump `check_dumps` (and so `verify`) fails. A lazy
+    /// open checks only the blocks it reads (the last one here, later).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_full_check_refuses_block_sums_that_disagree_with_their_file() {
+        let dim = 8;
+        let tmp = tempfile::tempdir().unwrap();
+        let config = Config {
+            dimension: dim,
+            checkpoint_on_close: false,
+            ..Config::default()
+        };
+        let m = Memory::open(tmp.path(), config).await.unwrap();
+        let batch = (0..300)
+            .map(|i| NewRecord::new(format!("record {i}"), vector(i, dim)))
+            .collect();
+        m.insert_batch(batch).await.unwrap();
+        m.wait_indexed().await.unwrap();
+        let seq = m.checkpoint().await.unwrap();
+        drop(m);
+        let snap = tmp.path().join("snapshots").join(dir_name(seq));
+        let graph = "hnsw-interact.graph";
+        assert!(snap.join(graph).exists());
+        check_dumps(&snap, &read_manifest(&snap).unwrap()).unwrap();
+
+        spoil_last_sum(&snap, KEYS_FILE);
+        let err = load(&snap, dim, Check::Full).err().unwrap().to_string();
+        assert!(err.contains(KEYS_FILE) && err.contains("checksum"), "{err}");
+        assert!(load(&snap, dim, Check::Blocks).is_ok());
+
+        spoil_last_sum(&snap, graph);
+        let err = check_dumps(&snap, &read_manifest(&snap).unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains(graph) && err.contains("checksum"), "{err}");
+        let report = crate::verify::verify(tmp.path()).unwrap();
+        assert!(
+            report
+                .problems
+                .iter()
+                .any(|p| p.contains(&snap.display().to_string())),
+            "{:?}",
+            report.problems
+        );
     }
 
     /// Pages that cannot be read (here: cut off the file after it was mapped, which a plain
@@ -1370,6 +1589,16 @@ mod tests {
         older_snapshot_opens(4).await;
     }
 
+    #[tokio::test]
+    async fn a_format_5_snapshot_still_opens_and_the_next_checkpoint_writes_the_current_format() {
+        older_snapshot_opens(5).await;
+    }
+
+    #[tokio::test]
+    async fn a_format_6_snapshot_still_opens_and_the_next_checkpoint_writes_the_current_format() {
+        older_snapshot_opens(6).await;
+    }
+
     /// A snapshot downgraded to `format` opens with the same records; identical inserts and
     /// reference counts still resolve through the keys built at open; the next checkpoint
     /// writes the current format.
@@ -1406,8 +1635,10 @@ mod tests {
         let snap = tmp.path().join("snapshots").join(dir_name(seq));
         match format {
             2 => downgrade_to_format_2(&snap, dim),
-            3 => downgrade_to_format_3(&snap),
-            _ => downgrade_to_format_4(&snap),
+            3 => downgrade_to_format_3(&snap, dim),
+            4 => downgrade_to_format_4(&snap, dim),
+            5 => downgrade_to_format_5(&snap, dim),
+            _ => downgrade_to_format_6(&snap, dim),
         }
         assert_eq!(read_manifest(&snap).unwrap().format, format);
 

@@ -311,9 +311,6 @@ impl Bits {
             })
         })
     }
-    pub(crate) fn ones(&self) -> Vec<u32> {
-        self.iter().collect()
-    }
 }
 
 /// A set of slots: a bitset and its size. A layer's members are one; building it at open
@@ -325,6 +322,19 @@ pub(crate) struct SlotSet {
 }
 
 impl SlotSet {
+    /// The set whose bits are `words` (bit `s % 64` of word `s / 64` for slot `s`), `len` of
+    /// them set.
+    pub(crate) fn from_words(words: Vec<u64>, len: usize) -> SlotSet {
+        debug_assert_eq!(
+            words.iter().map(|w| w.count_ones() as usize).sum::<usize>(),
+            len
+        );
+        SlotSet {
+            bits: Bits(words),
+            len,
+        }
+    }
+
     pub(crate) fn insert(&mut self, slot: u32) -> bool {
         if self.bits.get(slot) {
             return false;
@@ -454,7 +464,7 @@ pub(crate) struct Projections {
     /// Ids, content keys and reference counts as of the snapshot this state was loaded from,
     /// searched in place (see `crate::keys`). Entries can be stale: every hit is confirmed
     /// against the record. Empty for a state replayed from the log alone.
-    keys: KeyIndex,
+    keys: Arc<KeyIndex>,
     /// Ids inserted since `keys` was taken.
     by_id: FastMap<Id, u32>,
     /// Content key → slots given it since `keys` was taken (inserts, moves between layers).
@@ -485,7 +495,7 @@ impl Projections {
             tables: [None, None],
             rows_in: [0, 0],
             access: FastMap::default(),
-            keys: KeyIndex::default(),
+            keys: Arc::default(),
             by_id: FastMap::default(),
             by_content: FastMap::default(),
             refs_delta: FastMap::default(),
@@ -511,18 +521,16 @@ impl Projections {
     ) -> Projections {
         let mut p = Projections::new(dim);
         p.vectors = vectors;
-        p.rows_in[0] = slots
-            .iter()
-            .filter(|s| matches!(s, Slot::Row(r) if r.table == 0))
-            .count();
+        // Each row of the table is in exactly one slot (rows in slot order, each once).
+        p.rows_in[0] = table.as_ref().map_or(0, |t| t.len() as usize);
         p.tables[0] = table;
         p.slots = slots;
-        p.keys = keys.unwrap_or_else(|| {
+        p.keys = Arc::new(keys.unwrap_or_else(|| {
             index_keys(
                 p.records()
                     .map(|(slot, r)| (slot, r.id, r.layer, r.content_hash, r.body)),
             )
-        });
+        }));
         let members = members.unwrap_or_else(|| {
             let mut members: [SlotSet; 3] = Default::default();
             for (slot, r) in p.records() {
@@ -569,16 +577,24 @@ impl Projections {
     }
 
     /// Damage found after open in what a snapshot mapped unread (a vector chunk, the record
-    /// table): every read that needs it fails from then on.
+    /// table, the key index): every read that needs it fails from then on.
     pub(crate) fn damage(&self) -> Option<crate::error::Error> {
         self.vectors
             .damage()
             .or_else(|| self.tables.iter().flatten().find_map(|t| t.damage()))
+            .or_else(|| self.keys.damage())
     }
 
     /// True while something mapped unread has not been checked in full (the scrub's work).
     pub(crate) fn unchecked(&self) -> bool {
-        self.vectors.unchecked() || self.tables.iter().flatten().any(|t| t.unchecked())
+        self.vectors.unchecked()
+            || self.tables.iter().flatten().any(|t| t.unchecked())
+            || self.keys.unchecked()
+    }
+
+    /// The key index, to scrub outside the state lock.
+    pub(crate) fn key_index(&self) -> Arc<KeyIndex> {
+        self.keys.clone()
     }
 
     /// Checks the rows that slots `from..` name (at most `n` slots), as their first read

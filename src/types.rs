@@ -320,10 +320,10 @@ pub struct OpenReport {
     /// is scanned exactly until then). If the indexer's full check of the same dump fails, the
     /// layer is also listed in `index_rebuilds` and searched exactly until rebuilt.
     pub graphs_in_place: Vec<Layer>,
-    /// Why open checked every byte of the snapshot's vector chunks and record table before
-    /// returning: damage found after an earlier open (see `Stats::damage`). `None`: they were
-    /// mapped unread, each 4 KiB block (and each row) checked on its first read and by a scrub
-    /// in the background.
+    /// Why open checked every byte of the snapshot's vector chunks, record table, key index and
+    /// graph dumps before returning: damage found after an earlier open (see `Stats::damage`).
+    /// `None`: they were mapped unread, each 4 KiB block (and each row) checked on its first
+    /// read and in the background (the scrub; a dump by the indexer's full read).
     pub full_check: Option<String>,
     /// Time spent opening (µs), in all. Its parts below: where a slow open spends its time.
     pub open_us: u64,
@@ -355,8 +355,10 @@ pub struct Stats {
     /// HNSW dumps of the snapshot opened that the indexer has still to load in full (their
     /// layers are searched in place or exactly meanwhile: see `LayerStats::index_ready`).
     pub graphs_loading: u64,
-    /// Damage found in the snapshot's vector chunks or record table since open (by a read or
-    /// the background scrub): the file, offset and reason. Searches, `get`, `records`, writes
+    /// Damage found in the snapshot's vector chunks, record table or key index since open (by
+    /// a read or the background scrub): the file, offset and reason. (Damage in a graph dump
+    /// is not: the layer is searched exactly and its graph rebuilt, see
+    /// `OpenReport::index_rebuilds`.) Searches, `get`, `records`, writes
     /// and checkpoints fail with it until the store is reopened; the next open checks every
     /// snapshot file in full, skips a damaged snapshot and replays the log instead (see
     /// `OpenReport::full_check`).

@@ -60,8 +60,8 @@ struct Chunk {
     lazy: Option<Lazy>,
 }
 
-/// The blocks of a mapped snapshot file (a vector chunk, `records.bin`), checked against its
-/// block sums on first read.
+/// The blocks of a mapped snapshot file (a vector chunk, `records.bin`, `keys.bin`, a graph
+/// dump), checked against its block sums on first read.
 pub(crate) struct Lazy {
     sums: Vec<u32>,
     /// One bit per block, set once it checked out.
@@ -160,17 +160,118 @@ impl Lazy {
     }
 }
 
+/// Checks `bytes`, the whole of the snapshot file at `file`, against its block sums `sums`
+/// (parsed from the sums file at `sums_path`): each 4 KiB block's crc32. A mismatch names the
+/// sums file and the offset of the sum (tools, and an open after damage, find sums that
+/// disagree with their file before a lazy open trusts them).
+pub(crate) fn check_sums(bytes: &[u8], sums: &[u32], sums_path: &Path, file: &Path) -> Result<()> {
+    let blocks = bytes.chunks(BLOCK);
+    if blocks.len() != sums.len() {
+        return Err(Error::corrupted(
+            sums_path,
+            12,
+            format!("{} block sums for {} blocks", sums.len(), blocks.len()),
+        ));
+    }
+    match blocks.zip(sums).position(|(b, s)| crc32fast::hash(b) != *s) {
+        Some(i) => Err(Error::corrupted(
+            sums_path,
+            (SUMS_HEADER + 4 * i) as u64,
+            format!(
+                "the checksum of block {i} does not match {}",
+                file.display()
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
+/// A snapshot file read in place through its map (the key index, a graph dump): checked in
+/// full when it was mapped (`lazy` none), or each block against its sum on first read
+/// ([`InPlace::ok`]) and by the indexer's scrub ([`InPlace::scrub`]).
+pub(crate) struct InPlace {
+    pub(crate) path: PathBuf,
+    /// File name (named by a damage message).
+    pub(crate) name: String,
+    pub(crate) map: Mmap,
+    pub(crate) lazy: Option<Lazy>,
+    /// Damage found in a file checked in full at open (a check of what it holds that open
+    /// does not make); a lazy one keeps it in `lazy`.
+    failed: OnceLock<(u64, String)>,
+}
+
+impl InPlace {
+    pub(crate) fn new(path: PathBuf, map: Mmap, lazy: Option<Lazy>) -> InPlace {
+        InPlace {
+            name: path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            path,
+            map,
+            lazy,
+            failed: OnceLock::new(),
+        }
+    }
+
+    /// True when bytes `[at, at + n)` checked out (checking any block not yet checked); false
+    /// (the damage noted, see [`InPlace::damage`]) when they did not or lie beyond the file.
+    pub(crate) fn ok(&self, at: usize, n: usize) -> bool {
+        if at.checked_add(n).is_none_or(|end| end > self.map.len()) {
+            self.fail(at as u64, format!("{n} bytes at {at} lie beyond the file"));
+            return false;
+        }
+        match &self.lazy {
+            None => true,
+            Some(lz) => lz.check_range(&self.map, at, n, &self.name),
+        }
+    }
+
+    /// Notes damage found by a check of what the blocks hold (the first is kept).
+    pub(crate) fn fail(&self, at: u64, why: String) {
+        match &self.lazy {
+            Some(lz) => lz.fail(at, why),
+            None => {
+                let _ = self.failed.set((at, why));
+            }
+        }
+    }
+
+    /// The first damage found: offset in the file and what was wrong.
+    pub(crate) fn fault(&self) -> Option<&(u64, String)> {
+        match &self.lazy {
+            Some(lz) => lz.damage(),
+            None => self.failed.get(),
+        }
+    }
+
+    /// The first damage found, as the error to report.
+    pub(crate) fn damage(&self) -> Option<Error> {
+        let (at, why) = self.fault()?;
+        Some(Error::corrupted(&self.path, *at, why.clone()))
+    }
+
+    /// Checks every block not yet checked (see [`Lazy::scrub`]): true once all are, false
+    /// when `stop` stopped it; the damage found is the error.
+    pub(crate) fn scrub(&self, stop: &dyn Fn() -> bool) -> Result<bool> {
+        let Some(lz) = &self.lazy else {
+            return Ok(true);
+        };
+        let done = lz.scrub(&self.map, &self.name, stop);
+        match self.damage() {
+            Some(e) => Err(e),
+            None => Ok(done),
+        }
+    }
+}
+
 impl Chunk {
     /// True when bytes `[at, at + n)` of the file checked out (checking any block not yet
     /// checked), or were checked in full at open.
     fn check(&self, at: usize, n: usize) -> bool {
-        let Some(lz) = &self.lazy else {
-            return true;
-        };
-        if lz.all.load(Ordering::Acquire) {
-            return true;
-        }
-        (at / BLOCK..=(at + n - 1) / BLOCK).all(|b| lz.check_block(&self.map, b, false, &self.name))
+        self.lazy
+            .as_ref()
+            .is_none_or(|lz| lz.check_range(&self.map, at, n, &self.name))
     }
 }
 

@@ -149,14 +149,7 @@ pub fn verify(dir: &Path) -> Result<VerifyReport> {
     let mut compared = false;
     for (seq, path) in snapshot::list(&dir.join("snapshots"))? {
         let checked = snapshot::load(&path, m.dimension, snapshot::Check::Full).and_then(|l| {
-            for f in l
-                .manifest
-                .files
-                .iter()
-                .filter(|f| f.name.starts_with("hnsw-"))
-            {
-                snapshot::check_file(&path, f)?;
-            }
+            snapshot::check_dumps(&path, &l.manifest)?;
             // Each block against its sum too: what a store opened on these files checks.
             l.projections.vectors.scrub(&|| false)?;
             Ok(l)

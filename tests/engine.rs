@@ -314,10 +314,19 @@ async fn a_corrupt_snapshot_falls_back_to_an_older_one_and_says_so() {
 /// open): damage there is found by the first read of it or by the scrub, fails every read and
 /// write from then on with the file and offset, and the next open checks everything and falls
 /// back to the older snapshot, losing nothing.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_damaged_row_is_found_after_open_and_the_next_open_falls_back() {
+/// Flips a bit at `at(len)` of `file` in the newer of two snapshots of 400 records
+/// (clustered vectors from `seed`), a file open maps unread: open still loads that snapshot;
+/// the `get` of the record `pick` chooses among the newer half fails with the damage, naming
+/// the file, and so does everything after it (nothing is written); the next open checks
+/// everything, falls back to the older snapshot and recovers every record from the log.
+async fn damage_found_after_open_falls_back(
+    seed: u64,
+    file: &str,
+    at: impl Fn(usize) -> usize,
+    pick: impl Fn(&[RecordId]) -> RecordId,
+) {
     let dir = tempfile::tempdir().unwrap();
-    let vs = clustered(7, 400, DIM, 4);
+    let vs = clustered(seed, 400, DIM, 4);
     let mut c = config();
     c.checkpoint_on_close = false;
     let m = Memory::open(dir.path(), c.clone()).await.unwrap();
@@ -328,26 +337,25 @@ async fn a_damaged_row_is_found_after_open_and_the_next_open_falls_back() {
     let second = m.checkpoint().await.unwrap();
     let all = m.records(None).unwrap();
     drop(m);
-    // The last record's text, at the end of the newest table (far from its header block).
     let snap = dir.path().join("snapshots").join(format!("{second:020}"));
-    flip_byte(&snap.join("records.bin"), |len| len - 3, 0x01);
+    flip_byte(&snap.join(file), at, 0x01);
     let m = Memory::open(dir.path(), c.clone()).await.unwrap();
     let st = m.stats();
     assert_eq!(
         st.open.snapshot_seq,
         Some(second),
-        "the table is not read at open"
+        "{file} is not read at open"
     );
     assert!(st.open.snapshots_rejected.is_empty());
-    let last = *ids.last().unwrap();
-    let e = m.get(last).await.unwrap_err();
+    let id = pick(&ids);
+    let e = m.get(id).await.unwrap_err();
     assert!(
-        matches!(&e, Error::Corrupted { .. }) && e.to_string().contains("records.bin"),
+        matches!(&e, Error::Corrupted { .. }) && e.to_string().contains(file),
         "{e}"
     );
     assert!(m.records(None).is_err());
     assert!(m.wait_indexed().await.is_err());
-    assert!(m.stats().damage.is_some_and(|d| d.contains("records.bin")));
+    assert!(m.stats().damage.is_some_and(|d| d.contains(file)));
     // Nothing is written once damage is known (an insert's duplicate check read rows).
     assert!(m.insert(record(9_999, vs[0].clone())).await.is_err());
     drop(m);
@@ -361,8 +369,32 @@ async fn a_damaged_row_is_found_after_open_and_the_next_open_falls_back() {
         all,
         "the longer replay recovers everything"
     );
-    m.get(last).await.unwrap();
+    m.get(id).await.unwrap();
     m.close().await.unwrap();
+}
+
+/// A damaged row of the record table (mapped unread, each row checked on its first read).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_row_is_found_after_open_and_the_next_open_falls_back() {
+    // The last record's text, at the end of the newest table (far from its header block).
+    damage_found_after_open_falls_back(7, "records.bin", |len| len - 3, |ids| *ids.last().unwrap())
+        .await;
+}
+
+/// A damaged block of the key index (snapshot format 7: mapped unread, each block checked on
+/// the first lookup that reads it): the lookup fails with the damage instead of finding
+/// nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_key_index_block_is_found_after_open_and_the_next_open_falls_back() {
+    // The middle id, which every binary search probes first (a 64 B header, then 400 content
+    // keys of 8 B, then the ids, 16 B each).
+    damage_found_after_open_falls_back(
+        9,
+        "keys.bin",
+        |_| 64 + 400 * 8 + 200 * 16 + 3,
+        |ids| ids[0],
+    )
+    .await;
 }
 
 /// Damage the replay itself reaches (a delete in the log after the snapshot, of a record whose
