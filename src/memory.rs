@@ -60,6 +60,11 @@ const GRAPH_ONLY_CHECKPOINT_POINTS: u64 = 1_024;
 #[cfg(test)]
 pub(crate) static HOLD_DUMP_LOADS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 
+/// Tests: stores (by the path given to open) whose checkpoints wait after the snapshot's
+/// rename, before its `Checkpointed` marker, for as long as they are listed here.
+#[cfg(test)]
+static HOLD_CHECKPOINT_MARKERS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
+
 type Dumps = (
     PathBuf,
     snapshot::ManifestBody,
@@ -68,8 +73,10 @@ type Dumps = (
 
 struct SnapState {
     latest: Option<(u64, PathBuf)>,
-    /// Sequence of the `Checkpointed` event written after the latest snapshot.
-    marker_seq: u64,
+    /// Sequence up to which the latest snapshot holds every event: its `Checkpointed`
+    /// marker's when nothing but markers came between the snapshot and it, else the
+    /// snapshot's own (events committed while it was written are in no snapshot yet).
+    covered_seq: u64,
     known_chunks: HashMap<String, FileEntry>,
     at: Instant,
     /// Version of the promoter model the latest snapshot holds (a newly trained model makes
@@ -507,7 +514,7 @@ impl Memory {
                     Some((path.clone(), manifest, dumps)),
                     SnapState {
                         latest: Some((seq, path)),
-                        marker_seq: seq,
+                        covered_seq: seq,
                         known_chunks: known,
                         at: Instant::now(),
                         model_version: model.version,
@@ -521,7 +528,7 @@ impl Memory {
                 None,
                 SnapState {
                     latest: None,
-                    marker_seq: 0,
+                    covered_seq: 0,
                     known_chunks: HashMap::new(),
                     at: Instant::now(),
                     model_version: 0,
@@ -562,7 +569,7 @@ impl Memory {
         if snap_state.latest.is_some() && only_markers {
             // Nothing but the snapshot's own `Checkpointed` marker since: an idle open/close
             // must not write another snapshot.
-            snap_state.marker_seq = proj.applied_seq;
+            snap_state.covered_seq = proj.applied_seq;
         }
         if proj.applied_seq != log.last_seq() {
             return Err(Error::corrupted(
@@ -622,7 +629,7 @@ impl Memory {
             access_hits: AtomicU64::new(0),
             snap_info: Mutex::new((
                 snap_state.latest.as_ref().map(|(s, _)| *s),
-                snap_state.marker_seq,
+                snap_state.covered_seq,
             )),
             snap: Mutex::new(snap_state),
             inflight: Mutex::new(HashSet::new()),
@@ -997,7 +1004,7 @@ impl Memory {
     pub fn stats(&self) -> Stats {
         let inner = &self.inner;
         // Not `snap`: a checkpoint holds it for its whole run.
-        let (last_snapshot_seq, marker_seq) = *inner.snap_info.lock();
+        let (last_snapshot_seq, covered_seq) = *inner.snap_info.lock();
         let st = inner.state.read();
         let mut layers: [LayerStats; 3] = Default::default();
         for (i, ls) in st.layers.iter().enumerate() {
@@ -1025,7 +1032,7 @@ impl Memory {
             applied_seq: st.applied_seq,
             layers,
             last_snapshot_seq,
-            events_since_snapshot: st.applied_seq.saturating_sub(marker_seq),
+            events_since_snapshot: st.applied_seq.saturating_sub(covered_seq),
             pending_accesses: inner.access_hits.load(Ordering::Relaxed),
             graphs_loading: inner.graphs_loading.load(Ordering::Acquire),
             damage: st.damage().map(|e| e.to_string()),
@@ -1546,7 +1553,7 @@ impl Inner {
     fn checkpoint_due(&self) -> bool {
         let applied = *self.applied_tx.borrow();
         let snap = self.snap.lock();
-        let since = applied.saturating_sub(snap.marker_seq);
+        let since = applied.saturating_sub(snap.covered_seq);
         let graphs_changed = self.graphs_changed(&snap);
         if since == 0 && !graphs_changed {
             return false;
@@ -1578,7 +1585,7 @@ impl Inner {
         let mut snap = self.snap.lock();
         let unchanged = |snap: &SnapState| {
             let applied = self.state.read().applied_seq;
-            (applied == snap.marker_seq
+            (applied == snap.covered_seq
                 && self.model().version == snap.model_version
                 && !self.graphs_changed(snap))
             .then(|| snap.latest.as_ref().map(|(s, _)| *s).unwrap_or(0))
@@ -1611,7 +1618,7 @@ impl Inner {
             let at = self.commit_blocking(vec![Event::Checkpointed {
                 snapshot_seq: applied,
             }])?;
-            snap.marker_seq = at.last_seq;
+            snap.covered_seq = covered_by_marker(applied, &at);
         }
         let root = self.dir.join("snapshots");
         let (cap_seq, written, points) = {
@@ -1663,10 +1670,14 @@ impl Inner {
         snap.at = Instant::now();
         snap.model_version = model_version;
         snap.graph_points = points;
+        #[cfg(test)]
+        while HOLD_CHECKPOINT_MARKERS.lock().contains(&self.dir) {
+            std::thread::sleep(Duration::from_millis(1));
+        }
         let at = self.commit_blocking(vec![Event::Checkpointed {
             snapshot_seq: cap_seq,
         }])?;
-        snap.marker_seq = at.last_seq;
+        snap.covered_seq = covered_by_marker(cap_seq, &at);
         // Keep the newest K snapshots; the log keeps (at least) what the oldest needs.
         let all = snapshot::list(&root)?;
         for (_, p) in all.iter().skip(self.config.snapshots_keep) {
@@ -1677,7 +1688,7 @@ impl Inner {
         }
         // Published last: stats() names a snapshot only once its checkpoint (pruning included)
         // is done, so a reader never sees the new snapshot beside ones about to be removed.
-        *self.snap_info.lock() = (Some(cap_seq), at.last_seq);
+        *self.snap_info.lock() = (Some(cap_seq), snap.covered_seq);
         Ok(cap_seq)
     }
 
@@ -2129,6 +2140,18 @@ impl Inner {
     }
 }
 
+/// What a snapshot at `snapshot_seq` covers once its `Checkpointed` marker is `at`: up to the
+/// marker when the marker directly follows it, else only up to itself (events that committed
+/// while the snapshot was written are in the log only, and the next checkpoint must not be
+/// skipped as if nothing had happened).
+fn covered_by_marker(snapshot_seq: u64, at: &Appended) -> u64 {
+    if at.first_seq == snapshot_seq + 1 {
+        at.last_seq
+    } else {
+        snapshot_seq
+    }
+}
+
 /// Makes `graph`, which holds `slots`, the one a layer's searches walk: its slots are what is
 /// in the index, nothing is searched exactly beside it but the records it lacks.
 fn install_graph(
@@ -2151,4 +2174,74 @@ fn set_index_slots(ls: &mut crate::state::LayerState, slots: &[u32]) {
     }
     ls.indexed = slots.len() as u64;
     ls.tombstones = slots.iter().filter(|s| !ls.members.contains(s)).count() as u64;
+}
+
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests: a panic is the failure report
+mod tests {
+    use super::*;
+
+    fn record(i: usize) -> NewRecord {
+        NewRecord::new(format!("record {i}"), vec![1.0, i as f32, 0.5, 0.0])
+    }
+
+    /// A checkpoint's marker can land after other events (they commit while the snapshot is
+    /// written). The snapshot does not hold those: the close must still write one, or the next
+    /// open replays them (and an idle-looking store never checkpoints them).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn events_committed_while_a_checkpoint_is_written_are_not_taken_as_covered() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().to_path_buf();
+        let config = Config {
+            dimension: 4,
+            checkpoint_every: 0,
+            checkpoint_interval: Duration::ZERO,
+            ..Config::default()
+        };
+        let m = Arc::new(Memory::open(&dir, config.clone()).await.unwrap());
+        for i in 0..3 {
+            m.insert(record(i)).await.unwrap();
+        }
+        let snap_seq = m.stats().last_seq;
+        HOLD_CHECKPOINT_MARKERS.lock().push(dir.clone());
+        let held = {
+            let m = m.clone();
+            tokio::spawn(async move { m.checkpoint().await })
+        };
+        let snapshots = dir.join("snapshots");
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !snapshot::list(&snapshots)
+            .unwrap()
+            .iter()
+            .any(|(s, _)| *s == snap_seq)
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the checkpoint never renamed its snapshot"
+            );
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        // The snapshot is in place, its marker not yet written: two inserts land before it.
+        for i in 3..5 {
+            m.insert(record(i)).await.unwrap();
+        }
+        HOLD_CHECKPOINT_MARKERS.lock().retain(|d| *d != dir);
+        assert_eq!(held.await.unwrap().unwrap(), snap_seq);
+        let st = m.stats();
+        assert_eq!(st.last_seq, snap_seq + 3, "two inserts, then the marker");
+        assert_eq!(st.last_snapshot_seq, Some(snap_seq));
+        assert_eq!(
+            st.events_since_snapshot, 3,
+            "the inserts are in no snapshot"
+        );
+        Arc::try_unwrap(m).ok().unwrap().close().await.unwrap();
+
+        // The close wrote a snapshot holding them: the reopen replays only its marker.
+        let m = Memory::open(&dir, config).await.unwrap();
+        let st = m.stats();
+        assert_eq!(st.open.snapshot_seq, Some(snap_seq + 3));
+        assert_eq!(st.open.replayed_events, 1);
+        assert_eq!(st.layers.iter().map(|l| l.records).sum::<u64>(), 5);
+        m.close().await.unwrap();
+    }
 }

@@ -552,16 +552,15 @@ fn backup_while_another_process_writes_then_verify_restore_and_catch_corruption(
     rt.block_on(m.close()).unwrap();
     // Incremental: only what is new.
     let second = json(&ok(&s, &["--json", "backup", bk.to_str().unwrap()]));
-    let total = json(&ok(&s, &["status", "--json"]))["last_seq"]
-        .as_u64()
-        .unwrap();
+    let status = json(&ok(&s, &["status", "--json"]));
+    let total = status["last_seq"].as_u64().unwrap();
     assert_eq!(second["last_seq"].as_u64().unwrap(), total);
     assert_eq!(
         first["events_copied"].as_u64().unwrap() + second["events_copied"].as_u64().unwrap(),
         total
     );
     let third = json(&ok(&s, &["--json", "backup", bk.to_str().unwrap()]));
-    assert_eq!(third["events_copied"], 0);
+    assert_eq!(third["events_copied"], 0, "after {status}: {third}");
     assert_eq!(json(&ok(&bk, &["--json", "verify"]))["ok"], true);
     // A restore from the backup verifies and holds the same records as the source.
     let r = dir.path().join("restored");
