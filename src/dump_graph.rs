@@ -593,10 +593,7 @@ mod tests {
     fn rewrite_with_sums(snap: &std::path::Path, bytes: &[u8]) {
         let path = snap.join("hnsw-interact.graph");
         std::fs::write(&path, bytes).unwrap();
-        let sums: Vec<u32> = bytes
-            .chunks(crate::vectors::BLOCK)
-            .map(crc32fast::hash)
-            .collect();
+        let sums = crate::vectors::block_sums(bytes);
         let (slen, scrc) = crate::vectors::write_sums(&path, bytes.len() as u64, &sums).unwrap();
         let mut manifest = crate::snapshot::read_manifest(snap).unwrap();
         for f in &mut manifest.files {

@@ -285,15 +285,25 @@ impl KeyIndex {
     pub(crate) fn slot_of(&self, id: &Id) -> Option<u32> {
         let s = self.at;
         let i = self.find_id(s.ids, self.ids, id)?;
-        let at = s.id_slots + i * 4;
-        let slot = *self
-            .ok(at, 4)
-            .then(|| self.u32s(s.id_slots, self.ids).get(i))??;
+        let slot = self.u32_entry(s.id_slots, self.ids, i)?;
         if slot >= self.nslots {
-            self.fail(at, format!("slot beyond the snapshot's {}", self.nslots));
+            self.slot_beyond(s.id_slots + i * 4);
             return None;
         }
         Some(slot)
+    }
+
+    /// Entry `i` of the u32 section at `at` (`n` long), its block checked first; `None` when
+    /// it is damaged (noted).
+    fn u32_entry(&self, at: usize, n: usize, i: usize) -> Option<u32> {
+        self.ok(at + i * 4, 4)
+            .then(|| self.u32s(at, n).get(i).copied())
+            .flatten()
+    }
+
+    /// Notes the slot at byte `at` as damage: it is not below the snapshot's slot count.
+    fn slot_beyond(&self, at: usize) {
+        self.fail(at, format!("slot beyond the snapshot's {}", self.nslots));
     }
 
     /// Slots that had content key `key` when the index was written, ascending. A damaged
@@ -317,8 +327,7 @@ impl KeyIndex {
         }
         let found = self.u32s(s.content_slots, n).get(lo..hi).unwrap_or(&[]);
         if let Some(i) = found.iter().position(|slot| *slot >= self.nslots) {
-            let at = s.content_slots + (lo + i) * 4;
-            self.fail(at, format!("slot beyond the snapshot's {}", self.nslots));
+            self.slot_beyond(s.content_slots + (lo + i) * 4);
             return &[];
         }
         found
@@ -331,17 +340,12 @@ impl KeyIndex {
         let Some(i) = self.find_id(s.ref_ids, self.refs, id) else {
             return 0;
         };
-        let at = s.ref_counts + i * 4;
-        match self
-            .ok(at, 4)
-            .then(|| self.u32s(s.ref_counts, self.refs).get(i))
-        {
-            Some(Some(n)) if *n > 0 => *n,
-            Some(Some(_)) => {
-                self.fail(at, "zero reference count".into());
+        match self.u32_entry(s.ref_counts, self.refs, i) {
+            Some(0) => {
+                self.fail(s.ref_counts + i * 4, "zero reference count".into());
                 0
             }
-            _ => 0,
+            n => n.unwrap_or(0),
         }
     }
 
@@ -647,6 +651,13 @@ mod tests {
         KeyIndex::open(InPlace::new(path, map, Some(lazy)), nslots)
     }
 
+    /// Writes `bytes` as the file at `path` with block sums that match them (a wrong writer).
+    fn write_with_sums(path: &Path, bytes: &[u8]) {
+        std::fs::write(path, bytes).unwrap();
+        let sums = crate::vectors::block_sums(bytes);
+        crate::vectors::write_sums(path, bytes.len() as u64, &sums).unwrap();
+    }
+
     /// 20k keys: many blocks per section.
     fn big() -> KeyIndex {
         let ids = (0..20_000u32).map(|s| (id(50_000 - s), s)).collect();
@@ -713,9 +724,7 @@ mod tests {
         let first: Vec<u8> = b[a..a + 16].to_vec();
         b.copy_within(z..z + 16, a);
         b[z..z + 16].copy_from_slice(&first);
-        std::fs::write(&path, &b).unwrap();
-        let sums: Vec<u32> = b.chunks(BLOCK).map(crc32fast::hash).collect();
-        crate::vectors::write_sums(&path, b.len() as u64, &sums).unwrap();
+        write_with_sums(&path, &b);
         let lazy = load_lazy(tmp.path(), 20_000).unwrap();
         let err = lazy.scrub(&|| false).unwrap_err().to_string();
         assert!(
@@ -725,9 +734,7 @@ mod tests {
         assert!(lazy.damage().is_some() && lazy.unchecked());
 
         // A slot beyond the snapshot's, found by the lookup that reads it.
-        std::fs::write(&path, &good).unwrap();
-        let sums: Vec<u32> = good.chunks(BLOCK).map(crc32fast::hash).collect();
-        crate::vectors::write_sums(&path, good.len() as u64, &sums).unwrap();
+        write_with_sums(&path, &good);
         let lazy = load_lazy(tmp.path(), 10_000).unwrap();
         assert_eq!(lazy.slot_of(&id(50_000 - 15_000)), None);
         let err = lazy.damage().unwrap().to_string();
@@ -756,9 +763,7 @@ mod tests {
         // A zero reference count whose block sums match: the lookup counts none and notes it.
         let mut b = good.clone();
         b[s.ref_counts..s.ref_counts + 4].copy_from_slice(&0u32.to_le_bytes());
-        std::fs::write(&path, &b).unwrap();
-        let sums: Vec<u32> = b.chunks(BLOCK).map(crc32fast::hash).collect();
-        crate::vectors::write_sums(&path, b.len() as u64, &sums).unwrap();
+        write_with_sums(&path, &b);
         let lazy = load_lazy(tmp.path(), 20_000).unwrap();
         assert_eq!(lazy.refs_to(&id(0)), 0);
         let err = lazy.damage().unwrap().to_string();

@@ -1381,7 +1381,7 @@ mod tests {
             len: bytes.len() as u64,
             crc: crc32fast::hash(&good),
         };
-        let sums: Vec<u32> = good.chunks(BLOCK).map(crc32fast::hash).collect();
+        let sums = crate::vectors::block_sums(&good);
         let t = load_lazy(dir.path(), &entry(&b), sums.clone(), 3_000)
             .unwrap()
             .unwrap();
@@ -1400,7 +1400,7 @@ mod tests {
         // A table checked in full is refused where its block sums disagree with it.
         std::fs::write(&path, &good).unwrap();
         let full = load_as(&dir, good.len() as u64, crc32fast::hash(&good), 3_000).unwrap();
-        let mut sums: Vec<u32> = good.chunks(BLOCK).map(crc32fast::hash).collect();
+        let mut sums = crate::vectors::block_sums(&good);
         full.check_block_sums(&sums, &path).unwrap();
         sums[3] ^= 1;
         let e = full.check_block_sums(&sums, &path).unwrap_err().to_string();

@@ -1077,17 +1077,13 @@ fn decode_tables(dir: &Path, m: &ManifestBody, check: Check) -> Result<Tables> {
             }
             _ => None,
         };
-        let mut from_index = None;
         let table = match lazy {
             Some((table, slots_file)) => {
                 // One tight pass, not a call of `fill` per slot (at a million slots about
                 // 15 ms instead of 25–30).
-                from_index = Some(records::slots_from_index(
-                    dir,
-                    slots_file,
-                    table.len(),
-                    m.nslots,
-                )?);
+                (slots, members) =
+                    records::slots_from_index(dir, slots_file, table.len(), m.nslots)?;
+                live = table.len() as usize;
                 table
             }
             None => {
@@ -1117,10 +1113,6 @@ fn decode_tables(dir: &Path, m: &ManifestBody, check: Check) -> Result<Tables> {
                 table
             }
         };
-        if let Some((from, layers)) = from_index {
-            (slots, live) = (from, table.len() as usize);
-            members = layers;
-        }
         loaded_table = Some(table);
         layer_members = Some(members);
     } else {

@@ -574,6 +574,12 @@ pub(crate) fn write_chunk(
     Ok(((len as u64, crc.finalize()), sums))
 }
 
+/// Tests: the block sums of `bytes`, a whole file (a crc32 per block).
+#[cfg(test)]
+pub(crate) fn block_sums(bytes: &[u8]) -> Vec<u32> {
+    bytes.chunks(BLOCK).map(crc32fast::hash).collect()
+}
+
 /// Writes (and fsyncs) the block sums file of the chunk file at `chunk` (`len` bytes).
 pub(crate) fn write_sums(chunk: &Path, len: u64, sums: &[u32]) -> Result<(u64, u32)> {
     let name = chunk

@@ -310,10 +310,6 @@ async fn a_corrupt_snapshot_falls_back_to_an_older_one_and_says_so() {
     m.close().await.unwrap();
 }
 
-/// A row of the record table is checked on its first read (the table is mapped unread at
-/// open): damage there is found by the first read of it or by the scrub, fails every read and
-/// write from then on with the file and offset, and the next open checks everything and falls
-/// back to the older snapshot, losing nothing.
 /// Flips a bit at `at(len)` of `file` in the newer of two snapshots of 400 records
 /// (clustered vectors from `seed`), a file open maps unread: open still loads that snapshot;
 /// the `get` of the record `pick` chooses among the newer half fails with the damage, naming
@@ -373,7 +369,10 @@ async fn damage_found_after_open_falls_back(
     m.close().await.unwrap();
 }
 
-/// A damaged row of the record table (mapped unread, each row checked on its first read).
+/// A row of the record table is checked on its first read (the table is mapped unread at
+/// open): damage there is found by the first read of it or by the scrub, fails every read and
+/// write from then on with the file and offset, and the next open checks everything and falls
+/// back to the older snapshot, losing nothing.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_damaged_row_is_found_after_open_and_the_next_open_falls_back() {
     // The last record's text, at the end of the newest table (far from its header block).
