@@ -11,9 +11,9 @@
 //!   names the parent `timeline@seq`), is built in a staging directory beside the target,
 //!   verified, then renamed into place.
 
+use crate::disk::store_files::{StoreLock, StoreManifest};
 use crate::error::{Error, Result};
 use crate::snapshot;
-use crate::store_files::{StoreLock, StoreManifest};
 use crate::verify::{self, VerifyReport};
 use magray_wal::fsutil::{sync_dir, sync_file};
 use magray_wal::{Event, History, Log, LogConfig, ManualClock};

@@ -1,6 +1,7 @@
 //! Engine configuration, in code or from `MEMORY_*` environment variables.
 
 use crate::error::{Error, Result};
+use crate::limits::{MAX_DIMENSION, MAX_EF};
 use magray_wal::{Clock, RecoveryMode, SystemClock};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -28,23 +29,8 @@ impl HnswConfig {
     /// clustered 384-d vectors: with the beam fixed at 16, recall@10 fell from 0.993 at 100k
     /// to 0.833 at 1M; a beam of 64 (what this gives at 1M) restores 0.979.
     pub fn effective_ef(&self, points: u64) -> usize {
-        scale_ef(self.ef_search, points)
+        crate::index::hnsw::scale_ef(self.ef_search, points)
     }
-}
-
-/// Largest HNSW candidate list (`ef_construction`, `ef_search`, a scaled beam, a dump's).
-pub(crate) const MAX_EF: usize = 4096;
-/// Widest vector a store may have (`MEMORY_DIMENSION`).
-pub(crate) const MAX_DIMENSION: usize = 16_384;
-
-/// `ef` scaled for a graph of `points` (see [`HnswConfig::effective_ef`]).
-pub(crate) fn scale_ef(ef: usize, points: u64) -> usize {
-    const BASE: f64 = 100_000.0;
-    if points as f64 <= BASE {
-        return ef;
-    }
-    let scaled = ef as f64 * (points as f64 / BASE).powf(0.6);
-    (scaled.ceil() as usize).min(MAX_EF)
 }
 
 impl Default for HnswConfig {
@@ -134,8 +120,7 @@ impl LifecycleConfig {
 
     /// TTLs in µs, `u64::MAX` for none.
     pub(crate) fn ttl_us(&self) -> [u64; 3] {
-        self.ttl
-            .map(|t| t.map(crate::lifecycle::us).unwrap_or(u64::MAX))
+        self.ttl.map(|t| t.map(crate::util::us).unwrap_or(u64::MAX))
     }
 
     /// Thresholds in use.
@@ -245,23 +230,6 @@ impl Default for Config {
     }
 }
 
-pub(crate) fn env_parse<T: std::str::FromStr>(var: &str) -> Result<Option<T>>
-where
-    T::Err: std::fmt::Display,
-{
-    match std::env::var(var) {
-        Ok(v) => v
-            .trim()
-            .parse::<T>()
-            .map(Some)
-            .map_err(|e| Error::Config(format!("{var}={v:?}: {e}"))),
-        Err(std::env::VarError::NotPresent) => Ok(None),
-        Err(std::env::VarError::NotUnicode(_)) => {
-            Err(Error::Config(format!("{var} is not valid UTF-8")))
-        }
-    }
-}
-
 /// The store directory: `MEMORY_DB_PATH`, else `$XDG_DATA_HOME/magray-memory/default`, else
 /// `~/.local/share/magray-memory/default`.
 pub fn default_store_path() -> Result<PathBuf> {
@@ -283,40 +251,40 @@ impl Config {
     /// Defaults overridden by `MEMORY_*` environment variables, validated.
     pub fn from_env() -> Result<Config> {
         let mut c = Config::default();
-        if let Some(v) = env_parse("MEMORY_DIMENSION")? {
+        if let Some(v) = crate::util::env_parse("MEMORY_DIMENSION")? {
             c.dimension = v;
         }
-        if let Some(v) = env_parse("MEMORY_HNSW_M")? {
+        if let Some(v) = crate::util::env_parse("MEMORY_HNSW_M")? {
             c.hnsw.m = v;
         }
-        if let Some(v) = env_parse("MEMORY_HNSW_EF_CONSTRUCTION")? {
+        if let Some(v) = crate::util::env_parse("MEMORY_HNSW_EF_CONSTRUCTION")? {
             c.hnsw.ef_construction = v;
         }
-        if let Some(v) = env_parse("MEMORY_HNSW_EF_SEARCH")? {
+        if let Some(v) = crate::util::env_parse("MEMORY_HNSW_EF_SEARCH")? {
             c.hnsw.ef_search = v;
         }
-        if let Some(v) = env_parse("MEMORY_MAX_TEXT_BYTES")? {
+        if let Some(v) = crate::util::env_parse("MEMORY_MAX_TEXT_BYTES")? {
             c.max_text_bytes = v;
         }
-        if let Some(v) = env_parse("MEMORY_CHECKPOINT_EVERY")? {
+        if let Some(v) = crate::util::env_parse("MEMORY_CHECKPOINT_EVERY")? {
             c.checkpoint_every = v;
         }
-        if let Some(v) = env_parse::<u64>("MEMORY_CHECKPOINT_INTERVAL_S")? {
+        if let Some(v) = crate::util::env_parse::<u64>("MEMORY_CHECKPOINT_INTERVAL_S")? {
             c.checkpoint_interval = Duration::from_secs(v);
         }
-        if let Some(v) = env_parse("MEMORY_SNAPSHOTS_KEEP")? {
+        if let Some(v) = crate::util::env_parse("MEMORY_SNAPSHOTS_KEEP")? {
             c.snapshots_keep = v;
         }
-        if let Some(v) = env_parse("MEMORY_BATCH_SIZE")? {
+        if let Some(v) = crate::util::env_parse("MEMORY_BATCH_SIZE")? {
             c.batch_size = v;
         }
-        if let Some(v) = env_parse::<u64>("MEMORY_FLUSH_INTERVAL_MS")? {
+        if let Some(v) = crate::util::env_parse::<u64>("MEMORY_FLUSH_INTERVAL_MS")? {
             c.flush_interval = Duration::from_millis(v);
         }
-        if let Some(v) = env_parse::<u64>("MEMORY_ACCESS_FLUSH_MS")? {
+        if let Some(v) = crate::util::env_parse::<u64>("MEMORY_ACCESS_FLUSH_MS")? {
             c.access_flush_interval = Duration::from_millis(v);
         }
-        if let Some(v) = env_parse("MEMORY_EXACT_BELOW")? {
+        if let Some(v) = crate::util::env_parse("MEMORY_EXACT_BELOW")? {
             c.exact_search_below = v;
         }
         let lc = &mut c.lifecycle;
@@ -329,10 +297,10 @@ impl Config {
                     .ok_or_else(|| Error::Config(format!("{var}={h}: too large"))),
             }
         };
-        if let Some(v) = env_parse::<u64>("MEMORY_TTL_INTERACT_H")? {
+        if let Some(v) = crate::util::env_parse::<u64>("MEMORY_TTL_INTERACT_H")? {
             lc.ttl[0] = hours("MEMORY_TTL_INTERACT_H", v)?;
         }
-        if let Some(v) = env_parse::<u64>("MEMORY_TTL_INSIGHTS_H")? {
+        if let Some(v) = crate::util::env_parse::<u64>("MEMORY_TTL_INSIGHTS_H")? {
             lc.ttl[1] = hours("MEMORY_TTL_INSIGHTS_H", v)?;
         }
         for (i, var) in [
@@ -343,14 +311,14 @@ impl Config {
         .iter()
         .enumerate()
         {
-            if let Some(v) = env_parse::<usize>(var)? {
+            if let Some(v) = crate::util::env_parse::<usize>(var)? {
                 lc.capacity[i] = (v > 0).then_some(v);
             }
         }
-        if let Some(v) = env_parse::<u64>("MEMORY_LIFECYCLE_INTERVAL_S")? {
+        if let Some(v) = crate::util::env_parse::<u64>("MEMORY_LIFECYCLE_INTERVAL_S")? {
             lc.interval = (v > 0).then(|| Duration::from_secs(v));
         }
-        if let Some(v) = env_parse("MEMORY_PROMOTER")? {
+        if let Some(v) = crate::util::env_parse("MEMORY_PROMOTER")? {
             lc.promoter = v;
         }
         c.validate()?;
@@ -368,11 +336,11 @@ impl Config {
             ),
         )?;
         check(
-            (2..=crate::hnsw::MAX_M).contains(&self.hnsw.m),
+            (2..=crate::limits::MAX_M).contains(&self.hnsw.m),
             format!(
                 "hnsw.m {} must be within 2..={} (MEMORY_HNSW_M)",
                 self.hnsw.m,
-                crate::hnsw::MAX_M
+                crate::limits::MAX_M
             ),
         )?;
         check(

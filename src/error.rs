@@ -1,6 +1,6 @@
 //! Engine errors. Every variant says what failed and, where it helps, what to do.
 
-use crate::types::RecordId;
+use crate::id::RecordId;
 use std::path::PathBuf;
 
 /// Result with the engine's [`Error`].
@@ -152,5 +152,15 @@ impl Error {
                 | Error::InvalidRating(_)
                 | Error::InvalidInput(_)
         )
+    }
+}
+
+// Beside the error type, so that `id` stays below `error`.
+impl std::str::FromStr for RecordId {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self, Error> {
+        uuid::Uuid::parse_str(s)
+            .map(|u| RecordId(*u.as_bytes()))
+            .map_err(|e| Error::InvalidInput(format!("{s:?} is not a record id (a UUID): {e}")))
     }
 }

@@ -54,33 +54,30 @@ pub use magray_wal as wal;
 
 pub mod backup;
 mod config;
-mod distance;
-mod dump_graph;
+mod disk;
 pub mod embed;
+mod engine;
 mod error;
-mod frozen;
-mod hnsw;
-mod keys;
+mod id;
+mod index;
 pub mod lifecycle;
-mod memory;
-mod records;
+mod limits;
+mod projection;
 pub mod sim;
 mod snapshot;
-mod state;
-mod store_files;
 mod types;
-mod vectors;
+mod util;
 pub mod verify;
 
 pub use config::{default_store_path, Config, HnswConfig, LifecycleConfig};
+pub use disk::store_files::{StoreManifest, STORE_FORMAT_VERSION};
 pub use embed::{Embedder, EmbedderConfig, EmbedderStats};
+pub use engine::{EventStream, Memory, Stats};
 pub use error::{Error, Result};
 pub use lifecycle::{LifecycleReport, Promoter, TrainReport};
 pub use magray_wal::{Envelope, Event, RecoveryMode};
-pub use memory::{EventStream, Memory};
 pub use snapshot::SNAPSHOT_FORMAT_VERSION;
-pub use store_files::{StoreManifest, STORE_FORMAT_VERSION};
 pub use types::{
     parse_layer, AccessStats, Layer, LayerStats, NewRecord, OpenReport, Record, RecordId,
-    SearchHit, SearchOptions, Stats, DECAY_HALF_LIVES_US,
+    SearchHit, SearchOptions, DECAY_HALF_LIVES_US,
 };

@@ -1,39 +1,8 @@
 //! Public value types: ids, records, search options and results, statistics.
 
 use crate::error::Error;
+pub use crate::id::RecordId;
 pub use magray_wal::Layer;
-use std::fmt;
-
-/// A record id: a UUIDv7 (time-ordered), shown in the usual hyphenated form.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct RecordId(pub [u8; 16]);
-
-impl RecordId {
-    pub(crate) fn new_v7() -> RecordId {
-        RecordId(*uuid::Uuid::now_v7().as_bytes())
-    }
-}
-
-impl fmt::Display for RecordId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Display::fmt(&uuid::Uuid::from_bytes(self.0).hyphenated(), f)
-    }
-}
-
-impl fmt::Debug for RecordId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "RecordId({self})")
-    }
-}
-
-impl std::str::FromStr for RecordId {
-    type Err = Error;
-    fn from_str(s: &str) -> Result<Self, Error> {
-        uuid::Uuid::parse_str(s)
-            .map(|u| RecordId(*u.as_bytes()))
-            .map_err(|e| Error::InvalidInput(format!("{s:?} is not a record id (a UUID): {e}")))
-    }
-}
 
 /// Parses a layer name (`interact`, `insights`, `assets`; any case).
 pub fn parse_layer(s: &str) -> Result<Layer, Error> {
@@ -335,46 +304,4 @@ pub struct OpenReport {
     /// Of `open_us`: replaying the log after the snapshot. What is left of `open_us` after
     /// these three is setting up the layers' index state and starting the threads.
     pub replay_us: u64,
-}
-
-/// A snapshot of the engine's state.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Stats {
-    /// Last durable sequence in the log.
-    pub last_seq: u64,
-    /// Last sequence applied to the projections.
-    pub applied_seq: u64,
-    /// Interact, Insights, Assets.
-    pub layers: [LayerStats; 3],
-    /// Sequence of the newest snapshot on disk, if any.
-    pub last_snapshot_seq: Option<u64>,
-    /// Events applied since the newest snapshot.
-    pub events_since_snapshot: u64,
-    /// Search hits waiting to be written as `Accessed` events.
-    pub pending_accesses: u64,
-    /// HNSW dumps of the snapshot opened that the indexer has still to load in full (their
-    /// layers are searched in place or exactly meanwhile: see `LayerStats::index_ready`).
-    pub graphs_loading: u64,
-    /// Damage found in the snapshot's vector chunks, record table or key index since open (by
-    /// a read or the background scrub): the file, offset and reason. (Damage in a graph dump
-    /// is not: the layer is searched exactly and its graph rebuilt, see
-    /// `OpenReport::index_rebuilds`.) Searches, `get`, `records`, writes
-    /// and checkpoints fail with it until the store is reopened; the next open checks every
-    /// snapshot file in full, skips a damaged snapshot and replays the log instead (see
-    /// `OpenReport::full_check`).
-    pub damage: Option<String>,
-    /// Vector dimension.
-    pub dimension: usize,
-    /// What happened at open.
-    pub open: OpenReport,
-    /// The embedder's counters, when the store was opened with one.
-    pub embedder: Option<crate::embed::EmbedderStats>,
-    /// Promotions ever applied: into Insights, into Assets.
-    pub promoted: [u64; 2],
-    /// Records ever expired, by reason: TTL, capacity, manual.
-    pub expired: [u64; 3],
-    /// Version of the promoter model in use (0 = the built-in default).
-    pub promoter_version: u32,
-    /// The last lifecycle run (background or on demand), if any since open.
-    pub last_lifecycle: Option<crate::lifecycle::LifecycleReport>,
 }

@@ -3,10 +3,10 @@
 //! which checks every checksum, sequence continuity, and that the newest snapshot plus the
 //! log after it equals a full replay.
 
+use crate::disk::store_files::StoreManifest;
 use crate::error::{Error, Result};
+use crate::projection::Projections;
 use crate::snapshot;
-use crate::state::Projections;
-use crate::store_files::StoreManifest;
 use crate::types::{Layer, Record};
 use magray_wal::History;
 use std::path::{Path, PathBuf};
@@ -217,7 +217,7 @@ pub(crate) fn differ(a: &Projections, b: &Projections) -> Option<String> {
     for slot in 0..a.nslots() {
         let (x, y) = (a.live(slot), b.live(slot));
         // Wherever each is kept (a table row or owned), the same record and statistics.
-        let data = |r: crate::state::Rec<'_>| (r.to_data(), r.access.cloned());
+        let data = |r: crate::projection::Rec<'_>| (r.to_data(), r.access.cloned());
         if x.map(data) != y.map(data) {
             let id = x.or(y).map(|r| crate::RecordId(r.id));
             return Some(format!("slot {slot} (record {id:?}) differs"));

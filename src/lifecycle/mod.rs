@@ -16,14 +16,11 @@ pub(crate) mod offline;
 pub use model::{PromoterModel, TrainError, FEATURES};
 pub use offline::{EvalConfig, EvalReport, EvalRow};
 
-use crate::state::{Probe, Projections, TopK};
+use crate::projection::{Probe, Projections};
 use crate::types::{Layer, SearchOptions};
+pub(crate) use crate::util::us;
+use crate::util::TopK;
 use std::sync::Arc;
-
-/// A duration in µs, saturating at `u64::MAX` (a "very long" setting never wraps to 0).
-pub(crate) fn us(d: std::time::Duration) -> u64 {
-    u64::try_from(d.as_micros()).unwrap_or(u64::MAX)
-}
 
 /// Cosine similarity at or above which another record counts in a record's semantic cluster.
 pub const CLUSTER_RADIUS: f32 = 0.8;
@@ -137,7 +134,7 @@ pub(crate) fn signals(
     } else {
         nearest.iter().map(|(score, _)| *score).sum::<f32>() / nearest.len() as f32
     };
-    let neighbours: Vec<crate::state::Rec<'_>> = nearest
+    let neighbours: Vec<crate::projection::Rec<'_>> = nearest
         .into_iter()
         .filter(|(score, s)| *s != slot && *score >= CLUSTER_RADIUS)
         .take(CLUSTER_CAP)

@@ -5,8 +5,9 @@
 
 use super::{signals, Promoter, PromoterModel, Signals};
 use crate::error::Result;
-use crate::state::{fnv64, Projections};
+use crate::projection::Projections;
 use crate::types::Layer;
+use crate::util::fnv64;
 use magray_wal::{Envelope, Event, Id};
 use std::collections::HashMap;
 use std::time::Duration;

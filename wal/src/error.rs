@@ -85,29 +85,6 @@ impl Error {
         }
     }
 
-    /// Builds a corruption error from a frame failure at `base` in `file`.
-    pub(crate) fn from_frame(
-        file: impl Into<PathBuf>,
-        base: u64,
-        e: crate::frame::FrameError,
-    ) -> Self {
-        let file = file.into();
-        let offset = base + e.offset;
-        match e.kind {
-            crate::frame::FrameErrorKind::Checksum { expected, got } => Error::ChecksumMismatch {
-                file,
-                offset,
-                expected,
-                got,
-            },
-            crate::frame::FrameErrorKind::Malformed(reason) => Error::Corrupted {
-                file,
-                offset,
-                reason,
-            },
-        }
-    }
-
     /// True for errors that mean bytes on disk are bad.
     pub fn is_corruption(&self) -> bool {
         matches!(

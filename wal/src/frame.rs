@@ -331,3 +331,34 @@ pub fn decode(bytes: &[u8]) -> Result<(FrameHeader, Vec<Envelope>), FrameError> 
         .collect();
     Ok((header, events))
 }
+
+// Kept beside the frame types, so that `error` does not import `frame` (which imports it).
+impl crate::Error {
+    /// Builds a corruption error from a frame failure at `base` in `file`.
+    pub(crate) fn from_frame(
+        file: impl Into<std::path::PathBuf>,
+        base: u64,
+        e: FrameError,
+    ) -> Self {
+        let file = file.into();
+        let offset = base + e.offset;
+        match e.kind {
+            FrameErrorKind::Checksum { expected, got } => crate::Error::ChecksumMismatch {
+                file,
+                offset,
+                expected,
+                got,
+            },
+            FrameErrorKind::Malformed(reason) => crate::Error::Corrupted {
+                file,
+                offset,
+                reason,
+            },
+        }
+    }
+}
+
+/// Stamped into every okaywal segment header (`version_info`).
+pub(crate) fn version_info() -> Vec<u8> {
+    format!("magray-wal frame={FRAME_FORMAT_VERSION} event={EVENT_FORMAT_VERSION}").into_bytes()
+}

@@ -2,11 +2,12 @@
 
 use crate::archive;
 use crate::backend::segment;
+use crate::backend::segment::list_live_segments;
 use crate::backend::shared::Shared;
 use crate::error::{Error, IoContext, Result};
 use crate::event::Envelope;
-use crate::log::version_info;
-use crate::recovery::{list_live_segments, only_empty_segments_follow, TornTail};
+use crate::frame::version_info;
+use crate::recovery::{only_empty_segments_follow, TornTail};
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

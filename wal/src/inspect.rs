@@ -2,7 +2,7 @@
 
 use crate::backend::segment;
 use crate::error::{IoContext, Result};
-use crate::log::version_info;
+use crate::frame::version_info;
 use std::path::Path;
 
 /// One complete entry of a live segment file.

@@ -7,8 +7,8 @@ use crate::backend::LogBackend;
 use crate::backend::OutFrame;
 use crate::clock::{Clock, SystemClock};
 use crate::error::{Error, Result};
-use crate::event::{Event, EVENT_FORMAT_VERSION};
-use crate::frame::{Payload, FRAME_FORMAT_VERSION};
+use crate::event::Event;
+use crate::frame::{version_info, Payload};
 use crate::history::History;
 use crate::recovery::{self, RecoveryMode, RecoveryReport};
 use std::path::{Path, PathBuf};
@@ -16,11 +16,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use tokio::sync::{mpsc, oneshot, watch};
-
-/// Stamped into every okaywal segment header (`version_info`).
-pub(crate) fn version_info() -> Vec<u8> {
-    format!("magray-wal frame={FRAME_FORMAT_VERSION} event={EVENT_FORMAT_VERSION}").into_bytes()
-}
 
 /// Log configuration. `dir` holds `wal/` (live segments), `archive/` and `salvage/`.
 #[derive(Debug, Clone)]

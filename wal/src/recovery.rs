@@ -3,7 +3,7 @@
 //! the sequence continues.
 
 use crate::archive;
-use crate::backend::segment::{self, CHUNK, END_OF_ENTRY, NEW_ENTRY};
+use crate::backend::segment::{self, list_live_segments, CHUNK, END_OF_ENTRY, NEW_ENTRY};
 use crate::error::{Error, IoContext, Result};
 use crate::fsutil;
 use std::fs::{self, OpenOptions};
@@ -76,18 +76,6 @@ pub struct RecoveryReport {
     pub archived_last_seq: u64,
     /// First sequence still available (archive or live), 0 when empty.
     pub first_seq: u64,
-}
-
-pub(crate) fn list_live_segments(wal_dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
-    let mut out = Vec::new();
-    for entry in fs::read_dir(wal_dir).at(wal_dir)? {
-        let entry = entry.at(wal_dir)?;
-        if let Some(id) = segment::live_segment_id(&entry.file_name().to_string_lossy()) {
-            out.push((id, entry.path()));
-        }
-    }
-    out.sort();
-    Ok(out)
 }
 
 fn truncate(path: &Path, len: u64) -> Result<()> {

@@ -12,10 +12,11 @@
 //! log instead), so entry ids inside a segment are consecutive, and anything else ends it.
 //! Each chunk holds one of our frames; okaywal's crc32c and our frame checks are verified.
 
-use crate::error::Error;
+use crate::error::{Error, IoContext, Result};
 use crate::event::Envelope;
 use crate::frame::{self, FrameHeader};
-use std::path::Path;
+use std::fs;
+use std::path::{Path, PathBuf};
 
 pub(crate) const NEW_ENTRY: u8 = 1;
 pub(crate) const CHUNK: u8 = 2;
@@ -346,4 +347,17 @@ pub(crate) fn live_segment_id(name: &str) -> Option<u64> {
     } else {
         None
     }
+}
+
+/// The live segments in `wal_dir`, by id.
+pub(crate) fn list_live_segments(wal_dir: &Path) -> Result<Vec<(u64, PathBuf)>> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(wal_dir).at(wal_dir)? {
+        let entry = entry.at(wal_dir)?;
+        if let Some(id) = live_segment_id(&entry.file_name().to_string_lossy()) {
+            out.push((id, entry.path()));
+        }
+    }
+    out.sort();
+    Ok(out)
 }

@@ -125,7 +125,7 @@ impl Shared {
     /// The segment is parsed with our own strict scanner, not okaywal's `SegmentReader`:
     /// okaywal would take stale bytes after the valid end of a recycled file for an entry.
     pub fn archive_segment(&self, last_id: u64) -> Result<()> {
-        let (id, path) = crate::recovery::list_live_segments(&self.wal_dir)?
+        let (id, path) = super::segment::list_live_segments(&self.wal_dir)?
             .into_iter()
             .rfind(|(id, _)| *id <= last_id)
             .ok_or_else(|| Error::Corrupted {

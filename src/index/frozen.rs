@@ -1,4 +1,4 @@
-//! A compact, read-only copy of one layer's HNSW graph ([`crate::hnsw::HnswBuilder`]),
+//! A compact, read-only copy of one layer's HNSW graph ([`crate::index::hnsw::HnswBuilder`]),
 //! searched while the indexer thread keeps inserting into the builder.
 //!
 //! It holds the builder's links as plain `u32` arrays (layer 0 as one CSR, the sparse upper
@@ -10,9 +10,9 @@
 //! a valid HNSW graph of the points it holds: inserts only add points and re-link, so it stays
 //! correct, merely missing the newer points.
 
-use crate::distance::{dist_key, dot, dot_i8, prefetch};
-use crate::state::TopK;
-use crate::vectors::Vectors;
+use crate::disk::vectors::Vectors;
+use crate::index::distance::{dist_key, dot, dot_i8, prefetch};
+use crate::util::TopK;
 use std::cell::RefCell;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -86,7 +86,7 @@ impl FrozenGraph {
             }
         };
         let threads = if n >= SPLIT_CODES_FROM {
-            crate::state::scan_threads()
+            crate::util::scan_threads()
         } else {
             1
         };
@@ -203,7 +203,7 @@ pub(crate) fn push_exact(
 }
 
 /// A read-only HNSW graph that searches walk: a [`FrozenGraph`] (links copied, int8 codes),
-/// or right after open a [`crate::dump_graph::MappedGraph`] (the snapshot's dump, searched in
+/// or right after open a [`crate::index::dump_graph::MappedGraph`] (the snapshot's dump, searched in
 /// place on the f32 vectors) until the first is made.
 pub(crate) trait SearchGraph: Send + Sync + std::fmt::Debug {
     /// Points in the graph.
@@ -387,7 +387,7 @@ pub(crate) fn beam<'a>(
         }
     }
     let mut bound = res.peek().map_or(u32::MAX, |r| r.0);
-    let mut fresh = [0u32; 2 * crate::hnsw::MAX_M];
+    let mut fresh = [0u32; 2 * crate::limits::MAX_M];
     while let Some(Reverse((cd, c))) = cand.pop() {
         if cd > bound && res.len() >= ef {
             break;
@@ -428,12 +428,12 @@ pub(crate) fn beam<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::hnsw::tests::exact;
-    use crate::hnsw::HnswBuilder;
+    use crate::index::hnsw::tests::exact;
+    use crate::index::hnsw::HnswBuilder;
 
     /// Clustered, normalised vectors, seeded.
     fn data(n: usize, dim: usize) -> Vec<Vec<f32>> {
-        crate::hnsw::tests::clustered(n, dim, 20, 0.3)
+        crate::index::hnsw::tests::clustered(n, dim, 20, 0.3)
     }
 
     #[test]

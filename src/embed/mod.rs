@@ -20,8 +20,8 @@ use lru::LruCache;
 use parking_lot::Mutex;
 use tokenizers::{PaddingParams, PaddingStrategy, Tokenizer, TruncationParams};
 
-use crate::config::env_parse;
 use crate::error::{Error, Result};
+use crate::util::env_parse;
 
 /// The command that puts the runtime and the default model in place.
 pub const SETUP_COMMAND: &str = "bash tools/setup.sh";
@@ -324,8 +324,8 @@ impl Embedder {
     }
 
     fn key(&self, text: &str) -> u64 {
-        let mut h = crate::state::fnv64(self.model_id.as_bytes());
-        h ^= crate::state::fnv64(text.as_bytes()).rotate_left(17);
+        let mut h = crate::util::fnv64(self.model_id.as_bytes());
+        h ^= crate::util::fnv64(text.as_bytes()).rotate_left(17);
         h.wrapping_mul(0x9E37_79B9_7F4A_7C15)
     }
 

@@ -22,10 +22,12 @@
 //! block, and each row is checked on its first read ([`RecordTable::row_ok`]) or by the
 //! scrub. The accessors never panic: they slice with bounds and check each string's UTF-8.
 
+use crate::disk::files::{
+    len32, map_checked, table_header, u32_at, u64_at, CrcWriter, FileEntry, TABLE_HEADER,
+};
+use crate::disk::sums::Lazy;
 use crate::error::{Error, Result};
-use crate::snapshot::{map_checked, FileEntry};
 use crate::types::Layer;
-use crate::vectors::{Lazy, BLOCK};
 use magray_wal::Id;
 use memmap2::Mmap;
 use std::io::Write;
@@ -36,7 +38,7 @@ use std::sync::Arc;
 /// Record table format version (`records.bin`). Changelog in docs/format.md.
 pub(crate) const RECORDS_FORMAT_VERSION: u32 = 1;
 const MAGIC: [u8; 8] = *b"MGRYRECS";
-const HEADER: usize = 64;
+const HEADER: usize = TABLE_HEADER;
 const ROW: usize = 112;
 const FLAG_PROJECT: u8 = 1;
 const FLAG_SESSION: u8 = 2;
@@ -236,18 +238,6 @@ impl std::fmt::Debug for RecordTable {
             .field("lazy", &self.lazy.is_some())
             .finish()
     }
-}
-
-pub(crate) fn u32_at(b: &[u8], at: usize) -> u32 {
-    let mut x = [0u8; 4];
-    x.copy_from_slice(&b[at..at + 4]);
-    u32::from_le_bytes(x)
-}
-
-pub(crate) fn u64_at(b: &[u8], at: usize) -> u64 {
-    let mut x = [0u8; 8];
-    x.copy_from_slice(&b[at..at + 8]);
-    u64::from_le_bytes(x)
 }
 
 /// Byte offsets of a row's fields.
@@ -484,7 +474,7 @@ impl RecordTable {
     /// each 4 KiB block's crc32 (tools and open after damage, so that sums that disagree
     /// with the table are found before a lazy open trusts them).
     pub(crate) fn check_block_sums(&self, sums: &[u32], sums_path: &Path) -> Result<()> {
-        crate::vectors::check_sums(&self.map, sums, sums_path, &self.path)
+        crate::disk::sums::check_sums(&self.map, sums, sums_path, &self.path)
     }
 
     /// The damage found in a table mapped unread, naming the file and offset.
@@ -547,81 +537,6 @@ impl RecordTable {
                 .then(|| f32::from_bits(u32_at(r, at::RATING))),
         }
     }
-}
-
-/// A writer that keeps the crc32 and length of what went through it.
-pub(crate) struct CrcWriter<W> {
-    pub(crate) inner: W,
-    pub(crate) crc: crc32fast::Hasher,
-    pub(crate) len: u64,
-    /// With block sums: the crc32 of each whole 4 KiB block so far, and of the one begun.
-    blocks: Option<(Vec<u32>, crc32fast::Hasher)>,
-}
-
-impl<W> CrcWriter<W> {
-    pub(crate) fn new(inner: W) -> CrcWriter<W> {
-        CrcWriter {
-            inner,
-            crc: crc32fast::Hasher::new(),
-            len: 0,
-            blocks: None,
-        }
-    }
-
-    /// A writer that also takes the crc32 of each 4 KiB block (see [`CrcWriter::sums`]).
-    pub(crate) fn with_block_sums(inner: W) -> CrcWriter<W> {
-        CrcWriter {
-            blocks: Some((Vec::new(), crc32fast::Hasher::new())),
-            ..CrcWriter::new(inner)
-        }
-    }
-
-    /// The crc32 of each 4 KiB block written (the last one short), if asked for.
-    pub(crate) fn sums(&mut self) -> Vec<u32> {
-        let Some((mut sums, last)) = self.blocks.take() else {
-            return Vec::new();
-        };
-        if !self.len.is_multiple_of(BLOCK as u64) {
-            sums.push(last.finalize());
-        }
-        sums
-    }
-}
-
-impl<W: Write> Write for CrcWriter<W> {
-    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.crc.update(&buf[..n]);
-        if let Some((sums, block)) = &mut self.blocks {
-            let mut at = self.len;
-            let mut rest = &buf[..n];
-            while !rest.is_empty() {
-                let room = BLOCK - (at % BLOCK as u64) as usize;
-                let (now, later) = rest.split_at(room.min(rest.len()));
-                block.update(now);
-                at += now.len() as u64;
-                if at.is_multiple_of(BLOCK as u64) {
-                    sums.push(std::mem::take(block).finalize());
-                }
-                rest = later;
-            }
-        }
-        self.len += n as u64;
-        Ok(n)
-    }
-
-    fn flush(&mut self) -> std::io::Result<()> {
-        self.inner.flush()
-    }
-}
-
-fn len32(n: usize, what: &str) -> std::io::Result<u32> {
-    u32::try_from(n).map_err(|_| {
-        std::io::Error::new(
-            std::io::ErrorKind::InvalidInput,
-            format!("{what} of {n} bytes does not fit the record table"),
-        )
-    })
 }
 
 /// Writes `rows` (in slot order) as a record table; returns its length, crc32 and block
@@ -717,225 +632,6 @@ pub(crate) fn write(w: impl Write, rows: &[Row]) -> std::io::Result<(u64, u32, V
     Ok((w.len, w.crc.clone().finalize(), sums))
 }
 
-/// Slot index format version (`slots.bin`, snapshot format 6 on). Changelog in docs/format.md.
-pub(crate) const SLOTS_FORMAT_VERSION: u32 = 1;
-const SLOTS_MAGIC: [u8; 8] = *b"MGRYSLOT";
-const SLOT_ENTRY: usize = 16;
-const NO_ROW: u32 = u32::MAX;
-
-/// Writes the slot index of a record table (`slots.bin`): for each of `nslots` slots, the
-/// row of its record in the table written from `rows` (or none), its layer and the time it
-/// entered it, so that open fills the slots without reading the table. Layout: a 64-byte
-/// header (magic `MGRYSLOT`, version at 8, entry size at 12, slots at 16, rows at 24, zeros,
-/// crc32 of bytes 0..60 at 60), then 16 bytes per slot: row u32 (`u32::MAX`: none), layer
-/// u8, 3 zero bytes, layer-since µs u64 (zero for none). Returns its length and crc32.
-pub(crate) fn write_slots(path: &Path, nslots: u32, rows: &[Row]) -> Result<(u64, u32)> {
-    let mut b = vec![0u8; HEADER + nslots as usize * SLOT_ENTRY];
-    b[0..8].copy_from_slice(&SLOTS_MAGIC);
-    b[8..12].copy_from_slice(&SLOTS_FORMAT_VERSION.to_le_bytes());
-    b[12..16].copy_from_slice(&(SLOT_ENTRY as u32).to_le_bytes());
-    b[16..24].copy_from_slice(&u64::from(nslots).to_le_bytes());
-    b[24..32].copy_from_slice(&(rows.len() as u64).to_le_bytes());
-    let hcrc = crc32fast::hash(&b[..60]);
-    b[60..64].copy_from_slice(&hcrc.to_le_bytes());
-    for e in b[HEADER..].chunks_exact_mut(SLOT_ENTRY) {
-        e[0..4].copy_from_slice(&NO_ROW.to_le_bytes());
-    }
-    for (row, r) in rows.iter().enumerate() {
-        let at = HEADER + r.fields.slot as usize * SLOT_ENTRY;
-        let Some(e) = b.get_mut(at..at + SLOT_ENTRY) else {
-            return Err(Error::InvalidInput(format!(
-                "slot {} beyond the {nslots} slots of a snapshot",
-                r.fields.slot
-            )));
-        };
-        e[0..4].copy_from_slice(&(row as u32).to_le_bytes());
-        e[4] = r.fields.layer.index() as u8;
-        e[8..16].copy_from_slice(&r.fields.layer_since_us.to_le_bytes());
-    }
-    let mut f = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
-    f.write_all(&b)
-        .and_then(|_| magray_wal::fsutil::sync_file(&f, path))
-        .map_err(|e| Error::io(path, e))?;
-    Ok((b.len() as u64, crc32fast::hash(&b)))
-}
-
-/// Maps the slot index `entry` of the snapshot in `dir` (length and crc32 against the
-/// manifest first, through the map) for a table of `rows` rows and `nslots` slots, and checks
-/// its header and length: the map and its entries, one per slot.
-fn map_slot_index(dir: &Path, entry: &FileEntry, rows: u32, nslots: u32) -> Result<Mmap> {
-    let path = &dir.join(&entry.name);
-    // Mapped, its length and crc32 checked through the map (no 16 MB copy per 1M slots).
-    let b = map_checked(dir, entry)?;
-    let bad = |off: usize, why: String| Error::corrupted(path, off as u64, why);
-    let h = table_header(path, &b, &SLOTS_MAGIC, "slot index", SLOTS_FORMAT_VERSION)?;
-    if u32_at(h, 12) as usize != SLOT_ENTRY || h[32..60].iter().any(|x| *x != 0) {
-        return Err(bad(
-            12,
-            "entry size or reserved bytes unknown to this build".into(),
-        ));
-    }
-    if u64_at(h, 16) != u64::from(nslots) || u64_at(h, 24) != u64::from(rows) {
-        return Err(bad(
-            16,
-            format!(
-                "{} slots and {} rows; the snapshot has {nslots} slots and its table {rows} rows",
-                u64_at(h, 16),
-                u64_at(h, 24)
-            ),
-        ));
-    }
-    if b.len() != HEADER + nslots as usize * SLOT_ENTRY {
-        return Err(bad(0, format!("{} bytes for {nslots} slots", b.len())));
-    }
-    Ok(b)
-}
-
-/// One slot index entry (slot `slot`, `next` the row the next record must have): `None` for
-/// a slot without a record, else its row, layer and layer-since time; the fault otherwise.
-#[inline(always)]
-fn slot_entry(
-    e: &[u8; SLOT_ENTRY],
-    slot: usize,
-    next: u32,
-) -> std::result::Result<Option<(u32, Layer, u64)>, String> {
-    let row = u32::from_le_bytes([e[0], e[1], e[2], e[3]]);
-    let since = u64::from_le_bytes([e[8], e[9], e[10], e[11], e[12], e[13], e[14], e[15]]);
-    let pad = e[5] | e[6] | e[7];
-    match Layer::ALL.get(e[4] as usize) {
-        Some(layer) if row == next && pad == 0 => Ok(Some((row, *layer, since))),
-        _ if row == NO_ROW && e[4] == 0 && pad == 0 && since == 0 => Ok(None),
-        _ if row == NO_ROW => Err(format!("slot {slot} has no record but has fields")),
-        _ => Err(format!(
-            "slot {slot}: row {row} out of order, or an unknown layer"
-        )),
-    }
-}
-
-/// The entries of a slot index map checked by [`map_slot_index`].
-fn slot_entries(b: &Mmap) -> &[[u8; SLOT_ENTRY]] {
-    // The length was checked: a whole number of entries after the header.
-    bytemuck::cast_slice(&b[HEADER..])
-}
-
-/// Reads the slot index `entry` of the snapshot in `dir` (see [`map_slot_index`]), calling
-/// `each(slot, row, layer, layer_since_us)` for each slot with a record: rows must come in
-/// slot order, each once, and every field must be sound.
-pub(crate) fn read_slots(
-    dir: &Path,
-    entry: &FileEntry,
-    rows: u32,
-    nslots: u32,
-    mut each: impl FnMut(u32, u32, Layer, u64),
-) -> Result<()> {
-    let b = map_slot_index(dir, entry, rows, nslots)?;
-    let mut next = 0u32;
-    for (slot, e) in slot_entries(&b).iter().enumerate() {
-        match slot_entry(e, slot, next) {
-            Ok(Some((row, layer, since))) => {
-                each(slot as u32, row, layer, since);
-                next += 1;
-            }
-            Ok(None) => {}
-            Err(why) => return Err(slot_fault(dir, entry, HEADER + slot * SLOT_ENTRY, why)),
-        }
-    }
-    slots_all_rows(dir, entry, next, rows)
-}
-
-/// The slots of a table of `rows` rows (table 0 of the projections) read from its slot index
-/// `entry` (see [`map_slot_index`]), in one tight pass: each slot, and each layer's slots
-/// (built as bitset words). What [`read_slots`] gives, without a call per slot (a
-/// million slots in a few ms).
-pub(crate) fn slots_from_index(
-    dir: &Path,
-    entry: &FileEntry,
-    rows: u32,
-    nslots: u32,
-) -> Result<(Vec<crate::state::Slot>, [crate::state::SlotSet; 3])> {
-    use crate::state::{RowRef, Slot, SlotSet};
-    let b = map_slot_index(dir, entry, rows, nslots)?;
-    let words = (nslots as usize).div_ceil(64);
-    let mut layers: [(Vec<u64>, usize); 3] = std::array::from_fn(|_| (vec![0u64; words], 0));
-    let mut slots = Vec::with_capacity(nslots as usize);
-    let mut next = 0u32;
-    for (slot, e) in slot_entries(&b).iter().enumerate() {
-        match slot_entry(e, slot, next) {
-            Ok(Some((row, layer, since))) => {
-                slots.push(Slot::Row(RowRef {
-                    table: 0,
-                    layer,
-                    row,
-                    layer_since_us: since,
-                }));
-                let (bits, count) = &mut layers[layer.index()];
-                // slot < nslots: its word exists.
-                if let Some(w) = bits.get_mut(slot / 64) {
-                    *w |= 1 << (slot % 64);
-                    *count += 1;
-                }
-                next += 1;
-            }
-            Ok(None) => slots.push(Slot::Dead),
-            Err(why) => return Err(slot_fault(dir, entry, HEADER + slot * SLOT_ENTRY, why)),
-        }
-    }
-    slots_all_rows(dir, entry, next, rows)?;
-    Ok((
-        slots,
-        layers.map(|(words, n)| SlotSet::from_words(words, n)),
-    ))
-}
-
-fn slot_fault(dir: &Path, entry: &FileEntry, at: usize, why: String) -> Error {
-    Error::corrupted(dir.join(&entry.name), at as u64, why)
-}
-
-/// A slot index must name every row of its table.
-fn slots_all_rows(dir: &Path, entry: &FileEntry, named: u32, rows: u32) -> Result<()> {
-    if named != rows {
-        return Err(slot_fault(
-            dir,
-            entry,
-            24,
-            format!("{named} slots with a record for {rows} rows"),
-        ));
-    }
-    Ok(())
-}
-
-/// Checks the 64-byte header a snapshot's table files start with (`records.bin`,
-/// `keys.bin`): that `file` holds one, its magic (bytes 0..8), its crc32 of bytes 0..60 (at
-/// 60) and its format version (u32 at 8), `what` naming the kind of file in the errors.
-/// Returns the header.
-pub(crate) fn table_header<'a>(
-    path: &Path,
-    file: &'a [u8],
-    magic: &[u8; 8],
-    what: &str,
-    version: u32,
-) -> Result<&'a [u8]> {
-    let bad = |off: u64, why: String| Error::corrupted(path, off, why);
-    if file.len() < HEADER {
-        return Err(bad(0, format!("shorter than the {what} header")));
-    }
-    let h = &file[..HEADER];
-    if h[0..8] != *magic {
-        return Err(bad(0, format!("bad magic (not a {what})")));
-    }
-    if crc32fast::hash(&h[..60]) != u32_at(h, 60) {
-        return Err(bad(60, "header checksum mismatch".into()));
-    }
-    let v = u32_at(h, 8);
-    if v != version {
-        return Err(bad(
-            8,
-            format!("{what} format {v}, this build reads {version}"),
-        ));
-    }
-    Ok(h)
-}
-
 /// Checks the record table `entry` of the snapshot in `dir` against its manifest length and
 /// crc32, then maps and reads it; `nslots` bounds the slots it may name.
 pub(crate) fn load(dir: &Path, entry: &FileEntry, nslots: u32) -> Result<Arc<RecordTable>> {
@@ -983,7 +679,7 @@ pub(crate) fn load_lazy(
     nslots: u32,
 ) -> Result<Option<Arc<RecordTable>>> {
     let path = &dir.join(&entry.name);
-    let Some(map) = crate::snapshot::map_for_blocks(dir, entry)? else {
+    let Some(map) = crate::disk::files::map_for_blocks(dir, entry)? else {
         return Ok(None);
     };
     // The header is read through the map: populate it first (an unreadable page is an
@@ -1152,6 +848,7 @@ fn check_rows(
 #[allow(clippy::unwrap_used)] // tests: a panic is the failure report
 mod tests {
     use super::*;
+    use crate::disk::sums::BLOCK;
     use std::fs::File;
 
     fn rows() -> Vec<Row> {
@@ -1216,7 +913,18 @@ mod tests {
     /// entry whose file crc matches is refused, naming the file and the entry's offset.
     #[test]
     fn the_slot_index_reads_back_and_refuses_bad_entries() {
-        use crate::state::Slot;
+        use crate::disk::slots::{read_slots, write_slots, NO_ROW, SLOT_ENTRY};
+        // The tight pass, each slot as its (row, layer, layer-since) or none.
+        let slots_from_index = |dir: &Path, e: &FileEntry, rows: u32, nslots: u32| {
+            crate::disk::slots::slots_from_index(
+                dir,
+                e,
+                rows,
+                nslots,
+                |r, l, t| Some((r, l, t)),
+                || None,
+            )
+        };
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("slots.bin");
         let rows = rows_n(200);
@@ -1247,10 +955,7 @@ mod tests {
         let from_slots: Vec<(u32, u32, Layer, u64)> = slots
             .iter()
             .enumerate()
-            .filter_map(|(s, slot)| match slot {
-                Slot::Row(r) => Some((s as u32, r.row, r.layer, r.layer_since_us)),
-                _ => None,
-            })
+            .filter_map(|(s, slot)| slot.map(|(row, layer, since)| (s as u32, row, layer, since)))
             .collect();
         assert_eq!(from_slots, want);
         for l in Layer::ALL {
@@ -1381,7 +1086,7 @@ mod tests {
             len: bytes.len() as u64,
             crc: crc32fast::hash(&good),
         };
-        let sums = crate::vectors::block_sums(&good);
+        let sums = crate::disk::sums::block_sums(&good);
         let t = load_lazy(dir.path(), &entry(&b), sums.clone(), 3_000)
             .unwrap()
             .unwrap();
@@ -1400,7 +1105,7 @@ mod tests {
         // A table checked in full is refused where its block sums disagree with it.
         std::fs::write(&path, &good).unwrap();
         let full = load_as(&dir, good.len() as u64, crc32fast::hash(&good), 3_000).unwrap();
-        let mut sums = crate::vectors::block_sums(&good);
+        let mut sums = crate::disk::sums::block_sums(&good);
         full.check_block_sums(&sums, &path).unwrap();
         sums[3] ^= 1;
         let e = full.check_block_sums(&sums, &path).unwrap_err().to_string();

@@ -16,25 +16,31 @@
 //! renamed to `snapshots/<S:020>` and `snapshots/` is fsynced. A snapshot is valid only if its
 //! manifest and every file it lists check out; open falls back to the next older one.
 
-use crate::dump_graph::MappedGraph;
+use crate::disk::files::{
+    check_file, check_sum, crc_file, file_name, map_checked, map_for_blocks, sync_file, write_file,
+    CrcWriter, FileEntry,
+};
+use crate::disk::keys::KeyIndex;
+use crate::disk::records::{self, Body, OwnedBody, RecordTable, Row, RowFields};
+use crate::disk::slots;
+use crate::disk::sums::{self, InPlace, Lazy};
+use crate::disk::vectors::{self, Vectors};
 use crate::error::{Error, Result};
-use crate::hnsw::HnswBuilder;
-use crate::keys::KeyIndex;
+use crate::index::dump_graph::MappedGraph;
+use crate::index::hnsw::HnswBuilder;
 use crate::lifecycle::PromoterModel;
-use crate::records::{self, Body, CrcWriter, OwnedBody, RecordTable, Row, RowFields};
-use crate::state::{
-    index_keys, Access, Graph, LayerState, Projections, RecordData, RowRef, Slot, SlotSet,
+use crate::projection::{
+    index_keys, Access, Graph, LayerState, Projections, RecordData, RowRef, Slot,
 };
 use crate::types::{AccessStats, Layer};
-use crate::vectors::{self, InPlace, Lazy, Populated, Vectors};
-use magray_wal::fsutil::{self, sync_dir, TEMP_PREFIX};
-use memmap2::Mmap;
+use crate::util::SlotSet;
+use magray_wal::fsutil::{sync_dir, TEMP_PREFIX};
 use rkyv::rancor::BoxedError;
 use rkyv::util::AlignedVec;
 use rkyv::{Archive, Deserialize, Serialize};
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -48,13 +54,6 @@ const MAGIC: [u8; 4] = *b"MGSM";
 const HEADER_LEN: usize = 32;
 /// Largest manifest body we accept (checked before allocating).
 const MAX_MANIFEST: u64 = 64 << 20;
-
-#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
-pub(crate) struct FileEntry {
-    pub(crate) name: String,
-    pub(crate) len: u64,
-    pub(crate) crc: u32,
-}
 
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub(crate) struct LayerEntry {
@@ -84,7 +83,7 @@ impl ManifestBody {
     pub(crate) fn is_vector_file(&self, name: &str) -> bool {
         self.chunks
             .iter()
-            .any(|c| c == name || vectors::sums_name(c) == name)
+            .any(|c| c == name || sums::sums_name(c) == name)
     }
 }
 
@@ -237,32 +236,6 @@ where
         .map_err(|e| Error::corrupted(file, 0, format!("structure check failed: {e}")))
 }
 
-fn sync_file(path: &Path) -> Result<()> {
-    File::open(path)
-        .and_then(|f| fsutil::sync_file(&f, path))
-        .map_err(|e| Error::io(path, e))
-}
-
-/// Length and crc32 of a file, read with `read()` (not through a map: a media error is then
-/// an error that rejects the snapshot, not a SIGBUS).
-fn crc_file(path: &Path) -> Result<(u64, u32)> {
-    let mut f = File::open(path).map_err(|e| Error::io(path, e))?;
-    let mut h = crc32fast::Hasher::new();
-    // 128 KiB stays in L2 between the copy and the crc: reading a 1.5 GB chunk this way took
-    // 221 ms here, against 263 ms with 1 MiB (and 550 ms with 16 MiB).
-    let mut buf = vec![0u8; 128 << 10];
-    let mut len = 0u64;
-    loop {
-        let n = f.read(&mut buf).map_err(|e| Error::io(path, e))?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-        len += n as u64;
-    }
-    Ok((len, h.finalize()))
-}
-
 /// A graph dump written into a snapshot: its basename, and the manifest entries of the dump
 /// and its block sums.
 type Dump = (String, FileEntry, FileEntry);
@@ -270,30 +243,12 @@ type Dump = (String, FileEntry, FileEntry);
 /// Writes (and fsyncs) the block sums file of the `len`-byte snapshot file at `path` and
 /// returns its manifest entry.
 fn write_sums_entry(path: &Path, len: u64, sums: &[u32]) -> Result<FileEntry> {
-    let (slen, scrc) = vectors::write_sums(path, len, sums)?;
+    let (slen, scrc) = sums::write_sums(path, len, sums)?;
     Ok(FileEntry {
-        name: vectors::sums_name(&file_name(path)),
+        name: sums::sums_name(&file_name(path)),
         len: slen,
         crc: scrc,
     })
-}
-
-fn write_file(path: &Path, bytes: &[u8]) -> Result<FileEntry> {
-    let mut f = File::create(path).map_err(|e| Error::io(path, e))?;
-    f.write_all(bytes)
-        .and_then(|_| fsutil::sync_file(&f, path))
-        .map_err(|e| Error::io(path, e))?;
-    Ok(FileEntry {
-        name: file_name(path),
-        len: bytes.len() as u64,
-        crc: crc32fast::hash(bytes),
-    })
-}
-
-fn file_name(path: &Path) -> String {
-    path.file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default()
 }
 
 /// Directory name of the snapshot at `seq`.
@@ -400,7 +355,7 @@ impl Writer {
         // index (a lazy open fills the slots from it, without reading the table).
         files.push(write_sums_entry(&rpath, len, &sums)?);
         let ipath = tmp.join(SLOTS_FILE);
-        let (ilen, icrc) = records::write_slots(&ipath, cap.nslots, &cap.records)?;
+        let (ilen, icrc) = slots::write_slots(&ipath, cap.nslots, &cap.records)?;
         files.push(FileEntry {
             name: SLOTS_FILE.into(),
             len: ilen,
@@ -456,7 +411,7 @@ impl Writer {
                     }
                 }
             };
-            let sums = vectors::sums_name(name);
+            let sums = sums::sums_name(name);
             let sums_entry = match known_chunks.get(&sums) {
                 Some(e) => {
                     let sdst = tmp.join(&sums);
@@ -465,7 +420,7 @@ impl Writer {
                 }
                 // A chunk from before block sums: written once, from the chunk as read.
                 None => {
-                    let (len, crc) = vectors::write_sums_of(&dst, entry.len, entry.crc)?;
+                    let (len, crc) = sums::write_sums_of(&dst, entry.len, entry.crc)?;
                     FileEntry {
                         name: sums,
                         len,
@@ -483,7 +438,7 @@ impl Writer {
             let path = tmp.join(&name);
             let ((len, crc), (slen, scrc)) = vectors::write_chunk(&path, cap.dim, *start, bytes)?;
             sums_entries.push(FileEntry {
-                name: vectors::sums_name(&name),
+                name: sums::sums_name(&name),
                 len: slen,
                 crc: scrc,
             });
@@ -643,47 +598,6 @@ pub(crate) fn read_manifest(dir: &Path) -> Result<ManifestBody> {
     Ok(m)
 }
 
-/// Maps the listed file `entry` of the snapshot in `dir` and checks its length and crc32
-/// through the map. The pages are first populated with `MADV_POPULATE_READ`, which returns a
-/// media error as an error (the snapshot is rejected and open falls back) where a plain read
-/// through the map would raise SIGBUS; the crc is then taken in place, without the copy a
-/// `read()` makes (a 1.5 GB vector chunk: 167 ms this way, 221 ms with `read()`). Without
-/// that call (Linux before 5.14, other systems) the crc is taken with `read()` first.
-pub(crate) fn map_checked(dir: &Path, entry: &FileEntry) -> Result<Mmap> {
-    let map = map_unread(dir, entry)?;
-    let path = &dir.join(&entry.name);
-    match crc_populated(path, &map)? {
-        Some(crc) => check_sum(path, entry, map.len() as u64, crc)?,
-        None => check_file(dir, entry)?,
-    }
-    Ok(map)
-}
-
-/// Maps the listed file `entry` of the snapshot in `dir` without reading it: only its length
-/// is checked against the manifest. Whoever reads through the map checks what it reads
-/// first (the crc of the whole file, or each block against its sum).
-pub(crate) fn map_unread(dir: &Path, entry: &FileEntry) -> Result<Mmap> {
-    let path = &dir.join(&entry.name);
-    let f = File::open(path).map_err(|e| Error::io(path, e))?;
-    // SAFETY: snapshot files are immutable once renamed into place; nothing in this crate
-    // writes to them again, and the store lock keeps other writers of ours out.
-    #[allow(unsafe_code)]
-    let map = unsafe { Mmap::map(&f) }.map_err(|e| Error::io(path, e))?;
-    if map.len() as u64 != entry.len {
-        check_sum(path, entry, map.len() as u64, 0)?;
-    }
-    Ok(map)
-}
-
-/// Maps the listed file `entry` of the snapshot in `dir` unread (see [`map_unread`]) to check
-/// it block by block on first read, where `MADV_POPULATE_READ` works
-/// ([`vectors::populate_works`]: a bad page read later is then an error, not a SIGBUS);
-/// `None` where it does not, and the caller checks the file in full instead.
-pub(crate) fn map_for_blocks(dir: &Path, entry: &FileEntry) -> Result<Option<Mmap>> {
-    let map = map_unread(dir, entry)?;
-    Ok(vectors::populate_works(&map).then_some(map))
-}
-
 /// Maps the listed file `entry` of the snapshot in `dir` to read it in place (the key index and
 /// the graph dumps). With [`Check::Blocks`] and its block sums listed (format 7 on) it is
 /// mapped unread, each block checked on first read; otherwise checked in full now, and with
@@ -716,7 +630,7 @@ fn listed_sums<'m>(
     m: &'m ManifestBody,
     entry: &FileEntry,
 ) -> Result<Option<&'m FileEntry>> {
-    let name = vectors::sums_name(&entry.name);
+    let name = sums::sums_name(&entry.name);
     match m.files.iter().find(|f| f.name == name) {
         None if m.format >= 7 => Err(Error::corrupted(
             dir.join("MANIFEST"),
@@ -731,7 +645,7 @@ fn listed_sums<'m>(
 /// sums file where one is listed (read and checked against the manifest first).
 fn check_listed_sums(dir: &Path, m: &ManifestBody, entry: &FileEntry, bytes: &[u8]) -> Result<()> {
     match listed_sums(dir, m, entry)? {
-        Some(s) => vectors::check_sums(
+        Some(s) => sums::check_sums(
             bytes,
             &read_sums(dir, s, entry.len)?,
             &dir.join(&s.name),
@@ -746,71 +660,11 @@ fn check_listed_sums(dir: &Path, m: &ManifestBody, entry: &FileEntry, bytes: &[u
 /// load leaves a bad dump to the indexer, which rebuilds the graph).
 pub(crate) fn check_dumps(dir: &Path, m: &ManifestBody) -> Result<()> {
     for f in m.files.iter().filter(|f| f.name.starts_with("hnsw-")) {
-        if m.files
-            .iter()
-            .any(|s| s.name == vectors::sums_name(&f.name))
-        {
+        if m.files.iter().any(|s| s.name == sums::sums_name(&f.name)) {
             map_in_place(dir, m, f, Check::Full)?;
         } else {
             check_file(dir, f)?;
         }
-    }
-    Ok(())
-}
-
-/// crc32 of `map`, each step populated before it is read; `None` where a step could not be
-/// populated for a reason other than the file's bytes (the kernel lacks the call, or memory
-/// is short): the caller then reads the file with `read()`, which needs no populated map.
-fn crc_populated(path: &Path, map: &Mmap) -> Result<Option<u32>> {
-    const STEP: usize = 16 << 20;
-    let mut h = crc32fast::Hasher::new();
-    let mut at = 0;
-    let mut retries = 0;
-    while at < map.len() {
-        let n = STEP.min(map.len() - at);
-        match vectors::populate(map, at, n) {
-            Populated::Yes => h.update(&map[at..at + n]),
-            Populated::Unreadable(why) => return Err(Error::corrupted(path, at as u64, why)),
-            Populated::Interrupted if retries < 8 => {
-                retries += 1;
-                continue;
-            }
-            Populated::Interrupted => {
-                tracing::debug!(file = %path.display(), "MADV_POPULATE_READ kept being interrupted; checking the file with read()");
-                return Ok(None);
-            }
-            Populated::Unsupported(why) => {
-                tracing::debug!(file = %path.display(), error = %why, "MADV_POPULATE_READ failed; checking the file with read()");
-                return Ok(None);
-            }
-        }
-        at += n;
-    }
-    Ok(Some(h.finalize()))
-}
-
-/// Checks one listed file's length and crc32.
-pub(crate) fn check_file(dir: &Path, entry: &FileEntry) -> Result<()> {
-    let path = dir.join(&entry.name);
-    let (len, crc) = crc_file(&path)?;
-    check_sum(&path, entry, len, crc)
-}
-
-/// Checks a file's length and crc32, as read, against its manifest entry.
-pub(crate) fn check_sum(path: &Path, entry: &FileEntry, len: u64, crc: u32) -> Result<()> {
-    if len != entry.len {
-        return Err(Error::corrupted(
-            path,
-            len.min(entry.len),
-            format!("file is {len} bytes; the manifest says {}", entry.len),
-        ));
-    }
-    if crc != entry.crc {
-        return Err(Error::corrupted(
-            path,
-            0,
-            "checksum mismatch against the manifest",
-        ));
     }
     Ok(())
 }
@@ -871,9 +725,9 @@ pub(crate) fn load(dir: &Path, dim: usize, check: Check) -> Result<Loaded> {
             !f.name.starts_with("hnsw-")
                 && f.name != RECORDS_FILE
                 && f.name != KEYS_FILE
-                && f.name != vectors::sums_name(KEYS_FILE)
+                && f.name != sums::sums_name(KEYS_FILE)
                 && f.name != SLOTS_FILE
-                && f.name != vectors::sums_name(RECORDS_FILE)
+                && f.name != sums::sums_name(RECORDS_FILE)
                 && !m.is_vector_file(&f.name)
         })
         .collect();
@@ -1008,7 +862,7 @@ fn index_files<'m>(
     if m.format < 6 {
         return Ok(None);
     }
-    let sums = vectors::sums_name(RECORDS_FILE);
+    let sums = sums::sums_name(RECORDS_FILE);
     let find = |name: &str| {
         m.files
             .iter()
@@ -1081,8 +935,21 @@ fn decode_tables(dir: &Path, m: &ManifestBody, check: Check) -> Result<Tables> {
             Some((table, slots_file)) => {
                 // One tight pass, not a call of `fill` per slot (at a million slots about
                 // 15 ms instead of 25–30).
-                (slots, members) =
-                    records::slots_from_index(dir, slots_file, table.len(), m.nslots)?;
+                (slots, members) = slots::slots_from_index(
+                    dir,
+                    slots_file,
+                    table.len(),
+                    m.nslots,
+                    |row, layer, layer_since_us| {
+                        Slot::Row(RowRef {
+                            table: 0,
+                            layer,
+                            row,
+                            layer_since_us,
+                        })
+                    },
+                    || Slot::Dead,
+                )?;
                 live = table.len() as usize;
                 table
             }
@@ -1099,7 +966,7 @@ fn decode_tables(dir: &Path, m: &ManifestBody, check: Check) -> Result<Tables> {
                     let parsed = read_sums(dir, sums, entry.len)?;
                     table.check_block_sums(&parsed, &dir.join(&sums.name))?;
                     let mut listed = Vec::with_capacity(from_rows.len());
-                    records::read_slots(dir, slots_file, table.len(), m.nslots, |s, r, l, t| {
+                    slots::read_slots(dir, slots_file, table.len(), m.nslots, |s, r, l, t| {
                         listed.push((s, r, l, t));
                     })?;
                     if listed != from_rows {
@@ -1222,7 +1089,7 @@ fn map_chunks(dir: &Path, dim: usize, m: &ManifestBody, check: Check) -> Result<
     let mut maps = Vec::with_capacity(m.chunks.len());
     for name in &m.chunks {
         let entry = listed(name).ok_or_else(|| unlisted(name))?;
-        let sums_name = vectors::sums_name(name);
+        let sums_name = sums::sums_name(name);
         let sums = match listed(&sums_name) {
             Some(s) => Some(s),
             None if m.format >= 5 => return Err(unlisted(&sums_name)),
@@ -1253,7 +1120,7 @@ fn map_chunks(dir: &Path, dim: usize, m: &ManifestBody, check: Check) -> Result<
 /// The block sums file `entry` of the snapshot in `dir`, checked against the manifest, for a
 /// chunk of `chunk_len` bytes.
 fn read_sums(dir: &Path, entry: &FileEntry, chunk_len: u64) -> Result<Vec<u32>> {
-    vectors::parse_sums(&dir.join(&entry.name), &read_listed(dir, entry)?, chunk_len)
+    sums::parse_sums(&dir.join(&entry.name), &read_listed(dir, entry)?, chunk_len)
 }
 
 fn finish_load(
@@ -1364,17 +1231,17 @@ fn read_listed(dir: &Path, entry: &FileEntry) -> Result<Vec<u8>> {
 #[allow(clippy::unwrap_used)] // tests: a panic is the failure report
 pub(crate) fn downgrade_to_format_6(dir: &Path, dim: usize) {
     downgrade(dir, 6, |m| {
-        let mut sums = vec![vectors::sums_name(KEYS_FILE)];
+        let mut sums = vec![sums::sums_name(KEYS_FILE)];
         for le in &mut m.layers {
             if let Some(base) = &le.dump {
                 let path = graph_path(dir, base);
                 let bytes = std::fs::read(&path).unwrap();
-                let h = crate::hnsw::DumpHeader::parse(&bytes, dim).unwrap();
-                le.indexed = bytes[crate::hnsw::DumpHeader::SLOTS_AT..][..4 * h.n]
+                let h = crate::index::hnsw::DumpHeader::parse(&bytes, dim).unwrap();
+                le.indexed = bytes[crate::index::hnsw::DumpHeader::SLOTS_AT..][..4 * h.n]
                     .chunks_exact(4)
                     .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
                     .collect();
-                sums.push(vectors::sums_name(&file_name(&path)));
+                sums.push(sums::sums_name(&file_name(&path)));
             }
         }
         sums
@@ -1400,6 +1267,7 @@ fn downgrade(dir: &Path, format: u32, edit: impl FnOnce(&mut ManifestBody) -> Ve
 #[allow(clippy::unwrap_used)] // tests: a panic is the failure report
 mod tests {
     use super::*;
+    use crate::disk::files::crc_populated;
     use crate::{Config, Memory, NewRecord};
 
     /// Rewrites the snapshot in `dir` as format 5 wrote it: as format 6, without the record
@@ -1407,7 +1275,7 @@ mod tests {
     fn downgrade_to_format_5(dir: &Path, dim: usize) {
         downgrade_to_format_6(dir, dim);
         downgrade(dir, 5, |_| {
-            vec![vectors::sums_name(RECORDS_FILE), SLOTS_FILE.to_string()]
+            vec![sums::sums_name(RECORDS_FILE), SLOTS_FILE.to_string()]
         });
     }
 
@@ -1415,7 +1283,7 @@ mod tests {
     fn downgrade_to_format_4(dir: &Path, dim: usize) {
         downgrade_to_format_5(dir, dim);
         downgrade(dir, 4, |m| {
-            let sums: Vec<String> = m.chunks.iter().map(|c| vectors::sums_name(c)).collect();
+            let sums: Vec<String> = m.chunks.iter().map(|c| sums::sums_name(c)).collect();
             assert!(!sums.is_empty());
             sums
         });
@@ -1465,7 +1333,7 @@ mod tests {
     /// Rewrites the block sums file of `name` in the snapshot `dir` with its last sum wrong,
     /// and its manifest entry to match (as if the writer had been wrong).
     fn spoil_last_sum(dir: &Path, name: &str) {
-        let sums = vectors::sums_name(name);
+        let sums = sums::sums_name(name);
         let mut b = std::fs::read(dir.join(&sums)).unwrap();
         let last = b.len() - 1;
         b[last] ^= 0x10;
@@ -1540,7 +1408,7 @@ mod tests {
         f.set_len(40 << 20).unwrap();
         #[allow(unsafe_code)]
         // SAFETY: test file, cut short on purpose below; only read through crc_populated.
-        let map = unsafe { Mmap::map(&f) }.unwrap();
+        let map = unsafe { memmap2::Mmap::map(&f) }.unwrap();
         f.set_len(20 << 20).unwrap();
         let err = match crc_populated(&path, &map) {
             Err(e) => e.to_string(),
@@ -1668,7 +1536,7 @@ mod tests {
         let manifest = read_manifest(&snap).unwrap();
         assert_eq!(manifest.chunks.len(), 2);
         for c in &manifest.chunks {
-            let s = vectors::sums_name(c);
+            let s = sums::sums_name(c);
             assert!(manifest.files.iter().any(|f| f.name == s), "{s} listed");
             assert!(snap.join(&s).exists(), "{s} written");
         }

@@ -2,14 +2,16 @@
 //! (indexer; access flush + automatic checkpoints).
 
 use crate::config::Config;
-use crate::dump_graph::MappedGraph;
+use crate::disk::files::FileEntry;
+use crate::disk::records::{self, RecordTable};
+use crate::disk::store_files::{StoreLock, StoreManifest};
 use crate::error::{Error, Result};
-use crate::hnsw::HnswBuilder;
-use crate::records::{self, RecordTable};
-use crate::snapshot::{self, Capture, FileEntry, Writer};
-use crate::state::{content_key, fnv64, Projections, Replaced};
-use crate::store_files::{StoreLock, StoreManifest};
+use crate::index::dump_graph::MappedGraph;
+use crate::index::hnsw::HnswBuilder;
+use crate::projection::{content_key, Projections, Replaced};
+use crate::snapshot::{self, Capture, Writer};
 use crate::types::*;
+use crate::util::fnv64;
 use magray_wal::{
     AccessSource, Accessed, Appended, Envelope, Event, Hit, Inserted, Log, LogConfig,
 };
@@ -23,6 +25,9 @@ use std::time::{Duration, Instant};
 use tokio::sync::{broadcast, mpsc, watch};
 
 mod lifecycle_run;
+mod stats;
+
+pub use stats::Stats;
 
 use crate::lifecycle::{EvalConfig, EvalReport, LifecycleReport, PromoterModel, TrainReport};
 use tokio_stream::wrappers::ReceiverStream;
@@ -1172,7 +1177,7 @@ fn timeline_mismatch(delta: &mut magray_wal::History, seq: u64, ts_us: u64) -> O
     }
 }
 
-fn needs_rebuild(ls: &crate::state::LayerState, c: &Config) -> bool {
+fn needs_rebuild(ls: &crate::projection::LayerState, c: &Config) -> bool {
     ls.graph.is_some()
         && ls.tombstones >= 256
         && ls.tombstones as f64 > c.rebuild_tombstone_ratio * ls.indexed as f64
@@ -1426,18 +1431,18 @@ impl Inner {
             &o.layers
         };
         let ef = o.ef_search.unwrap_or(self.config.hnsw.ef_search);
-        if !(1..=crate::config::MAX_EF).contains(&ef) {
+        if !(1..=crate::limits::MAX_EF).contains(&ef) {
             return Err(Error::InvalidInput(format!(
                 "ef_search {ef} must be within 1..={}",
-                crate::config::MAX_EF
+                crate::limits::MAX_EF
             )));
         }
         let now = self.config.clock.now_us();
         let (hits, damage): (Vec<SearchHit>, _) = {
             let st = self.state.read();
-            let mut top = crate::state::TopK::new(o.top_k);
+            let mut top = crate::util::TopK::new(o.top_k);
             for l in layers {
-                let how = crate::state::Probe {
+                let how = crate::projection::Probe {
                     ef,
                     // An explicit per-search ef is taken as given.
                     scale_ef: o.ef_search.is_none(),
@@ -1718,7 +1723,7 @@ impl Inner {
     }
 
     /// An empty graph for `layer`, reading the vectors `mapped` holds from there.
-    fn new_graph(&self, layer: Layer, mapped: crate::vectors::Vectors) -> HnswBuilder {
+    fn new_graph(&self, layer: Layer, mapped: crate::disk::vectors::Vectors) -> HnswBuilder {
         let h = self.config.hnsw;
         // Seeded per layer: the same records inserted in the same order make the same graph.
         let seed = 0x4d47_5259_0000_0000 | layer.index() as u64;
@@ -2063,7 +2068,7 @@ impl Inner {
             }
         }
         let frozen = (!members.is_empty())
-            .then(|| Arc::new(graph.freeze()) as Arc<dyn crate::frozen::SearchGraph>);
+            .then(|| Arc::new(graph.freeze()) as Arc<dyn crate::index::frozen::SearchGraph>);
         let _idx = self.index_lock.lock();
         graph.share(self.state.read().vectors.mapped_part());
         let mut st = self.state.write();
@@ -2155,9 +2160,9 @@ fn covered_by_marker(snapshot_seq: u64, at: &Appended) -> u64 {
 /// Makes `graph`, which holds `slots`, the one a layer's searches walk: its slots are what is
 /// in the index, nothing is searched exactly beside it but the records it lacks.
 fn install_graph(
-    ls: &mut crate::state::LayerState,
+    ls: &mut crate::projection::LayerState,
     slots: &[u32],
-    graph: Arc<dyn crate::frozen::SearchGraph>,
+    graph: Arc<dyn crate::index::frozen::SearchGraph>,
 ) {
     set_index_slots(ls, slots);
     ls.frozen = Some(graph);
@@ -2167,7 +2172,7 @@ fn install_graph(
 
 /// Marks `slots` (a graph's own slot list) as what is in a layer's index, with its count and
 /// tombstones.
-fn set_index_slots(ls: &mut crate::state::LayerState, slots: &[u32]) {
+fn set_index_slots(ls: &mut crate::projection::LayerState, slots: &[u32]) {
     ls.in_index.clear();
     for s in slots {
         ls.in_index.set(*s);

@@ -5,35 +5,23 @@
 //! Slots are assigned to inserted records in log order and never reused, so a full replay and
 //! a snapshot plus delta give every record the same slot (and HNSW dumps stay valid).
 
-use crate::distance::dot;
+use crate::disk::keys::KeyIndex;
+use crate::disk::records::{Body, BodyRef, OwnedBody, RecordTable, Row, RowFields};
+use crate::disk::vectors::Vectors;
 use crate::error::{Error, Result};
-use crate::frozen::SearchGraph;
-use crate::hnsw::HnswBuilder;
-use crate::keys::KeyIndex;
-use crate::records::{Body, BodyRef, OwnedBody, RecordTable, Row, RowFields};
+use crate::index::distance::dot;
+use crate::index::frozen::SearchGraph;
+use crate::index::hnsw::HnswBuilder;
 use crate::types::{AccessStats, Layer, Record, RecordId, SearchOptions, DECAY_HALF_LIVES_US};
-use crate::vectors::Vectors;
+use crate::util::{fnv64, part_bounds, scan_threads, Bits, FastMap, SlotSet, TopK};
 use magray_wal::{AccessSource, Envelope, Event, Id, Inserted};
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashSet, VecDeque};
 
-/// Hash map of the projections (foldhash: seeded per process, much faster than SipHash).
-pub(crate) type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 use std::sync::Arc;
 
 /// The HNSW graph of one layer: only the indexer thread inserts (and a checkpoint dumps it
 /// under the index lock); searches run on its [`FrozenGraph`] copies.
 pub(crate) type Graph = parking_lot::Mutex<HnswBuilder>;
-
-/// FNV-1a, 64 bit: a stable hash for content keys and session/project names (it is written
-/// into events, so it must never change with a compiler or library version).
-pub(crate) fn fnv64(bytes: &[u8]) -> u64 {
-    let mut h: u64 = 0xcbf2_9ce4_8422_2325;
-    for b in bytes {
-        h ^= u64::from(*b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
-    h
-}
 
 /// Key of the dedup map (and of the engine's in-flight reservations): text hash, layer, project.
 pub(crate) fn content_key(content_hash: u64, layer: Layer, project: Option<&str>) -> u64 {
@@ -265,126 +253,6 @@ impl RowRef {
     /// (see `RecordTable::row_ok`).
     pub(crate) fn expect(&self, slot: u32) -> (u32, Layer, u64) {
         (slot, self.layer, self.layer_since_us)
-    }
-}
-
-/// A growable bitset over slots.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub(crate) struct Bits(Vec<u64>);
-
-impl Bits {
-    pub(crate) fn get(&self, i: u32) -> bool {
-        self.0
-            .get(i as usize / 64)
-            .is_some_and(|w| w & (1 << (i % 64)) != 0)
-    }
-    pub(crate) fn set(&mut self, i: u32) {
-        let w = i as usize / 64;
-        if w >= self.0.len() {
-            self.0.resize(w + 1, 0);
-        }
-        self.0[w] |= 1 << (i % 64);
-    }
-    pub(crate) fn unset(&mut self, i: u32) {
-        if let Some(w) = self.0.get_mut(i as usize / 64) {
-            *w &= !(1 << (i % 64));
-        }
-    }
-    pub(crate) fn clear(&mut self) {
-        self.0.clear();
-    }
-    /// The set bits, ascending.
-    pub(crate) fn iter(&self) -> impl Iterator<Item = u32> + '_ {
-        Bits::words_from(0, &self.0)
-    }
-    /// The set bits of `words`, which start at word `first`.
-    fn words_from(first: usize, words: &[u64]) -> impl Iterator<Item = u32> + '_ {
-        words.iter().enumerate().flat_map(move |(w, word)| {
-            let w = first + w;
-            let mut x = *word;
-            std::iter::from_fn(move || {
-                (x != 0).then(|| {
-                    let b = x.trailing_zeros();
-                    x &= x - 1;
-                    w as u32 * 64 + b
-                })
-            })
-        })
-    }
-}
-
-/// A set of slots: a bitset and its size. A layer's members are one; building it at open
-/// sets a bit per record instead of making a million hash inserts.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct SlotSet {
-    bits: Bits,
-    len: usize,
-}
-
-impl SlotSet {
-    /// The set whose bits are `words` (bit `s % 64` of word `s / 64` for slot `s`), `len` of
-    /// them set.
-    pub(crate) fn from_words(words: Vec<u64>, len: usize) -> SlotSet {
-        debug_assert_eq!(
-            words.iter().map(|w| w.count_ones() as usize).sum::<usize>(),
-            len
-        );
-        SlotSet {
-            bits: Bits(words),
-            len,
-        }
-    }
-
-    pub(crate) fn insert(&mut self, slot: u32) -> bool {
-        if self.bits.get(slot) {
-            return false;
-        }
-        self.bits.set(slot);
-        self.len += 1;
-        true
-    }
-    pub(crate) fn remove(&mut self, slot: &u32) -> bool {
-        if !self.bits.get(*slot) {
-            return false;
-        }
-        self.bits.unset(*slot);
-        self.len -= 1;
-        true
-    }
-    pub(crate) fn contains(&self, slot: &u32) -> bool {
-        self.bits.get(*slot)
-    }
-    pub(crate) fn len(&self) -> usize {
-        self.len
-    }
-    pub(crate) fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-    /// The slots, ascending.
-    pub(crate) fn iter(&self) -> impl Iterator<Item = u32> + '_ {
-        self.bits.iter()
-    }
-
-    /// The `i`-th of `n` runs of the slots, ascending, each holding about as many slots (the
-    /// runs split the bitset at word boundaries; a layer's slots can sit in a narrow range).
-    pub(crate) fn iter_part(&self, i: usize, n: usize) -> impl Iterator<Item = u32> + '_ {
-        let words = &self.bits.0;
-        // One past the word that holds slot number `want` (0-based) of the set: the same
-        // function on both ends of adjacent parts, so every word lands in exactly one.
-        let word_at = |want: usize| {
-            let mut seen = 0;
-            words
-                .iter()
-                .position(|w| {
-                    seen += w.count_ones() as usize;
-                    seen > want
-                })
-                .map_or(words.len(), |p| p + 1)
-        };
-        let (lo, hi) = part_bounds(self.len, i, n);
-        let a = if i == 0 { 0 } else { word_at(lo) };
-        let b = if i + 1 == n { words.len() } else { word_at(hi) };
-        Bits::words_from(a, &words[a.min(b)..b])
     }
 }
 
@@ -1064,7 +932,7 @@ impl Projections {
         }
         if let Some(f) = &ls.frozen {
             let ef = if scale_ef {
-                crate::config::scale_ef(ef, f.len() as u64)
+                crate::index::hnsw::scale_ef(ef, f.len() as u64)
             } else {
                 ef
             };
@@ -1108,13 +976,6 @@ pub(crate) fn index_keys<'a>(
 /// against tens of µs to start a thread.
 const SPLIT_SCAN_MIN: usize = 65_536;
 
-/// Threads a long exact scan, or the coding of a big frozen graph, may use (this process's
-/// available parallelism, at most 8, read once).
-pub(crate) fn scan_threads() -> usize {
-    static N: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
-    *N.get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get().min(8)))
-}
-
 /// The `i`-th of `n` near-equal parts of `unfrozen` followed by `pending` (the points a
 /// frozen graph lacks).
 fn tail_part<'a>(
@@ -1130,11 +991,6 @@ fn tail_part<'a>(
         .iter()
         .chain(pending.range(pa..pb))
         .copied()
-}
-
-/// `[a, b)`: the `i`-th of `n` near-equal parts of `0..len`.
-fn part_bounds(len: usize, i: usize, n: usize) -> (usize, usize) {
-    (len * i / n, len * (i + 1) / n)
 }
 
 /// Scores the `len` slots that `part(i, n)` yields in `n` parts exactly into `top`: in this
@@ -1233,67 +1089,6 @@ pub(crate) struct Probe {
     pub(crate) now_us: u64,
 }
 
-/// The best `k` (score, slot) pairs seen, without duplicates.
-#[derive(Debug)]
-pub(crate) struct TopK {
-    pub(crate) k: usize,
-    heap: std::collections::BinaryHeap<std::cmp::Reverse<Cand>>,
-}
-
-#[derive(Debug, Clone, Copy)]
-struct Cand(f32, u32);
-
-impl PartialEq for Cand {
-    fn eq(&self, o: &Self) -> bool {
-        self.cmp(o) == std::cmp::Ordering::Equal
-    }
-}
-impl Eq for Cand {}
-impl PartialOrd for Cand {
-    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(o))
-    }
-}
-impl Ord for Cand {
-    /// Higher score is better; on a tie the lower slot (older record) is better.
-    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
-        self.0.total_cmp(&o.0).then(o.1.cmp(&self.1))
-    }
-}
-
-impl TopK {
-    pub(crate) fn new(k: usize) -> TopK {
-        TopK {
-            k,
-            heap: std::collections::BinaryHeap::with_capacity(k + 1),
-        }
-    }
-
-    pub(crate) fn push(&mut self, score: f32, slot: u32) {
-        let c = Cand(score, slot);
-        if self.heap.len() >= self.k {
-            match self.heap.peek() {
-                Some(std::cmp::Reverse(worst)) if c > *worst => {}
-                _ => return,
-            }
-        }
-        if self.heap.iter().any(|x| x.0 .1 == slot) {
-            return;
-        }
-        self.heap.push(std::cmp::Reverse(c));
-        if self.heap.len() > self.k {
-            self.heap.pop();
-        }
-    }
-
-    /// Best first.
-    pub(crate) fn into_sorted(self) -> Vec<(f32, u32)> {
-        let mut v: Vec<Cand> = self.heap.into_iter().map(|r| r.0).collect();
-        v.sort_by(|a, b| b.cmp(a));
-        v.into_iter().map(|c| (c.0, c.1)).collect()
-    }
-}
-
 fn touch(
     a: &mut Access,
     ts: u64,
@@ -1375,14 +1170,14 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let rows: Vec<Row> = p.records().map(|(s, r)| r.to_row(s)).collect();
         let f = std::fs::File::create(dir.path().join("records.bin")).unwrap();
-        let (len, crc, _) = crate::records::write(f, &rows).unwrap();
-        let entry = crate::snapshot::FileEntry {
+        let (len, crc, _) = crate::disk::records::write(f, &rows).unwrap();
+        let entry = crate::disk::files::FileEntry {
             name: "records.bin".into(),
             len,
             crc,
         };
         let mut slots = vec![Slot::Dead; p.nslots() as usize];
-        let table = crate::records::load_each(
+        let table = crate::disk::records::load_each(
             dir.path(),
             &entry,
             p.nslots(),

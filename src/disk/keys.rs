@@ -23,9 +23,9 @@
 //! Ids and ref targets are strictly ascending (bytewise); content keys ascend, equal keys in
 //! slot order. Each slot is below the snapshot's slot count; each ref count is at least 1.
 
+use crate::disk::files::{table_header, u64_at, CrcWriter};
+use crate::disk::sums::InPlace;
 use crate::error::{Error, Result};
-use crate::records::{table_header, u64_at, CrcWriter};
-use crate::vectors::InPlace;
 use magray_wal::Id;
 use std::fs::File;
 use std::io::Write;
@@ -471,8 +471,8 @@ impl KeyIndex {
 #[allow(clippy::unwrap_used)] // tests: a panic is the failure report
 mod tests {
     use super::*;
-    use crate::snapshot::FileEntry;
-    use crate::vectors::BLOCK;
+    use crate::disk::files::FileEntry;
+    use crate::disk::sums::BLOCK;
 
     fn id(n: u32) -> Id {
         let mut id = [0u8; 16];
@@ -492,7 +492,7 @@ mod tests {
     fn write(dir: &Path, k: &KeyIndex) -> FileEntry {
         let path = dir.join("keys.bin");
         let (len, crc, sums) = k.write(File::create(&path).unwrap(), &path).unwrap();
-        crate::vectors::write_sums(&path, len, &sums).unwrap();
+        crate::disk::sums::write_sums(&path, len, &sums).unwrap();
         FileEntry {
             name: "keys.bin".into(),
             len,
@@ -501,7 +501,7 @@ mod tests {
     }
 
     fn load(dir: &Path, e: &FileEntry, nslots: u32) -> Result<KeyIndex> {
-        let map = crate::snapshot::map_checked(dir, e)?;
+        let map = crate::disk::files::map_checked(dir, e)?;
         KeyIndex::open(InPlace::new(dir.join(&e.name), map, None), nslots)
     }
 
@@ -645,17 +645,20 @@ mod tests {
         // SAFETY: a test's own file, not written while mapped.
         #[allow(unsafe_code)]
         let map = unsafe { memmap2::Mmap::map(&f) }.unwrap();
-        let sums =
-            crate::vectors::parse_sums(&spath, &std::fs::read(&spath).unwrap(), map.len() as u64)?;
-        let lazy = crate::vectors::Lazy::new(sums);
+        let sums = crate::disk::sums::parse_sums(
+            &spath,
+            &std::fs::read(&spath).unwrap(),
+            map.len() as u64,
+        )?;
+        let lazy = crate::disk::sums::Lazy::new(sums);
         KeyIndex::open(InPlace::new(path, map, Some(lazy)), nslots)
     }
 
     /// Writes `bytes` as the file at `path` with block sums that match them (a wrong writer).
     fn write_with_sums(path: &Path, bytes: &[u8]) {
         std::fs::write(path, bytes).unwrap();
-        let sums = crate::vectors::block_sums(bytes);
-        crate::vectors::write_sums(path, bytes.len() as u64, &sums).unwrap();
+        let sums = crate::disk::sums::block_sums(bytes);
+        crate::disk::sums::write_sums(path, bytes.len() as u64, &sums).unwrap();
     }
 
     /// 20k keys: many blocks per section.

@@ -20,9 +20,9 @@
 //! `docs/format.md`): links only; the vectors are taken back from the store's own vector
 //! chunks by slot when a dump loads.
 
-use crate::distance::{dist_key, dot, prefetch};
-use crate::frozen::{beam, greedy, next_generation, FrozenGraph, Scorer};
-use crate::vectors::Vectors;
+use crate::disk::vectors::Vectors;
+use crate::index::distance::{dist_key, dot, prefetch};
+use crate::index::frozen::{beam, greedy, next_generation, FrozenGraph, Scorer};
 
 /// Cache lines of each vector a beam asks for ahead (see [`prefetch`]): measured on 20k
 /// bench-like vectors, inserts ran 9–19 % faster (three paired runs) than without.
@@ -30,8 +30,16 @@ const PREFETCH_LINES: usize = 4;
 
 /// Highest level a point may get (a level above this has a probability below 16^-15).
 const MAX_LEVEL: usize = 15;
-/// Largest M: level 0 holds up to 2M links, counted in one byte per node.
-pub(crate) const MAX_M: usize = 127;
+/// `ef` scaled for a graph of `points` (see [`HnswConfig::effective_ef`]).
+pub(crate) fn scale_ef(ef: usize, points: u64) -> usize {
+    const BASE: f64 = 100_000.0;
+    if points as f64 <= BASE {
+        return ef;
+    }
+    let scaled = ef as f64 * (points as f64 / BASE).powf(0.6);
+    (scaled.ceil() as usize).min(crate::limits::MAX_EF)
+}
+
 /// First bytes of `hnsw-<layer>.graph`.
 const DUMP_MAGIC: [u8; 8] = *b"MGRYHNSW";
 /// Layout version of `hnsw-<layer>.graph`.
@@ -118,13 +126,13 @@ impl DumpHeader {
         if fdim != dim {
             return Err((12, format!("graph of {fdim}-d vectors in a {dim}-d store")));
         }
-        if !(2..=MAX_M).contains(&m) {
+        if !(2..=crate::limits::MAX_M).contains(&m) {
             return Err((16, format!("M {m} out of range")));
         }
         if top > MAX_LEVEL {
             return Err((28, format!("top level {top} above {MAX_LEVEL}")));
         }
-        if !(1..=crate::config::MAX_EF).contains(&ef_c) {
+        if !(1..=crate::limits::MAX_EF).contains(&ef_c) {
             return Err((20, format!("ef_construction {ef_c} out of range")));
         }
         if at(36)? != 0 {
@@ -288,7 +296,7 @@ impl std::fmt::Debug for HnswBuilder {
 impl HnswBuilder {
     /// An empty graph of `dim`-d vectors; `m` links per upper level (2·`m` on level 0).
     pub(crate) fn new(dim: usize, m: usize, ef_construction: usize, seed: u64) -> HnswBuilder {
-        let m = m.clamp(2, MAX_M);
+        let m = m.clamp(2, crate::limits::MAX_M);
         HnswBuilder {
             m,
             m0: 2 * m,
@@ -476,8 +484,8 @@ impl HnswBuilder {
         let cap = if level == 0 { self.m0 } else { self.m };
         let cur = self.links(n, level);
         if cur.len() < cap {
-            // Room left: append (on the stack; a list holds at most 2·MAX_M links).
-            let mut ls = [0u32; 2 * MAX_M];
+            // Room left: append (on the stack; a list holds at most 2·crate::limits::MAX_M links).
+            let mut ls = [0u32; 2 * crate::limits::MAX_M];
             ls[..cur.len()].copy_from_slice(cur);
             ls[cur.len()] = node;
             let len = cur.len() + 1;
@@ -758,9 +766,9 @@ impl HnswBuilder {
 #[allow(clippy::unwrap_used)] // tests: a panic is the failure report
 pub(crate) mod tests {
     use super::*;
-    use crate::frozen::SearchGraph;
-    use crate::state::TopK;
-    use crate::vectors::Vectors;
+    use crate::disk::vectors::Vectors;
+    use crate::index::frozen::SearchGraph;
+    use crate::util::TopK;
     use hnsw_rs::prelude::{DistDot, Hnsw};
     use proptest::prelude::*;
 
@@ -989,8 +997,8 @@ pub(crate) mod tests {
             let (start, bytes) = store.tail_range(upto);
             let path = tmp
                 .path()
-                .join(crate::vectors::chunk_name(start, upto - start));
-            crate::vectors::write_chunk(&path, dim, start, &bytes).unwrap();
+                .join(crate::disk::vectors::chunk_name(start, upto - start));
+            crate::disk::vectors::write_chunk(&path, dim, start, &bytes).unwrap();
             store.adopt_chunk(&path).unwrap();
         };
         for v in &vs[..400] {

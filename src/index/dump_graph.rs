@@ -1,7 +1,7 @@
 //! A snapshot's HNSW graph dump, searched in place through its memory map, so that a layer
 //! with a dump is searched through its graph from the moment open returns.
 //!
-//! Making the usual searchable copy ([`crate::frozen::FrozenGraph`]: links copied into flat
+//! Making the usual searchable copy ([`crate::index::frozen::FrozenGraph`]: links copied into flat
 //! arrays, an int8 code per point) reads every point's vector: about 0.3 s at a million
 //! 384-d points, after the dump itself is read and checked (about 0.4 s). Until then a layer
 //! would be scanned exactly (about 120 ms a query at a million points on two cores). A
@@ -21,18 +21,19 @@
 //! A link is checked when it is read (a link list naming a node beyond the graph is read as
 //! empty), so a dump whose sums match but whose links are wrong cannot make a walk panic or
 //! read out of bounds. The indexer's full check of the same bytes
-//! ([`crate::hnsw::HnswBuilder::read`]) still runs before the graph is used to insert; if it
+//! ([`crate::index::hnsw::HnswBuilder::read`]) still runs before the graph is used to insert; if it
 //! fails, this graph is dropped and the layer is rebuilt, as for any bad dump.
 //!
 //! Pages are populated before they are checked; a page the kernel later drops and cannot
 //! read back would raise SIGBUS, the risk the store already takes with its mapped vector
 //! chunks and record table.
 
-use crate::distance::{dist_key, dot, prefetch};
-use crate::frozen::{push_exact, walk, Scorer, SearchGraph};
-use crate::hnsw::{check_slots, DumpHeader};
-use crate::state::TopK;
-use crate::vectors::{InPlace, Vectors};
+use crate::disk::sums::InPlace;
+use crate::disk::vectors::Vectors;
+use crate::index::distance::{dist_key, dot, prefetch};
+use crate::index::frozen::{push_exact, walk, Scorer, SearchGraph};
+use crate::index::hnsw::{check_slots, DumpHeader};
+use crate::util::TopK;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 /// Cache lines of each f32 vector a walk asks for ahead (see [`prefetch`]), as the builder.
@@ -235,8 +236,8 @@ impl SearchGraph for MappedGraph {
 #[allow(clippy::unwrap_used)] // tests: a panic is the failure report
 mod tests {
     use super::*;
-    use crate::hnsw::tests::{build, clustered, exact};
-    use crate::hnsw::HnswBuilder;
+    use crate::index::hnsw::tests::{build, clustered, exact};
+    use crate::index::hnsw::HnswBuilder;
 
     /// A dump read in place, checked in full (as a dump from before block sums).
     fn mapped(bytes: &[u8]) -> InPlace {
@@ -366,7 +367,7 @@ mod tests {
         }
     }
 
-    use crate::memory::HOLD_DUMP_LOADS;
+    use crate::engine::HOLD_DUMP_LOADS;
     use crate::{Config, Layer, Memory, NewRecord, SearchOptions};
 
     const DIM: usize = 16;
@@ -593,8 +594,8 @@ mod tests {
     fn rewrite_with_sums(snap: &std::path::Path, bytes: &[u8]) {
         let path = snap.join("hnsw-interact.graph");
         std::fs::write(&path, bytes).unwrap();
-        let sums = crate::vectors::block_sums(bytes);
-        let (slen, scrc) = crate::vectors::write_sums(&path, bytes.len() as u64, &sums).unwrap();
+        let sums = crate::disk::sums::block_sums(bytes);
+        let (slen, scrc) = crate::disk::sums::write_sums(&path, bytes.len() as u64, &sums).unwrap();
         let mut manifest = crate::snapshot::read_manifest(snap).unwrap();
         for f in &mut manifest.files {
             if f.name == "hnsw-interact.graph" {
@@ -615,7 +616,7 @@ mod tests {
         let (path, mut bytes, head) = interact_dump(&snap);
         // A flipped bit in every block of nothing but level-0 links: whichever a walk reads
         // is damaged (a block shared with what open reads would fail the open's check).
-        let block = crate::vectors::BLOCK;
+        let block = crate::disk::sums::BLOCK;
         let first = head.links_at.div_ceil(block) * block;
         for at in (first..head.upper_at / block * block).step_by(block) {
             bytes[at] ^= 0x40;

@@ -1,0 +1,45 @@
+//! What `Memory::stats` reports.
+
+use crate::types::{LayerStats, OpenReport};
+
+/// A snapshot of the engine's state.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Stats {
+    /// Last durable sequence in the log.
+    pub last_seq: u64,
+    /// Last sequence applied to the projections.
+    pub applied_seq: u64,
+    /// Interact, Insights, Assets.
+    pub layers: [LayerStats; 3],
+    /// Sequence of the newest snapshot on disk, if any.
+    pub last_snapshot_seq: Option<u64>,
+    /// Events applied since the newest snapshot.
+    pub events_since_snapshot: u64,
+    /// Search hits waiting to be written as `Accessed` events.
+    pub pending_accesses: u64,
+    /// HNSW dumps of the snapshot opened that the indexer has still to load in full (their
+    /// layers are searched in place or exactly meanwhile: see `LayerStats::index_ready`).
+    pub graphs_loading: u64,
+    /// Damage found in the snapshot's vector chunks, record table or key index since open (by
+    /// a read or the background scrub): the file, offset and reason. (Damage in a graph dump
+    /// is not: the layer is searched exactly and its graph rebuilt, see
+    /// `OpenReport::index_rebuilds`.) Searches, `get`, `records`, writes
+    /// and checkpoints fail with it until the store is reopened; the next open checks every
+    /// snapshot file in full, skips a damaged snapshot and replays the log instead (see
+    /// `OpenReport::full_check`).
+    pub damage: Option<String>,
+    /// Vector dimension.
+    pub dimension: usize,
+    /// What happened at open.
+    pub open: OpenReport,
+    /// The embedder's counters, when the store was opened with one.
+    pub embedder: Option<crate::embed::EmbedderStats>,
+    /// Promotions ever applied: into Insights, into Assets.
+    pub promoted: [u64; 2],
+    /// Records ever expired, by reason: TTL, capacity, manual.
+    pub expired: [u64; 3],
+    /// Version of the promoter model in use (0 = the built-in default).
+    pub promoter_version: u32,
+    /// The last lifecycle run (background or on demand), if any since open.
+    pub last_lifecycle: Option<crate::lifecycle::LifecycleReport>,
+}
