@@ -143,24 +143,7 @@ fn replicate(
     let src = verify::manifest(source)?;
     std::fs::create_dir_all(dest).map_err(|e| Error::io(dest, e))?;
     let _lock = StoreLock::acquire(dest)?;
-    let timeline = match StoreManifest::read(dest)? {
-        Some(d) => {
-            if d.timeline != src.timeline {
-                return Err(Error::InvalidInput(format!(
-                    "{} holds timeline {} but {} is timeline {}: back up into an empty directory",
-                    dest.display(),
-                    d.timeline,
-                    source.display(),
-                    src.timeline
-                )));
-            }
-            d.timeline
-        }
-        None => {
-            new_manifest.write(dest)?;
-            new_manifest.timeline.clone()
-        }
-    };
+    let timeline = dest_timeline(source, dest, &src.timeline, new_manifest)?;
     let clock = ManualClock::new(0);
     let mut lc = LogConfig::new(dest);
     lc.clock = Arc::new(clock.clone());
@@ -251,6 +234,46 @@ fn replicate(
             .map_or(0, |e| e.ts_us);
     }
     log.close()?;
+    copy_newest_snapshot(source, dest, src.dimension, &mut report)?;
+    Ok(report)
+}
+
+/// The destination's timeline: its own when it already holds a copy of the source's
+/// (another timeline is refused), else the new store's, whose MANIFEST is written now.
+fn dest_timeline(
+    source: &Path,
+    dest: &Path,
+    src_timeline: &str,
+    new_manifest: StoreManifest,
+) -> Result<String> {
+    Ok(match StoreManifest::read(dest)? {
+        Some(d) => {
+            if d.timeline != src_timeline {
+                return Err(Error::InvalidInput(format!(
+                    "{} holds timeline {} but {} is timeline {}: back up into an empty directory",
+                    dest.display(),
+                    d.timeline,
+                    source.display(),
+                    src_timeline
+                )));
+            }
+            d.timeline
+        }
+        None => {
+            new_manifest.write(dest)?;
+            new_manifest.timeline.clone()
+        }
+    })
+}
+
+/// Copies the newest valid snapshot of `source` at or before what the destination holds
+/// (`report.last_seq`) into `dest`, and names it in the report.
+fn copy_newest_snapshot(
+    source: &Path,
+    dest: &Path,
+    dim: usize,
+    report: &mut CopyReport,
+) -> Result<()> {
     // The newest valid snapshot at or before what the destination holds.
     let dst_root = dest.join("snapshots");
     std::fs::create_dir_all(&dst_root).map_err(|e| Error::io(&dst_root, e))?;
@@ -265,7 +288,7 @@ fn replicate(
         }
         let to = dst_root.join(snapshot::dir_name(seq));
         if !to.exists() {
-            match copy_snapshot(&path, &to, src.dimension) {
+            match copy_snapshot(&path, &to, dim) {
                 Ok(()) => report.snapshot_copied = true,
                 Err(e) => {
                     tracing::warn!(snapshot = %path.display(), error = %e, "snapshot invalid or changed while copying; trying an older one");
@@ -284,7 +307,7 @@ fn replicate(
             .map(|(s, _)| s)
             .find(|s| *s <= report.last_seq);
     }
-    Ok(report)
+    Ok(())
 }
 
 /// Copies a snapshot directory: files into a temp dir, each fsynced, then every crc checked

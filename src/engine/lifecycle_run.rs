@@ -3,6 +3,7 @@
 //! the config's clock.
 
 use super::Inner;
+use super::*;
 use crate::error::{Error, Result};
 use crate::lifecycle::offline::Collector;
 use crate::lifecycle::{signals, LifecycleReport, PromoterModel, TrainReport};
@@ -358,5 +359,72 @@ impl Inner {
             now.saturating_add(crate::lifecycle::us(first))
         });
         (run, train)
+    }
+}
+
+impl Memory {
+    /// Promotes every record whose score reaches its layer's threshold (Interact → Insights,
+    /// Insights → Assets after `assets_min_dwell`), as one atomic log entry of `Promoted`
+    /// events. Also runs in the background every `LifecycleConfig::interval`.
+    pub async fn promote(&self) -> Result<LifecycleReport> {
+        self.lifecycle(true, false).await
+    }
+
+    /// Expires records past their layer's TTL (promoting those that score above the
+    /// threshold instead) and evicts the lowest-scoring records of a layer over its capacity.
+    /// One atomic log entry. Also runs in the background.
+    pub async fn expire(&self) -> Result<LifecycleReport> {
+        self.lifecycle(false, true).await
+    }
+
+    /// [`Memory::promote`] then [`Memory::expire`], in one run and one log entry: what the
+    /// background task does.
+    pub async fn run_lifecycle(&self) -> Result<LifecycleReport> {
+        self.lifecycle(true, true).await
+    }
+
+    pub(super) async fn lifecycle(&self, promote: bool, expire: bool) -> Result<LifecycleReport> {
+        self.inner.check()?;
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            inner.catch("lifecycle run", || inner.run_lifecycle(promote, expire))
+        })
+        .await
+        .map_err(|e| Error::Poisoned(format!("lifecycle task failed: {e}")))?
+    }
+
+    /// Trains the learned promoter from the log now (also runs every
+    /// `LifecycleConfig::train_every`). With too little history the model is unchanged and
+    /// the report says why.
+    pub async fn train_promoter(&self) -> Result<TrainReport> {
+        self.inner.check()?;
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || inner.catch("promoter training", || inner.train()))
+            .await
+            .map_err(|e| Error::Poisoned(format!("training task failed: {e}")))?
+    }
+
+    /// The promoter model in use.
+    pub fn promoter_model(&self) -> PromoterModel {
+        (*self.inner.model()).clone()
+    }
+
+    /// Replays this store's history, trains the learned promoter on the period before
+    /// `config.split_us` and reports precision@k / recall@k of every promoter on the period
+    /// after it (label: accessed again within the horizon).
+    pub async fn evaluate_promoters(&self, config: EvalConfig) -> Result<EvalReport> {
+        self.inner.check()?;
+        let inner = self.inner.clone();
+        tokio::task::spawn_blocking(move || {
+            let history = inner.log()?.history(1);
+            crate::lifecycle::offline::evaluate(
+                history.map(|e| e.map_err(Error::from)),
+                inner.config.dimension,
+                inner.config.lifecycle.ttl_us(),
+                &config,
+            )
+        })
+        .await
+        .map_err(|e| Error::Poisoned(format!("evaluation task failed: {e}")))?
     }
 }

@@ -1,5 +1,6 @@
 //! What `Memory::stats` reports.
 
+use super::*;
 use crate::types::{LayerStats, OpenReport};
 
 /// A snapshot of the engine's state.
@@ -42,4 +43,52 @@ pub struct Stats {
     pub promoter_version: u32,
     /// The last lifecycle run (background or on demand), if any since open.
     pub last_lifecycle: Option<crate::lifecycle::LifecycleReport>,
+}
+
+impl Memory {
+    /// Figures for `status` and monitoring.
+    pub fn stats(&self) -> Stats {
+        let inner = &self.inner;
+        // Not `snap`: a checkpoint holds it for its whole run.
+        let (last_snapshot_seq, covered_seq) = *inner.snap_info.lock();
+        let st = inner.state.read();
+        let mut layers: [LayerStats; 3] = Default::default();
+        for (i, ls) in st.layers.iter().enumerate() {
+            layers[i] = LayerStats {
+                records: ls.members.len() as u64,
+                indexed: ls.indexed,
+                // Without a frozen graph (a dump loading, a new graph not yet frozen) the
+                // whole layer is searched exactly: all of it is pending.
+                pending: if ls.frozen.is_some() {
+                    ls.pending.iter().filter(|s| ls.members.contains(s)).count() as u64
+                } else {
+                    ls.members.len() as u64
+                },
+                tombstones: ls.tombstones,
+                index_ready: ls.frozen.is_some(),
+            };
+        }
+        Stats {
+            last_seq: inner
+                .log
+                .read()
+                .as_ref()
+                .map(|l| l.last_seq())
+                .unwrap_or(st.applied_seq),
+            applied_seq: st.applied_seq,
+            layers,
+            last_snapshot_seq,
+            events_since_snapshot: st.applied_seq.saturating_sub(covered_seq),
+            pending_accesses: inner.access_hits.load(Ordering::Relaxed),
+            graphs_loading: inner.graphs_loading.load(Ordering::Acquire),
+            damage: st.damage().map(|e| e.to_string()),
+            dimension: st.dim,
+            open: inner.report.lock().clone(),
+            embedder: self.embedder.as_ref().map(|b| b.embedder().stats()),
+            promoted: st.promoted,
+            expired: st.expired,
+            promoter_version: inner.model.read().version,
+            last_lifecycle: inner.last_lifecycle.lock().clone(),
+        }
+    }
 }
