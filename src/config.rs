@@ -168,6 +168,10 @@ pub struct Config {
     /// Layers with fewer live records than this are searched exactly (`MEMORY_EXACT_BELOW`).
     /// Default 2,000.
     pub exact_search_below: usize,
+    /// Records on each side of a record, in the same project and session, whose words count
+    /// in its keyword context (`MEMORY_KEYWORD_WINDOW`, 0..=8; 0 = a record's own words
+    /// only). Default 2.
+    pub keyword_window: usize,
     /// Rebuild a layer's index when tombstones exceed this fraction of its points (and 256).
     /// Default 0.2.
     pub rebuild_tombstone_ratio: f64,
@@ -197,6 +201,7 @@ impl std::fmt::Debug for Config {
             .field("checkpoint_interval", &self.checkpoint_interval)
             .field("snapshots_keep", &self.snapshots_keep)
             .field("exact_search_below", &self.exact_search_below)
+            .field("keyword_window", &self.keyword_window)
             .field("full_replay", &self.full_replay)
             .field("lifecycle", &self.lifecycle)
             .finish_non_exhaustive()
@@ -219,6 +224,7 @@ impl Default for Config {
             access_flush_interval: Duration::from_secs(1),
             access_flush_hits: 4096,
             exact_search_below: 2_000,
+            keyword_window: crate::projection::DEFAULT_KEYWORD_WINDOW,
             rebuild_tombstone_ratio: 0.2,
             index_batch: 256,
             full_replay: false,
@@ -287,6 +293,9 @@ impl Config {
         if let Some(v) = crate::util::env_parse("MEMORY_EXACT_BELOW")? {
             c.exact_search_below = v;
         }
+        if let Some(v) = crate::util::env_parse("MEMORY_KEYWORD_WINDOW")? {
+            c.keyword_window = v;
+        }
         let lc = &mut c.lifecycle;
         let hours = |var: &str, h: u64| -> Result<Option<Duration>> {
             match h {
@@ -328,6 +337,14 @@ impl Config {
     /// Checks every value; the error names the setting and the accepted range.
     pub fn validate(&self) -> Result<()> {
         let check = |ok: bool, msg: String| if ok { Ok(()) } else { Err(Error::Config(msg)) };
+        check(
+            self.keyword_window <= crate::keyword::MAX_WINDOW,
+            format!(
+                "keyword_window {} must be within 0..={} (MEMORY_KEYWORD_WINDOW)",
+                self.keyword_window,
+                crate::keyword::MAX_WINDOW
+            ),
+        )?;
         check(
             (1..=MAX_DIMENSION).contains(&self.dimension),
             format!(

@@ -60,6 +60,7 @@ mod engine;
 mod error;
 mod id;
 mod index;
+mod keyword;
 pub mod lifecycle;
 mod limits;
 mod projection;
@@ -79,5 +80,5 @@ pub use magray_wal::{Envelope, Event, RecoveryMode};
 pub use snapshot::SNAPSHOT_FORMAT_VERSION;
 pub use types::{
     parse_layer, AccessStats, Layer, LayerStats, NewRecord, OpenReport, Record, RecordId,
-    SearchHit, SearchOptions, DECAY_HALF_LIVES_US,
+    SearchHit, SearchMode, SearchOptions, DECAY_HALF_LIVES_US,
 };

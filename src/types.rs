@@ -178,7 +178,7 @@ pub struct SearchOptions {
     pub layers: Vec<Layer>,
     /// How many results (1..=100). Default 10.
     pub top_k: usize,
-    /// Drop results below this cosine similarity.
+    /// Drop results below this cosine similarity (the BM25 score in [`SearchMode::Keyword`]).
     pub score_threshold: Option<f32>,
     /// Every one of these tags must be on the record.
     pub tags: Vec<String>,
@@ -197,6 +197,49 @@ pub struct SearchOptions {
     /// promoter counts distinct sessions and projects that used a record). Not a filter.
     /// When unset, the `session` / `project` filters are recorded instead.
     pub caller: Option<(Option<String>, Option<String>)>,
+    /// By meaning, by words, or both (the default); see [`SearchMode`].
+    pub mode: SearchMode,
+}
+
+/// How a search finds records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum SearchMode {
+    /// By meaning: the cosine similarity of the query's embedding to each record's (HNSW,
+    /// plus an exact scan of what the graph lacks). `score` is the cosine.
+    Vector,
+    /// By words: BM25 over each record's words, its neighbours' in the same conversation and
+    /// its date's (see `docs/search.md`). `score` is the BM25 score. Needs the query's text,
+    /// not an embedder.
+    Keyword,
+    /// Both, fused: each list's scores divided by its best, averaged. `score` is the fused
+    /// score (at most 1); `vector_score` and `keyword_score` say where it came from.
+    #[default]
+    Hybrid,
+}
+
+impl SearchMode {
+    /// The mode's name, as [`SearchMode::from_str`](std::str::FromStr) reads it.
+    pub fn name(self) -> &'static str {
+        match self {
+            SearchMode::Vector => "vector",
+            SearchMode::Keyword => "keyword",
+            SearchMode::Hybrid => "hybrid",
+        }
+    }
+}
+
+impl std::str::FromStr for SearchMode {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self, Error> {
+        match s.to_ascii_lowercase().as_str() {
+            "vector" => Ok(SearchMode::Vector),
+            "keyword" => Ok(SearchMode::Keyword),
+            "hybrid" => Ok(SearchMode::Hybrid),
+            _ => Err(Error::InvalidInput(format!(
+                "unknown search mode {s:?}: expected vector, keyword or hybrid"
+            ))),
+        }
+    }
 }
 
 impl Default for SearchOptions {
@@ -212,6 +255,7 @@ impl Default for SearchOptions {
             record_access: true,
             ef_search: None,
             caller: None,
+            mode: SearchMode::default(),
         }
     }
 }
@@ -245,12 +289,17 @@ impl SearchOptions {
 pub struct SearchHit {
     /// Record id.
     pub id: RecordId,
-    /// Cosine similarity to the query.
+    /// How well it matches: the cosine similarity to the query in [`SearchMode::Vector`],
+    /// the BM25 score in [`SearchMode::Keyword`], the fused score in [`SearchMode::Hybrid`].
     pub score: f32,
     /// Layer it was found in.
     pub layer: Layer,
     /// The record.
     pub record: Record,
+    /// Its cosine similarity to the query, where the query had an embedding.
+    pub vector_score: Option<f32>,
+    /// Its BM25 score, where the query's words matched it.
+    pub keyword_score: Option<f32>,
 }
 
 /// Per-layer figures in [`Stats`].

@@ -249,5 +249,5 @@ pub(crate) fn differ(a: &Projections, b: &Projections) -> Option<String> {
             ));
         }
     }
-    None
+    a.keywords.differs(&b.keywords)
 }

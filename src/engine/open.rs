@@ -260,6 +260,7 @@ fn start_from(found: Option<Found>, config: &Config, log: &Log, report: &mut Ope
     let Some((seq, path, l, delta)) = found else {
         let mut proj = Projections::new(config.dimension);
         proj.ttl_us = config.lifecycle.ttl_us();
+        proj.keywords.set_window(config.keyword_window);
         return Start {
             proj,
             dumps: None,
@@ -300,6 +301,7 @@ fn start_from(found: Option<Found>, config: &Config, log: &Log, report: &mut Ope
         .collect();
     let mut proj = l.projections;
     proj.ttl_us = config.lifecycle.ttl_us();
+    proj.keywords.set_window(config.keyword_window);
     Start {
         proj,
         dumps: Some((path.clone(), l.manifest, dumps)),

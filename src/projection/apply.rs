@@ -292,6 +292,13 @@ impl Projections {
         for id in &ins.refs {
             *self.refs_delta.entry(*id).or_default() += 1;
         }
+        self.keywords.add(
+            slot,
+            &ins.text,
+            ins.project.as_deref(),
+            ins.session.as_deref(),
+            ins.ts_us,
+        );
         let l = &mut self.layers[ins.layer.index()];
         l.members.insert(slot);
         l.pending.push_back(slot);
@@ -309,6 +316,7 @@ impl Projections {
         };
         let key = content_key(r.content_hash, r.layer, r.body.project());
         self.content_remove(key, slot);
+        self.keywords.remove(slot);
         self.layers[r.layer.index()].forget(slot);
         for target in r.body.refs() {
             let n = self.refs_delta.entry(target).or_default();

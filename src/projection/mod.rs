@@ -15,7 +15,12 @@ use crate::util::{fnv64, Bits, FastMap, SlotSet};
 use magray_wal::Id;
 use std::collections::VecDeque;
 
+use crate::keyword::KeywordIndex;
 use std::sync::Arc;
+
+/// Records on each side of a record whose words count in its keyword context
+/// (`Config::keyword_window`).
+pub(crate) const DEFAULT_KEYWORD_WINDOW: usize = 2;
 
 mod apply;
 mod record;
@@ -133,6 +138,8 @@ pub(crate) struct Projections {
     /// Time to live per layer in µs (`u64::MAX` = forever). Not a projection: the engine
     /// sets it from the config, and search hides records past it before they expire.
     pub(crate) ttl_us: [u64; 3],
+    /// Every live record's words (BM25), kept in log order with the records.
+    pub(crate) keywords: KeywordIndex,
 }
 
 impl Projections {
@@ -154,6 +161,7 @@ impl Projections {
             promoted: [0; 2],
             expired: [0; 3],
             ttl_us: [u64::MAX; 3],
+            keywords: KeywordIndex::new(DEFAULT_KEYWORD_WINDOW),
         }
     }
 
@@ -167,6 +175,7 @@ impl Projections {
         table: Option<Arc<RecordTable>>,
         members: Option<[SlotSet; 3]>,
         keys: Option<KeyIndex>,
+        keywords: Option<KeywordIndex>,
         vectors: Vectors,
     ) -> Projections {
         let mut p = Projections::new(dim);
@@ -181,6 +190,21 @@ impl Projections {
                     .map(|(slot, r)| (slot, r.id, r.layer, r.content_hash, r.body)),
             )
         }));
+        p.keywords = keywords.unwrap_or_else(|| {
+            // A snapshot from before the keyword index (format 7 or older): built once from
+            // its records; the next checkpoint writes it.
+            let mut ix = KeywordIndex::new(DEFAULT_KEYWORD_WINDOW);
+            for (slot, r) in p.records() {
+                ix.add(
+                    slot,
+                    r.body.text(),
+                    r.body.project(),
+                    r.body.session(),
+                    r.ts_us,
+                );
+            }
+            ix
+        });
         let members = members.unwrap_or_else(|| {
             let mut members: [SlotSet; 3] = Default::default();
             for (slot, r) in p.records() {

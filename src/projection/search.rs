@@ -15,6 +15,15 @@ impl Projections {
             <= now_us
     }
 
+    /// The layer of the live record in `slot`.
+    pub(crate) fn layer_of(&self, slot: u32) -> Option<Layer> {
+        match self.slots.get(slot as usize) {
+            Some(Slot::Owned(r)) => Some(r.layer),
+            Some(Slot::Row(r)) => Some(r.layer),
+            _ => None,
+        }
+    }
+
     /// Whether the record in `slot` is live, in `layer`, passes the filters of `o` and is
     /// not past its TTL at `now_us`: what a search may return. Called for every point a
     /// search keeps, so a row is read field by field, and in full only for a filter.

@@ -135,7 +135,7 @@ fn key_lookups_after_a_snapshot_match_a_full_replay() {
             .map(|(s, r)| (s, r.id, r.layer, r.content_hash, r.body)),
     );
     let (_d0, table, slots) = table_of(&full);
-    let mut snap = Projections::from_parts(2, slots, Some(table), None, Some(keys), vectors);
+    let mut snap = Projections::from_parts(2, slots, Some(table), None, Some(keys), None, vectors);
     (snap.applied_seq, snap.last_ts_us) = (seq, full.last_ts_us);
     assert_eq!(crate::verify::differ(&snap, &full), None, "as loaded");
     assert_eq!(rows_in(&snap, 0), 5);

@@ -61,6 +61,8 @@ pub(crate) struct Capture {
     pub(crate) layers: Vec<(Layer, Option<Arc<Graph>>)>,
     pub(super) new_chunk: Option<(u32, Vec<u8>)>,
     pub(super) old_chunks: Vec<String>,
+    /// `keywords.bin`, encoded under the state lock.
+    pub(super) keywords: Vec<u8>,
 }
 
 impl Capture {
@@ -110,6 +112,7 @@ impl Capture {
             layers,
             new_chunk,
             old_chunks: p.vectors.chunk_names(),
+            keywords: keyword::encode(&p.keywords),
         }
     }
 }

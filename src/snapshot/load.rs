@@ -129,6 +129,7 @@ pub(crate) fn load(dir: &Path, dim: usize, check: Check) -> Result<Loaded> {
                 && f.name != KEYS_FILE
                 && f.name != sums::sums_name(KEYS_FILE)
                 && f.name != SLOTS_FILE
+                && f.name != KEYWORDS_FILE
                 && f.name != sums::sums_name(RECORDS_FILE)
                 && !m.is_vector_file(&f.name)
         })
@@ -171,7 +172,11 @@ pub(crate) fn load(dir: &Path, dim: usize, check: Check) -> Result<Loaded> {
         let rest = other_files
             .iter()
             .try_for_each(|f| check_file(dir, f))
-            .and_then(|_| decode_tables(dir, &m, check));
+            .and_then(|_| decode_tables(dir, &m, check))
+            .and_then(|mut t| {
+                t.keywords = load_keywords(dir, &m)?;
+                Ok(t)
+            });
         let mine = chunks_in_full.then(kg).transpose();
         let second = second
             .join()
@@ -185,6 +190,23 @@ pub(crate) fn load(dir: &Path, dim: usize, check: Check) -> Result<Loaded> {
         Ok((tables, vectors, graphs))
     })
     .and_then(|(tables, vectors, graphs)| finish_load(dim, m, tables, vectors, graphs))
+}
+
+/// A snapshot's keyword index (format 8 on), mapped, its crc32 checked through the map, and
+/// decoded; `None` before format 8 (it is then built from the records).
+fn load_keywords(dir: &Path, m: &ManifestBody) -> Result<Option<KeywordIndex>> {
+    match m.files.iter().find(|f| f.name == KEYWORDS_FILE) {
+        Some(entry) => {
+            let map = map_checked(dir, entry)?;
+            Ok(Some(keyword::decode(&dir.join(KEYWORDS_FILE), &map)?))
+        }
+        None if m.format >= 8 => Err(Error::corrupted(
+            dir.join("MANIFEST"),
+            0,
+            format!("{KEYWORDS_FILE} not listed"),
+        )),
+        None => Ok(None),
+    }
 }
 
 /// A snapshot's key index (format 4 on) and the graph dumps open could map to search in place.
@@ -246,6 +268,8 @@ pub(super) struct Tables {
     pub(super) live: usize,
     /// The key index (format 4 on; read beside the tables, see [`load`]).
     pub(super) keys: Option<KeyIndex>,
+    /// The keyword index (format 8 on).
+    pub(super) keywords: Option<KeywordIndex>,
     /// Lifecycle counters: promotions, expiries.
     pub(super) promoted: [u64; 2],
     pub(super) expired: [u64; 3],
@@ -293,6 +317,7 @@ pub(super) fn decode_tables(dir: &Path, m: &ManifestBody, check: Check) -> Resul
         access,
         live,
         keys: None,
+        keywords: None,
         promoted: stats.promoted,
         expired: stats.expired,
         model: load_model(dir, m)?,
@@ -578,12 +603,13 @@ pub(super) fn finish_load(
         members,
         access,
         keys,
+        keywords,
         promoted,
         expired,
         model,
         ..
     } = tables;
-    let mut p = Projections::from_parts(dim, slots, table, members, keys, vectors);
+    let mut p = Projections::from_parts(dim, slots, table, members, keys, keywords, vectors);
     (p.applied_seq, p.last_ts_us) = (m.seq, m.ts_us);
     for (slot, a) in access {
         p.set_access(slot, a);

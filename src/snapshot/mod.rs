@@ -28,6 +28,7 @@ use crate::disk::vectors::{self, Vectors};
 use crate::error::{Error, Result};
 use crate::index::dump_graph::MappedGraph;
 use crate::index::hnsw::HnswBuilder;
+use crate::keyword::{self, KeywordIndex};
 use crate::lifecycle::PromoterModel;
 use crate::projection::{
     index_keys, Access, Graph, LayerState, Projections, RecordData, RowRef, Slot,
@@ -59,13 +60,16 @@ pub(crate) use manifest::{
 pub(crate) use write::Writer;
 
 /// Snapshot format version (MANIFEST, records, stats). Changelog in docs/format.md.
-pub const SNAPSHOT_FORMAT_VERSION: u32 = 7;
+pub const SNAPSHOT_FORMAT_VERSION: u32 = 8;
 /// The oldest snapshot format this build still reads (format 2 kept its records in
 /// `records.zst`; they are decoded as they were; formats 2 and 3 have no `keys.bin`, it is
 /// built from the records at open).
 const OLDEST_READ_FORMAT: u32 = 2;
 /// File name of the record table (snapshot format 3; format 2 had `records.zst`).
 const RECORDS_FILE: &str = "records.bin";
+
+/// File name of the keyword index (snapshot format 8 on).
+const KEYWORDS_FILE: &str = "keywords.bin";
 
 /// File name of the key index (snapshot format 4 on).
 const KEYS_FILE: &str = "keys.bin";

@@ -97,6 +97,8 @@ impl Writer {
         )
         .map_err(|e| Error::io(tmp.join("stats.zst"), e))?;
         files.push(write_file(&tmp.join("stats.zst"), &st)?);
+        files.push(write_file(&tmp.join(KEYWORDS_FILE), &cap.keywords)?);
+        cap.keywords = Vec::new();
         if let Some(model) = &cap.model {
             files.push(write_file(&tmp.join(PROMOTER_FILE), &encode(model)?)?);
         }

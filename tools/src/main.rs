@@ -154,9 +154,16 @@ struct SearchArgs {
     /// Results
     #[arg(long, short = 'k', default_value_t = 10)]
     top_k: usize,
-    /// Minimum cosine similarity
+    /// Minimum cosine similarity (the BM25 score with --mode keyword)
     #[arg(long)]
     threshold: Option<f32>,
+    /// vector (by meaning), keyword (by words, BM25; needs no embedder) or hybrid (both,
+    /// fused). With QUERY and --vector, the vector is the query's embedding.
+    #[arg(long, default_value = "hybrid")]
+    mode: String,
+    /// Show each hit's vector score, keyword score and fused rank
+    #[arg(long)]
+    explain: bool,
 }
 
 #[derive(Args, Debug)]

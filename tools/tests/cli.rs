@@ -168,13 +168,30 @@ fn store_search_status_log_and_lifecycle_commands_on_a_vector_store() {
     assert_eq!(r["results"][0]["text"], "deploy on friday");
     fails(&s, &["search", "--vector", "1,0"], 1, "dimension");
 
+    // Words alone need no embedder: keyword mode on a store of given vectors.
+    let r = json(&ok(&s, &["--json", "search", "gcc", "--mode", "keyword"]));
+    assert_eq!(r["results"][0]["id"], a.as_str());
+    assert!(r["results"][0]["keyword_score"].as_f64().unwrap() > 0.0);
+    assert!(r["results"][0]["vector_score"].is_null());
+    // A query's text and vector together: hybrid, and --explain shows where scores came from.
+    let t = ok(&s, &["search", "gcc", "--vector", "0,0,1,0", "--explain"]);
+    assert!(t.contains("keyword") && t.contains(&a), "{t}");
+    fails(
+        &s,
+        &["search", "gcc", "--mode", "fuzzy"],
+        1,
+        "vector, keyword or hybrid",
+    );
+
     // search --batch: one result line per query, with latency.
     let q = dir.path().join("q.jsonl");
     std::fs::write(&q, "{\"embedding\": [1,0,0,0], \"top_k\": 1}\n\n{\"embedding\": [0,1,0,0], \"layers\": [\"interact\"]}\n").unwrap();
     let out = lines(&ok(&s, &["search", "--batch", q.to_str().unwrap()]));
     assert_eq!(out.len(), 2);
     assert_eq!(out[0]["line"], 1);
-    assert_eq!(out[0]["ids"][0], a.as_str());
+    // The same hit objects as `search --json`.
+    assert_eq!(out[0]["results"][0]["id"], a.as_str());
+    assert_eq!(out[0]["results"][0]["rank"], 1);
     assert_eq!(out[1]["line"], 3);
     assert!(out[1]["latency_ms"].as_f64().unwrap() >= 0.0);
     std::fs::write(&q, "{\"embedding\": [1,0,0,0]}\n{\"text\": 5}\n").unwrap();

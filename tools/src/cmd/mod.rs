@@ -8,8 +8,8 @@ use magray_memory::backup::{self, Target};
 use magray_memory::lifecycle::LifecycleReport;
 use magray_memory::wal::{Event, History};
 use magray_memory::{
-    parse_layer, verify, Layer, Memory, NewRecord, Record, RecordId, SearchHit, SearchOptions,
-    Stats, StoreManifest,
+    parse_layer, verify, Layer, Memory, NewRecord, Record, RecordId, SearchHit, SearchMode,
+    SearchOptions, Stats, StoreManifest,
 };
 use serde_json::{json, Value};
 use std::collections::HashSet;

@@ -45,6 +45,7 @@ pub(super) struct Filters {
     pub(super) until: Option<String>,
     pub(super) top_k: usize,
     pub(super) threshold: Option<f32>,
+    pub(super) mode: String,
 }
 
 pub(super) fn options(f: Filters) -> Result<SearchOptions> {
@@ -57,6 +58,7 @@ pub(super) fn options(f: Filters) -> Result<SearchOptions> {
         until,
         top_k,
         threshold,
+        mode,
     } = f;
     let time_range = match (&since, &until) {
         (None, None) => None,
@@ -78,6 +80,7 @@ pub(super) fn options(f: Filters) -> Result<SearchOptions> {
             .collect::<Result<_, _>>()?,
         top_k,
         score_threshold: threshold,
+        mode: mode.parse()?,
         tags,
         project,
         session,
@@ -86,25 +89,48 @@ pub(super) fn options(f: Filters) -> Result<SearchOptions> {
     })
 }
 
-pub(super) fn hit_json(h: &SearchHit) -> Value {
+/// One hit, as `search --json` and `search --batch` print it: `rank` from 1, `score` (fused
+/// in hybrid mode), and the `vector_score` (cosine) and `keyword_score` (BM25) it came from.
+pub(super) fn hit_json(rank: usize, h: &SearchHit) -> Value {
     json!({
-        "id": h.id.to_string(), "score": h.score, "layer": h.layer.name(),
+        "rank": rank + 1, "id": h.id.to_string(), "score": h.score,
+        "vector_score": h.vector_score, "keyword_score": h.keyword_score,
+        "layer": h.layer.name(),
         "kind": h.record.kind, "text": h.record.text, "tags": h.record.tags,
         "project": h.record.project, "session": h.record.session,
         "ts": rfc3339(h.record.ts_us),
     })
 }
 
-pub(super) fn print_hits(hits: &[SearchHit]) {
+pub(super) fn hits_json(hits: &[SearchHit]) -> Vec<Value> {
+    hits.iter()
+        .enumerate()
+        .map(|(i, h)| hit_json(i, h))
+        .collect()
+}
+
+pub(super) fn print_hits(hits: &[SearchHit], explain: bool) {
     if hits.is_empty() {
         println!("no results");
         return;
     }
-    println!("rank  score  layer      id                                    text");
+    let opt = |x: Option<f32>| x.map_or("    -".to_string(), |x| format!("{x:>5.2}"));
+    if explain {
+        println!(
+            "rank  score  vector  keyword  layer      id                                    text"
+        );
+    } else {
+        println!("rank  score  layer      id                                    text");
+    }
     for (i, h) in hits.iter().enumerate() {
         let text: String = h.record.text.replace('\n', " ").chars().take(90).collect();
+        let why = if explain {
+            format!("  {}    {}", opt(h.vector_score), opt(h.keyword_score))
+        } else {
+            String::new()
+        };
         println!(
-            "{:>4}  {:.3}  {:<9}  {}  {}",
+            "{:>4}  {:.3}{why}  {:<9}  {}  {}",
             i + 1,
             h.score,
             h.layer.name(),
@@ -127,10 +153,13 @@ pub(super) async fn search(dir: &Path, a: SearchArgs, json: bool) -> Result<()> 
         until: a.until.clone(),
         top_k: a.top_k,
         threshold: a.threshold,
+        mode: a.mode.clone(),
     })?;
     let vector = a.vector.as_deref().map(store::parse_vector).transpose()?;
     let need = match &vector {
         Some(v) => Need::Vectors(v.len()),
+        // Words alone need no embedder.
+        None if o.mode == SearchMode::Keyword => Need::Existing,
         None => Need::Text,
     };
     let Some(query) = a.query.clone().or(vector.as_ref().map(|_| String::new())) else {
@@ -143,19 +172,17 @@ pub(super) async fn search(dir: &Path, a: SearchArgs, json: bool) -> Result<()> 
         );
     }
     let m = store::open(dir, need).await?;
-    let hits = match &vector {
-        Some(v) => m.search(v, &o).await,
-        None => m.search_text(&query, &o).await,
+    let hits = match (&vector, a.query.as_deref()) {
+        (Some(v), Some(text)) => m.search_hybrid(text, v, &o).await,
+        (Some(v), None) => m.search(v, &o).await,
+        (None, _) => m.search_text(&query, &o).await,
     };
     m.close().await?;
     let hits = hits?;
     if json {
-        println!(
-            "{}",
-            json!({ "results": hits.iter().map(hit_json).collect::<Vec<_>>() })
-        );
+        println!("{}", json!({ "results": hits_json(&hits) }));
     } else {
-        print_hits(&hits);
+        print_hits(&hits, a.explain);
     }
     Ok(())
 }
@@ -234,6 +261,7 @@ pub(super) fn parse_batch_line(line: &str, defaults: &SearchArgs) -> Result<Batc
         until: str_opt("until").or(defaults.until.clone()),
         top_k,
         threshold,
+        mode: str_opt("mode").unwrap_or(defaults.mode.clone()),
     })?;
     Ok(BatchQuery {
         text,
@@ -282,8 +310,7 @@ pub(super) async fn search_batch(dir: &Path, file: &Path, a: &SearchArgs) -> Res
             Ok(hits) => {
                 let v = json!({
                     "line": line,
-                    "ids": hits.iter().map(|h| h.id.to_string()).collect::<Vec<_>>(),
-                    "scores": hits.iter().map(|h| h.score).collect::<Vec<_>>(),
+                    "results": hits_json(&hits),
                     "latency_ms": latency_ms,
                 });
                 writeln!(w, "{v}")?;
