@@ -17,13 +17,21 @@
 //! while the HNSW dump reloads). Queries are stored vectors plus noise (cosine ≈ 0.96 to
 //! their source), searched with `record_access: false`. `BENCH_SHOW_MISSES=1` prints each
 //! query that finds fewer than half of its true top 10, with the true and returned scores.
+//!
+//! Hybrid case (after the sweep, at the first ef): each record's text is 20 words drawn from
+//! a Zipf(1.1) vocabulary of 50,000 (word frequencies like prose: a few words in most
+//! records, most words in few); each query is 4 words of its source record plus its vector,
+//! searched with `search_hybrid` (BM25 fused with the vector list). With the model files of
+//! `tools/setup.sh` present, every query's text is also embedded by the real model inside
+//! the timed span, so the latency is what `search_text` costs; `BENCH_HYBRID=0` skips it.
 
 mod common;
 
 use common::*;
 use criterion::Throughput;
-use magray_memory::{Layer, Memory, RecordId, SearchOptions};
-use rand::Rng;
+use magray_memory::{Layer, Memory, NewRecord, RecordId, SearchMode, SearchOptions};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
@@ -118,11 +126,10 @@ fn main() {
     let t = Instant::now();
     let mut emb = Embedder::new(SEED);
     let data = emb.flat(n);
-    let queries: Vec<Vec<f32>> = (0..nq)
-        .map(|_| {
-            let i = emb.rng.random_range(0..n);
-            emb.perturb(&data[i * DIM..(i + 1) * DIM], QUERY_NOISE)
-        })
+    let sources: Vec<usize> = (0..nq).map(|_| emb.rng.random_range(0..n)).collect();
+    let queries: Vec<Vec<f32>> = sources
+        .iter()
+        .map(|&i| emb.perturb(&data[i * DIM..(i + 1) * DIM], QUERY_NOISE))
         .collect();
     let gen_time = t.elapsed();
     let t = Instant::now();
@@ -170,7 +177,11 @@ fn main() {
             let recs = chunk
                 .chunks_exact(DIM)
                 .enumerate()
-                .map(|(j, v)| record("search", b * BATCH + j, v.to_vec()))
+                .map(|(j, v)| {
+                    NewRecord::new(zipf_text(b * BATCH + j), v.to_vec())
+                        .layer(Layer::Assets)
+                        .kind("doc")
+                })
                 .collect();
             let ids = m.insert_batch(recs).await.unwrap();
             for (j, id) in ids.into_iter().enumerate() {
@@ -248,6 +259,8 @@ fn main() {
     if !report_only() {
         c.final_summary();
     }
+    let hybrid = (std::env::var("BENCH_HYBRID").as_deref() != Ok("0"))
+        .then(|| hybrid_case(&rt, m.as_ref().unwrap(), &queries, &sources, &index_of));
     rt.block_on(m.take().unwrap().close()).unwrap();
 
     println!("\nengine_search report: N = {n} x {DIM}-d in one layer (Assets), {CLUSTERS} clusters, top-{K}, 1 thread, record_access off");
@@ -331,4 +344,101 @@ fn main() {
         None => println!("no ef in the sweep reaches recall@10 >= 0.95"),
     }
     println!("reopen/ready: Memory::open returned / wait_indexed returned (HNSW dump reloaded), after close()");
+    if let Some(h) = hybrid {
+        println!(
+            "hybrid (default ef {}): search_hybrid of 4 words + the vector, top-{K}{}: p50 {:.3} ms, p99 {:.3} ms, {:.0} QPS; source record in the top {K}: {:.1} %",
+            magray_memory::Config::default().hnsw.ef_search,
+            if h.embedded { ", the text embedded by the model in the timed span" } else { " (no model files: embedding not timed)" },
+            ms(h.p50),
+            ms(h.p99),
+            h.qps,
+            h.found * 100.0
+        );
+    }
+}
+
+/// `i`'s text: 20 words of a Zipf(1.1) vocabulary of 50,000, the same in every run.
+fn zipf_text(i: usize) -> String {
+    const VOCAB: usize = 50_000;
+    static CDF: std::sync::OnceLock<Vec<f64>> = std::sync::OnceLock::new();
+    let cdf = CDF.get_or_init(|| {
+        let mut acc = 0.0;
+        let mut v: Vec<f64> = (1..=VOCAB)
+            .map(|r| {
+                acc += 1.0 / (r as f64).powf(1.1);
+                acc
+            })
+            .collect();
+        let total = acc;
+        v.iter_mut().for_each(|x| *x /= total);
+        v
+    });
+    let mut rng = StdRng::seed_from_u64(SEED ^ (i as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15));
+    (0..20)
+        .map(|_| {
+            let u: f64 = rng.random();
+            format!("w{}", cdf.partition_point(|c| *c < u))
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+struct Hybrid {
+    p50: Duration,
+    p99: Duration,
+    qps: f64,
+    found: f64,
+    embedded: bool,
+}
+
+/// Hybrid search of each query's 4 words (the 2nd, 5th, 9th and 14th of its source's text)
+/// plus its vector; the model, when present, embeds the words inside the timed span.
+fn hybrid_case(
+    rt: &tokio::runtime::Runtime,
+    m: &Memory,
+    queries: &[Vec<f32>],
+    sources: &[usize],
+    index_of: &HashMap<RecordId, u32>,
+) -> Hybrid {
+    let model = magray_memory::EmbedderConfig::from_env()
+        .ok()
+        .and_then(|c| magray_memory::Embedder::open(&c).ok());
+    // The default beam (scaling is 1 up to 100k points), whatever ef the sweep ended on.
+    let o = SearchOptions {
+        mode: SearchMode::Hybrid,
+        ef_search: Some(magray_memory::Config::default().hnsw.ef_search),
+        ..options()
+    };
+    let words: Vec<String> = sources
+        .iter()
+        .map(|&i| {
+            let all: Vec<String> = zipf_text(i).split(' ').map(String::from).collect();
+            [1, 4, 8, 13].map(|k| all[k].clone()).join(" ")
+        })
+        .collect();
+    rt.block_on(async {
+        for (t, q) in words.iter().zip(queries).take(WARMUP_QUERIES) {
+            m.search_hybrid(t, q, &o).await.unwrap();
+        }
+        let mut lat = Vec::with_capacity(queries.len());
+        let mut found = 0usize;
+        let start = Instant::now();
+        for ((t, q), &src) in words.iter().zip(queries).zip(sources) {
+            let began = Instant::now();
+            if let Some(e) = &model {
+                std::hint::black_box(e.embed(&[t.as_str()]).unwrap());
+            }
+            let hits = m.search_hybrid(t, q, &o).await.unwrap();
+            lat.push(began.elapsed());
+            found += hits.iter().any(|h| index_of[&h.id] as usize == src) as usize;
+        }
+        let qps = queries.len() as f64 / start.elapsed().as_secs_f64();
+        Hybrid {
+            p50: pct(&mut lat, 0.5),
+            p99: pct(&mut lat, 0.99),
+            qps,
+            found: found as f64 / queries.len() as f64,
+            embedded: model.is_some(),
+        }
+    })
 }

@@ -13,7 +13,9 @@
 //! can check "own top-1" without the worker.
 
 use magray_memory::wal::{Event, History};
-use magray_memory::{Config, LifecycleConfig, Memory, Promoter, Record, RecordId, SearchOptions};
+use magray_memory::{
+    Config, LifecycleConfig, Memory, Promoter, Record, RecordId, SearchMode, SearchOptions,
+};
 use std::collections::{HashMap, HashSet};
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -472,16 +474,34 @@ pub async fn verify(dir: &Path, oracle: &mut Oracle, cycle: u64) -> Result<Cycle
     // Records removed by the log stay removed from the oracle's view.
     oracle.acked.retain(|id, _| !removed.contains(id));
     for r in records.iter().step_by(11) {
-        let o = SearchOptions {
+        let o = |mode, k| SearchOptions {
             record_access: false,
-            ..SearchOptions::top_k(1)
+            mode,
+            ..SearchOptions::top_k(k)
         };
+        let v = vector_for(&r.text);
         let hits = m
-            .search(&vector_for(&r.text), &o)
+            .search(&v, &o(SearchMode::Vector, 1))
             .await
             .map_err(|e| fail(format!("search: {e}")))?;
         if hits.first().map(|h| h.id) != Some(r.id) {
             return Err(fail(format!("{} is not its own top-1", r.text)));
+        }
+        // The keyword index came back with the records: its exact words find it, and hybrid
+        // search ranks it first.
+        let words = m
+            .search_hybrid(&r.text, &v, &o(SearchMode::Keyword, 5))
+            .await
+            .map_err(|e| fail(format!("keyword search: {e}")))?;
+        if !words.iter().any(|h| h.id == r.id) {
+            return Err(fail(format!("{} is not found by its words", r.text)));
+        }
+        let hybrid = m
+            .search_hybrid(&r.text, &v, &o(SearchMode::Hybrid, 1))
+            .await
+            .map_err(|e| fail(format!("hybrid search: {e}")))?;
+        if hybrid.first().map(|h| h.id) != Some(r.id) {
+            return Err(fail(format!("{} is not its own hybrid top-1", r.text)));
         }
     }
     let s = m.stats();

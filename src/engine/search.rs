@@ -312,12 +312,11 @@ fn fuse(
     words: Option<crate::keyword::Scores>,
     k: usize,
 ) -> Vec<Ranked> {
-    let mut by_words: Vec<(u32, f32)> = words.map(|w| w.into_iter().collect()).unwrap_or_default();
-    by_words.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    let words = words.unwrap_or_default();
     let Some(near) = near else {
-        return by_words
+        return words
+            .best(k)
             .into_iter()
-            .take(k)
             .map(|(slot, s)| Ranked {
                 slot,
                 score: s,
@@ -326,18 +325,18 @@ fn fuse(
             })
             .collect();
     };
-    let keyword_of: crate::util::FastMap<u32, f32> = by_words.iter().copied().collect();
     let mut cands: Vec<Ranked> = near
         .iter()
         .map(|&(cos, slot)| Ranked {
             slot,
             score: 0.0,
             vector: Some(cos),
-            keyword: keyword_of.get(&slot).copied(),
+            keyword: words.get(slot),
         })
         .collect();
     let pool = near.len().max(FUSION_POOL).max(k);
-    for &(slot, s) in by_words.iter().take(pool) {
+    let by_words = words.best(pool);
+    for &(slot, s) in &by_words {
         if !cands.iter().any(|c| c.slot == slot) {
             let cos = q.map(|q| crate::index::distance::dot(q, st.vectors.get(slot)));
             cands.push(Ranked {

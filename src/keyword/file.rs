@@ -217,14 +217,7 @@ mod tests {
         let b = encode(&ix);
         let back = decode(Path::new("keywords.bin"), &b).unwrap();
         assert_eq!(back.differs(&ix), None);
-        let q = |ix: &KeywordIndex| {
-            let mut v: Vec<(u32, f32)> = ix
-                .search("charity race", None, |_| true)
-                .into_iter()
-                .collect();
-            v.sort_by_key(|a| a.0);
-            v
-        };
+        let q = |ix: &KeywordIndex| ix.search("charity race", None, |_| true).best(100);
         assert_eq!(q(&back), q(&ix));
     }
 

@@ -91,7 +91,36 @@ pub(crate) type LiveTerms<'a> = Vec<(&'a str, Vec<Posting>)>;
 
 /// What one search scored: every visible record that shares a word with the query (through
 /// its context), and its BM25 score.
-pub(crate) type Scores = FastMap<u32, f32>;
+#[derive(Debug, Clone, Default)]
+pub(crate) struct Scores {
+    /// By slot (0: no match).
+    score: Vec<f32>,
+    /// The slots that scored, in no order.
+    hits: Vec<u32>,
+}
+
+impl Scores {
+    /// The score of the record in `slot`, if it matched.
+    pub(crate) fn get(&self, slot: u32) -> Option<f32> {
+        self.score.get(slot as usize).copied().filter(|s| *s > 0.0)
+    }
+
+    /// The best `n`, best first (ties: the older record first).
+    pub(crate) fn best(&self, n: usize) -> Vec<(u32, f32)> {
+        let mut v: Vec<(u32, f32)> = self
+            .hits
+            .iter()
+            .map(|s| (*s, self.score[*s as usize]))
+            .collect();
+        let order = |a: &(u32, f32), b: &(u32, f32)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+        if v.len() > n && n > 0 {
+            v.select_nth_unstable_by(n - 1, order);
+            v.truncate(n);
+        }
+        v.sort_by(order);
+        v
+    }
+}
 
 impl KeywordIndex {
     /// An empty index whose context documents take `window` records on each side.
@@ -257,14 +286,15 @@ impl KeywordIndex {
     /// BM25 of the query's words against the context document of every record that passes
     /// `visible`, with the document count, frequencies and average length of `project`'s
     /// records (of the whole store when `None`). Records sharing no word score nothing and
-    /// are not in the result. A query of stop words alone scores nothing.
+    /// are not in the result. A query of stop words alone scores nothing, and so does a word
+    /// in nine records of ten or more (its idf is near 0; skipping it saves a pass over
+    /// nearly every record).
     pub(crate) fn search(
         &self,
         query: &str,
         project: Option<&str>,
         mut visible: impl FnMut(u32) -> bool,
     ) -> Scores {
-        let mut scores = Scores::default();
         let mut qterms: Vec<(u32, u32)> = Vec::new();
         words(query, |w| {
             if let Some(t) = self.term_ids.get(w) {
@@ -281,46 +311,73 @@ impl KeywordIndex {
             }
             None => (None, self.all),
         };
+        let nd = self.docs.len();
+        let mut out = Scores {
+            score: Vec::new(),
+            hits: Vec::new(),
+        };
+        qterms.retain(|(t, _)| {
+            let df = self.postings[*t as usize].len() as u64;
+            self.all.docs < 64 || df * 10 < self.all.docs * 9
+        });
         if qterms.is_empty() || corpus.docs == 0 {
-            return scores;
+            return out;
         }
+        out.score = vec![0.0; nd];
         let n = corpus.docs as f32;
         let avg_len = (corpus.len_sum as f32 / n).max(1.0);
-        let mut seen: FastMap<u32, bool> = FastMap::default();
-        let mut context_lens: FastMap<u32, f32> = FastMap::default();
-        let mut tf: FastMap<u32, u32> = FastMap::default();
+        // Scratch by slot: term frequency in the context document, visibility (0 unknown,
+        // 1 visible, 2 not), context length (negative: not yet computed).
+        let mut tf = vec![0u32; nd];
+        let mut seen = vec![0u8; nd];
+        let mut lens = vec![-1.0f32; nd];
+        let mut touched: Vec<u32> = Vec::new();
         for (t, times) in qterms {
-            tf.clear();
+            let mut add = |s: u32, x: u32| {
+                let f = &mut tf[s as usize];
+                if *f == 0 {
+                    touched.push(s);
+                }
+                *f += x;
+            };
             for p in &self.postings[t as usize] {
                 if !self.docs[p.slot as usize].live {
                     continue;
                 }
-                *tf.entry(p.slot).or_default() +=
-                    u32::from(p.tf) * OWN_WEIGHT + u32::from(p.date_tf);
+                add(p.slot, u32::from(p.tf) * OWN_WEIGHT + u32::from(p.date_tf));
                 if p.tf > 0 {
                     for s in self.neighbours(p.slot) {
-                        *tf.entry(s).or_default() += u32::from(p.tf);
+                        add(s, u32::from(p.tf));
                     }
                 }
             }
             let in_corpus = |s: u32| {
                 key.is_none_or(|k| self.groups[self.docs[s as usize].group as usize].project == k)
             };
-            let df = tf.keys().filter(|s| in_corpus(**s)).count() as f32;
+            let df = touched.iter().filter(|s| in_corpus(**s)).count() as f32;
             let idf = (1.0 + (n - df + 0.5) / (df + 0.5)).ln().max(0.0);
-            for (&s, &f) in &tf {
-                if !*seen.entry(s).or_insert_with(|| visible(s)) {
+            for s in touched.drain(..) {
+                let i = s as usize;
+                let f = std::mem::take(&mut tf[i]) as f32;
+                if seen[i] == 0 {
+                    seen[i] = if visible(s) { 1 } else { 2 };
+                }
+                if seen[i] != 1 {
                     continue;
                 }
-                let dl = *context_lens
-                    .entry(s)
-                    .or_insert_with(|| self.context_len(s) as f32);
-                let f = f as f32;
-                let part = idf * f * (K1 + 1.0) / (f + K1 * (1.0 - B + B * dl / avg_len));
-                *scores.entry(s).or_default() += times as f32 * part;
+                if lens[i] < 0.0 {
+                    lens[i] = self.context_len(s) as f32;
+                }
+                let part = idf * f * (K1 + 1.0) / (f + K1 * (1.0 - B + B * lens[i] / avg_len));
+                if part > 0.0 {
+                    if out.score[i] == 0.0 {
+                        out.hits.push(s);
+                    }
+                    out.score[i] += times as f32 * part;
+                }
             }
         }
-        scores
+        out
     }
 
     /// The live records' entries, for a snapshot: every term with its live postings (terms
@@ -452,9 +509,8 @@ mod tests {
     }
 
     fn ranked(ix: &KeywordIndex, q: &str) -> Vec<u32> {
-        let mut v: Vec<(u32, f32)> = ix.search(q, Some("c1"), |_| true).into_iter().collect();
-        v.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
-        v.into_iter().map(|(s, _)| s).collect()
+        let best = ix.search(q, Some("c1"), |_| true).best(100);
+        best.into_iter().map(|(s, _)| s).collect()
     }
 
     #[test]
@@ -522,8 +578,8 @@ mod tests {
             MAY_2023,
         );
         let other = ix.search("ran", Some("c2"), |s| s == 5);
-        assert_eq!(other.keys().copied().collect::<Vec<_>>(), [5]);
+        assert_eq!(other.best(10).iter().map(|x| x.0).collect::<Vec<_>>(), [5]);
         let hidden = ix.search("ran", Some("c1"), |s| s != 0);
-        assert!(!hidden.contains_key(&0) && hidden.contains_key(&1));
+        assert!(hidden.get(0).is_none() && hidden.get(1).is_some());
     }
 }

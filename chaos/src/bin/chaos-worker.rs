@@ -4,7 +4,7 @@
 
 use anyhow::{anyhow, Context, Result};
 use magray_chaos::{config, vector_for, Rng};
-use magray_memory::{Memory, NewRecord, RecordId, SearchOptions};
+use magray_memory::{Memory, NewRecord, RecordId, SearchMode, SearchOptions};
 use std::io::Write;
 
 fn say(line: String) -> Result<()> {
@@ -45,13 +45,14 @@ async fn main() -> Result<()> {
                 // checkpoints it and the archive is written right after (the Archive window).
                 let pad = "a".repeat(2_000);
                 let texts: Vec<String> = (0..100)
-                    .map(|j| format!("w{seed}.{op}.{j}.{pad}"))
+                    .map(|j| format!("w{seed}x{op}x{j}.{pad}"))
                     .collect();
                 insert_texts(&m, op, "archive", &texts, &mut mine).await?;
             }
             0..=43 => {
                 let n = rng.range(1, 8);
-                let texts: Vec<String> = (0..n).map(|j| format!("w{seed}.{op}.{j}")).collect();
+                // One word per record (`w7x12x3`): an exact keyword query names it alone.
+                let texts: Vec<String> = (0..n).map(|j| format!("w{seed}x{op}x{j}")).collect();
                 insert_texts(&m, op, "insert", &texts, &mut mine).await?;
             }
             45..=52 => {
@@ -68,7 +69,7 @@ async fn main() -> Result<()> {
             }
             53..=57 => {
                 if let Some(id) = pick(&mut rng, &mine) {
-                    let text = format!("w{seed}.{op}.0");
+                    let text = format!("w{seed}x{op}x0");
                     say(format!("P {op} supersede {id} {text}"))?;
                     match m
                         .supersede(id, NewRecord::new(text.clone(), vector_for(&text)))
@@ -96,8 +97,16 @@ async fn main() -> Result<()> {
             }
             66..=84 => {
                 say(format!("P {op} search"))?;
-                let q = vector_for(&format!("w{seed}.{}.0", rng.range(0, op)));
-                m.search(&q, &SearchOptions::top_k(5)).await?;
+                let text = format!("w{seed}x{}x0", rng.range(0, op));
+                let q = vector_for(&text);
+                // Every mode, so that kills land inside each (accesses are recorded).
+                let mode = [SearchMode::Vector, SearchMode::Keyword, SearchMode::Hybrid]
+                    [rng.range(0, 2) as usize];
+                let o = SearchOptions {
+                    mode,
+                    ..SearchOptions::top_k(5)
+                };
+                m.search_hybrid(&text, &q, &o).await?;
                 if let Some(id) = pick(&mut rng, &mine) {
                     let _ = m.get(id).await;
                 }
