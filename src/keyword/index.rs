@@ -9,7 +9,7 @@
 //! from 58 % to 70 % (see docs/benchmarks.md). The context is combined at query time from
 //! each record's own postings, so an insert never rewrites its neighbours' entries.
 
-use super::tokenize::{date_words, words};
+use super::tokenize::{date_words, is_stop_word, stem, surface_words};
 use crate::util::{fnv64, FastMap};
 
 /// BM25 term-frequency saturation.
@@ -18,6 +18,8 @@ const K1: f32 = 1.2;
 const B: f32 = 0.75;
 /// Weight of a record's own words against its neighbours'.
 const OWN_WEIGHT: u32 = 2;
+/// The surface cache's mark of a stop word.
+const STOP: u32 = u32::MAX;
 /// Widest context window a store may ask for.
 pub(crate) const MAX_WINDOW: usize = 8;
 
@@ -84,6 +86,11 @@ pub(crate) struct KeywordIndex {
     group_ids: FastMap<u64, u32>,
     corpora: FastMap<u64, Corpus>,
     all: Corpus,
+    /// Words as written → term id (`STOP` for a stop word): each distinct word is checked
+    /// and stemmed once (a cache, not state).
+    surface: FastMap<Box<str>, u32>,
+    /// The day (since the epoch) of the last record added and its date's term ids (a cache).
+    last_day: Option<(u64, Vec<u32>)>,
 }
 
 /// Each term with live postings, and those postings.
@@ -170,26 +177,28 @@ impl KeywordIndex {
         ts_us: u64,
     ) {
         debug_assert!(self.docs.get(slot as usize).is_none_or(|d| !d.live));
+        // (term, count in the text, count in the date); a record has few distinct words, so
+        // a scan beats a map.
         let mut counts: Vec<(u32, u16, u8)> = Vec::new();
-        let mut at: FastMap<u32, usize> = FastMap::default();
         let mut len = 0u16;
-        words(text, |w| {
+        surface_words(text, |w| {
+            let t = self.surface_term(w);
+            if t == STOP {
+                return;
+            }
             len = len.saturating_add(1);
-            let t = self.term_id(w);
-            let i = *at.entry(t).or_insert_with(|| {
-                counts.push((t, 0, 0));
-                counts.len() - 1
-            });
-            counts[i].1 = counts[i].1.saturating_add(1);
+            match counts.iter_mut().find(|c| c.0 == t) {
+                Some(c) => c.1 = c.1.saturating_add(1),
+                None => counts.push((t, 1, 0)),
+            }
         });
-        let date = date_words(ts_us);
-        for w in &date {
-            let t = self.term_id(w);
-            let i = *at.entry(t).or_insert_with(|| {
-                counts.push((t, 0, 0));
-                counts.len() - 1
-            });
-            counts[i].2 = counts[i].2.saturating_add(1);
+        let date = self.date_terms(ts_us);
+        let date_len = date.len();
+        for &t in date {
+            match counts.iter_mut().find(|c| c.0 == t) {
+                Some(c) => c.2 = c.2.saturating_add(1),
+                None => counts.push((t, 0, 1)),
+            }
         }
         for (t, tf, date_tf) in counts {
             let p = &mut self.postings[t as usize];
@@ -214,7 +223,7 @@ impl KeywordIndex {
         }
         self.docs[slot as usize] = Doc {
             len,
-            date_len: date.len().min(255) as u8,
+            date_len: date_len.min(255) as u8,
             live: true,
             group,
             pos,
@@ -229,6 +238,30 @@ impl KeywordIndex {
             self.count(slot, false);
             self.docs[slot as usize].live = false;
         }
+    }
+
+    /// The term of a word as written, stemming it only the first time it is seen.
+    fn surface_term(&mut self, w: &str) -> u32 {
+        if let Some(t) = self.surface.get(w) {
+            return *t;
+        }
+        let t = if is_stop_word(w) {
+            STOP
+        } else {
+            self.term_id(&stem(w))
+        };
+        self.surface.insert(w.into(), t);
+        t
+    }
+
+    /// The terms of the date of `ts_us` (records come in bursts of one day).
+    fn date_terms(&mut self, ts_us: u64) -> &[u32] {
+        let day = ts_us / 86_400_000_000;
+        if self.last_day.as_ref().is_none_or(|(d, _)| *d != day) {
+            let terms: Vec<u32> = date_words(ts_us).iter().map(|w| self.term_id(w)).collect();
+            self.last_day = Some((day, terms));
+        }
+        self.last_day.as_ref().map_or(&[], |(_, t)| t)
     }
 
     fn term_id(&mut self, w: &str) -> u32 {
@@ -296,8 +329,13 @@ impl KeywordIndex {
         mut visible: impl FnMut(u32) -> bool,
     ) -> Scores {
         let mut qterms: Vec<(u32, u32)> = Vec::new();
-        words(query, |w| {
-            if let Some(t) = self.term_ids.get(w) {
+        surface_words(query, |w| {
+            let t = match self.surface.get(w) {
+                Some(t) => Some(t).filter(|t| **t != STOP),
+                None if is_stop_word(w) => None,
+                None => self.term_ids.get(&*stem(w)),
+            };
+            if let Some(t) = t {
                 match qterms.iter_mut().find(|(x, _)| x == t) {
                     Some((_, n)) => *n += 1,
                     None => qterms.push((*t, 1)),

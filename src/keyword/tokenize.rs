@@ -4,6 +4,7 @@
 //! emoji and symbols separate words and are never words themselves.
 
 use rust_stemmers::{Algorithm, Stemmer};
+use std::borrow::Cow;
 use std::sync::OnceLock;
 
 /// Longest word kept, in bytes (a longer run, say a base64 blob, is not a word anyone asks for).
@@ -27,8 +28,10 @@ fn stemmer() -> &'static Stemmer {
     S.get_or_init(|| Stemmer::create(Algorithm::English))
 }
 
-fn is_stop_word(w: &str) -> bool {
-    STOP_WORDS.binary_search(&w).is_ok()
+/// Whether a word as written (lower-cased) is a stop word.
+pub(crate) fn is_stop_word(w: &str) -> bool {
+    // Every stop word is at most 7 bytes long.
+    w.len() <= 7 && STOP_WORDS.binary_search(&w).is_ok()
 }
 
 /// Han, kana and hangul: scripts written without spaces, so each character is a word.
@@ -42,23 +45,27 @@ fn is_cjk(c: char) -> bool {
         | 0x20000..=0x2FA1F) // CJK extensions B–F, compatibility supplement
 }
 
-/// Calls `each` with every word of `text`, in order.
-pub(crate) fn words(text: &str, mut each: impl FnMut(&str)) {
+/// Calls `each` with every word of `text` as written, in order: lower-cased, overlong runs
+/// left out; stop words not yet dropped (see [`is_stop_word`]) nor words stemmed (see
+/// [`stem`]): the index keeps a cache of both by the word as written.
+pub(crate) fn surface_words(text: &str, mut each: impl FnMut(&str)) {
     let mut word = String::new();
     let mut flush = |word: &mut String| {
         if !word.is_empty() {
-            if word.len() <= MAX_WORD_BYTES && !is_stop_word(word) {
-                if word.bytes().all(|b| b.is_ascii_lowercase()) {
-                    each(&stemmer().stem(word));
-                } else {
-                    each(word);
-                }
+            if word.len() <= MAX_WORD_BYTES {
+                each(word);
             }
             word.clear();
         }
     };
     for c in text.chars() {
-        if is_cjk(c) {
+        if c.is_ascii() {
+            if c.is_ascii_alphanumeric() {
+                word.push(c.to_ascii_lowercase());
+            } else {
+                flush(&mut word);
+            }
+        } else if is_cjk(c) {
             flush(&mut word);
             word.push(c);
             flush(&mut word);
@@ -69,6 +76,25 @@ pub(crate) fn words(text: &str, mut each: impl FnMut(&str)) {
         }
     }
     flush(&mut word);
+}
+
+/// The stem of a word [`surface_words`] gave: Snowball English for ASCII letters, the word
+/// itself otherwise (digits, other scripts).
+pub(crate) fn stem(word: &str) -> Cow<'_, str> {
+    if word.bytes().all(|b| b.is_ascii_lowercase()) {
+        stemmer().stem(word)
+    } else {
+        Cow::Borrowed(word)
+    }
+}
+
+/// Calls `each` with every word of `text`, in order, stop words dropped, stemmed.
+pub(crate) fn words(text: &str, mut each: impl FnMut(&str)) {
+    surface_words(text, |w| {
+        if !is_stop_word(w) {
+            each(&stem(w))
+        }
+    });
 }
 
 /// The words of `text`, in order.
@@ -122,8 +148,9 @@ mod tests {
     use super::*;
 
     #[test]
-    fn stop_words_are_sorted_for_the_binary_search() {
+    fn stop_words_are_sorted_for_the_binary_search_and_short() {
         assert!(STOP_WORDS.windows(2).all(|w| w[0] < w[1]));
+        assert!(STOP_WORDS.iter().all(|w| w.len() <= 7));
     }
 
     #[test]
