@@ -19,7 +19,7 @@
 //! It was written to model an agent that keeps coming back to some projects and debugs other
 //! things once; that choice decides what is predictable. In it a burst of reads in one
 //! session says nothing about later use, so access counts rank those bursts first and do
-//! worse than chance (see the README's table); a workload where reads do recur would favour
+//! worse than chance (see docs/benchmarks.md); a workload where reads do recur would favour
 //! the count-based baselines more.
 
 use crate::error::Result;

@@ -12,7 +12,7 @@
 //! checks every block in the background right after open ([`Vectors::scrub`]). A block that
 //! fails is damage ([`Vectors::damage`]): the read gets zeros instead of the bytes, and the
 //! engine fails the search that made it, names the file and offset, and marks the store so
-//! that the next open checks every file in full (see `memory.rs`, `DAMAGE_MARK`).
+//! that the next open checks every file in full (see `engine::damage`, `DAMAGE_MARK`).
 
 use crate::disk::sums::{check_header, sums_name, write_sums, Lazy, BLOCK, SUMS_HEADER};
 use crate::error::{Error, Result};

@@ -107,6 +107,7 @@ impl Inner {
             }
             std::thread::sleep(Duration::from_millis(5));
         }
+        self.wait_keywords()?;
         // A snapshot would link a damaged chunk again: refuse, so that the snapshots kept
         // (and the log floor) stay as they are until a reopen has checked them.
         self.snapshot_checked()?;

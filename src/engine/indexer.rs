@@ -55,6 +55,7 @@ impl Memory {
                 self.inner.undamaged_in(&st)?;
                 self.inner.graphs_loading.load(Ordering::Acquire) == 0
                     && !self.inner.scrubbing.load(Ordering::Acquire)
+                    && !st.keywords.is_pending()
                     && st.layers.iter().all(|l| {
                         l.pending.iter().all(|s| !l.members.contains(s))
                             && (l.graph.is_none() || l.frozen.is_some())
@@ -71,6 +72,38 @@ impl Memory {
 }
 
 impl Inner {
+    /// Reads the snapshot's keyword index (its crc32 checked, every field validated) outside
+    /// the state lock, then puts it in place with what the replay and writes changed since.
+    /// Damage is noted like damage in any snapshot file: searches fail with it until a reopen,
+    /// which checks every file in full and falls back past the snapshot.
+    fn load_keywords(&self, dir: &Path, manifest: &snapshot::ManifestBody) {
+        if !self.state.read().keywords.is_pending() {
+            return;
+        }
+        let loaded = snapshot::load_keywords(dir, manifest);
+        let mut st = self.state.write();
+        match loaded {
+            Ok(Some(ix)) => st.keywords.resolve(ix),
+            Ok(None) => st
+                .keywords
+                .fail(dir.to_path_buf(), "keywords.bin not listed".into()),
+            Err(e) => {
+                st.keywords.fail(dir.to_path_buf(), e.to_string());
+                drop(st);
+                self.note_damage(&e);
+            }
+        }
+    }
+
+    /// Waits until the snapshot's keyword index is read (at most once after an open).
+    pub(super) fn wait_keywords(&self) -> Result<()> {
+        while self.state.read().keywords.is_pending() {
+            self.check()?;
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        Ok(())
+    }
+
     /// An empty graph for `layer`, reading the vectors `mapped` holds from there.
     pub(super) fn new_graph(
         &self,
@@ -147,6 +180,10 @@ impl Inner {
     }
 
     pub(super) fn indexer(self: &Arc<Self>, dumps: Option<Dumps>) {
+        // First the keyword index (searches by words wait for it), then the rest.
+        if let Some((dir, manifest, _)) = &dumps {
+            self.load_keywords(dir, manifest);
+        }
         #[cfg(test)]
         while HOLD_DUMP_LOADS.lock().contains(&self.dir) && !self.shutdown.load(Ordering::Acquire) {
             std::thread::sleep(Duration::from_millis(1));

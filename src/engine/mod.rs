@@ -1,5 +1,6 @@
 //! The `Memory` handle: the async API, the ordered apply path, and the background threads
-//! (indexer; access flush + automatic checkpoints).
+//! (indexer; maintenance: access flush and automatic checkpoints; lifecycle), each job in a
+//! file of its own.
 
 use crate::config::Config;
 use crate::disk::files::FileEntry;
@@ -54,7 +55,6 @@ const SUBSCRIBER_BUFFER: usize = 4096;
 /// removes the mark.
 pub(crate) const DAMAGE_MARK: &str = "DAMAGED";
 
-/// A snapshot's directory, manifest and the HNSW dumps it holds (layer, basename).
 /// See `SnapState::graph_points`.
 const GRAPH_ONLY_CHECKPOINT_POINTS: u64 = 1_024;
 
@@ -68,6 +68,8 @@ pub(crate) static HOLD_DUMP_LOADS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 #[cfg(test)]
 static HOLD_CHECKPOINT_MARKERS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 
+/// A snapshot's directory, manifest and the HNSW dumps it holds (layer, basename, the dump
+/// mapped to search in place if open could).
 type Dumps = (
     PathBuf,
     snapshot::ManifestBody,

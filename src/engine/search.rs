@@ -170,6 +170,9 @@ impl Inner {
             .transpose()?;
         let text = text.filter(|_| o.mode != SearchMode::Vector);
         let probe = self.probe(o)?;
+        if text.is_some() {
+            self.wait_keywords()?;
+        }
         let layers: &[Layer] = if o.layers.is_empty() {
             &Layer::ALL
         } else {

@@ -91,6 +91,24 @@ pub(crate) struct KeywordIndex {
     surface: FastMap<Box<str>, u32>,
     /// The day (since the epoch) of the last record added and its date's term ids (a cache).
     last_day: Option<(u64, Vec<u32>)>,
+    /// While a snapshot's index is read in the background (see [`KeywordIndex::deferred`]):
+    /// the changes the replay and new writes made meanwhile, in log order.
+    pending: Option<Vec<Change>>,
+    /// The snapshot's index could not be read: the damage, as an error message.
+    damage: Option<(std::path::PathBuf, String)>,
+}
+
+/// A change to apply once a deferred index is read.
+#[derive(Debug, Clone)]
+enum Change {
+    Add {
+        slot: u32,
+        text: Box<str>,
+        project: Option<Box<str>>,
+        session: Option<Box<str>>,
+        ts_us: u64,
+    },
+    Remove(u32),
 }
 
 /// Each term with live postings, and those postings.
@@ -142,12 +160,62 @@ impl KeywordIndex {
         self.window
     }
 
+    /// An index to be read from a snapshot later (by the indexer thread, so that open does not
+    /// wait for it): changes are kept until [`KeywordIndex::resolve`] applies them to it.
+    pub(crate) fn deferred(window: usize) -> KeywordIndex {
+        KeywordIndex {
+            pending: Some(Vec::new()),
+            ..KeywordIndex::new(window)
+        }
+    }
+
+    /// Whether the snapshot's index is still to be read (searches wait for it).
+    pub(crate) fn is_pending(&self) -> bool {
+        self.pending.is_some()
+    }
+
+    /// Takes the snapshot's index `loaded` in place of this deferred one, with the changes
+    /// made since applied in order.
+    pub(crate) fn resolve(&mut self, mut loaded: KeywordIndex) {
+        let changes = self.pending.take().unwrap_or_default();
+        loaded.set_window(self.window);
+        for c in changes {
+            match c {
+                Change::Add {
+                    slot,
+                    text,
+                    project,
+                    session,
+                    ts_us,
+                } => loaded.add(slot, &text, project.as_deref(), session.as_deref(), ts_us),
+                Change::Remove(slot) => loaded.remove(slot),
+            }
+        }
+        *self = loaded;
+    }
+
+    /// The snapshot's index could not be read (`why`, about the file at `path`): searches fail
+    /// with it as damage until the store is reopened.
+    pub(crate) fn fail(&mut self, path: std::path::PathBuf, why: String) {
+        self.pending = None;
+        self.damage = Some((path, why));
+    }
+
+    /// The damage [`KeywordIndex::fail`] recorded.
+    pub(crate) fn damage(&self) -> Option<crate::error::Error> {
+        self.damage
+            .as_ref()
+            .map(|(p, why)| crate::error::Error::corrupted(p, 0, why.clone()))
+    }
+
     /// Takes `window` records on each side into each context document from now on.
     pub(crate) fn set_window(&mut self, window: usize) {
         let window = window.min(MAX_WINDOW);
         if window != self.window {
             self.window = window;
-            self.recount();
+            if self.pending.is_none() {
+                self.recount();
+            }
         }
     }
 
@@ -176,6 +244,16 @@ impl KeywordIndex {
         session: Option<&str>,
         ts_us: u64,
     ) {
+        if let Some(p) = &mut self.pending {
+            p.push(Change::Add {
+                slot,
+                text: text.into(),
+                project: project.map(Into::into),
+                session: session.map(Into::into),
+                ts_us,
+            });
+            return;
+        }
         debug_assert!(self.docs.get(slot as usize).is_none_or(|d| !d.live));
         // (term, count in the text, count in the date); a record has few distinct words, so
         // a scan beats a map.
@@ -234,6 +312,10 @@ impl KeywordIndex {
     /// Forgets the record in `slot` (deleted, superseded, expired). Its postings stay until
     /// the next snapshot leaves them out; searches skip them.
     pub(crate) fn remove(&mut self, slot: u32) {
+        if let Some(p) = &mut self.pending {
+            p.push(Change::Remove(slot));
+            return;
+        }
         if self.docs.get(slot as usize).is_some_and(|d| d.live) {
             self.count(slot, false);
             self.docs[slot as usize].live = false;
@@ -421,6 +503,8 @@ impl KeywordIndex {
     /// The live records' entries, for a snapshot: every term with its live postings (terms
     /// with none left out), the records and their conversations.
     pub(crate) fn parts(&self) -> (LiveTerms<'_>, &[Doc], &[Group]) {
+        // A checkpoint waits for a deferred index to be read.
+        debug_assert!(self.pending.is_none());
         let terms = self
             .terms
             .iter()
@@ -619,5 +703,36 @@ mod tests {
         assert_eq!(other.best(10).iter().map(|x| x.0).collect::<Vec<_>>(), [5]);
         let hidden = ix.search("ran", Some("c1"), |s| s != 0);
         assert!(hidden.get(0).is_none() && hidden.get(1).is_some());
+    }
+
+    #[test]
+    fn a_deferred_index_takes_the_changes_made_before_it_was_read() {
+        let mut direct = conversation(2);
+        direct.add(
+            5,
+            "Jon said, \"zeppelin tickets\"",
+            Some("c1"),
+            Some("s1"),
+            MAY_2023,
+        );
+        direct.remove(1);
+        let mut d = KeywordIndex::deferred(2);
+        d.add(
+            5,
+            "Jon said, \"zeppelin tickets\"",
+            Some("c1"),
+            Some("s1"),
+            MAY_2023,
+        );
+        d.remove(1);
+        assert!(d.is_pending());
+        d.resolve(conversation(2));
+        assert!(!d.is_pending());
+        assert_eq!(d.differs(&direct), None);
+        assert_eq!(d.all, direct.all);
+        assert_eq!(
+            ranked(&d, "zeppelin race"),
+            ranked(&direct, "zeppelin race")
+        );
     }
 }

@@ -61,7 +61,7 @@ pub(crate) struct LayerState {
     /// is searched exactly, unless `frozen` is the dump searched in place).
     pub(crate) graph: Option<Arc<Graph>>,
     /// A compact copy of `graph` as of its last freeze, searched instead of it (right after
-    /// open, until the dump's copy is made: the dump itself, see `crate::dump_graph`).
+    /// open, until the dump's copy is made: the dump itself, see `index::dump_graph`).
     pub(crate) frozen: Option<Arc<dyn SearchGraph>>,
     /// Slots inserted into `graph` since `frozen` was taken (searched exactly).
     pub(crate) unfrozen: Vec<u32>,
@@ -117,7 +117,7 @@ pub(crate) struct Projections {
     /// beside the records so that an access does not turn a row into an owned record.
     access: FastMap<u32, Box<Access>>,
     /// Ids, content keys and reference counts as of the snapshot this state was loaded from,
-    /// searched in place (see `crate::keys`). Entries can be stale: every hit is confirmed
+    /// searched in place (see `disk::keys`). Entries can be stale: every hit is confirmed
     /// against the record. Empty for a state replayed from the log alone.
     keys: Arc<KeyIndex>,
     /// Ids inserted since `keys` was taken.
@@ -257,6 +257,7 @@ impl Projections {
             .damage()
             .or_else(|| self.tables.iter().flatten().find_map(|t| t.damage()))
             .or_else(|| self.keys.damage())
+            .or_else(|| self.keywords.damage())
     }
 
     /// True while something mapped unread has not been checked in full (the scrub's work).

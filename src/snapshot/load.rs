@@ -99,7 +99,7 @@ pub(crate) enum Check {
     Full,
     /// A file with block sums is mapped unread: vector chunks (format 5 on), the record table
     /// (6 on), the key index and the graph dumps' level-0 links (7 on); each block is checked
-    /// on first read and by the indexer (see `crate::vectors`). Every other file in full.
+    /// on first read and by the indexer (see `disk::vectors`). Every other file in full.
     Blocks,
 }
 
@@ -174,7 +174,14 @@ pub(crate) fn load(dir: &Path, dim: usize, check: Check) -> Result<Loaded> {
             .try_for_each(|f| check_file(dir, f))
             .and_then(|_| decode_tables(dir, &m, check))
             .and_then(|mut t| {
-                t.keywords = load_keywords(dir, &m)?;
+                t.keywords = match check {
+                    // Opened by the engine: read by the indexer thread (`load_keywords`), so
+                    // that open does not wait for it; searches by words wait instead.
+                    Check::Blocks if m.format >= 8 => Some(KeywordIndex::deferred(
+                        crate::projection::DEFAULT_KEYWORD_WINDOW,
+                    )),
+                    _ => load_keywords(dir, &m)?,
+                };
                 Ok(t)
             });
         let mine = chunks_in_full.then(kg).transpose();
@@ -194,7 +201,7 @@ pub(crate) fn load(dir: &Path, dim: usize, check: Check) -> Result<Loaded> {
 
 /// A snapshot's keyword index (format 8 on), mapped, its crc32 checked through the map, and
 /// decoded; `None` before format 8 (it is then built from the records).
-fn load_keywords(dir: &Path, m: &ManifestBody) -> Result<Option<KeywordIndex>> {
+pub(crate) fn load_keywords(dir: &Path, m: &ManifestBody) -> Result<Option<KeywordIndex>> {
     match m.files.iter().find(|f| f.name == KEYWORDS_FILE) {
         Some(entry) => {
             let map = map_checked(dir, entry)?;

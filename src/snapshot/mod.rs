@@ -1,13 +1,14 @@
 //! Snapshots: every projection at one sequence S, in `snapshots/<S>/`.
 //!
 //! Files: `records.bin` (the record table, read without decoding each row: see
-//! `crate::records`) with its block sums `records.bin.sums` and slot index `slots.bin`
+//! `disk::records`) with its block sums `records.bin.sums` and slot index `slots.bin`
 //! (format 6 on: open maps the table unread), `keys.bin` (ids and content keys sorted, searched
-//! in place: see `crate::keys`; format 7 on with block sums `keys.bin.sums`, mapped unread),
+//! in place: see `disk::keys`; format 7 on with block sums `keys.bin.sums`, mapped unread),
 //! `stats.zst` (zstd over rkyv), vector chunks (`vectors-*.f32`, raw little-endian f32 for
 //! memmap2; immutable, hard-linked from the previous snapshot, with block sums `.sums`), HNSW
-//! graph dumps (`hnsw-<layer>.graph`, links only; see `crate::hnsw`; format 7 on with block
-//! sums `hnsw-<layer>.graph.sums`, level-0 links mapped unread), the trained
+//! graph dumps (`hnsw-<layer>.graph`, links only; see `index::hnsw`; format 7 on with block
+//! sums `hnsw-<layer>.graph.sums`, level-0 links mapped unread), the keyword index
+//! (`keywords.bin`, format 8 on; see `keyword::file`), the trained
 //! promoter (`promoter.bin`, rkyv, only once one was trained) and `MANIFEST`:
 //! a 32-byte header (magic `MGSM`, format version, body length, body crc32, header crc32)
 //! then an rkyv body listing every file with its length and crc32.
@@ -52,7 +53,7 @@ mod write;
 
 use capture::*;
 pub(crate) use capture::{Capture, SnapStat};
-pub(crate) use load::{check_dumps, graph_path, load, load_graph, Check, Loaded};
+pub(crate) use load::{check_dumps, graph_path, load, load_graph, load_keywords, Check, Loaded};
 use manifest::*;
 pub(crate) use manifest::{
     dir_name, list, read_manifest, write_manifest, LayerEntry, ManifestBody,
@@ -85,6 +86,7 @@ const SLOTS_FILE: &str = "slots.bin";
 #[cfg(test)]
 #[allow(clippy::unwrap_used)] // tests: a panic is the failure report
 pub(crate) fn downgrade_to_format_6(dir: &Path, dim: usize) {
+    downgrade_to_format_7(dir);
     downgrade(dir, 6, |m| {
         let mut sums = vec![sums::sums_name(KEYS_FILE)];
         for le in &mut m.layers {
@@ -101,6 +103,12 @@ pub(crate) fn downgrade_to_format_6(dir: &Path, dim: usize) {
         }
         sums
     });
+}
+
+/// Rewrites the snapshot in `dir` as format 7 wrote it: no `keywords.bin`.
+#[cfg(test)]
+pub(crate) fn downgrade_to_format_7(dir: &Path) {
+    downgrade(dir, 7, |_| vec![KEYWORDS_FILE.to_string()]);
 }
 
 /// Rewrites the snapshot in `dir` as format `format`: `edit` changes its manifest and names

@@ -196,6 +196,11 @@ async fn a_format_6_snapshot_still_opens_and_the_next_checkpoint_writes_the_curr
 /// A snapshot downgraded to `format` opens with the same records; identical inserts and
 /// reference counts still resolve through the keys built at open; the next checkpoint
 /// writes the current format.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_format_7_snapshot_still_opens_and_the_next_checkpoint_writes_the_current_format() {
+    older_snapshot_opens(7).await;
+}
+
 async fn older_snapshot_opens(format: u32) {
     let dim = 8;
     let tmp = tempfile::tempdir().unwrap();
@@ -232,7 +237,8 @@ async fn older_snapshot_opens(format: u32) {
         3 => downgrade_to_format_3(&snap, dim),
         4 => downgrade_to_format_4(&snap, dim),
         5 => downgrade_to_format_5(&snap, dim),
-        _ => downgrade_to_format_6(&snap, dim),
+        6 => downgrade_to_format_6(&snap, dim),
+        _ => downgrade_to_format_7(&snap),
     }
     assert_eq!(read_manifest(&snap).unwrap().format, format);
 
@@ -241,6 +247,17 @@ async fn older_snapshot_opens(format: u32) {
     assert_eq!(st.open.snapshot_seq, Some(seq), "{:?}", st.open);
     assert!(st.open.snapshots_rejected.is_empty(), "{:?}", st.open);
     assert_eq!(m.records(None).unwrap(), before);
+    // The keyword index: built from the records before format 8, read from the snapshot after.
+    let words = crate::SearchOptions {
+        mode: crate::SearchMode::Keyword,
+        record_access: false,
+        ..crate::SearchOptions::top_k(3)
+    };
+    let hits = m
+        .search_hybrid("record 4", &vector(4, dim), &words)
+        .await
+        .unwrap();
+    assert_eq!(hits[0].id, before[4].id);
     let refs = |snap: &Path| {
         load(snap, dim, Check::Blocks)
             .unwrap()
@@ -266,6 +283,7 @@ async fn older_snapshot_opens(format: u32) {
     );
     assert!(snap.join(RECORDS_FILE).exists());
     assert!(snap.join(KEYS_FILE).exists());
+    assert!(snap.join(KEYWORDS_FILE).exists());
     // The old chunk, linked, got its block sums (written from it, once); the new one too.
     let manifest = read_manifest(&snap).unwrap();
     assert_eq!(manifest.chunks.len(), 2);
