@@ -36,7 +36,8 @@ impl Memory {
         self.inner.find(Some(text), Some(vector), options)
     }
 
-    async fn embed_query(&self, query: &str) -> Result<Vec<f32>> {
+    /// The embedding of `query` (the cache first, then the batcher).
+    pub(super) async fn embed_query(&self, query: &str) -> Result<Vec<f32>> {
         let batcher = self.batcher()?;
         // A cached query skips the batcher and its gathering wait.
         if let Some(v) = batcher.embedder().cached(query) {

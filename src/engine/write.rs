@@ -161,11 +161,16 @@ impl Memory {
         Ok(())
     }
 
-    /// Replaces `old` by a new record, atomically (one log entry); returns the new id.
-    pub async fn supersede(&self, old: RecordId, record: NewRecord) -> Result<RecordId> {
+    /// Replaces `old` by a new record, atomically (one log entry); returns the new id. A
+    /// record without an embedding (`NewRecord::text`) is embedded first, when the store was
+    /// opened with an embedder.
+    pub async fn supersede(&self, old: RecordId, mut record: NewRecord) -> Result<RecordId> {
         let inner = &self.inner;
         inner.check()?;
         inner.validate_text(&record.text)?;
+        if record.embedding.is_empty() && self.embedder.is_some() {
+            record.embedding = self.embed_query(&record.text).await?;
+        }
         let v = normalise(&record.embedding, inner.config.dimension)?;
         inner.require(old)?;
         let id = RecordId::new_v7();

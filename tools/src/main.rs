@@ -4,6 +4,7 @@
 
 mod chunk;
 mod cmd;
+mod mcp;
 mod store;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -97,6 +98,27 @@ enum Cmd {
     },
     /// The main job: ingest this repository's docs, play an agent session, search, promote
     Demo,
+    /// Serve the store to an MCP client over stdin/stdout (an agent's `mcpServers` entry)
+    Mcp {
+        /// Offer only the reading tools (recall, get, memory_status)
+        #[arg(long)]
+        read_only: bool,
+    },
+    /// Serve the store to MCP clients over streamable HTTP at /mcp (several agents, one store)
+    Serve {
+        /// Address to bind; any but a loopback address needs a bearer token
+        #[arg(long, default_value = "127.0.0.1:8765")]
+        bind: std::net::SocketAddr,
+        /// Offer only the reading tools (recall, get, memory_status)
+        #[arg(long)]
+        read_only: bool,
+        /// A file holding the bearer token (else the MAGRAY_MCP_TOKEN variable)
+        #[arg(long)]
+        token_file: Option<PathBuf>,
+        /// An Origin allowed besides loopback ones, e.g. https://app.example (repeatable)
+        #[arg(long = "allow-origin")]
+        allow_origins: Vec<String>,
+    },
 }
 
 #[derive(Args, Debug)]

@@ -37,15 +37,17 @@ fn embedder_config() -> Result<EmbedderConfig> {
     Ok(c)
 }
 
-fn config(m: Option<&StoreManifest>) -> Result<Config> {
+fn config(m: Option<&StoreManifest>, long_lived: bool) -> Result<Config> {
     let mut c = Config::from_env()?;
     // A command runs its own lifecycle steps (`promote`, `expire`); no background runs or
-    // training in a short-lived process.
-    c.lifecycle = LifecycleConfig {
-        interval: None,
-        train_every: None,
-        ..c.lifecycle
-    };
+    // training in a short-lived process. A server keeps them.
+    if !long_lived {
+        c.lifecycle = LifecycleConfig {
+            interval: None,
+            train_every: None,
+            ..c.lifecycle
+        };
+    }
     if let Some(m) = m {
         c.dimension = m.dimension;
         c.model_id = m.model_id.clone();
@@ -55,6 +57,15 @@ fn config(m: Option<&StoreManifest>) -> Result<Config> {
 
 /// Opens `dir` for a command.
 pub async fn open(dir: &Path, need: Need) -> Result<Memory> {
+    open_as(dir, need, false).await
+}
+
+/// Opens `dir` for a server (`mcp`, `serve`): the lifecycle runs in the background.
+pub async fn open_server(dir: &Path) -> Result<Memory> {
+    open_as(dir, Need::Text, true).await
+}
+
+async fn open_as(dir: &Path, need: Need, long_lived: bool) -> Result<Memory> {
     let m = StoreManifest::read(dir).with_context(|| format!("reading {}", dir.display()))?;
     if m.is_none() && need == Need::Existing {
         bail!(
@@ -63,7 +74,7 @@ pub async fn open(dir: &Path, need: Need) -> Result<Memory> {
             dir.display()
         );
     }
-    let mut c = config(m.as_ref())?;
+    let mut c = config(m.as_ref(), long_lived)?;
     let external = m.as_ref().is_some_and(|m| m.model_id == "external");
     let memory = match need {
         Need::Text if external => bail!(

@@ -140,6 +140,44 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             }
         }
         Cmd::Demo => demo(&dir).await?,
+        Cmd::Mcp { read_only } => {
+            let m = store::open_server(&dir).await?;
+            crate::mcp::stdio(m, read_only).await?;
+        }
+        Cmd::Serve {
+            bind,
+            read_only,
+            token_file,
+            allow_origins,
+        } => {
+            let token = match token_file {
+                Some(f) => Some(
+                    std::fs::read_to_string(&f)
+                        .with_context(|| format!("reading the token file {}", f.display()))?
+                        .trim()
+                        .to_string(),
+                ),
+                None => std::env::var("MAGRAY_MCP_TOKEN").ok(),
+            }
+            .filter(|t| !t.is_empty());
+            if !bind.ip().is_loopback() && token.is_none() {
+                bail!(
+                    "binding {bind} (not loopback) needs a bearer token: set MAGRAY_MCP_TOKEN \
+                     or pass --token-file FILE"
+                );
+            }
+            let m = store::open_server(&dir).await?;
+            crate::mcp::serve(
+                m,
+                crate::mcp::HttpOptions {
+                    addr: bind,
+                    read_only,
+                    token,
+                    allow_origins,
+                },
+            )
+            .await?;
+        }
     }
     Ok(ExitCode::SUCCESS)
 }
