@@ -5,6 +5,8 @@
 #   bash tools/setup.sh            # CPU runtime + model into ./models (or $MEMORY_MODEL_DIR)
 #   bash tools/setup.sh --gpu      # also the CUDA runtime (onnxruntime-gpu + CUDA 13 / cuDNN 9 wheels)
 #
+# Also makes tools/.venv with the MCP Python SDK (the client one test drives the server with).
+#
 # Idempotent: a file already present with the right sha256 is not fetched again.
 # Nothing else in the project downloads anything: the build and the library only
 # read what this script put on disk.
@@ -103,3 +105,16 @@ EOF
 fi
 
 echo "models ready in $DEST"
+
+# The official MCP Python SDK, pinned, in tools/.venv: the client tools/tests/mcp_python.rs
+# drives the MCP server with (pip checks each wheel against PyPI's hashes).
+MCP_SDK="mcp==2.3.0"
+VENV="$ROOT/tools/.venv"
+if [[ -x "$VENV/bin/python" ]] && "$VENV/bin/python" -m pip show mcp 2>/dev/null | grep -qx "Version: ${MCP_SDK#mcp==}"; then
+    echo "ok       $MCP_SDK in tools/.venv"
+else
+    echo "installing $MCP_SDK into tools/.venv"
+    "$PY" -m venv "$VENV" || { echo "setup.sh: python3 -m venv failed; on Debian: apt-get install -y python3-venv" >&2; exit 1; }
+    "$VENV/bin/python" -m pip install -q "$MCP_SDK"
+    echo "ok       $MCP_SDK in tools/.venv"
+fi
