@@ -149,35 +149,7 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             read_only,
             token_file,
             allow_origins,
-        } => {
-            let token = match token_file {
-                Some(f) => Some(
-                    std::fs::read_to_string(&f)
-                        .with_context(|| format!("reading the token file {}", f.display()))?
-                        .trim()
-                        .to_string(),
-                ),
-                None => std::env::var("MAGRAY_MCP_TOKEN").ok(),
-            }
-            .filter(|t| !t.is_empty());
-            if !bind.ip().is_loopback() && token.is_none() {
-                bail!(
-                    "binding {bind} (not loopback) needs a bearer token: set MAGRAY_MCP_TOKEN \
-                     or pass --token-file FILE"
-                );
-            }
-            let m = store::open_server(&dir).await?;
-            crate::mcp::serve(
-                m,
-                crate::mcp::HttpOptions {
-                    addr: bind,
-                    read_only,
-                    token,
-                    allow_origins,
-                },
-            )
-            .await?;
-        }
+        } => serve(&dir, bind, read_only, token_file, allow_origins).await?,
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -224,4 +196,42 @@ fn now_us() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_micros() as u64)
+}
+
+/// `serve`: the token from `--token-file` or `MAGRAY_MCP_TOKEN` (checked before the store is
+/// opened: a non-loopback bind needs one), then the HTTP server until SIGTERM.
+async fn serve(
+    dir: &Path,
+    bind: std::net::SocketAddr,
+    read_only: bool,
+    token_file: Option<PathBuf>,
+    allow_origins: Vec<String>,
+) -> Result<()> {
+    let token = match token_file {
+        Some(f) => Some(
+            std::fs::read_to_string(&f)
+                .with_context(|| format!("reading the token file {}", f.display()))?
+                .trim()
+                .to_string(),
+        ),
+        None => std::env::var("MAGRAY_MCP_TOKEN").ok(),
+    }
+    .filter(|t| !t.is_empty());
+    if !bind.ip().is_loopback() && token.is_none() {
+        bail!(
+            "binding {bind} (not loopback) needs a bearer token: set MAGRAY_MCP_TOKEN or pass \
+             --token-file FILE"
+        );
+    }
+    let m = store::open_server(dir).await?;
+    crate::mcp::serve(
+        m,
+        crate::mcp::HttpOptions {
+            addr: bind,
+            read_only,
+            token,
+            allow_origins,
+        },
+    )
+    .await
 }
