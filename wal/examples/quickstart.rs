@@ -1,23 +1,20 @@
-//! Appends a few events to the log of the default store and prints its history and what
-//! recovery found. Default store: `$MEMORY_DB_PATH`, else `$XDG_DATA_HOME/magray-memory/default`,
-//! else `~/.local/share/magray-memory/default`.
+//! Appends a few events to a log and prints its history and what recovery found.
+//!
+//! ```sh
+//! cargo run -p magray-wal --example quickstart                 # a log in a scratch directory
+//! cargo run -p magray-wal --example quickstart -- /tmp/my-log  # a log of your own
+//! ```
+//! It never writes into a store by default: the events it appends (a 2-d embedding among
+//! them) would not fit an engine's store, and the log takes no lock against the engine.
 
 use magray_wal::{AccessSource, Accessed, Event, History, Hit, Inserted, Layer, Log, LogConfig};
 use std::path::PathBuf;
 
-fn default_store() -> PathBuf {
-    if let Some(p) = std::env::var_os("MEMORY_DB_PATH") {
-        return PathBuf::from(p);
-    }
-    let data = std::env::var_os("XDG_DATA_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
-        .unwrap_or_else(|| PathBuf::from("."));
-    data.join("magray-memory/default")
-}
-
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let store = default_store();
+    let store = match std::env::args_os().nth(1) {
+        Some(p) => PathBuf::from(p),
+        None => std::env::temp_dir().join(format!("magray-wal-quickstart-{}", std::process::id())),
+    };
     println!("store: {}", store.display());
     let log = Log::open(LogConfig::new(&store))?;
     let r = log.recovery_report();
