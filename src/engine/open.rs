@@ -467,8 +467,17 @@ pub(super) fn quarantine(path: &Path, why: String, config: &Config) -> (String, 
         .unwrap_or_default();
     let dst = path.with_file_name(format!("rejected-{name}-{}", config.clock.now_us()));
     tracing::warn!(snapshot = %path.display(), reason = %why, moved_to = %dst.display(), "snapshot set aside");
+    // The rename is made durable: otherwise a power cut could bring the snapshot back under
+    // its old name, to be loaded (a snapshot ahead of the log) and set aside again.
+    let synced = |dir: Option<&Path>| match dir {
+        Some(d) => magray_wal::fsutil::sync_dir(d).map_err(|e| e.to_string()),
+        None => Ok(()),
+    };
     let moved = match std::fs::rename(path, &dst) {
-        Ok(()) => format!("; moved to {}", dst.display()),
+        Ok(()) => match synced(dst.parent()) {
+            Ok(()) => format!("; moved to {}", dst.display()),
+            Err(e) => format!("; moved to {}, not yet durably: {e}", dst.display()),
+        },
         Err(e) => format!("; could not move it aside: {e}"),
     };
     (path.display().to_string(), format!("{why}{moved}"))
