@@ -26,6 +26,11 @@ use crate::util::env_parse;
 /// The command that puts the runtime and the default model in place.
 pub const SETUP_COMMAND: &str = "bash tools/setup.sh";
 
+/// Most padded tokens (rows × longest row) one run of the model takes: texts are grouped by
+/// token length under this bound (a 256-token text runs with at most 15 others; 16-token
+/// texts 256 at a time).
+const TOKENS_PER_RUN: usize = 4096;
+
 /// Where the embedder finds its files, and how it runs.
 #[derive(Debug, Clone)]
 pub struct EmbedderConfig {
@@ -329,14 +334,16 @@ impl Embedder {
         h.wrapping_mul(0x9E37_79B9_7F4A_7C15)
     }
 
+    /// Embeds `texts`, in their order. The model runs on groups of texts of similar token
+    /// length, each at most [`TOKENS_PER_RUN`] padded tokens: one long text no longer pads a
+    /// whole batch of short ones to its length (the work, and the activations held, grow with
+    /// rows × longest row).
     fn infer(&self, texts: &[&str]) -> Result<Vec<Vec<f32>>> {
         let enc = self
             .tokenizer
             .encode_batch(texts.to_vec(), true)
             .map_err(|e| ort_err("tokenising", e))?;
-        let rows = enc.len();
-        let cols = enc.iter().map(|e| e.get_ids().len()).max().unwrap_or(0);
-        if rows == 0 || cols == 0 {
+        if enc.is_empty() {
             return Err(Error::Embedder("tokeniser returned no tokens".into()));
         }
         let truncated = enc
@@ -345,13 +352,48 @@ impl Embedder {
             .count();
         self.truncated
             .fetch_add(truncated as u64, Ordering::Relaxed);
+        // Tokens before the padding (the tokenizer pads on the right).
+        let real = |e: &tokenizers::Encoding| {
+            e.get_attention_mask()
+                .iter()
+                .rposition(|&m| m != 0)
+                .map_or(0, |p| p + 1)
+        };
+        let mut order: Vec<usize> = (0..enc.len()).collect();
+        order.sort_by_key(|&i| real(&enc[i]));
+        let mut out: Vec<Vec<f32>> = vec![Vec::new(); enc.len()];
+        let mut start = 0;
+        while start < order.len() {
+            let mut end = start + 1;
+            while end < order.len() && (end + 1 - start) * real(&enc[order[end]]) <= TOKENS_PER_RUN
+            {
+                end += 1;
+            }
+            let group: Vec<&tokenizers::Encoding> =
+                order[start..end].iter().map(|&i| &enc[i]).collect();
+            let cols = real(group[group.len() - 1]);
+            for (&i, v) in order[start..end].iter().zip(self.run(&group, cols)?) {
+                out[i] = v;
+            }
+            start = end;
+        }
+        Ok(out)
+    }
+
+    /// One run of the model over `group`, each encoding cut to its first `cols` tokens (at
+    /// least every one's real length); mean-pooled by the attention mask, L2-normalised.
+    fn run(&self, group: &[&tokenizers::Encoding], cols: usize) -> Result<Vec<Vec<f32>>> {
+        let rows = group.len();
+        if cols == 0 {
+            return Err(Error::Embedder("tokeniser returned no tokens".into()));
+        }
         let mut ids = Vec::with_capacity(rows * cols);
         let mut mask = Vec::with_capacity(rows * cols);
         let mut types = Vec::with_capacity(rows * cols);
-        for e in &enc {
-            ids.extend(e.get_ids().iter().map(|&x| x as i64));
-            mask.extend(e.get_attention_mask().iter().map(|&x| x as i64));
-            types.extend(e.get_type_ids().iter().map(|&x| x as i64));
+        for e in group {
+            ids.extend(e.get_ids()[..cols].iter().map(|&x| x as i64));
+            mask.extend(e.get_attention_mask()[..cols].iter().map(|&x| x as i64));
+            types.extend(e.get_type_ids()[..cols].iter().map(|&x| x as i64));
         }
         let shape = [rows, cols];
         let t = |v: Vec<i64>| {
