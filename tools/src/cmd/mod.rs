@@ -179,12 +179,12 @@ fn counter(what: &str) -> ProgressBar {
 }
 
 /// RFC 3339 text of a µs timestamp.
-fn rfc3339(us: u64) -> String {
+pub(crate) fn rfc3339(us: u64) -> String {
     humantime::format_rfc3339_micros(UNIX_EPOCH + Duration::from_micros(us)).to_string()
 }
 
 /// µs of an RFC 3339 time (`2026-11-21T14:00:00Z`, fractions and offsets accepted).
-fn parse_time(flag: &str, s: &str) -> Result<u64> {
+pub(crate) fn parse_time(flag: &str, s: &str) -> Result<u64> {
     let t = humantime::parse_rfc3339_weak(s)
         .map_err(|e| anyhow!("{flag} {s:?}: {e}; expected RFC 3339, e.g. 2026-11-21T14:00:00Z"))?;
     Ok(t.duration_since(UNIX_EPOCH)

@@ -199,19 +199,29 @@ fn id_of(s: &str) -> Result<RecordId, ErrorData> {
     s.trim().parse::<RecordId>().map_err(bad)
 }
 
-fn rfc3339(us: u64) -> String {
-    let t = std::time::UNIX_EPOCH + std::time::Duration::from_micros(us);
-    humantime::format_rfc3339_micros(t).to_string()
-}
+use crate::cmd::rfc3339;
 
 fn time_of(flag: &str, s: &str) -> Result<u64, ErrorData> {
-    let t = humantime::parse_rfc3339_weak(s)
-        .map_err(|e| bad(format!("{flag} {s:?} is not an RFC 3339 time: {e}")))?;
-    let us = t
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_err(|_| bad(format!("{flag} {s:?} is before 1970")))?
-        .as_micros();
-    Ok(u64::try_from(us).unwrap_or(u64::MAX))
+    crate::cmd::parse_time(flag, s).map_err(bad)
+}
+
+/// `r` with the caller's labels.
+fn labelled(
+    mut r: NewRecord,
+    tags: Vec<String>,
+    project: Option<String>,
+    session: Option<String>,
+) -> NewRecord {
+    for t in tags {
+        r = r.tag(t);
+    }
+    if let Some(p) = project {
+        r = r.project(p);
+    }
+    if let Some(s) = session {
+        r = r.session(s);
+    }
+    r
 }
 
 fn record_out(r: Record) -> RecordOut {
@@ -269,21 +279,13 @@ impl MemoryServer {
         &self,
         Parameters(a): Parameters<RememberArgs>,
     ) -> Result<Json<Remembered>, ErrorData> {
-        let mut r = NewRecord::text(a.text)
+        let r = NewRecord::text(a.text)
             .layer(match &a.layer {
                 Some(l) => parse_layer(l).map_err(bad)?,
                 None => Layer::Interact,
             })
             .kind(a.kind.unwrap_or_else(|| "note".into()));
-        for t in a.tags {
-            r = r.tag(t);
-        }
-        if let Some(p) = a.project {
-            r = r.project(p);
-        }
-        if let Some(s) = a.session {
-            r = r.session(s);
-        }
+        let r = labelled(r, a.tags, a.project, a.session);
         let id = self.memory.store(r).await.map_err(engine)?;
         Ok(Json(Remembered {
             id: id.to_string(),
