@@ -226,11 +226,7 @@ impl KeywordIndex {
         for slot in 0..self.docs.len() as u32 {
             if self.docs[slot as usize].live {
                 let len = self.context_len(slot);
-                let project = self.groups[self.docs[slot as usize].group as usize].project;
-                for c in [&mut self.all, self.corpora.entry(project).or_default()] {
-                    c.docs += 1;
-                    c.len_sum += len;
-                }
+                self.tally(slot, len, true);
             }
         }
     }
@@ -386,7 +382,13 @@ impl KeywordIndex {
         let d = self.docs[slot as usize];
         let n = self.neighbours(slot).count() as u64;
         let len = self.context_len(slot) + n * u64::from(d.len);
-        let project = self.groups[d.group as usize].project;
+        self.tally(slot, len, add);
+    }
+
+    /// Adds (or takes away) one record and `len` of context length to the whole store's
+    /// corpus and to its project's.
+    fn tally(&mut self, slot: u32, len: u64, add: bool) {
+        let project = self.groups[self.docs[slot as usize].group as usize].project;
         for c in [&mut self.all, self.corpora.entry(project).or_default()] {
             if add {
                 c.docs += 1;
