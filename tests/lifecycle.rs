@@ -6,7 +6,7 @@
 mod common;
 use common::*;
 use magray_memory::lifecycle::EvalConfig;
-use magray_memory::sim::{self, SimConfig};
+use magray_memory::sim::{self, SimConfig, Workload};
 use magray_memory::wal::ManualClock;
 use magray_memory::*;
 use std::collections::HashMap;
@@ -372,17 +372,8 @@ async fn a_panicking_promoter_poisons_the_engine_with_a_clear_error() {
 }
 
 fn sim_config(clock: &ManualClock, dim: usize) -> Config {
-    Config {
-        dimension: dim,
-        clock: Arc::new(clock.clone()),
-        lifecycle: LifecycleConfig::manual(),
-        // Exact search, and accesses written only when the simulation flushes them: the
-        // same seed gives the same history.
-        exact_search_below: usize::MAX,
-        access_flush_interval: Duration::from_secs(24 * 3600),
-        access_flush_hits: usize::MAX,
-        ..Config::default()
-    }
+    // The settings the promoter report pins: the same seed gives the same history.
+    sim::store_config(clock, dim)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -494,14 +485,16 @@ async fn replaying_the_log_reproduces_every_records_layer() {
     reopened.close().await.unwrap();
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn the_learned_promoter_beats_the_baselines_on_the_simulated_workload() {
-    // The report command (`cargo run --release --example promoter_report`) runs this with
-    // several seeds; here seed 1, the README's first table.
+/// One seed of a family: the precision@10 of every promoter on the held-out days.
+async fn precision_by_promoter(workload: Workload, seed: u64) -> Vec<(String, f64)> {
     let dir = tempfile::tempdir().unwrap();
-    let sc = SimConfig::default();
+    let sc = SimConfig {
+        seed,
+        workload,
+        ..SimConfig::default()
+    };
     let clock = ManualClock::new(sc.start_us);
-    let m = Memory::open(dir.path(), sim_config(&clock, sc.dim))
+    let m = Memory::open(dir.path(), sim::store_config(&clock, sc.dim))
         .await
         .unwrap();
     let summary = sim::run(&m, &clock, &sc).await.unwrap();
@@ -513,14 +506,49 @@ async fn the_learned_promoter_beats_the_baselines_on_the_simulated_workload() {
         .evaluate_promoters(EvalConfig::split_at(sc.start_us + 24 * DAY))
         .await
         .unwrap();
-    eprintln!("{report}");
-    let learned = report.row("learned").unwrap().precision_at_k;
-    for base in ["memoryos", "generative-agents", "access-count"] {
-        let b = report.row(base).unwrap().precision_at_k;
-        assert!(
-            learned >= b + 0.10,
-            "learned {learned:.3} vs {base} {b:.3}:\n{report}"
-        );
-    }
     m.close().await.unwrap();
+    report
+        .rows
+        .into_iter()
+        .map(|r| (r.promoter, r.precision_at_k))
+        .collect()
+}
+
+/// Precision@10 of the learned promoter minus the best baseline's (by mean), per seed.
+async fn margins(workload: Workload, seeds: std::ops::RangeInclusive<u64>) -> (Vec<f64>, String) {
+    // Seeds are independent stores: run them side by side.
+    let tasks: Vec<_> = seeds
+        .map(|seed| tokio::spawn(precision_by_promoter(workload, seed)))
+        .collect();
+    let mut learned = Vec::new();
+    let mut baselines: HashMap<String, Vec<f64>> = HashMap::new();
+    for t in tasks {
+        for (promoter, p) in t.await.unwrap() {
+            if promoter == "learned" {
+                learned.push(p);
+            } else {
+                baselines.entry(promoter).or_default().push(p);
+            }
+        }
+    }
+    let (best, v) = baselines
+        .into_iter()
+        .max_by(|a, b| sim::mean_ci95(&a.1).0.total_cmp(&sim::mean_ci95(&b.1).0))
+        .unwrap();
+    (learned.iter().zip(&v).map(|(l, b)| l - b).collect(), best)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_learned_promoter_beats_the_best_baseline_where_the_interval_says_so() {
+    // The README's row for the family without topic ids in the text, as the report command
+    // (`cargo run --release --example promoter_report -- --workload no-topic-ids`) computes
+    // it: seeds 1–10, the margin over the best baseline (by mean) with its 95 % interval.
+    // Its lower bound is above zero there; on `recurring-bursts` it is not, and nothing is
+    // asserted about that family.
+    let (margins, best) = margins(Workload::NoTopicIds, 1..=10).await;
+    let (mean, hw) = sim::mean_ci95(&margins);
+    assert!(
+        mean - hw > 0.0,
+        "learned − {best}: {mean:+.3} ± {hw:.3} over seeds 1–10: {margins:?}"
+    );
 }

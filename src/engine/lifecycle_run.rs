@@ -61,6 +61,7 @@ impl Inner {
             .needs_neighbours()
             .then_some((self.config.hnsw.ef_search, self.config.exact_search_below));
         let mut out = Vec::with_capacity(slots.len());
+        let mut sigs = Vec::with_capacity(slots.len());
         for chunk in slots.chunks(SCORE_CHUNK) {
             let st = self.state.read();
             for &slot in chunk {
@@ -69,21 +70,25 @@ impl Inner {
                 };
                 let (id, past_ttl, layer_since_us) = (r.id, st.past_ttl(&r, now), r.layer_since_us);
                 if let Some(sig) = signals(&st, slot, now, neighbours) {
-                    let score = promoter.score(model, &sig);
+                    sigs.push(sig);
                     out.push(Scored {
                         id,
-                        // A NaN score (a custom scorer's) is the lowest: never promoted,
-                        // evicted first.
-                        score: if score.is_nan() {
-                            f64::NEG_INFINITY
-                        } else {
-                            score
-                        },
+                        score: 0.0,
                         past_ttl,
                         layer_since_us,
                     });
                 }
             }
+        }
+        // The whole layer is one candidate set (Generative Agents normalises across it,
+        // MemoryOS per segment groups within it).
+        for (s, score) in out.iter_mut().zip(promoter.score_set(model, &sigs)) {
+            // A NaN score (a custom scorer's) is the lowest: never promoted, evicted first.
+            s.score = if score.is_nan() {
+                f64::NEG_INFINITY
+            } else {
+                score
+            };
         }
         out
     }

@@ -5,16 +5,18 @@
 //!   engine and for training replays, so a model is trained on exactly what it is served.
 //! * [`PromoterModel`]: a logistic regression over [`FEATURES`], trained from the log itself
 //!   (replay history, take signals at sample times, label = accessed again within a horizon).
-//! * [`Promoter`]: the learned model or one of the baselines (MemoryOS heat, Generative Agents,
-//!   access count), or the caller's own scorer.
+//! * [`Promoter`]: the learned model or one of the published baselines ([`baselines`]:
+//!   MemoryOS heat per record and per segment, Generative Agents, access count), or the
+//!   caller's own scorer.
 //!
 //! Decisions are events (`Promoted`, `Expired`): replay applies them and never re-decides.
 
+pub mod baselines;
 mod model;
 pub(crate) mod offline;
 
 pub use model::{PromoterModel, TrainError, FEATURES};
-pub use offline::{EvalConfig, EvalReport, EvalRow};
+pub use offline::{EvalConfig, EvalReport, EvalRow, EvalTarget};
 
 use crate::projection::{Probe, Projections};
 use crate::types::{Layer, SearchOptions};
@@ -71,6 +73,35 @@ pub struct Signals {
     pub redundancy: f32,
     /// The record's kind.
     pub kind: String,
+    /// The session that stored it (MemoryOS groups a session's records into a segment).
+    pub session: Option<String>,
+}
+
+/// Signals of an Interact `message` 10 hours old, never read: the base of test fixtures.
+#[cfg(test)]
+pub(crate) fn quiet_signals() -> Signals {
+    Signals {
+        layer: Layer::Interact,
+        count: 0,
+        decayed: [0.0; 3],
+        hours_since_access: None,
+        age_hours: 10.0,
+        hours_in_layer: 10.0,
+        sessions: 0,
+        projects: 0,
+        mean_rank: None,
+        mean_score: None,
+        rating: None,
+        text_chars: 40,
+        refs_in: 0,
+        cluster: 0,
+        cluster_sessions: 1,
+        centrality: 0.0,
+        cluster_heat: 0.0,
+        redundancy: 0.0,
+        kind: "message".into(),
+        session: None,
+    }
 }
 
 /// Computes a record's signals at `now_us` from the projections. With `neighbours` (HNSW
@@ -106,6 +137,7 @@ pub(crate) fn signals(
         cluster_heat: 0.0,
         redundancy: 0.0,
         kind: r.body.kind().to_owned(),
+        session: r.body.session().map(str::to_owned),
     };
     let Some((ef, exact_below)) = neighbours else {
         return Some(sig);
@@ -187,13 +219,17 @@ pub enum Promoter {
     /// again within the horizon.
     #[default]
     Learned,
-    /// MemoryOS heat: `H = N_visit + L_interaction + exp(-Δh/24)`, promote at `H ≥ 5`. We read
-    /// `N_visit` as the access count, `L_interaction` as the distinct sessions that used the
-    /// record and `Δh` as hours since the last access (since insertion if never).
+    /// MemoryOS heat per record ([`baselines::memoryos_heat`]): `H = N_visit + L_interaction +
+    /// exp(-Δh/24)`, promote at `H ≥ 5`, with `N_visit` the access count, `L_interaction` the
+    /// distinct sessions that used the record and `Δh` hours since the last access.
     MemoryOs,
-    /// Generative Agents retrieval score: `0.5·recency + 3·relevance + 2·importance`, with
-    /// recency `0.995^hours since last access`, relevance the mean similarity when retrieved
-    /// and importance the user's rating (0 unrated).
+    /// MemoryOS heat as the paper computes it, per segment ([`baselines::memoryos_segments`]):
+    /// the records of one session share their segment's visits, pages and recency.
+    MemoryOsSegment,
+    /// Generative Agents retrieval score ([`baselines::generative_agents`]):
+    /// `0.5·recency + 3·relevance + 2·importance`, each min-max normalised across the
+    /// candidates, with recency `0.995^hours since last access`, relevance the mean
+    /// similarity when retrieved and importance the user's rating (0 unrated).
     GenerativeAgents,
     /// Pure access count.
     AccessCount,
@@ -213,10 +249,11 @@ impl std::str::FromStr for Promoter {
         match s.to_ascii_lowercase().as_str() {
             "learned" => Ok(Promoter::Learned),
             "memoryos" => Ok(Promoter::MemoryOs),
+            "memoryos-segment" => Ok(Promoter::MemoryOsSegment),
             "generative-agents" => Ok(Promoter::GenerativeAgents),
             "access-count" => Ok(Promoter::AccessCount),
             other => Err(format!(
-                "unknown promoter {other:?}; expected learned, memoryos, generative-agents or access-count"
+                "unknown promoter {other:?}; expected learned, memoryos, memoryos-segment, generative-agents or access-count"
             )),
         }
     }
@@ -228,6 +265,7 @@ impl Promoter {
         match self {
             Promoter::Learned => "learned",
             Promoter::MemoryOs => "memoryos",
+            Promoter::MemoryOsSegment => "memoryos-segment",
             Promoter::GenerativeAgents => "generative-agents",
             Promoter::AccessCount => "access-count",
             Promoter::Custom(name, _) => name,
@@ -239,8 +277,8 @@ impl Promoter {
         match self {
             Promoter::Learned | Promoter::Custom(..) => [0.5, 0.8],
             // MemoryOS promotes at heat 5; it has one tier, so both steps use it.
-            Promoter::MemoryOs => [5.0, 5.0],
-            // 0.5 + 3 + 2 at most: a recent, relevant and highly rated record.
+            Promoter::MemoryOs | Promoter::MemoryOsSegment => [5.0, 5.0],
+            // 0.5 + 3 + 2 at most: the most recent, relevant and highly rated candidate.
             Promoter::GenerativeAgents => [3.0, 4.0],
             Promoter::AccessCount => [5.0, 20.0],
         }
@@ -252,33 +290,19 @@ impl Promoter {
         matches!(self, Promoter::Learned | Promoter::Custom(..))
     }
 
-    /// Scores one record; `model` is used by [`Promoter::Learned`].
-    pub fn score(&self, model: &PromoterModel, s: &Signals) -> f64 {
+    /// Scores a set of candidates (one layer in a lifecycle run, one sample point in an
+    /// evaluation), one score per candidate in order: some baselines normalise or group
+    /// across the set. `model` is used by [`Promoter::Learned`].
+    pub fn score_set(&self, model: &PromoterModel, set: &[Signals]) -> Vec<f64> {
         match self {
-            Promoter::Learned => model.score(s),
-            Promoter::MemoryOs => memoryos_heat(s),
-            Promoter::GenerativeAgents => generative_agents(s),
-            Promoter::AccessCount => s.count as f64,
-            Promoter::Custom(_, f) => f(s),
+            Promoter::Learned => set.iter().map(|s| model.score(s)).collect(),
+            Promoter::MemoryOs => set.iter().map(baselines::memoryos_heat).collect(),
+            Promoter::MemoryOsSegment => baselines::memoryos_segments(set),
+            Promoter::GenerativeAgents => baselines::generative_agents(set),
+            Promoter::AccessCount => set.iter().map(|s| s.count as f64).collect(),
+            Promoter::Custom(_, f) => set.iter().map(|s| f(s)).collect(),
         }
     }
-}
-
-/// MemoryOS heat (Kang et al., 2025): visits + interaction length + recency.
-pub fn memoryos_heat(s: &Signals) -> f64 {
-    let dh = s.hours_since_access.unwrap_or(s.hours_in_layer);
-    s.count as f64 + f64::from(s.sessions) + (-dh / 24.0).exp()
-}
-
-/// Generative Agents (Park et al., 2023) retrieval score without a query: recency decays by
-/// 0.995 per hour, relevance is the mean similarity the record was retrieved with, importance
-/// the user's rating.
-pub fn generative_agents(s: &Signals) -> f64 {
-    let dh = s.hours_since_access.unwrap_or(s.hours_in_layer);
-    let recency = 0.995f64.powf(dh);
-    let relevance = s.mean_score.unwrap_or(0.0).max(0.0);
-    let importance = f64::from(s.rating.unwrap_or(0.0));
-    0.5 * recency + 3.0 * relevance + 2.0 * importance
 }
 
 /// What one lifecycle run (promotion and/or expiry) decided.

@@ -546,29 +546,14 @@ fn solve(mut a: Vec<Vec<f64>>, mut b: Vec<f64>) -> Option<Vec<f64>> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::types::Layer;
 
     fn sig(count: u64, sessions: u32, rating: Option<f32>) -> Signals {
         Signals {
-            layer: Layer::Interact,
             count,
-            decayed: [0.0; 3],
             hours_since_access: (count > 0).then_some(2.0),
-            age_hours: 10.0,
-            hours_in_layer: 10.0,
             sessions,
-            projects: 0,
-            mean_rank: None,
-            mean_score: None,
             rating,
-            text_chars: 40,
-            refs_in: 0,
-            cluster: 0,
-            cluster_sessions: 1,
-            centrality: 0.0,
-            cluster_heat: 0.0,
-            redundancy: 0.0,
-            kind: "message".into(),
+            ..crate::lifecycle::quiet_signals()
         }
     }
 

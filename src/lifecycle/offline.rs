@@ -3,18 +3,21 @@
 //! record was accessed again in `(t, t + horizon]`. The training run and the promoter
 //! evaluation both use it, so a model is judged on exactly what it was trained on.
 
-use super::{signals, Promoter, PromoterModel, Signals};
+use super::model::features;
+use super::{baselines, signals, Promoter, PromoterModel, Signals, FEATURES};
 use crate::error::Result;
 use crate::projection::Projections;
-use crate::types::Layer;
+use crate::types::{Layer, RecordId};
 use crate::util::fnv64;
 use magray_wal::{Envelope, Event, Id};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
 use std::time::Duration;
 
 /// One labelled observation.
 #[derive(Debug, Clone)]
 pub(crate) struct Sample {
+    pub(crate) id: Id,
     pub(crate) t_us: u64,
     pub(crate) signals: Signals,
     pub(crate) label: bool,
@@ -140,10 +143,9 @@ impl Collector {
                 .into_iter()
                 .partition(|s| self.proj.live(*s).is_some_and(|r| r.stats().count > 0));
             if unread.len() > self.cap {
-                let key = |s: &u32| {
-                    let id = self.proj.live(*s).map(|r| r.id).unwrap_or_default();
-                    fnv64(&id) ^ t.wrapping_mul(0x9e37_79b9_7f4a_7c15)
-                };
+                // By slot, not id: ids carry the wall clock, and a replay of the same
+                // history must choose the same samples.
+                let key = |s: &u32| fnv64(&s.to_le_bytes()) ^ t.wrapping_mul(0x9e37_79b9_7f4a_7c15);
                 unread.sort_by_key(key);
                 unread.truncate(self.cap);
             }
@@ -160,6 +162,7 @@ impl Collector {
             };
             self.open.entry(id).or_default().push(self.samples.len());
             self.samples.push(Sample {
+                id,
                 t_us: t,
                 signals: sig,
                 label: false,
@@ -199,6 +202,22 @@ pub struct EvalConfig {
     /// before the sample point: the ones a promoter must decide on before a 24 h TTL takes
     /// them. `None`: every live Interact and Insights record. Default 24 h.
     pub candidate_window: Option<Duration>,
+    /// What a held-out candidate must be to count as a hit. Default
+    /// [`EvalTarget::AccessedAgain`].
+    pub target: EvalTarget,
+}
+
+/// What the held-out figures count as a right pick. Training always labels by what the
+/// engine itself can see (an access within the horizon), as the live engine does.
+#[derive(Debug, Clone, Default)]
+pub enum EvalTarget {
+    /// Accessed again within the horizon after the sample point.
+    #[default]
+    AccessedAgain,
+    /// Needed within the horizon: the times each record is needed (for a benchmark with
+    /// ground truth, such as the evidence turns of questions asked later). A record absent
+    /// from the map is never needed.
+    Needed(Arc<HashMap<RecordId, Vec<u64>>>),
 }
 
 impl EvalConfig {
@@ -211,6 +230,7 @@ impl EvalConfig {
             k: 10,
             train_per_time: 200,
             candidate_window: Some(Duration::from_secs(24 * 3600)),
+            target: EvalTarget::AccessedAgain,
         }
     }
 }
@@ -233,8 +253,14 @@ pub struct EvalReport {
     pub k: usize,
     /// Horizon of the label.
     pub horizon: Duration,
-    /// One row per promoter, learned first.
+    /// One row per promoter, learned first: `learned`, `memoryos`, `memoryos-segment`,
+    /// `generative-agents`, `access-count`, `random` and `best-single-feature`.
     pub rows: Vec<EvalRow>,
+    /// The feature `best-single-feature` ranks by, with its direction: the one of the learned
+    /// model's [`FEATURES`] whose ranking scored the best precision@k on the training period.
+    pub best_feature: String,
+    /// What counted as a right pick on the held-out period, in words.
+    pub label: String,
     /// Training samples and positives.
     pub train_samples: usize,
     /// Positives among the training samples.
@@ -272,9 +298,11 @@ impl std::fmt::Display for EvalReport {
         }
         write!(
             f,
-            "\nlabel: accessed again within {} h; held-out points: {}; candidates per point: {:.0}; \
+            "\nbest single feature (chosen on the training period): {}\n\
+             label: {}; held-out points: {}; candidates per point: {:.0}; \
              base rate: {:.3}; training samples: {} ({} positive)\nmodel: {}",
-            self.horizon.as_secs() / 3600,
+            self.best_feature,
+            self.label,
             self.eval_points,
             self.mean_candidates,
             self.base_rate,
@@ -319,8 +347,22 @@ pub(crate) fn evaluate(
     let model = PromoterModel::train(&train, 100, 1, h, last_seq).map_err(|e| {
         crate::Error::InvalidInput(format!("training on the period before the split: {e}"))
     })?;
-    let mut points: std::collections::BTreeMap<u64, Vec<&Sample>> = Default::default();
-    for s in samples.iter().filter(|s| s.t_us >= cfg.split_us) {
+    let (best, best_feature) = best_single_feature(&samples, cfg, h);
+    let mut held_out: Vec<Sample> = samples
+        .into_iter()
+        .filter(|s| s.t_us >= cfg.split_us)
+        .collect();
+    if let EvalTarget::Needed(needed) = &cfg.target {
+        for s in &mut held_out {
+            s.label = needed.get(&RecordId(s.id)).is_some_and(|times| {
+                times
+                    .iter()
+                    .any(|t| *t > s.t_us && *t <= s.t_us.saturating_add(h))
+            });
+        }
+    }
+    let mut points: BTreeMap<u64, Vec<&Sample>> = Default::default();
+    for s in &held_out {
         points.entry(s.t_us).or_default().push(s);
     }
     if points.is_empty() {
@@ -332,44 +374,60 @@ pub(crate) fn evaluate(
     let promoters = [
         Promoter::Learned,
         Promoter::MemoryOs,
+        Promoter::MemoryOsSegment,
         Promoter::GenerativeAgents,
         Promoter::AccessCount,
     ];
-    let mut rows = Vec::new();
-    for p in &promoters {
-        let (mut prec, mut rec, mut rec_n) = (0.0, 0.0, 0usize);
-        for cands in points.values() {
-            let mut scored: Vec<(f64, usize)> = cands
-                .iter()
-                .enumerate()
-                .map(|(i, s)| (p.score(&model, &s.signals), i))
-                .collect();
-            // Best first; ties keep the older record first (stable, deterministic).
-            scored.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
-            let hits = scored
-                .iter()
-                .take(cfg.k)
-                .filter(|(_, i)| cands[*i].label)
-                .count();
-            let pos = cands.iter().filter(|s| s.label).count();
-            prec += hits as f64 / cfg.k as f64;
-            if pos > 0 {
-                rec += hits as f64 / pos as f64;
-                rec_n += 1;
+    let mut rows: Vec<EvalRow> = promoters
+        .iter()
+        .map(|p| {
+            let (precision_at_k, recall_at_k) = rank_points(&points, cfg.k, |set| {
+                let sigs: Vec<Signals> = set.iter().map(|s| s.signals.clone()).collect();
+                p.score_set(&model, &sigs)
+            });
+            EvalRow {
+                promoter: p.name().to_string(),
+                precision_at_k,
+                recall_at_k,
             }
-        }
-        rows.push(EvalRow {
-            promoter: p.name().to_string(),
-            precision_at_k: prec / points.len() as f64,
-            recall_at_k: if rec_n > 0 { rec / rec_n as f64 } else { 0.0 },
-        });
-    }
+        })
+        .collect();
+    // Keyed by time and position (candidates come in slot order), not by id: ids carry the
+    // wall clock, and the same history must give the same table.
+    let (precision_at_k, recall_at_k) = rank_points(&points, cfg.k, |set| {
+        set.iter()
+            .enumerate()
+            .map(|(i, s)| baselines::random(s.t_us.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ i as u64))
+            .collect()
+    });
+    rows.push(EvalRow {
+        promoter: "random".into(),
+        precision_at_k,
+        recall_at_k,
+    });
+    let (precision_at_k, recall_at_k) = rank_points(&points, cfg.k, |set| {
+        set.iter().map(|s| best.score(&s.signals)).collect()
+    });
+    rows.push(EvalRow {
+        promoter: "best-single-feature".into(),
+        precision_at_k,
+        recall_at_k,
+    });
     let n_eval: usize = points.values().map(Vec::len).sum();
     let pos_eval = points.values().flatten().filter(|s| s.label).count();
     Ok(EvalReport {
         k: cfg.k,
         horizon: cfg.horizon,
         rows,
+        best_feature,
+        label: format!(
+            "{} within {} h",
+            match cfg.target {
+                EvalTarget::AccessedAgain => "accessed again",
+                EvalTarget::Needed(_) => "needed",
+            },
+            h / 3_600_000_000
+        ),
         train_samples: train.len(),
         train_positives: train.iter().filter(|(_, y)| *y).count(),
         eval_points: points.len(),
@@ -377,4 +435,77 @@ pub(crate) fn evaluate(
         base_rate: pos_eval as f64 / n_eval.max(1) as f64,
         model,
     })
+}
+
+/// Mean precision@k over the points and mean recall@k over the points with any positive,
+/// ranking each point's candidates by `score` (best first; ties keep the older record first).
+fn rank_points(
+    points: &BTreeMap<u64, Vec<&Sample>>,
+    k: usize,
+    score: impl Fn(&[&Sample]) -> Vec<f64>,
+) -> (f64, f64) {
+    let (mut prec, mut rec, mut rec_n) = (0.0, 0.0, 0usize);
+    for cands in points.values() {
+        let mut scored: Vec<(f64, usize)> = score(cands).into_iter().zip(0..).collect();
+        scored.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        let hits = scored
+            .iter()
+            .take(k)
+            .filter(|(_, i)| cands[*i].label)
+            .count();
+        let pos = cands.iter().filter(|s| s.label).count();
+        prec += hits as f64 / k as f64;
+        if pos > 0 {
+            rec += hits as f64 / pos as f64;
+            rec_n += 1;
+        }
+    }
+    (
+        prec / points.len().max(1) as f64,
+        if rec_n > 0 { rec / rec_n as f64 } else { 0.0 },
+    )
+}
+
+/// One feature of the learned model, used alone: `direction · x[feature]`.
+struct SingleFeature {
+    feature: usize,
+    direction: f64,
+}
+
+impl SingleFeature {
+    fn score(&self, s: &Signals) -> f64 {
+        self.direction * features(s, &[])[self.feature]
+    }
+}
+
+/// The strongest single feature: of the learned model's [`FEATURES`], each ranking high or
+/// low first, the one with the best precision@k on the training period (the same samples
+/// the model is fitted on, labels that never look past the split).
+fn best_single_feature(samples: &[Sample], cfg: &EvalConfig, h: u64) -> (SingleFeature, String) {
+    let mut points: BTreeMap<u64, Vec<&Sample>> = Default::default();
+    for s in samples
+        .iter()
+        .filter(|s| s.t_us.saturating_add(h) <= cfg.split_us)
+    {
+        points.entry(s.t_us).or_default().push(s);
+    }
+    let mut best = (f64::NEG_INFINITY, 0, 1.0);
+    for feature in 0..FEATURES.len() {
+        for direction in [1.0, -1.0] {
+            let f = SingleFeature { feature, direction };
+            let (p, _) = rank_points(&points, cfg.k, |set| {
+                set.iter().map(|s| f.score(&s.signals)).collect()
+            });
+            if p > best.0 {
+                best = (p, feature, direction);
+            }
+        }
+    }
+    let (_, feature, direction) = best;
+    let name = format!(
+        "{} {} first",
+        FEATURES[feature],
+        if direction > 0.0 { "high" } else { "low" }
+    );
+    (SingleFeature { feature, direction }, name)
 }
