@@ -15,7 +15,7 @@ use crate::disk::store_files::{StoreLock, StoreManifest};
 use crate::error::{Error, Result};
 use crate::snapshot;
 use crate::verify::{self, VerifyReport};
-use magray_wal::fsutil::{sync_dir, sync_file};
+use magray_wal::fsutil::{create_dir_durable, sync_dir, sync_file};
 use magray_wal::{Event, History, Log, LogConfig, ManualClock};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -91,7 +91,7 @@ pub fn restore(
         .parent()
         .filter(|p| !p.as_os_str().is_empty())
         .unwrap_or(Path::new("."));
-    std::fs::create_dir_all(parent).map_err(|e| Error::io(parent, e))?;
+    create_dir_durable(parent)?;
     let staging = parent.join(format!(".{name}.restore-{}", std::process::id()));
     if staging.exists() {
         std::fs::remove_dir_all(&staging).map_err(|e| Error::io(&staging, e))?;
@@ -141,7 +141,7 @@ fn replicate(
     progress: &mut dyn FnMut(u64),
 ) -> Result<CopyReport> {
     let src = verify::manifest(source)?;
-    std::fs::create_dir_all(dest).map_err(|e| Error::io(dest, e))?;
+    create_dir_durable(dest)?;
     let _lock = StoreLock::acquire(dest)?;
     let timeline = dest_timeline(source, dest, &src.timeline, new_manifest)?;
     let clock = ManualClock::new(0);
@@ -276,7 +276,7 @@ fn copy_newest_snapshot(
 ) -> Result<()> {
     // The newest valid snapshot at or before what the destination holds.
     let dst_root = dest.join("snapshots");
-    std::fs::create_dir_all(&dst_root).map_err(|e| Error::io(&dst_root, e))?;
+    create_dir_durable(&dst_root)?;
     // A store in use prunes old snapshots while we copy: a snapshot that vanishes or fails
     // its checks is skipped for the next older one. None at all is fine (the log has every
     // event; opening the copy replays more).
@@ -326,7 +326,7 @@ fn copy_snapshot(from: &Path, to: &Path, dim: usize) -> Result<()> {
     if tmp.exists() {
         std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
     }
-    std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+    create_dir_durable(&tmp)?;
     for entry in std::fs::read_dir(from).map_err(|e| Error::io(from, e))? {
         let entry = entry.map_err(|e| Error::io(from, e))?;
         let dst = tmp.join(entry.file_name());

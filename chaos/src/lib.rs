@@ -23,9 +23,11 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 mod faults;
+mod power;
 
 use faults::disk_full;
 pub use faults::{inject, Fault, FaultOutcome};
+pub use power::{run_power, PowerSummary};
 
 /// Vector dimension of chaos stores.
 pub const DIM: usize = 16;
@@ -291,15 +293,29 @@ struct Ctx<'a> {
 /// Runs one kill cycle: starts the worker on the store, kills it in `window`, reads its
 /// report into the oracle and verifies the store. `Err` describes a violated expectation.
 fn kill_cycle(ctx: &mut Ctx, cycle: u64, window: Window) -> Result<CycleReport, String> {
-    let Ctx {
-        worker,
-        dir,
-        seed,
-        rng,
-        oracle,
-        rt,
-    } = ctx;
-    let (worker, dir, seed) = (*worker, *dir, *seed);
+    let (lines, in_window) =
+        run_worker(ctx.worker, ctx.dir, ctx.seed, &mut ctx.rng, cycle, window)?;
+    ctx.oracle.absorb(&lines);
+    let archive_cut = std::fs::read_dir(ctx.dir.join("archive")).is_ok_and(|d| {
+        d.flatten()
+            .any(|e| e.file_name().to_string_lossy().starts_with(".tmp-"))
+    });
+    let mut report = ctx.rt.block_on(verify(ctx.dir, &mut ctx.oracle, cycle))?;
+    report.in_window = in_window;
+    report.archive_cut = archive_cut;
+    Ok(report)
+}
+
+/// Starts the worker on the store in `dir`, SIGKILLs it in `window` and returns everything
+/// it said, and whether the kill landed inside the window.
+pub(crate) fn run_worker(
+    worker: &Path,
+    dir: &Path,
+    seed: u64,
+    rng: &mut Rng,
+    cycle: u64,
+    window: Window,
+) -> Result<(Vec<String>, bool), String> {
     let mut child = Command::new(worker)
         .arg(dir)
         .arg(format!("{}", seed.wrapping_mul(1000).wrapping_add(cycle)))
@@ -346,7 +362,7 @@ fn kill_cycle(ctx: &mut Ctx, cycle: u64, window: Window) -> Result<CycleReport, 
     let _ = child.kill(); // SIGKILL
     let _ = child.wait();
     let lines = reader.join().map_err(|_| "reader thread panicked")?;
-    let last = oracle.absorb(&lines);
+    let last = last_pending(&lines);
     if window == Window::Recovery {
         // Inside the window if the worker had not finished opening.
         in_window = !lines.iter().any(|l| l == "READY");
@@ -358,14 +374,17 @@ fn kill_cycle(ctx: &mut Ctx, cycle: u64, window: Window) -> Result<CycleReport, 
         // Inside the window only if that operation was still unacknowledged at the kill.
         in_window &= last.as_deref() == Some(m);
     }
-    let archive_cut = std::fs::read_dir(dir.join("archive")).is_ok_and(|d| {
-        d.flatten()
-            .any(|e| e.file_name().to_string_lossy().starts_with(".tmp-"))
-    });
-    let mut report = rt.block_on(verify(dir, oracle, cycle))?;
-    report.in_window = in_window;
-    report.archive_cut = archive_cut;
-    Ok(report)
+    Ok((lines, in_window))
+}
+
+/// The kind of the last operation the worker announced (`P` line).
+fn last_pending(lines: &[String]) -> Option<String> {
+    lines.iter().rev().find_map(|l| {
+        let mut parts = l.split(' ');
+        (parts.next() == Some("P"))
+            .then(|| parts.nth(1).map(str::to_string))
+            .flatten()
+    })
 }
 
 /// Whether the worker's last `archive` batch was acknowledged before the kill.

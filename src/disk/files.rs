@@ -45,7 +45,7 @@ pub(crate) fn crc_file(path: &Path) -> Result<(u64, u32)> {
 }
 
 pub(crate) fn write_file(path: &Path, bytes: &[u8]) -> Result<FileEntry> {
-    let mut f = File::create(path).map_err(|e| Error::io(path, e))?;
+    let mut f = magray_wal::fsutil::create_file(path).map_err(|e| Error::io(path, e))?;
     f.write_all(bytes)
         .and_then(|_| fsutil::sync_file(&f, path))
         .map_err(|e| Error::io(path, e))?;

@@ -51,7 +51,7 @@ pub(crate) fn write_slots(path: &Path, nslots: u32, rows: &[Row]) -> Result<(u64
         e[4] = r.fields.layer.index() as u8;
         e[8..16].copy_from_slice(&r.fields.layer_since_us.to_le_bytes());
     }
-    let mut f = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
+    let mut f = magray_wal::fsutil::create_file(path).map_err(|e| Error::io(path, e))?;
     f.write_all(&b)
         .and_then(|_| magray_wal::fsutil::sync_file(&f, path))
         .map_err(|e| Error::io(path, e))?;

@@ -4,6 +4,7 @@
 use crate::error::{Error, Result};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 /// Version of the store layout (MANIFEST, snapshots). Changelog in docs/format.md.
@@ -24,6 +25,7 @@ impl StoreLock {
             .write(true)
             .create(true)
             .truncate(false)
+            .mode(magray_wal::fsutil::FILE_MODE)
             .open(&path)
             .map_err(|e| Error::io(&path, e))?;
         match file.try_lock() {

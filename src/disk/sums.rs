@@ -324,7 +324,7 @@ pub(crate) fn write_sums(chunk: &Path, len: u64, sums: &[u32]) -> Result<(u64, u
     for s in sums {
         b.extend_from_slice(&s.to_le_bytes());
     }
-    let mut f = File::create(&path).map_err(|e| Error::io(&path, e))?;
+    let mut f = magray_wal::fsutil::create_file(&path).map_err(|e| Error::io(&path, e))?;
     f.write_all(&b)
         .and_then(|_| magray_wal::fsutil::sync_file(&f, &path))
         .map_err(|e| Error::io(&path, e))?;

@@ -272,7 +272,7 @@ pub(crate) fn write_chunk(
     h[16..20].copy_from_slice(&count.to_le_bytes());
     let crc = crc32fast::hash(&h[..60]);
     h[60..64].copy_from_slice(&crc.to_le_bytes());
-    let mut f = File::create(path).map_err(|e| Error::io(path, e))?;
+    let mut f = magray_wal::fsutil::create_file(path).map_err(|e| Error::io(path, e))?;
     f.write_all(&h)
         .and_then(|_| f.write_all(data))
         .and_then(|_| magray_wal::fsutil::sync_file(&f, path))

@@ -99,7 +99,7 @@ impl Inner {
 /// Writes (and fsyncs) the damage mark in the snapshots directory `root`, holding `e`.
 pub(super) fn write_damage_mark(root: &Path, e: &Error) -> Result<()> {
     let mark = root.join(DAMAGE_MARK);
-    std::fs::File::create(&mark)
+    magray_wal::fsutil::create_file(&mark)
         .and_then(|mut f| {
             use std::io::Write;
             f.write_all(e.to_string().as_bytes())?;

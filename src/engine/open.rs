@@ -61,11 +61,12 @@ impl Memory {
     pub(super) fn open_once(dir: PathBuf, config: Config) -> Result<Option<Memory>> {
         let started = Instant::now();
         config.validate()?;
-        std::fs::create_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        // Durable names: a store whose directory entry is lost in a power cut loses all of it.
+        magray_wal::fsutil::create_dir_durable(&dir)?;
         let lock = StoreLock::acquire(&dir)?;
         check_store_manifest(&dir, &config)?;
         let snap_root = dir.join("snapshots");
-        std::fs::create_dir_all(&snap_root).map_err(|e| Error::io(&snap_root, e))?;
+        magray_wal::fsutil::create_dir_durable(&snap_root)?;
         magray_wal::fsutil::remove_temp_files(&snap_root)?;
         let log = open_log(&dir, &config)?;
         let mut report = OpenReport {

@@ -2,6 +2,7 @@
 //! the directory fsynced, renamed into place, `snapshots/` fsynced.
 
 use super::*;
+use std::os::unix::fs::DirBuilderExt;
 
 /// A graph dump written into a snapshot: its basename, and the manifest entries of the dump
 /// and its block sums.
@@ -28,12 +29,15 @@ pub(crate) struct Writer {
 
 impl Writer {
     pub(crate) fn begin(root: &Path, seq: u64) -> Result<Writer> {
-        std::fs::create_dir_all(root).map_err(|e| Error::io(root, e))?;
+        magray_wal::fsutil::create_dir_durable(root)?;
         let tmp = root.join(format!("{TEMP_PREFIX}{}", dir_name(seq)));
         if tmp.exists() {
             std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
         }
-        std::fs::create_dir(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        std::fs::DirBuilder::new()
+            .mode(magray_wal::fsutil::DIR_MODE)
+            .create(&tmp)
+            .map_err(|e| Error::io(&tmp, e))?;
         Ok(Writer {
             tmp,
             root: root.to_path_buf(),
@@ -51,7 +55,7 @@ impl Writer {
             };
             let base = format!("hnsw-{}", layer.name());
             let path = graph_path(&self.tmp, &base);
-            let f = File::create(&path).map_err(|e| Error::io(&path, e))?;
+            let f = magray_wal::fsutil::create_file(&path).map_err(|e| Error::io(&path, e))?;
             // The crc and block sums are taken on the way out (the dump is not read back).
             let mut w = CrcWriter::with_block_sums(std::io::BufWriter::with_capacity(1 << 20, f));
             g.lock()
@@ -167,7 +171,7 @@ pub(super) fn write_tables(
     files: &mut Vec<FileEntry>,
 ) -> Result<FileEntry> {
     let rpath = tmp.join(RECORDS_FILE);
-    let (len, crc, sums) = File::create(&rpath)
+    let (len, crc, sums) = magray_wal::fsutil::create_file(&rpath)
         .and_then(|f| records::write(f, &rows))
         .map_err(|e| Error::io(&rpath, e))?;
     sync_file(&rpath)?;
@@ -192,7 +196,7 @@ pub(super) fn write_tables(
     drop(rows);
     let kpath = tmp.join(KEYS_FILE);
     let (len, crc, sums) = keys.write(
-        File::create(&kpath).map_err(|e| Error::io(&kpath, e))?,
+        magray_wal::fsutil::create_file(&kpath).map_err(|e| Error::io(&kpath, e))?,
         &kpath,
     )?;
     drop(keys);
@@ -203,6 +207,33 @@ pub(super) fn write_tables(
     });
     files.push(write_sums_entry(&kpath, len, &sums)?);
     Ok(records)
+}
+
+/// Hard-links `src` (an immutable file of an older snapshot, already durable) to `dst`; on a
+/// file system without hard links (EPERM, ENOSYS, EOPNOTSUPP, EXDEV, EMLINK) copies it and
+/// fsyncs the copy instead. Either way the new name is durable once `dst`'s directory is
+/// synced, which the snapshot writer does before its rename.
+fn link_or_copy(src: &Path, dst: &Path) -> Result<()> {
+    let e = match std::fs::hard_link(src, dst) {
+        Ok(()) => return Ok(()),
+        Err(e) => e,
+    };
+    use std::io::ErrorKind as K;
+    // EPERM, ENOSYS / EOPNOTSUPP, EXDEV, EMLINK.
+    let no_links = matches!(
+        e.kind(),
+        K::PermissionDenied | K::Unsupported | K::CrossesDevices | K::TooManyLinks
+    );
+    if !no_links {
+        return Err(Error::io(dst, e));
+    }
+    static SAID: std::sync::Once = std::sync::Once::new();
+    SAID.call_once(|| {
+        tracing::info!(error = %e, "this file system refuses hard links; snapshots copy unchanged vector chunks instead")
+    });
+    std::fs::copy(src, dst).map_err(|e| Error::io(dst, e))?;
+    let f = std::fs::File::open(dst).map_err(|e| Error::io(dst, e))?;
+    magray_wal::fsutil::sync_file(&f, dst).map_err(|e| Error::io(dst, e))
 }
 
 /// Hard-links the vector chunks `names` of the previous snapshot `prev` and their block sums
@@ -221,7 +252,7 @@ pub(super) fn link_chunks(
             Error::InvalidInput("vector chunks without a previous snapshot".into())
         })?;
         let dst = tmp.join(name);
-        std::fs::hard_link(prev.join(name), &dst).map_err(|e| Error::io(&dst, e))?;
+        link_or_copy(&prev.join(name), &dst)?;
         let entry = match known_chunks.get(name) {
             Some(e) => e.clone(),
             None => {
@@ -237,7 +268,7 @@ pub(super) fn link_chunks(
         let sums_entry = match known_chunks.get(&sums) {
             Some(e) => {
                 let sdst = tmp.join(&sums);
-                std::fs::hard_link(prev.join(&sums), &sdst).map_err(|e| Error::io(&sdst, e))?;
+                link_or_copy(&prev.join(&sums), &sdst)?;
                 e.clone()
             }
             None => {

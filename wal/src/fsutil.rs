@@ -1,9 +1,66 @@
-//! Atomic file writes: temp name, fsync file, rename, fsync directory.
+//! Durable file-system steps: atomic file writes (temp name, fsync file, rename, fsync
+//! directory), directories whose names survive a power cut, and owner-only creation (an
+//! agent's memory holds private conversations: files 0600, directories 0700).
 
 use crate::error::{IoContext, Result};
-use std::fs::{self, File};
+use std::fs::{self, File, OpenOptions};
 use std::io::Write;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::Path;
+
+/// Mode of every file the store creates: owner read/write only.
+pub const FILE_MODE: u32 = 0o600;
+/// Mode of every directory the store creates: owner only.
+pub const DIR_MODE: u32 = 0o700;
+
+/// Creates (or truncates) `path` for writing, owner-only ([`FILE_MODE`]) when new.
+pub fn create_file(path: &Path) -> std::io::Result<File> {
+    OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(FILE_MODE)
+        .open(path)
+}
+
+/// Creates `dir` and any missing ancestors, owner-only ([`DIR_MODE`]), and fsyncs the parent
+/// of each one it created, so that the new names survive a power cut (a directory entry is
+/// durable only once its parent directory is synced). Existing directories are left alone.
+pub fn create_dir_durable(dir: &Path) -> Result<()> {
+    let mut missing = Vec::new();
+    let mut p = dir;
+    loop {
+        match fs::metadata(p) {
+            Ok(m) if m.is_dir() => break,
+            Ok(_) => {
+                return Err(crate::Error::io(
+                    p,
+                    std::io::Error::new(std::io::ErrorKind::AlreadyExists, "not a directory"),
+                ))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => missing.push(p),
+            Err(e) => return Err(crate::Error::io(p, e)),
+        }
+        match p.parent() {
+            Some(q) if !q.as_os_str().is_empty() => p = q,
+            _ => break,
+        }
+    }
+    for d in missing.into_iter().rev() {
+        match fs::DirBuilder::new().mode(DIR_MODE).create(d) {
+            Ok(()) => {}
+            // Another opener made it meanwhile: its parent still needs the sync below.
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => return Err(crate::Error::io(d, e)),
+        }
+        let parent = match d.parent() {
+            Some(q) if !q.as_os_str().is_empty() => q,
+            _ => Path::new("."),
+        };
+        sync_dir(parent)?;
+    }
+    Ok(())
+}
 
 /// Prefix of temp files; anything starting with it is a leftover of an interrupted write.
 pub const TEMP_PREFIX: &str = ".tmp-";
@@ -82,7 +139,7 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         .unwrap_or_default();
     let tmp = dir.join(format!("{TEMP_PREFIX}{name}"));
     {
-        let mut f = File::create(&tmp).at(&tmp)?;
+        let mut f = create_file(&tmp).at(&tmp)?;
         f.write_all(bytes).at(&tmp)?;
         sync_file(&f, &tmp).at(&tmp)?;
     }

@@ -91,8 +91,8 @@ pub(crate) fn recover(
     version_info: &[u8],
     mode: RecoveryMode,
 ) -> Result<RecoveryReport> {
-    fs::create_dir_all(wal_dir).at(wal_dir)?;
-    fs::create_dir_all(archive_dir).at(archive_dir)?;
+    fsutil::create_dir_durable(wal_dir)?;
+    fsutil::create_dir_durable(archive_dir)?;
     let mut report = RecoveryReport {
         removed_temp_files: fsutil::remove_temp_files(archive_dir)?,
         ..RecoveryReport::default()
@@ -261,7 +261,7 @@ fn salvage(
 ) -> Result<Salvaged> {
     let stamp = crate::clock::SystemClock.now_us();
     let saved_in = salvage_dir.join(format!("salvage-{stamp}"));
-    fs::create_dir_all(&saved_in).at(&saved_in)?;
+    fsutil::create_dir_durable(&saved_in)?;
     let mut dropped_bytes = 0;
     for (n, (_, path)) in segments.iter().enumerate() {
         let name = path

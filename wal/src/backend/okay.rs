@@ -98,8 +98,15 @@ impl LogBackend for OkayBackend {
         // after a power cut the file could come back as `wal-<old>-cp`, which recovery takes
         // for a free segment: the log would end early and acknowledged entries be gone. So
         // `wal/` is synced before this entry is acknowledged (once a segment: a stat per append
-        // finds out).
-        if self.dir.join(format!("wal-{}", id.0)).exists() {
+        // finds out). The segment is also made owner-only then, like every file of the store
+        // (okaywal creates its files with the process umask's mode).
+        let segment = self.dir.join(format!("wal-{}", id.0));
+        if segment.exists() {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(
+                &segment,
+                std::fs::Permissions::from_mode(crate::fsutil::FILE_MODE),
+            )?;
             crate::fsutil::sync_dir(&self.dir).map_err(|e| io::Error::other(e.to_string()))?;
             #[cfg(test)]
             SEGMENT_DIR_SYNCS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
