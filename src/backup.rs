@@ -11,7 +11,7 @@
 //!   names the parent `timeline@seq`), is built in a staging directory beside the target,
 //!   verified, then renamed into place.
 
-use crate::disk::store_files::{StoreLock, StoreManifest};
+use crate::disk::store_files::{lock_store, StoreManifest};
 use crate::error::{Error, Result};
 use crate::snapshot;
 use crate::verify::{self, VerifyReport};
@@ -142,11 +142,12 @@ fn replicate(
 ) -> Result<CopyReport> {
     let src = verify::manifest(source)?;
     create_dir_durable(dest)?;
-    let _lock = StoreLock::acquire(dest)?;
+    let lock = lock_store(dest)?;
     let timeline = dest_timeline(source, dest, &src.timeline, new_manifest)?;
     let clock = ManualClock::new(0);
     let mut lc = LogConfig::new(dest);
     lc.clock = Arc::new(clock.clone());
+    lc.lock = Some(lock);
     let log = Log::open(lc)?;
     let have = log.last_seq();
     // The destination's last event must be the source's event at that sequence.

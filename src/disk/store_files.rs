@@ -2,55 +2,18 @@
 //! version, dimension, model id, creation time; crc-checked).
 
 use crate::error::{Error, Result};
-use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 /// Version of the store layout (MANIFEST, snapshots). Changelog in docs/format.md.
 pub const STORE_FORMAT_VERSION: u32 = 1;
 
-/// An exclusive `flock` on `<store>/LOCK`, released when dropped (or when the process dies,
-/// so a crashed writer never leaves a stale lock).
-#[derive(Debug)]
-pub(crate) struct StoreLock {
-    _file: File,
-}
-
-impl StoreLock {
-    pub(crate) fn acquire(dir: &Path) -> Result<StoreLock> {
-        let path = dir.join("LOCK");
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .create(true)
-            .truncate(false)
-            .mode(magray_wal::fsutil::FILE_MODE)
-            .open(&path)
-            .map_err(|e| Error::io(&path, e))?;
-        match file.try_lock() {
-            Ok(()) => {}
-            Err(std::fs::TryLockError::WouldBlock) => {
-                let mut holder = String::new();
-                let _ = file.read_to_string(&mut holder);
-                let holder = holder.trim();
-                return Err(Error::Locked {
-                    path,
-                    holder: if holder.is_empty() {
-                        "another handle".into()
-                    } else {
-                        holder.to_string()
-                    },
-                });
-            }
-            Err(std::fs::TryLockError::Error(e)) => return Err(Error::io(&path, e)),
-        }
-        let me = format!("pid {}\n", std::process::id());
-        file.set_len(0)
-            .and_then(|_| file.seek(SeekFrom::Start(0)))
-            .and_then(|_| file.write_all(me.as_bytes()))
-            .map_err(|e| Error::io(&path, e))?;
-        Ok(StoreLock { _file: file })
+/// Takes the store's lock (`magray_wal::StoreLock`: an exclusive `flock` on `<store>/LOCK`,
+/// released when dropped or when the process dies). The engine shares it with its log.
+pub(crate) fn lock_store(dir: &Path) -> Result<std::sync::Arc<magray_wal::StoreLock>> {
+    match magray_wal::StoreLock::acquire(dir) {
+        Ok(l) => Ok(std::sync::Arc::new(l)),
+        Err(magray_wal::Error::Locked { path, holder }) => Err(Error::Locked { path, holder }),
+        Err(e) => Err(e.into()),
     }
 }
 

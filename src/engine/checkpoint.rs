@@ -187,8 +187,14 @@ impl Inner {
         snap.covered_seq = covered_by_marker(cap_seq, &at);
         // Keep the newest K snapshots; the log keeps (at least) what the oldest needs.
         let all = snapshot::list(&root)?;
+        let mut pruned = false;
         for (_, p) in all.iter().skip(self.config.snapshots_keep) {
             std::fs::remove_dir_all(p).map_err(|e| Error::io(p, e))?;
+            pruned = true;
+        }
+        if pruned {
+            // The removal is durable before the log's floor moves past what it needed.
+            magray_wal::fsutil::sync_dir(&root)?;
         }
         if let Some((oldest, _)) = all.iter().take(self.config.snapshots_keep).next_back() {
             self.log()?.set_retention_floor(*oldest)?;

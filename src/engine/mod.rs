@@ -5,7 +5,7 @@
 use crate::config::Config;
 use crate::disk::files::FileEntry;
 use crate::disk::records::{self, RecordTable};
-use crate::disk::store_files::{StoreLock, StoreManifest};
+use crate::disk::store_files::{lock_store, StoreManifest};
 use crate::error::{Error, Result};
 use crate::index::dump_graph::MappedGraph;
 use crate::index::hnsw::HnswBuilder;
@@ -158,7 +158,7 @@ pub(crate) struct Inner {
     training: AtomicBool,
     /// Short-lived background threads (training), joined at close.
     bg_threads: Mutex<Vec<JoinHandle<()>>>,
-    _lock: StoreLock,
+    _lock: Arc<magray_wal::StoreLock>,
 }
 
 /// An open store. Cheap to share: wrap it in an `Arc`; every method takes `&self`.

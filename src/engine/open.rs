@@ -63,12 +63,12 @@ impl Memory {
         config.validate()?;
         // Durable names: a store whose directory entry is lost in a power cut loses all of it.
         magray_wal::fsutil::create_dir_durable(&dir)?;
-        let lock = StoreLock::acquire(&dir)?;
+        let lock = lock_store(&dir)?;
         check_store_manifest(&dir, &config)?;
         let snap_root = dir.join("snapshots");
         magray_wal::fsutil::create_dir_durable(&snap_root)?;
         magray_wal::fsutil::remove_temp_files(&snap_root)?;
-        let log = open_log(&dir, &config)?;
+        let log = open_log(&dir, &config, lock.clone())?;
         let mut report = OpenReport {
             log: log.recovery_report().clone(),
             ..Default::default()
@@ -157,8 +157,9 @@ fn check_store_manifest(dir: &Path, config: &Config) -> Result<()> {
 }
 
 /// Opens the log (its own recovery included) with the store's settings.
-fn open_log(dir: &Path, config: &Config) -> Result<Log> {
+fn open_log(dir: &Path, config: &Config, lock: Arc<magray_wal::StoreLock>) -> Result<Log> {
     let mut lc = LogConfig::new(dir);
+    lc.lock = Some(lock);
     lc.recovery = config.recovery;
     lc.segment_bytes = config.segment_bytes;
     lc.clock = config.clock.clone();
@@ -389,7 +390,7 @@ impl Inner {
         with_dump: HashSet<Layer>,
         report: OpenReport,
         model: PromoterModel,
-        lock: StoreLock,
+        lock: Arc<magray_wal::StoreLock>,
     ) -> Arc<Inner> {
         let (applied_tx, _) = watch::channel(proj.applied_seq);
         let (events_tx, _) = broadcast::channel(SUBSCRIBER_BUFFER);

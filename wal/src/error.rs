@@ -41,6 +41,14 @@ pub enum Error {
         /// Checksum computed from the data.
         got: u32,
     },
+    /// Another handle (in this process or another) holds the store's lock.
+    #[error("store {path} is locked by {holder}; close that process first (one writer per store)")]
+    Locked {
+        /// The lock file.
+        path: PathBuf,
+        /// Who holds it, as written in the lock file ("pid 1234" when known).
+        holder: String,
+    },
     /// An earlier write or fsync failed; the log refuses all further writes.
     #[error("the event log is poisoned by an earlier failure and accepts no more writes: {reason}. Nothing acknowledged was lost; close the store and reopen it (recovery re-reads the log from disk)")]
     Poisoned {

@@ -35,6 +35,7 @@ pub mod frame;
 pub mod fsutil;
 mod history;
 pub mod inspect;
+mod lock;
 mod log;
 mod recovery;
 
@@ -45,5 +46,6 @@ pub use clock::{Clock, ManualClock, SystemClock};
 pub use error::{Error, Result};
 pub use event::*;
 pub use history::History;
+pub use lock::StoreLock;
 pub use log::{Appended, Log, LogConfig};
 pub use recovery::{RecoveryMode, RecoveryReport, Salvaged, TornTail};

@@ -35,6 +35,10 @@ pub struct LogConfig {
     pub retention: Retention,
     /// Time source for event timestamps.
     pub clock: Arc<dyn Clock>,
+    /// The store lock (`<dir>/LOCK`) when the caller already holds it (the engine does).
+    /// `None`: [`Log::open`] takes it, and fails with [`Error::Locked`] while another handle
+    /// has it.
+    pub lock: Option<Arc<crate::StoreLock>>,
     /// Test-only fault injection.
     #[doc(hidden)]
     pub faults: Option<Arc<crate::backend::faulty::FaultPlan>>,
@@ -51,6 +55,7 @@ impl LogConfig {
             recovery: RecoveryMode::default(),
             retention: Retention::default(),
             clock: Arc::new(SystemClock),
+            lock: None,
             faults: None,
         }
     }
@@ -102,6 +107,7 @@ pub struct Log {
     durable_rx: watch::Receiver<u64>,
     report: RecoveryReport,
     dir: PathBuf,
+    _lock: Arc<crate::StoreLock>,
 }
 
 impl std::fmt::Debug for Log {
@@ -117,6 +123,13 @@ impl Log {
     /// Opens (creating if needed) the log, running recovery first.
     pub fn open(config: LogConfig) -> Result<Log> {
         config.validate()?;
+        let lock = match &config.lock {
+            Some(l) => l.clone(),
+            None => {
+                crate::fsutil::create_dir_durable(&config.dir)?;
+                Arc::new(crate::StoreLock::acquire(&config.dir)?)
+            }
+        };
         let wal_dir = config.dir.join("wal");
         let archive_dir = config.dir.join("archive");
         let info = version_info();
@@ -173,6 +186,7 @@ impl Log {
             durable_rx,
             report,
             dir: config.dir,
+            _lock: lock,
         })
     }
 
