@@ -100,6 +100,21 @@ fn valid_end(dir: &Path, seg: &Path, original: &[u8], last: u64) -> Option<usize
     found
 }
 
+/// Where the last entry of the live segment starts: the valid end of the latest event that
+/// an earlier entry holds (events of one entry share its end). `None` when the segment holds
+/// one entry, or the search gives up.
+fn last_entry_start(dir: &Path, seg: &Path, original: &[u8], last: u64, end: u64) -> Option<u64> {
+    // A group-committed entry holds at most a few hundred events here (batches of 100).
+    for seq in (last.saturating_sub(1024).max(1)..last).rev() {
+        match valid_end(dir, seg, original, seq) {
+            Some(e) if (e as u64) < end => return Some(e as u64),
+            Some(_) => continue,
+            None => return None,
+        }
+    }
+    None
+}
+
 /// What injecting a fault found.
 #[derive(Debug, Clone)]
 pub struct FaultOutcome {
@@ -207,15 +222,18 @@ pub(crate) async fn disk_full(
             }
         }
     };
-    let full = err.contains("No space left") || err.contains("space");
+    // The worker says why it stopped, typed: an ENOSPC in its error's chain.
+    let stop = oracle.stopped.take();
+    let full = stop.as_ref().is_some_and(|(kind, _)| kind == "enospc");
     let clean_exit = status.is_some_and(|s| s.code() == Some(1));
     let checked = verify(dir, oracle, u64::MAX - 1).await;
     FaultOutcome {
         injected: full,
         detected: full && clean_exit && checked.is_ok(),
         detail: format!(
-            "worker exit {:?}; {}; after: {}",
+            "worker exit {:?}; {:?} ({}); after: {}",
             status.and_then(|s| s.code()),
+            stop,
             err.lines().last().unwrap_or(""),
             checked
                 .err()
@@ -257,16 +275,25 @@ async fn damage_log(dir: &Path, fault: Fault, rng: &mut Rng) -> FaultOutcome {
     let Ok(original) = std::fs::read(&seg) else {
         return none("unreadable segment");
     };
-    let last = log_facts(dir).map(|f| f.2).unwrap_or(0);
+    let last = log_facts(dir).map(|f| f.last).unwrap_or(0);
     let Some(end) = valid_end(dir, &seg, &original, last).map(|e| e as u64) else {
         return none("the last event is not in the last segment");
     };
     if end < 2048 {
         return none("too little data in the live segment");
     }
+    // A mid-log flip lands before the last entry's first byte: valid entries follow it, so
+    // recovery must refuse the log (naming the segment), never cut it there.
+    let last_entry_start = match fault {
+        Fault::FlipMiddle => match last_entry_start(dir, &seg, &original, last, end) {
+            Some(s) if s > 512 => s,
+            _ => return none("a single entry in the live segment"),
+        },
+        _ => 0,
+    };
     let mut damaged = original.clone();
     let at = match fault {
-        Fault::FlipMiddle => rng.range(256, end / 2),
+        Fault::FlipMiddle => rng.range(256, last_entry_start - 1),
         _ => end - rng.range(1, 24),
     } as usize;
     match fault {
@@ -286,7 +313,19 @@ async fn damage_log(dir: &Path, fault: Fault, rng: &mut Rng) -> FaultOutcome {
         Ok(m) => {
             let (r, after) = (m.stats().open.log, m.stats().last_seq);
             drop(m);
-            if after == before {
+            if fault == Fault::FlipMiddle {
+                // Damage followed by valid entries opened anyway: a silent cut, or a flip
+                // nothing checked.
+                FaultOutcome {
+                    injected: true,
+                    detected: false,
+                    detail: format!(
+                        "a flip before the last entry opened: last sequence {before} → {after}, \
+                         torn tail {:?}",
+                        r.torn_tail.map(|t| (t.offset, t.from_seq))
+                    ),
+                }
+            } else if after == before {
                 // The bytes hit held no event (preallocated or stale bytes after the
                 // valid end of a recycled segment): nothing to detect.
                 none("the damage hit bytes that hold no event")
@@ -331,6 +370,7 @@ async fn damage_snapshot(
         return none("no snapshot");
     };
     let name = snap.display().to_string();
+    let mut damaged_file = String::new();
     let files: Vec<PathBuf> = std::fs::read_dir(&snap)
         .into_iter()
         .flatten()
@@ -349,6 +389,10 @@ async fn damage_snapshot(
                 return none("empty snapshot");
             }
             let f = &files[rng.range(0, files.len() as u64 - 1) as usize];
+            damaged_file = f
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
             let Ok(mut b) = std::fs::read(f) else {
                 return none("unreadable");
             };
@@ -382,7 +426,10 @@ async fn damage_snapshot(
             r.snapshots_rejected
                 .iter()
                 .any(|(p, _)| name.contains(p.as_str()) || p.contains(&name))
-                || r.index_rebuilds.iter().any(|_| true)
+                // An index rebuilt because of this file, which its reason names.
+                || r.index_rebuilds
+                    .iter()
+                    .any(|(_, why)| !damaged_file.is_empty() && why.contains(&damaged_file))
                 || s.damage.is_some_and(|d| d.contains(&name))
         }
         Err(e) => {

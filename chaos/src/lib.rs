@@ -12,7 +12,7 @@
 //! Texts are `w<seed>.<op>.<j>`; a record's vector is a function of its text, so the harness
 //! can check "own top-1" without the worker.
 
-use magray_memory::wal::{Event, History};
+use magray_memory::wal::{Event, ExpiryReason, History};
 use magray_memory::{
     Config, LifecycleConfig, Memory, Promoter, Record, RecordId, SearchMode, SearchOptions,
 };
@@ -123,6 +123,19 @@ pub struct Oracle {
     removed: HashSet<RecordId>,
     /// Inserts issued but not acknowledged, per op: their texts (all or none may exist).
     pending_inserts: Vec<Vec<String>>,
+    /// Acknowledged ratings: the last value each record was given.
+    ratings: HashMap<RecordId, f32>,
+    /// Ratings issued but not acknowledged: either value may be the record's now.
+    pending_ratings: Vec<(RecordId, f32)>,
+    /// Records the workload asked to delete or supersede (acknowledged or not): the only
+    /// ones the log may say were deleted or superseded.
+    asked_removed: HashSet<RecordId>,
+    /// Records expired by acknowledged lifecycle runs, in order (the runs' own counts).
+    acked_expiries: Vec<u64>,
+    /// Lifecycle runs issued but not acknowledged: each may have expired records too.
+    pending_lifecycle_runs: usize,
+    /// Why the last worker stopped on its own (`E <kind> <message>`), if it did.
+    pub stopped: Option<(String, String)>,
 }
 
 impl Oracle {
@@ -137,8 +150,16 @@ impl Oracle {
         for line in lines {
             let parts: Vec<&str> = line.split(' ').collect();
             match parts.as_slice() {
+                ["E", kind, msg @ ..] => {
+                    self.stopped = Some((kind.to_string(), msg.join(" ")));
+                }
                 ["P", op, kind, rest @ ..] => {
                     last_marker = Some(kind.to_string());
+                    if *kind == "delete" || *kind == "supersede" {
+                        if let Some(Ok(id)) = rest.first().map(|a| a.parse()) {
+                            self.asked_removed.insert(id);
+                        }
+                    }
                     if *kind == "insert" || *kind == "archive" || *kind == "supersede" {
                         let texts: Vec<&str> = if *kind != "supersede" {
                             rest.to_vec()
@@ -166,6 +187,21 @@ impl Oracle {
                                 self.removed.insert(id);
                             }
                         }
+                        "rate" => {
+                            if let (Some(Ok(id)), Some(Ok(v))) = (
+                                args.first().map(|a| a.parse()),
+                                args.get(1).map(|a| a.parse::<f32>()),
+                            ) {
+                                self.ratings.insert(id, v);
+                            }
+                        }
+                        "lifecycle" => {
+                            if let Some(Ok(n)) = results.get(1).map(|r| r.parse::<u64>()) {
+                                if n > 0 {
+                                    self.acked_expiries.push(n);
+                                }
+                            }
+                        }
                         "supersede" => {
                             if let (Some(Ok(old)), Some(Ok(new)), Some(text)) = (
                                 args.first().map(|a| a.parse()),
@@ -190,6 +226,15 @@ impl Oracle {
                 "supersede" => self
                     .pending_inserts
                     .push(args.iter().skip(1).map(|s| s.to_string()).collect()),
+                "rate" => {
+                    if let (Some(Ok(id)), Some(Ok(v))) = (
+                        args.first().map(|a| a.parse()),
+                        args.get(1).map(|a| a.parse::<f32>()),
+                    ) {
+                        self.pending_ratings.push((id, v));
+                    }
+                }
+                "lifecycle" => self.pending_lifecycle_runs += 1,
                 _ => {}
             }
         }
@@ -204,6 +249,8 @@ pub struct CycleReport {
     pub acked_verified: usize,
     /// Records the oracle expected that were missing (must be 0).
     pub lost: usize,
+    /// Acknowledged ratings checked on the records present.
+    pub ratings_verified: usize,
     /// Whether the kill landed after the window's marker.
     pub in_window: bool,
     /// The kill left a half-written archive file (`archive/.tmp-*`), which the reopen removed.
@@ -219,6 +266,8 @@ pub struct Summary {
     pub windows: std::collections::BTreeMap<String, (u64, u64)>,
     /// Acknowledged inserts verified, summed over cycles.
     pub acked_verified: u64,
+    /// Acknowledged ratings checked, summed over cycles.
+    pub ratings_verified: u64,
     /// Acknowledged operations lost (must be 0).
     pub lost: u64,
     /// Opens that failed after a kill (must be 0).
@@ -262,8 +311,8 @@ impl std::fmt::Display for Summary {
         }
         writeln!(
             f,
-            "\nkills that cut an archive file mid-write: {}",
-            self.archive_cuts
+            "\nkills that cut an archive file mid-write: {}; acknowledged ratings checked: {}",
+            self.archive_cuts, self.ratings_verified
         )?;
         writeln!(
             f,
@@ -411,32 +460,125 @@ fn wait_ready(rx: &std::sync::mpsc::Receiver<String>, limit: Duration) {
     }
 }
 
-/// Ids the log says were removed (deleted, superseded, expired), and the texts it inserted.
-fn log_facts(dir: &Path) -> Result<(HashSet<RecordId>, HashSet<String>, u64), String> {
-    let mut removed = HashSet::new();
-    let mut texts = HashSet::new();
-    let mut last = 0;
+/// What the log says happened.
+struct LogFacts {
+    /// Ids deleted, superseded or expired.
+    removed: HashSet<RecordId>,
+    /// Ids deleted or superseded (only the workload asks for those).
+    asked: Vec<RecordId>,
+    /// Each `Expired` event: its reason and how many ids it names.
+    expiries: Vec<(ExpiryReason, u64)>,
+    /// Texts inserted.
+    texts: HashSet<String>,
+    /// The last sequence.
+    last: u64,
+}
+
+fn log_facts(dir: &Path) -> Result<LogFacts, String> {
+    let mut f = LogFacts {
+        removed: HashSet::new(),
+        asked: Vec::new(),
+        expiries: Vec::new(),
+        texts: HashSet::new(),
+        last: 0,
+    };
     for env in History::open_offline(dir, 1) {
         let env = env.map_err(|e| format!("history unreadable: {e}"))?;
-        if env.seq != last + 1 {
-            return Err(format!("sequence gap: {} after {last}", env.seq));
+        if env.seq != f.last + 1 {
+            return Err(format!("sequence gap: {} after {}", env.seq, f.last));
         }
-        last = env.seq;
+        f.last = env.seq;
         match env.event {
             Event::Inserted(i) => {
-                texts.insert(i.text);
+                f.texts.insert(i.text);
             }
-            Event::Deleted { id } => {
-                removed.insert(RecordId(id));
+            Event::Deleted { id } | Event::Superseded { old: id, .. } => {
+                f.removed.insert(RecordId(id));
+                f.asked.push(RecordId(id));
             }
-            Event::Superseded { old, .. } => {
-                removed.insert(RecordId(old));
+            Event::Expired { ids, reason } => {
+                f.expiries.push((reason, ids.len() as u64));
+                f.removed.extend(ids.into_iter().map(RecordId));
             }
-            Event::Expired { ids, .. } => removed.extend(ids.into_iter().map(RecordId)),
             _ => {}
         }
     }
-    Ok((removed, texts, last))
+    Ok(f)
+}
+
+/// Checks the log's removals against what the workload asked for: deletes and supersedes
+/// only of records it named, expiries only by capacity (the chaos config has no TTL) and only
+/// from its lifecycle runs: the acknowledged runs' counts in order, plus at most one event per
+/// run that was cut before its acknowledgement.
+fn check_removals(f: &LogFacts, oracle: &mut Oracle) -> Result<(), String> {
+    if let Some(id) = f.asked.iter().find(|id| !oracle.asked_removed.contains(id)) {
+        return Err(format!(
+            "the log deletes or supersedes {id}, which the workload never asked for"
+        ));
+    }
+    if let Some((reason, n)) = f
+        .expiries
+        .iter()
+        .find(|(r, _)| *r != ExpiryReason::Capacity)
+    {
+        return Err(format!(
+            "the log expires {n} records for {reason:?}; only capacity evictions can happen"
+        ));
+    }
+    let logged: Vec<u64> = f.expiries.iter().map(|(_, n)| *n).collect();
+    let mut want = oracle.acked_expiries.iter().peekable();
+    let mut extra = 0usize;
+    for n in &logged {
+        if want.peek() == Some(&n) {
+            want.next();
+        } else {
+            extra += 1;
+        }
+    }
+    if want.peek().is_some() || extra > oracle.pending_lifecycle_runs {
+        return Err(format!(
+            "expiries in the log {logged:?} do not match the acknowledged lifecycle runs {:?} \
+             (plus {} unacknowledged)",
+            oracle.acked_expiries, oracle.pending_lifecycle_runs
+        ));
+    }
+    // What landed is now known.
+    oracle.acked_expiries = logged;
+    oracle.pending_lifecycle_runs = 0;
+    Ok(())
+}
+
+/// Checks every acknowledged rating (or one issued after it, not acknowledged) on the
+/// records present, then adopts what landed.
+fn check_ratings(
+    present: &HashMap<RecordId, &Record>,
+    oracle: &mut Oracle,
+) -> Result<usize, String> {
+    let pending = std::mem::take(&mut oracle.pending_ratings);
+    let mut checked = 0;
+    for (id, v) in &oracle.ratings {
+        let Some(r) = present.get(id) else {
+            continue;
+        };
+        let ok = r.rating == Some(*v)
+            || pending
+                .iter()
+                .any(|(p, pv)| p == id && r.rating == Some(*pv));
+        if !ok {
+            return Err(format!(
+                "record {id} has rating {:?}, but {v} was acknowledged",
+                r.rating
+            ));
+        }
+        checked += 1;
+    }
+    for (id, v) in pending {
+        if present.get(&id).is_some_and(|r| r.rating == Some(v)) {
+            oracle.ratings.insert(id, v);
+        }
+    }
+    oracle.ratings.retain(|id, _| present.contains_key(id));
+    Ok(checked)
 }
 
 /// Opens the store and checks it against the oracle and against a full replay.
@@ -446,7 +588,14 @@ pub async fn verify(dir: &Path, oracle: &mut Oracle, cycle: u64) -> Result<Cycle
         .await
         .map_err(|e| format!("cycle {cycle}: open after kill failed: {e}"))?;
     let fail = |why: String| format!("cycle {cycle}: {why}");
-    let (removed, logged_texts, last_seq) = log_facts(dir).map_err(fail)?;
+    let facts = log_facts(dir).map_err(fail)?;
+    check_removals(&facts, oracle).map_err(fail)?;
+    let LogFacts {
+        removed,
+        texts: logged_texts,
+        last: last_seq,
+        ..
+    } = facts;
     let records = m
         .records(None)
         .map_err(|e| fail(format!("reading the records: {e}")))?;
@@ -470,6 +619,7 @@ pub async fn verify(dir: &Path, oracle: &mut Oracle, cycle: u64) -> Result<Cycle
             return Err(fail(format!("acknowledged delete of {id} undone")));
         }
     }
+    report.ratings_verified = check_ratings(&present, oracle).map_err(fail)?;
     for t in &logged_texts {
         if !oracle.issued.contains(t) {
             return Err(fail(format!("the log holds {t:?}, which no worker issued")));
@@ -621,6 +771,7 @@ pub fn run(
         };
         sum.cycles += 1;
         sum.acked_verified += r.acked_verified as u64;
+        sum.ratings_verified += r.ratings_verified as u64;
         let e = sum.windows.entry(format!("{window:?}")).or_default();
         e.0 += 1;
         e.1 += u64::from(r.in_window);

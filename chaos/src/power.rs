@@ -24,6 +24,8 @@ pub struct PowerSummary {
     pub windows: BTreeMap<String, (u64, u64)>,
     /// Acknowledged inserts verified after the cuts, summed over cycles.
     pub acked_verified: u64,
+    /// Acknowledged ratings checked after the cuts, summed over cycles.
+    pub ratings_verified: u64,
     /// Acknowledged records lost (must be 0).
     pub lost: u64,
     /// Opens refused after a cut (must be 0).
@@ -68,6 +70,11 @@ impl std::fmt::Display for PowerSummary {
             self.torn_writes,
             self.names_changed,
             self.elapsed.as_secs_f64()
+        )?;
+        writeln!(
+            f,
+            "\nacknowledged ratings checked: {}",
+            self.ratings_verified
         )?;
         writeln!(f, "\n| window | cuts | cut inside it |\n|---|---:|---:|")?;
         for (w, (n, inside)) in &self.windows {
@@ -162,6 +169,7 @@ pub fn run_power(
             }
         }
         sum.acked_verified += report.acked_verified as u64;
+        sum.ratings_verified += report.ratings_verified as u64;
         let e = sum.windows.entry(format!("{window:?}")).or_default();
         e.0 += 1;
         e.1 += u64::from(in_window);

@@ -14,8 +14,26 @@ fn say(line: String) -> Result<()> {
     Ok(())
 }
 
+/// Says why the worker stopped, typed for the harness: `E enospc` when the disk is full
+/// (an `ENOSPC` anywhere in the error's chain), `E other <message>` otherwise.
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            let enospc = e.chain().any(|c| {
+                c.downcast_ref::<std::io::Error>()
+                    .is_some_and(|io| io.raw_os_error() == Some(28))
+            });
+            let kind = if enospc { "enospc" } else { "other" };
+            let _ = say(format!("E {kind} {}", format!("{e:#}").replace('\n', " ")));
+            eprintln!("{e:?}");
+            std::process::ExitCode::from(1)
+        }
+    }
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 2)]
-async fn main() -> Result<()> {
+async fn run() -> Result<()> {
     let mut args = std::env::args().skip(1);
     let dir = args
         .next()
@@ -87,8 +105,9 @@ async fn main() -> Result<()> {
             }
             58..=65 => {
                 if let Some(id) = pick(&mut rng, &mine) {
-                    say(format!("P {op} rate {id}"))?;
-                    match m.rate(id, rng.f64() as f32).await {
+                    let rating = rng.f64() as f32;
+                    say(format!("P {op} rate {id} {rating}"))?;
+                    match m.rate(id, rating).await {
                         Ok(()) => say(format!("A {op}"))?,
                         Err(magray_memory::Error::NotFound(_)) => mine.retain(|x| *x != id),
                         Err(e) => return Err(e.into()),
