@@ -1,7 +1,7 @@
 #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
 //! The fsync audit: a store runs on the crash file system (`crashfs`), which counts every
 //! fsync, fdatasync and directory fsync by path, and each step is checked for the syncs the
-//! design needs (docs/format.md, "Durability"): remove any one of them and this test fails.
+//! design needs (ARCHITECTURE.md, "The commit path, every fsync named"): remove any one of them and this test fails.
 //! Needs root and `/dev/fuse` (CI runs as root).
 
 use crashfs::{Counters, CrashFs, CrashMode, SyncCounts};
