@@ -79,6 +79,57 @@ fn parse_name(name: &str) -> Option<[u64; 4]> {
 /// Lists the archive files in `dir`, sorted by first sequence. Names are checked for
 /// overlap; contents are validated when read.
 pub fn list(dir: &Path) -> Result<Vec<ArchiveFile>> {
+    let files = list_unchecked(dir)?;
+    for w in files.windows(2) {
+        if w[1].first_seq <= w[0].last_seq {
+            return Err(Error::Corrupted {
+                file: w[1].path.clone(),
+                offset: 0,
+                reason: format!(
+                    "archive overlaps {} (sequences {}..={} and {}..={})",
+                    w[0].path.display(),
+                    w[0].first_seq,
+                    w[0].last_seq,
+                    w[1].first_seq,
+                    w[1].last_seq
+                ),
+            });
+        }
+    }
+    Ok(files)
+}
+
+/// Removes archive files that a later archive of the same segment supersedes: same first
+/// sequence, fewer events. That happens when a power cut undoes okaywal's checkpoint of a
+/// segment after it was archived (its rename to `wal-N-cp` was not yet durable): the
+/// segment comes back live, takes more entries and is archived again, whole. The shorter
+/// file holds a prefix of the same events, so removing it loses nothing. Returns the files
+/// removed; `dir` is synced when there were any.
+pub fn remove_superseded(dir: &Path) -> Result<Vec<PathBuf>> {
+    let files = list_unchecked(dir)?;
+    let mut removed = Vec::new();
+    for w in files.windows(2) {
+        // Sorted by (first, last): a shorter file with the same first sequence comes first.
+        if w[0].first_seq == w[1].first_seq && w[0].last_seq <= w[1].last_seq {
+            // The longer file must read whole before the shorter one goes.
+            read(&w[1].path)?;
+            fs::remove_file(&w[0].path).at(&w[0].path)?;
+            tracing::warn!(
+                removed = %w[0].path.display(),
+                kept = %w[1].path.display(),
+                "removed an archive file that a later archive of the same segment supersedes"
+            );
+            removed.push(w[0].path.clone());
+        }
+    }
+    if !removed.is_empty() {
+        crate::fsutil::sync_dir(dir)?;
+    }
+    Ok(removed)
+}
+
+/// The archive files in `dir`, sorted by first then last sequence, without the overlap check.
+fn list_unchecked(dir: &Path) -> Result<Vec<ArchiveFile>> {
     let mut files = Vec::new();
     let entries = match fs::read_dir(dir) {
         Ok(e) => e,
@@ -98,23 +149,7 @@ pub fn list(dir: &Path) -> Result<Vec<ArchiveFile>> {
             });
         }
     }
-    files.sort_by_key(|f| f.first_seq);
-    for w in files.windows(2) {
-        if w[1].first_seq <= w[0].last_seq {
-            return Err(Error::Corrupted {
-                file: w[1].path.clone(),
-                offset: 0,
-                reason: format!(
-                    "archive overlaps {} (sequences {}..={} and {}..={})",
-                    w[0].path.display(),
-                    w[0].first_seq,
-                    w[0].last_seq,
-                    w[1].first_seq,
-                    w[1].last_seq
-                ),
-            });
-        }
-    }
+    files.sort_by_key(|f| (f.first_seq, f.last_seq));
     Ok(files)
 }
 

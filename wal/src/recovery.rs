@@ -64,6 +64,10 @@ pub struct RecoveryReport {
     pub removed_temp_files: usize,
     /// Empty segment files (from an interrupted segment creation) removed.
     pub removed_empty_segments: Vec<PathBuf>,
+    /// Archive files removed because a later archive of the same segment holds all of their
+    /// events and more (a power cut undid a segment's checkpoint; see
+    /// [`crate::archive::remove_superseded`]).
+    pub superseded_archives: Vec<PathBuf>,
     /// Live segments found.
     pub live_segments: usize,
     /// Archive files found.
@@ -95,6 +99,7 @@ pub(crate) fn recover(
     fsutil::create_dir_durable(archive_dir)?;
     let mut report = RecoveryReport {
         removed_temp_files: fsutil::remove_temp_files(archive_dir)?,
+        superseded_archives: archive::remove_superseded(archive_dir)?,
         ..RecoveryReport::default()
     };
     let archives = archive::list(archive_dir)?;

@@ -177,3 +177,44 @@ fn retention_keeps_everything_by_default_and_prunes_only_below_the_floor() {
     );
     log.close().unwrap();
 }
+
+#[test]
+fn an_archive_superseded_by_a_longer_one_of_the_same_segment_is_removed_at_open() {
+    // A power cut can undo okaywal's checkpoint of a segment after it was archived: the
+    // segment comes back live, takes more entries and is archived again, whole. Open keeps
+    // the longer file and removes the shorter, instead of refusing two overlapping archives.
+    let dir = tempfile::tempdir().unwrap();
+    let clock = ManualClock::new(T0);
+    let log = Log::open(config(dir.path(), &clock)).unwrap();
+    for c in 0..60u64 {
+        clock.advance_us(1_000);
+        log.append(batch(0, c, 200)).unwrap();
+    }
+    log.checkpoint().unwrap();
+    let last = log.last_seq();
+    drop(log);
+    let archive = dir.path().join("archive");
+    let files = archive::list(&archive).unwrap();
+    let f = files.first().expect("an archive file");
+    assert!(f.last_seq > f.first_seq, "{f:?}");
+    // The shorter archive of the same segment, as the first archiving wrote it.
+    let shorter = archive.join(archive::file_name(
+        f.first_seq,
+        f.last_seq - 1,
+        f.first_ts_us,
+        f.last_ts_us,
+    ));
+    std::fs::copy(&f.path, &shorter).unwrap();
+    assert!(archive::list(&archive).is_err(), "two overlapping archives");
+
+    let log = Log::open(config(dir.path(), &clock)).unwrap();
+    assert_eq!(
+        log.recovery_report().superseded_archives,
+        vec![shorter.clone()]
+    );
+    assert!(!shorter.exists() && f.path.exists());
+    let seqs: Vec<u64> = History::open_offline(dir.path(), 1)
+        .map(|e| e.unwrap().seq)
+        .collect();
+    assert_eq!(seqs, (1..=last).collect::<Vec<_>>());
+}

@@ -170,6 +170,9 @@ impl Shared {
                 } else {
                     let f = archive::write(&self.archive_dir, &frames)?;
                     tracing::debug!(path = %f.path.display(), "archived log segment");
+                    // An archive of this segment's first part, made before a power cut undid
+                    // its checkpoint, is now a prefix of this one.
+                    archive::remove_superseded(&self.archive_dir)?;
                 }
                 last_seq = Some(l);
             }
