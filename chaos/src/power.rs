@@ -4,7 +4,7 @@
 //! a random prefix per file. A kill alone keeps the page cache, so only this shows a missing
 //! fsync. The store is then opened from what survived and checked against the oracle.
 
-use crate::{run_worker, verify, Oracle, Rng, Window};
+use crate::{inject, run_worker, verify, Fault, Oracle, Rng, Window};
 use crashfs::{CrashFs, CrashMode};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -40,6 +40,8 @@ pub struct PowerSummary {
     pub torn_writes: u64,
     /// Cuts after which a path the process saw was gone or a removed one was back.
     pub names_changed: u64,
+    /// Storage faults injected / detected after a cut, by kind (every `fault_every` cuts).
+    pub faults: BTreeMap<String, (u64, u64)>,
     /// Wall time.
     pub elapsed: Duration,
 }
@@ -80,19 +82,31 @@ impl std::fmt::Display for PowerSummary {
         for (w, (n, inside)) in &self.windows {
             writeln!(f, "| {w} | {n} | {inside} |")?;
         }
+        if !self.faults.is_empty() {
+            writeln!(
+                f,
+                "\n| fault after a cut | injected | detected |\n|---|---:|---:|"
+            )?;
+            for (k, (i, d)) in &self.faults {
+                writeln!(f, "| {k} | {i} | {d} |")?;
+            }
+        }
         Ok(())
     }
 }
 
 /// Runs `cycles` power cuts on a fresh store under `dir` (which gets `backing/`, the real
 /// files, and `mnt/`, the crash file system over them), cycling through every window and
-/// alternating the two crash modes. Stops at the first violated expectation, with the seed.
+/// alternating the two crash modes; every `fault_every` cuts (0 = never) it also damages the
+/// store that survived, each storage fault kind in turn but the full disk, and expects the
+/// damage named (see [`inject`]). Stops at the first violated expectation, with the seed.
 /// Needs root and `/dev/fuse`.
 pub fn run_power(
     worker: &Path,
     dir: &Path,
     seed: u64,
     cycles: u64,
+    fault_every: u64,
     mut progress: impl FnMut(u64, &PowerSummary),
 ) -> Result<PowerSummary, String> {
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -170,6 +184,26 @@ pub fn run_power(
         }
         sum.acked_verified += report.acked_verified as u64;
         sum.ratings_verified += report.ratings_verified as u64;
+        if fault_every > 0 && cycle % fault_every == fault_every - 1 {
+            let kinds: Vec<Fault> = Fault::ALL
+                .into_iter()
+                .filter(|f| *f != Fault::DiskFull)
+                .collect();
+            let fault = kinds[((cycle / fault_every) as usize) % kinds.len()];
+            let out = rt.block_on(inject(&store, fault, &mut rng, &mut oracle));
+            if out.injected {
+                let f = sum.faults.entry(format!("{fault:?}")).or_default();
+                f.0 += 1;
+                f.1 += u64::from(out.detected);
+                if !out.detected {
+                    sum.elapsed = started.elapsed();
+                    return Err(fail(format!(
+                        "fault {fault:?} after the cut not detected as expected: {}\n(replay: seed {seed})",
+                        out.detail
+                    )));
+                }
+            }
+        }
         let e = sum.windows.entry(format!("{window:?}")).or_default();
         e.0 += 1;
         e.1 += u64::from(in_window);

@@ -1,5 +1,6 @@
 //! The power-cut soak: `chaos-power-soak [CYCLES] [SEED]` runs CYCLES power cuts (default
-//! 1000) across every window on the crash file system and prints the summary table. Exits 1
+//! 1000) across every window on the crash file system, damages the surviving store every 5
+//! cuts (each storage fault kind in turn but the full disk), and prints the summary table. Exits 1
 //! at the first violated expectation, printing the seed that replays it. Needs root and
 //! `/dev/fuse`.
 
@@ -20,7 +21,7 @@ fn main() -> Result<()> {
         "power soak: {cycles} cuts, seed {seed}, under {}",
         dir.path().display()
     );
-    let result = magray_chaos::run_power(&worker, dir.path(), seed, cycles, |c, s| {
+    let result = magray_chaos::run_power(&worker, dir.path(), seed, cycles, 5, |c, s| {
         if (c + 1) % 50 == 0 {
             eprintln!(
                 "  {} cuts, {} acked inserts verified, {:.0} s",
