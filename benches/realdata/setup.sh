@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Set-up of the real-data search bench (`cargo run --release --example realdata_search`):
+# a virtual environment with hnswlib and numpy, pinned, in $MAGRAY_BENCH_DATA/venv (outside
+# the repository; default ~/.cache/magray/realdata). hnswlib 0.8.0 ships as source only: pip
+# builds it with the machine's C++ compiler (g++; on Debian: apt-get install -y g++). pip
+# checks every download against PyPI's hashes. Idempotent.
+set -euo pipefail
+DATA="${MAGRAY_BENCH_DATA:-$HOME/.cache/magray/realdata}"
+PY="${PYTHON:-python3}"
+HNSWLIB="hnswlib==0.8.0"
+NUMPY="numpy==2.3.5"
+mkdir -p "$DATA"
+VENV="$DATA/venv"
+if [[ -x "$VENV/bin/python" ]] && "$VENV/bin/python" -c "import hnswlib, numpy" 2>/dev/null \
+    && "$VENV/bin/python" -m pip show hnswlib 2>/dev/null | grep -qx "Version: ${HNSWLIB#hnswlib==}"; then
+    echo "ok       $HNSWLIB and $NUMPY in $VENV"
+    exit 0
+fi
+command -v g++ >/dev/null || { echo "realdata setup: g++ is needed to build hnswlib (apt-get install -y g++)" >&2; exit 1; }
+"$PY" -m venv "$VENV" || { echo "realdata setup: python3 -m venv failed; on Debian: apt-get install -y python3-venv" >&2; exit 1; }
+"$VENV/bin/python" -m pip install -q "$NUMPY" pybind11 setuptools wheel
+"$VENV/bin/python" -m pip install -q --no-build-isolation "$HNSWLIB"
+echo "ok       $HNSWLIB and $NUMPY in $VENV"
