@@ -468,6 +468,84 @@ async fn a_selective_filter_on_an_indexed_layer_still_finds_every_match() {
     m.close().await.unwrap();
 }
 
+/// A project filter that admits few records searches exactly those, in every layer asked
+/// for (even one the project has no record in: no graph walk, no layer scan); one that
+/// admits many walks the graphs and still finds nearly all of the exact top 10.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn project_filters_are_exact_when_few_and_walk_the_graphs_when_many() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut c = config();
+    c.exact_search_below = 0;
+    let m = Memory::open(dir.path(), c).await.unwrap();
+    let vs = clustered(11, 6000, DIM, 30);
+    let project = |i: usize| match i {
+        i if i % 100 == 5 => "few",
+        i if i % 2 == 0 => "many",
+        _ => "other",
+    };
+    let layer = |i: usize| match (project(i), i % 3) {
+        ("few", _) => Layer::Assets,
+        (_, 0) => Layer::Interact,
+        (_, 1) => Layer::Insights,
+        _ => Layer::Assets,
+    };
+    let batch = vs
+        .iter()
+        .enumerate()
+        .map(|(i, v)| record(i, v.clone()).project(project(i)).layer(layer(i)))
+        .collect();
+    let ids = m.insert_batch(batch).await.unwrap();
+    m.wait_indexed().await.unwrap();
+    let gone = ids[105];
+    m.delete(gone).await.unwrap();
+    let exact = |q: &[f32], p: &str, k: usize| -> Vec<RecordId> {
+        let mut v: Vec<(f32, usize)> = (0..vs.len())
+            .filter(|i| project(*i) == p && ids[*i] != gone)
+            .map(|i| (vs[i].iter().zip(q).map(|(a, b)| a * b).sum::<f32>(), i))
+            .collect();
+        v.sort_by(|a, b| b.0.total_cmp(&a.0));
+        v.into_iter().take(k).map(|(_, i)| ids[i]).collect()
+    };
+    let mut found = 0;
+    for qi in [3usize, 1001, 2002, 4004, 5005] {
+        let q = &vs[qi];
+        let o = |p: &str| SearchOptions {
+            project: Some(p.into()),
+            ef_search: Some(16),
+            record_access: false,
+            ..SearchOptions::top_k(10)
+        };
+        let few: Vec<RecordId> = m
+            .search(q, &o("few"))
+            .await
+            .unwrap()
+            .iter()
+            .map(|h| h.id)
+            .collect();
+        assert_eq!(
+            few,
+            exact(q, "few", 10),
+            "query {qi}: exact for a small project"
+        );
+        let elsewhere = SearchOptions {
+            layers: vec![Layer::Interact, Layer::Insights],
+            ..o("few")
+        };
+        assert!(
+            m.search(q, &elsewhere).await.unwrap().is_empty(),
+            "none outside Assets"
+        );
+        let many = m.search(q, &o("many")).await.unwrap();
+        let want = exact(q, "many", 10);
+        found += many.iter().filter(|h| want.contains(&h.id)).count();
+    }
+    assert!(
+        found >= 45,
+        "a large project walks the graphs: {found} of 50 found"
+    );
+    m.close().await.unwrap();
+}
+
 /// A chunk is mapped unread at open; the indexer's scrub finds a flipped bit in the
 /// background, names the file, and marks the store: searches fail with that error until the
 /// store is reopened, and the next open checks in full, rejects the snapshot and replays the

@@ -189,8 +189,10 @@ impl Inner {
             };
             let near = q.as_ref().map(|q| {
                 let mut top = crate::util::TopK::new(pool);
-                for l in layers {
-                    st.search_layer(*l, q, o, probe, &mut top);
+                if !st.search_few_filtered(layers, q, o, probe.now_us, &mut top) {
+                    for l in layers {
+                        st.search_layer(*l, q, o, probe, &mut top);
+                    }
                 }
                 top.into_sorted()
             });

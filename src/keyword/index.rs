@@ -84,6 +84,8 @@ pub(crate) struct KeywordIndex {
     docs: Vec<Doc>,
     groups: Vec<Group>,
     group_ids: FastMap<u64, u32>,
+    /// Each project's groups (derived from `groups`): a project's records without a scan.
+    project_groups: FastMap<u64, Vec<u32>>,
     corpora: FastMap<u64, Corpus>,
     all: Corpus,
     /// Words as written → term id (`STOP` for a stop word): each distinct word is checked
@@ -167,6 +169,36 @@ impl KeywordIndex {
             pending: Some(Vec::new()),
             ..KeywordIndex::new(window)
         }
+    }
+
+    /// The live records of `project` (`None`: records without one), in no particular order,
+    /// or `None` while the snapshot's index is still to be read.
+    pub(crate) fn project_slots(&self, project: Option<&str>) -> Option<Vec<u32>> {
+        if self.pending.is_some() || self.damage.is_some() {
+            return None;
+        }
+        Some(
+            self.project_groups
+                .get(&project_key(project))
+                .into_iter()
+                .flatten()
+                .flat_map(|g| self.groups[*g as usize].slots.iter().copied())
+                .filter(|s| self.docs.get(*s as usize).is_some_and(|d| d.live))
+                .collect(),
+        )
+    }
+
+    /// The number of live records of `project`, or `None` while the snapshot's index is still
+    /// to be read.
+    pub(crate) fn project_count(&self, project: Option<&str>) -> Option<u64> {
+        if self.pending.is_some() || self.damage.is_some() {
+            return None;
+        }
+        Some(
+            self.corpora
+                .get(&project_key(project))
+                .map_or(0, |c| c.docs),
+        )
     }
 
     /// Whether the snapshot's index is still to be read (searches wait for it).
@@ -288,6 +320,10 @@ impl KeywordIndex {
                 project: project_key(project),
                 slots: Vec::new(),
             });
+            self.project_groups
+                .entry(project_key(project))
+                .or_default()
+                .push(group);
         }
         let g = &mut self.groups[group as usize];
         let pos = g.slots.len() as u32;
@@ -578,6 +614,10 @@ impl KeywordIndex {
             if ix.group_ids.insert(group.key, g as u32).is_some() {
                 return Err(format!("group key {:#x} listed twice", group.key));
             }
+            ix.project_groups
+                .entry(group.project)
+                .or_default()
+                .push(g as u32);
         }
         ix.docs = docs;
         ix.groups = groups;

@@ -46,6 +46,48 @@ impl Projections {
         }
     }
 
+    /// With a `project` filter that admits few records (at most [`FEW_FILTERED`], or a 32nd
+    /// of the layers searched), every one of them that is in `layers` and visible, scored
+    /// exactly into `top`; returns false (nothing done) otherwise, or while the keyword index,
+    /// which lists a project's records, is still being read. Walking graphs for a filter
+    /// this selective visits most of their nodes, and a layer the project has no record in
+    /// is walked whole and then scanned: this is faster and exact.
+    pub(crate) fn search_few_filtered(
+        &self,
+        layers: &[Layer],
+        q: &[f32],
+        o: &SearchOptions,
+        now_us: u64,
+        top: &mut TopK,
+    ) -> bool {
+        let Some(project) = o.project.as_deref() else {
+            return false;
+        };
+        let searched: usize = layers
+            .iter()
+            .map(|l| self.layers[l.index()].members.len())
+            .sum();
+        let few = FEW_FILTERED.max(searched / 32) as u64;
+        if self
+            .keywords
+            .project_count(Some(project))
+            .is_none_or(|n| n > few)
+        {
+            return false;
+        }
+        let Some(slots) = self.keywords.project_slots(Some(project)) else {
+            return false;
+        };
+        for slot in slots {
+            if let Some(l) = self.layer_of(slot) {
+                if layers.contains(&l) && self.visible(slot, l, o, now_us) {
+                    top.push(dot(q, self.vectors.get(slot)), slot);
+                }
+            }
+        }
+        true
+    }
+
     /// Candidates of one layer for a query, into `top`: the frozen HNSW graph (live, in this
     /// layer, matching the options) plus an exact scan of the points it lacks, or an exact
     /// scan of the whole layer when it is small or has no frozen graph yet.
@@ -112,6 +154,10 @@ impl Projections {
         scan_layer(top);
     }
 }
+
+/// A `project` filter admitting at most this many records is searched exactly, record by
+/// record ([`Projections::search_few_filtered`]): about 0.2 ms at 384-d.
+pub(crate) const FEW_FILTERED: usize = 2048;
 
 /// Exact scans at least this long are split across cores: about 10 ms of work each at 384-d,
 /// against tens of µs to start a thread.
