@@ -14,7 +14,8 @@
 //! The run stores the vectors in a fresh store: 10 % Interact, 30 % Insights, 60 % Assets,
 //! `LifecycleConfig::manual()`, in batches of 1,000; 20 % of the records in project `p20`,
 //! 2 % in `p2`. It times acknowledgement and indexing, then on one thread, for each ef in
-//! `BENCH_EFS` (default 16,32,64,128,256), 1,000 queries in each case: all layers; one layer
+//! `BENCH_EFS` (default 16,32,64,128,256; 0 is the store's default, scaled per layer), 1,000
+//! queries in each case: all layers; one layer
 //! (Assets); `project == p20`; `project == p2`. hnswlib (M 16, ef_construction 200, the same
 //! build threads) runs on the same vectors, then the table gives each side's best QPS at
 //! recall@10 ≥ 0.95 and ≥ 0.99 and the ratio. Env: `BENCH_THREADS` (build threads, default
@@ -405,7 +406,8 @@ async fn main() -> Result<()> {
                     _ => None,
                 },
                 record_access: false,
-                ef_search: Some(ef),
+                // ef 0: the store's default (`Config::hnsw.ef_search`, scaled per layer).
+                ef_search: (ef > 0).then_some(ef),
                 ..SearchOptions::top_k(K)
             };
             let mut lat = Vec::with_capacity(queries.len());
