@@ -378,12 +378,16 @@ pub(crate) fn evaluate(
         Promoter::GenerativeAgents,
         Promoter::AccessCount,
     ];
+    // Each point's signals, gathered once for every promoter's `score_set`.
+    let point_signals: BTreeMap<u64, Vec<Signals>> = points
+        .iter()
+        .map(|(t, set)| (*t, set.iter().map(|s| s.signals.clone()).collect()))
+        .collect();
     let mut rows: Vec<EvalRow> = promoters
         .iter()
         .map(|p| {
-            let (precision_at_k, recall_at_k) = rank_points(&points, cfg.k, |set| {
-                let sigs: Vec<Signals> = set.iter().map(|s| s.signals.clone()).collect();
-                p.score_set(&model, &sigs)
+            let (precision_at_k, recall_at_k) = rank_points(&points, cfg.k, |t, _| {
+                p.score_set(&model, &point_signals[&t])
             });
             EvalRow {
                 promoter: p.name().to_string(),
@@ -394,7 +398,7 @@ pub(crate) fn evaluate(
         .collect();
     // Keyed by time and position (candidates come in slot order), not by id: ids carry the
     // wall clock, and the same history must give the same table.
-    let (precision_at_k, recall_at_k) = rank_points(&points, cfg.k, |set| {
+    let (precision_at_k, recall_at_k) = rank_points(&points, cfg.k, |_, set| {
         set.iter()
             .enumerate()
             .map(|(i, s)| baselines::random(s.t_us.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ i as u64))
@@ -405,7 +409,7 @@ pub(crate) fn evaluate(
         precision_at_k,
         recall_at_k,
     });
-    let (precision_at_k, recall_at_k) = rank_points(&points, cfg.k, |set| {
+    let (precision_at_k, recall_at_k) = rank_points(&points, cfg.k, |_, set| {
         set.iter().map(|s| best.score(&s.signals)).collect()
     });
     rows.push(EvalRow {
@@ -442,11 +446,11 @@ pub(crate) fn evaluate(
 fn rank_points(
     points: &BTreeMap<u64, Vec<&Sample>>,
     k: usize,
-    score: impl Fn(&[&Sample]) -> Vec<f64>,
+    score: impl Fn(u64, &[&Sample]) -> Vec<f64>,
 ) -> (f64, f64) {
     let (mut prec, mut rec, mut rec_n) = (0.0, 0.0, 0usize);
-    for cands in points.values() {
-        let mut scored: Vec<(f64, usize)> = score(cands).into_iter().zip(0..).collect();
+    for (t, cands) in points {
+        let mut scored: Vec<(f64, usize)> = score(*t, cands).into_iter().zip(0..).collect();
         scored.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
         let hits = scored
             .iter()
@@ -489,12 +493,19 @@ fn best_single_feature(samples: &[Sample], cfg: &EvalConfig, h: u64) -> (SingleF
     {
         points.entry(s.t_us).or_default().push(s);
     }
+    // Each sample's feature vector, computed once for all 42 rankings.
+    let point_features: BTreeMap<u64, Vec<Vec<f64>>> = points
+        .iter()
+        .map(|(t, set)| (*t, set.iter().map(|s| features(&s.signals, &[])).collect()))
+        .collect();
     let mut best = (f64::NEG_INFINITY, 0, 1.0);
     for feature in 0..FEATURES.len() {
         for direction in [1.0, -1.0] {
-            let f = SingleFeature { feature, direction };
-            let (p, _) = rank_points(&points, cfg.k, |set| {
-                set.iter().map(|s| f.score(&s.signals)).collect()
+            let (p, _) = rank_points(&points, cfg.k, |t, _| {
+                point_features[&t]
+                    .iter()
+                    .map(|x| direction * x[feature])
+                    .collect()
             });
             if p > best.0 {
                 best = (p, feature, direction);
@@ -548,7 +559,7 @@ mod tests {
         let mut points: BTreeMap<u64, Vec<&Sample>> = BTreeMap::new();
         points.insert(1, a.iter().collect());
         points.insert(2, b.iter().collect());
-        let (p, r) = rank_points(&points, 2, |set| {
+        let (p, r) = rank_points(&points, 2, |_, set| {
             set.iter().map(|s| s.signals.count as f64).collect()
         });
         assert_eq!((p, r), ((0.5 + 0.0) / 2.0, 0.5));
