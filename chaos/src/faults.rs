@@ -126,6 +126,28 @@ pub struct FaultOutcome {
     pub detail: String,
 }
 
+impl FaultOutcome {
+    /// Counts this outcome in `faults` (injected, detected, by kind) when it was injected;
+    /// `Err` with its detail when it was injected and not detected.
+    pub fn tally(
+        self,
+        fault: Fault,
+        faults: &mut std::collections::BTreeMap<String, (u64, u64)>,
+    ) -> Result<(), String> {
+        if !self.injected {
+            return Ok(());
+        }
+        let f = faults.entry(format!("{fault:?}")).or_default();
+        f.0 += 1;
+        f.1 += u64::from(self.detected);
+        if self.detected {
+            Ok(())
+        } else {
+            Err(self.detail)
+        }
+    }
+}
+
 /// Space the files under `p` take on a tmpfs: every file and directory rounded up to whole
 /// 4 KiB pages.
 fn dir_bytes(p: &Path) -> u64 {

@@ -144,9 +144,8 @@ impl Oracle {
         self.acked.len()
     }
 
-    fn absorb(&mut self, lines: &[String]) -> Option<String> {
+    fn absorb(&mut self, lines: &[String]) {
         let mut pending: HashMap<&str, (&str, Vec<&str>)> = HashMap::new();
-        let mut last_marker = None;
         for line in lines {
             let parts: Vec<&str> = line.split(' ').collect();
             match parts.as_slice() {
@@ -154,7 +153,6 @@ impl Oracle {
                     self.stopped = Some((kind.to_string(), msg.join(" ")));
                 }
                 ["P", op, kind, rest @ ..] => {
-                    last_marker = Some(kind.to_string());
                     if *kind == "delete" || *kind == "supersede" {
                         if let Some(Ok(id)) = rest.first().map(|a| a.parse()) {
                             self.asked_removed.insert(id);
@@ -238,7 +236,6 @@ impl Oracle {
                 _ => {}
             }
         }
-        last_marker
     }
 }
 
@@ -735,11 +732,7 @@ pub fn run(
     fault_every: u64,
     mut progress: impl FnMut(u64, &Summary),
 ) -> Result<Summary, String> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
+    let rt = runtime()?;
     let started = Instant::now();
     let mut ctx = Ctx {
         worker,
@@ -787,17 +780,11 @@ pub fn run(
                 ctx.rt
                     .block_on(inject(dir, fault, &mut ctx.rng, &mut ctx.oracle))
             };
-            if out.injected {
-                let f = sum.faults.entry(format!("{fault:?}")).or_default();
-                f.0 += 1;
-                f.1 += u64::from(out.detected);
-                if !out.detected {
-                    sum.elapsed = started.elapsed();
-                    return Err(format!(
-                        "seed {seed}, cycle {cycle}: fault {fault:?} not detected as expected: {}",
-                        out.detail
-                    ));
-                }
+            if let Err(detail) = out.tally(fault, &mut sum.faults) {
+                sum.elapsed = started.elapsed();
+                return Err(format!(
+                    "seed {seed}, cycle {cycle}: fault {fault:?} not detected as expected: {detail}"
+                ));
             }
         }
         sum.elapsed = started.elapsed();
@@ -805,6 +792,15 @@ pub fn run(
     }
     sum.elapsed = started.elapsed();
     Ok(sum)
+}
+
+/// The harness's runtime (two workers, like the worker's).
+pub(crate) fn runtime() -> Result<tokio::runtime::Runtime, String> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .map_err(|e| e.to_string())
 }
 
 /// The worker binary next to the running executable (`chaos-worker`), or `$CHAOS_WORKER`.

@@ -4,7 +4,7 @@
 //! a random prefix per file. A kill alone keeps the page cache, so only this shows a missing
 //! fsync. The store is then opened from what survived and checked against the oracle.
 
-use crate::{inject, run_worker, verify, Fault, Oracle, Rng, Window};
+use crate::{inject, run_worker, runtime, verify, Fault, Oracle, Rng, Window};
 use crashfs::{CrashFs, CrashMode};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -109,11 +109,7 @@ pub fn run_power(
     fault_every: u64,
     mut progress: impl FnMut(u64, &PowerSummary),
 ) -> Result<PowerSummary, String> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .map_err(|e| e.to_string())?;
+    let rt = runtime()?;
     let backing = dir.join("backing");
     let mnt = dir.join("mnt");
     for d in [&backing, &mnt] {
@@ -191,17 +187,11 @@ pub fn run_power(
                 .collect();
             let fault = kinds[((cycle / fault_every) as usize) % kinds.len()];
             let out = rt.block_on(inject(&store, fault, &mut rng, &mut oracle));
-            if out.injected {
-                let f = sum.faults.entry(format!("{fault:?}")).or_default();
-                f.0 += 1;
-                f.1 += u64::from(out.detected);
-                if !out.detected {
-                    sum.elapsed = started.elapsed();
-                    return Err(fail(format!(
-                        "fault {fault:?} after the cut not detected as expected: {}\n(replay: seed {seed})",
-                        out.detail
-                    )));
-                }
+            if let Err(detail) = out.tally(fault, &mut sum.faults) {
+                sum.elapsed = started.elapsed();
+                return Err(fail(format!(
+                    "fault {fault:?} after the cut not detected as expected: {detail}\n(replay: seed {seed})"
+                )));
             }
         }
         let e = sum.windows.entry(format!("{window:?}")).or_default();
