@@ -27,9 +27,12 @@ use crate::util::env_parse;
 pub const SETUP_COMMAND: &str = "bash tools/setup.sh";
 
 /// Most padded tokens (rows × longest row) one run of the model takes: texts are grouped by
-/// token length under this bound (a 256-token text runs with at most 15 others; 16-token
-/// texts 256 at a time).
-const TOKENS_PER_RUN: usize = 4096;
+/// token length under this bound (a 256-token text runs with at most 3 others; 16-token texts
+/// 64 at a time). Importing LoCoMo's 2,760 turns (`benches/realdata/import.sh`'s import, one
+/// sitting): 4,096 took 14.6 s at a 660 MB peak, 2,048 13.7 s / 448 MB, 1,024 12.0–13.9 s /
+/// 340 MB, 512 13.2 s / 286 MB. The activations a run holds grow with this bound; the
+/// throughput hardly does.
+const TOKENS_PER_RUN: usize = 1024;
 
 /// Where the embedder finds its files, and how it runs.
 #[derive(Debug, Clone)]
