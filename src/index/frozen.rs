@@ -117,8 +117,8 @@ impl FrozenGraph {
         let layout = Layout::new(dim, (0..n).map(degree).max().unwrap_or(0));
         let per_node = layout.stride / 16;
         let mut lines = vec![Line([0; 16]); n * per_node];
-        let fill = |node: usize, rec: &mut [Line]| {
-            let mut code = vec![0i8; layout.code * 4];
+        // `code`: a scratch buffer of `layout.code · 4` bytes, reused from node to node.
+        let fill = |node: usize, rec: &mut [Line], code: &mut [i8]| {
             let back = if dim > 0 {
                 code_into(vector_of(node), &mut code[..dim])
             } else {
@@ -152,8 +152,9 @@ impl FrozenGraph {
             let next = parts.lock().pop();
             match next {
                 Some((first, c)) => {
+                    let mut code = vec![0i8; layout.code * 4];
                     for (i, rec) in c.chunks_mut(per_node.max(1)).enumerate() {
-                        fill(first + i, rec);
+                        fill(first + i, rec, &mut code);
                     }
                 }
                 None => break,
