@@ -228,7 +228,7 @@ impl SearchGraph for MappedGraph {
             }
             return 0;
         }
-        push_exact(res, q, slots, vectors, top)
+        push_exact(res, q, |n| slots[n as usize], vectors, top)
     }
 }
 

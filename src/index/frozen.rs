@@ -17,16 +17,15 @@ use std::cell::RefCell;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
 
-/// Cache lines of each code a beam asks for ahead (see [`prefetch`]): all of it (a 384-d
-/// code spans 6 or 7). Asking for the first 6 lines, on the 100k bench store at ef 16,
+/// Cache lines a beam asks for ahead (see [`prefetch`]): all of what it will read (a
+/// node's code, scale and slot: 7 lines at 384-d; a kept point's f32 vector: 24). Asking for
+/// the first 6 lines of each code, on the 100k bench store at ef 16,
 /// single-thread QPS rose in each of three paired runs (4,409 → 5,225, 2,770 → 4,224,
 /// 2,691 → 3,923 on a noisy machine), results unchanged.
 const PREFETCH_LINES: usize = usize::MAX;
 
 /// See the module documentation.
 pub(crate) struct FrozenGraph {
-    /// Node → slot.
-    slots: Vec<u32>,
     /// Node `i`'s record is `stride` words from word `i · stride` of `lines`, cache-line
     /// aligned: what scoring a node and following its links read lies together, as in
     /// hnswlib's level-0 block, so a node visited costs one run of adjacent lines rather than
@@ -78,7 +77,7 @@ impl Layout {
 impl std::fmt::Debug for FrozenGraph {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("FrozenGraph")
-            .field("points", &self.slots.len())
+            .field("points", &self.len())
             .field("levels", &(self.upper.len() + 1))
             .field("record_bytes", &(self.layout.stride * 4))
             .finish()
@@ -99,22 +98,21 @@ thread_local! {
 }
 
 impl FrozenGraph {
-    /// A frozen graph from its links (see the fields) and each node's f32 vector
-    /// (`vector_of(node)`), from which the int8 codes are made: on up to
-    /// `available_parallelism` threads (at most 8) once there are [`SPLIT_CODES_FROM`] nodes,
-    /// each coding ranges of nodes.
-    pub(crate) fn from_parts<'a>(
-        slots: Vec<u32>,
-        off0: Vec<u32>,
-        adj0: Vec<u32>,
+    /// A frozen graph of the nodes whose slots are `slots`, from each node's layer-0 links
+    /// (`links0(node)`), the upper levels (see the fields) and each node's f32 vector
+    /// (`vector_of(node)`), from which the int8 codes are made: the records are filled on up
+    /// to `available_parallelism` threads (at most 8) once there are [`SPLIT_CODES_FROM`]
+    /// nodes, each filling ranges of nodes.
+    pub(crate) fn from_parts<'a, 'l>(
+        slots: &[u32],
+        links0: impl Fn(usize) -> &'l [u32] + Sync,
         upper: Vec<HashMap<u32, Box<[u32]>>>,
         entry: Option<u32>,
         vector_of: impl Fn(usize) -> &'a [f32] + Sync,
         dim: usize,
     ) -> FrozenGraph {
         let n = slots.len();
-        let degree = |i: usize| (off0[i + 1] - off0[i]) as usize;
-        let layout = Layout::new(dim, (0..n).map(degree).max().unwrap_or(0));
+        let layout = Layout::new(dim, (0..n).map(|i| links0(i).len()).max().unwrap_or(0));
         let per_node = layout.stride / 16;
         let mut lines = vec![Line([0; 16]); n * per_node];
         // `code`: a scratch buffer of `layout.code · 4` bytes, reused from node to node.
@@ -124,7 +122,7 @@ impl FrozenGraph {
             } else {
                 1.0
             };
-            let links = &adj0[off0[node] as usize..off0[node + 1] as usize];
+            let links = links0(node);
             let words = code
                 .chunks_exact(4)
                 .map(|b| u32::from_le_bytes([b[0] as u8, b[1] as u8, b[2] as u8, b[3] as u8]))
@@ -170,7 +168,6 @@ impl FrozenGraph {
             work();
         });
         FrozenGraph {
-            slots,
             lines,
             layout,
             upper,
@@ -222,7 +219,7 @@ impl FrozenGraph {
 
 impl SearchGraph for FrozenGraph {
     fn len(&self) -> usize {
-        self.slots.len()
+        self.lines.len() / (self.layout.stride / 16)
     }
 
     /// Walks the codes ([`walk`]), then re-scores the kept points exactly. Unlike plain
@@ -258,7 +255,7 @@ impl SearchGraph for FrozenGraph {
         let ok_node = |n: u32| ok(self.slot(n));
         let res = walk(
             cur,
-            self.slots.len(),
+            self.len(),
             self.upper.len(),
             |l, n| upper_links(&self.upper[l - 1], n),
             |n| self.links0(n),
@@ -269,26 +266,26 @@ impl SearchGraph for FrozenGraph {
             &ok_node,
             ef,
         );
-        push_exact(res, q, &self.slots, vectors, top)
+        push_exact(res, q, |n| self.slot(n), vectors, top)
     }
 }
 
-/// Pushes the nodes a [`walk`] kept into `top` by slot (`slots[node]`), each scored exactly
-/// on its f32 vector; returns how many. Both graph kinds end their search with it.
+/// Pushes the nodes a [`walk`] kept into `top` by slot (`slot_of(node)`), each scored
+/// exactly on its f32 vector; returns how many. Both graph kinds end their search with it.
 pub(crate) fn push_exact(
     kept: BinaryHeap<(u32, u32)>,
     q: &[f32],
-    slots: &[u32],
+    slot_of: impl Fn(u32) -> u32,
     vectors: &Vectors,
     top: &mut TopK,
 ) -> usize {
     let found = kept.len();
     // Every kept vector asked for before any is read: their misses overlap.
     for &(_, node) in kept.iter() {
-        prefetch(vectors.get(slots[node as usize]), PREFETCH_LINES);
+        prefetch(vectors.get(slot_of(node)), PREFETCH_LINES);
     }
     for (_, node) in kept {
-        let slot = slots[node as usize];
+        let slot = slot_of(node);
         top.push(dot(q, vectors.get(slot)), slot);
     }
     found
@@ -626,10 +623,10 @@ mod tests {
         let dim = 8;
         let n = SPLIT_CODES_FROM + 1_001;
         let vs = data(n, dim);
+        let slots: Vec<u32> = (0..n as u32).collect();
         let f = FrozenGraph::from_parts(
-            (0..n as u32).collect(),
-            vec![0; n + 1],
-            Vec::new(),
+            &slots,
+            |_| &[],
             Vec::new(),
             Some(0),
             |node| &vs[node][..],

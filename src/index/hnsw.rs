@@ -733,14 +733,6 @@ impl HnswBuilder {
         &self,
         vector_of: impl Fn(usize) -> &'a [f32] + Sync,
     ) -> FrozenGraph {
-        let n = self.slots.len();
-        let mut off0 = Vec::with_capacity(n + 1);
-        let mut adj0 = Vec::with_capacity(self.len0.iter().map(|l| *l as usize).sum());
-        off0.push(0u32);
-        for i in 0..n as u32 {
-            adj0.extend_from_slice(self.links(i, 0));
-            off0.push(adj0.len() as u32);
-        }
         let mut upper = vec![std::collections::HashMap::new(); self.top];
         for (i, lvl) in self.levels.iter().enumerate() {
             for l in 1..=*lvl as usize {
@@ -751,9 +743,8 @@ impl HnswBuilder {
             }
         }
         FrozenGraph::from_parts(
-            self.slots.clone(),
-            off0,
-            adj0,
+            &self.slots,
+            |node| self.links(node as u32, 0),
             upper,
             self.entry,
             vector_of,

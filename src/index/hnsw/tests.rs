@@ -97,10 +97,10 @@ fn freeze_reference(g: &Hnsw<f32, DistDot>, vs: &[Vec<f32>]) -> FrozenGraph {
             }
         }
     }
+    let slots: Vec<u32> = (0..n as u32).collect();
     FrozenGraph::from_parts(
-        (0..n as u32).collect(),
-        off0,
-        adj0,
+        &slots,
+        |node| &adj0[off0[node] as usize..off0[node + 1] as usize],
         upper,
         entry,
         |node| &vs[node][..],
