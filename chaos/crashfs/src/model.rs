@@ -413,11 +413,7 @@ impl Model {
             linked: true,
             nlookup: 0,
         });
-        if let Some(Inode {
-            kind: Kind::Dir { live, pending, .. },
-            ..
-        }) = self.inodes.get_mut(&parent)
-        {
+        if let Some((live, pending)) = self.dir_mut(parent) {
             live.insert(name.to_os_string(), ino);
             pending.push(NameOp::Link {
                 name: name.to_os_string(),
@@ -427,14 +423,22 @@ impl Model {
         Ok(ino)
     }
 
+    /// The live names and pending name operations of directory `ino` (`None` for another
+    /// kind or a missing inode).
+    fn dir_mut(&mut self, ino: Ino) -> Option<(&mut BTreeMap<OsString, Ino>, &mut Vec<NameOp>)> {
+        match self.inodes.get_mut(&ino) {
+            Some(Inode {
+                kind: Kind::Dir { live, pending, .. },
+                ..
+            }) => Some((live, pending)),
+            _ => None,
+        }
+    }
+
     /// Removes a live name and records the pending unlink.
     pub(crate) fn remove_entry(&mut self, parent: Ino, name: &OsStr) -> Result<Ino, Errno> {
         let ino = self.lookup(parent, name)?;
-        if let Some(Inode {
-            kind: Kind::Dir { live, pending, .. },
-            ..
-        }) = self.inodes.get_mut(&parent)
-        {
+        if let Some((live, pending)) = self.dir_mut(parent) {
             live.remove(name);
             pending.push(NameOp::Unlink {
                 name: name.to_os_string(),
@@ -461,11 +465,7 @@ impl Model {
         }
         let mut replaced = None;
         if parent == newparent {
-            if let Some(Inode {
-                kind: Kind::Dir { live, pending, .. },
-                ..
-            }) = self.inodes.get_mut(&parent)
-            {
+            if let Some((live, pending)) = self.dir_mut(parent) {
                 live.remove(name);
                 replaced = live.insert(newname.to_os_string(), ino);
                 pending.push(NameOp::Rename {
@@ -478,22 +478,14 @@ impl Model {
             // Destination first: a crash that keeps only one side may leave the file
             // reachable under both names (materialised as a hard link), never lost by
             // the rename itself unless the source directory alone is synced.
-            if let Some(Inode {
-                kind: Kind::Dir { live, pending, .. },
-                ..
-            }) = self.inodes.get_mut(&newparent)
-            {
+            if let Some((live, pending)) = self.dir_mut(newparent) {
                 replaced = live.insert(newname.to_os_string(), ino);
                 pending.push(NameOp::Link {
                     name: newname.to_os_string(),
                     ino,
                 });
             }
-            if let Some(Inode {
-                kind: Kind::Dir { live, pending, .. },
-                ..
-            }) = self.inodes.get_mut(&parent)
-            {
+            if let Some((live, pending)) = self.dir_mut(parent) {
                 live.remove(name);
                 pending.push(NameOp::Unlink {
                     name: name.to_os_string(),
