@@ -5,9 +5,9 @@
 #   bash tools/setup.sh && bash benches/realdata/setup.sh
 #   bash benches/realdata/import.sh            # LoCoMo's development split, about 1 min
 #
-# The turns: every turn of LoCoMo's development split (`LOCOMO_JSON`, default
-# ../shared/bench/locomo/locomo-dev.json; CC BY-NC 4.0, read in place, never copied into the
-# repository) as `<speaker> said, "<text>"`, one JSONL record each with its conversation as
+# The turns (`examples/locomo_turns.rs`): every turn of LoCoMo's development split
+# (`LOCOMO_JSON`, default ../shared/bench/locomo/locomo-dev.json; CC BY-NC 4.0, read in place,
+# never copied into the repository) as `<speaker> said, "<text>"`, one JSONL record each with its conversation as
 # the project and its session; written to a temporary folder. Env: BENCH_THREADS (default 2),
 # BENCH_PYTHON (default the realdata venv's python).
 set -euo pipefail
@@ -22,20 +22,9 @@ PY="${BENCH_PYTHON:-$DATA/venv/bin/python}"
 [[ -f models/model.onnx ]] || { echo "no model: run \`bash tools/setup.sh\`" >&2; exit 1; }
 WORK="$(mktemp -d)"
 trap 'rm -rf "$WORK"' EXIT
-python3 - "$LOCOMO" > "$WORK/turns.jsonl" <<'PY'
-import json, sys
-for c in json.load(open(sys.argv[1])):
-    conv = c["conversation"]
-    n = 1
-    while f"session_{n}" in conv:
-        for t in conv[f"session_{n}"]:
-            text = f'{t["speaker"]} said, "{t.get("text", "")}"'
-            if t.get("blip_caption"):
-                text += f' and shared {t["blip_caption"]}'
-            print(json.dumps({"text": text, "project": c["sample_id"], "session": f"session_{n}"}))
-        n += 1
-PY
 cargo build --release -q -p magray-tools
+cargo build --release -q --example locomo_turns
+target/release/examples/locomo_turns "$LOCOMO" > "$WORK/turns.jsonl"
 N=$(wc -l < "$WORK/turns.jsonl")
 echo "$N turns of $LOCOMO; $THREADS threads; model models/model.onnx"
 row() { printf "| %-58s | %9s | %9s |\n" "$1" "$2" "$3"; }

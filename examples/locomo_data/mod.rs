@@ -1,7 +1,7 @@
-//! LoCoMo's data as both LoCoMo examples read it (`locomo` and `promoter_locomo`): the
-//! sessions of a conversation with their dates and turns, and its questions with their
-//! evidence turn ids. The data is CC BY-NC 4.0: it is read from where it lies, never copied
-//! into this repository.
+//! LoCoMo's data as the LoCoMo examples read it (`locomo`, `promoter_report`,
+//! `locomo_turns`): the sessions of a conversation with their dates and turns, and its
+//! questions with their evidence turn ids. The data is CC BY-NC 4.0: it is read from where
+//! it lies, never copied into this repository.
 
 use anyhow::{anyhow, bail, Result};
 use serde_json::Value;
