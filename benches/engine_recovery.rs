@@ -145,7 +145,7 @@ fn child(dir: &str) {
         assert_eq!(hits.len(), 10);
         let rss_open = proc_status_kb("VmRSS").unwrap_or(0);
         let layer = Layer::Assets.index();
-        while !m.stats().layers[layer].index_ready {
+        while !m.stats().index.ready {
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
         let ready = t.elapsed();
@@ -169,7 +169,7 @@ fn child(dir: &str) {
             proc_status_kb("VmHWM").unwrap_or(0),
             s.open.replayed_events,
             s.layers[layer].records,
-            s.layers[layer].pending,
+            s.index.pending,
         );
         // Index catch-up on this store for a while (an unindexed store's vectors are mapped:
         // the rate of a builder reading them from the maps).
@@ -177,10 +177,10 @@ fn child(dir: &str) {
             .ok()
             .and_then(|v| v.parse::<u64>().ok())
         {
-            let before = m.stats().layers[layer].indexed;
+            let before = m.stats().index.indexed;
             let t = Instant::now();
             tokio::time::sleep(Duration::from_secs(secs)).await;
-            let after = m.stats().layers[layer].indexed;
+            let after = m.stats().index.indexed;
             println!(
                 "INDEXING indexed={} in {:.1} s: {:.0} vectors/s (from {before} points)",
                 after - before,

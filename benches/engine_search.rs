@@ -189,7 +189,7 @@ fn main() {
             }
         }
         let insert_time = start.elapsed();
-        let indexed_at_ack = m.stats().layers[Layer::Assets.index()].indexed;
+        let indexed_at_ack = m.stats().index.indexed;
         m.wait_indexed().await.unwrap();
         if kept.is_some() {
             let mut ids = vec![String::new(); n];

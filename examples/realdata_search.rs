@@ -14,9 +14,9 @@
 //! The run stores the vectors in a fresh store: 10 % Interact, 30 % Insights, 60 % Assets,
 //! `LifecycleConfig::manual()`, in batches of 1,000; 20 % of the records in project `p20`,
 //! 2 % in `p2`. It times acknowledgement and indexing, then on one thread, for each ef in
-//! `BENCH_EFS` (default 16,32,64,128,256; 0 is the store's default, scaled per layer), 1,000
-//! queries in each case: all layers; one layer
-//! (Assets); `project == p20`; `project == p2`. hnswlib (M 16, ef_construction 200, the same
+//! `BENCH_EFS` (default 16,32,64,128,256; 0 is the store's default, scaled with the graph),
+//! 1,000 queries in each case: all layers; one layer (Assets, 60 %; Interact, 10 %: the one
+//! graph walked with the layer as a filter); `project == p20`; `project == p2`. hnswlib (M 16, ef_construction 200, the same
 //! build threads) runs on the same vectors, then the table gives each side's best QPS at
 //! recall@10 ≥ 0.95 and ≥ 0.99 and the ratio. Env: `BENCH_THREADS` (build threads, default
 //! 2), `BENCH_PYTHON` (default the venv's python).
@@ -31,7 +31,7 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
 const K: usize = 10;
-const CASES: [&str; 4] = ["all", "assets", "f20", "f2"];
+const CASES: [&str; 5] = ["all", "assets", "interact", "f20", "f2"];
 
 fn data_dir() -> PathBuf {
     std::env::var_os("MAGRAY_BENCH_DATA")
@@ -90,6 +90,7 @@ fn admits(case: &str, i: usize) -> bool {
         "f20" => bucket(i) < 20,
         "f2" => (20..22).contains(&bucket(i)),
         "assets" => layer_of(i) == Layer::Assets,
+        "interact" => layer_of(i) == Layer::Interact,
         _ => true,
     }
 }
@@ -193,7 +194,7 @@ fn prepare(dir: &Path) -> Result<()> {
         write_f32(&dir.join("queries.f32"), &qv)?;
         (vectors, qv)
     };
-    for case in ["all", "assets", "f20", "f2"] {
+    for case in CASES {
         let gt = ground_truth(&vectors, &qv, case);
         let mut bytes = Vec::new();
         for row in &gt {
@@ -386,7 +387,7 @@ async fn main() -> Result<()> {
         indexed.as_secs_f64()
     );
     let mut ours: Points = BTreeMap::new();
-    // BENCH_CASES narrows the run (profiling); the table needs all four.
+    // BENCH_CASES narrows the run (profiling); the table needs all, f20 and f2.
     let cases: Vec<String> = std::env::var("BENCH_CASES")
         .unwrap_or_else(|_| CASES.join(","))
         .split(',')
@@ -395,10 +396,10 @@ async fn main() -> Result<()> {
     for case in CASES.into_iter().filter(|c| cases.iter().any(|x| x == c)) {
         for &ef in &efs {
             let o = SearchOptions {
-                layers: if case == "assets" {
-                    vec![Layer::Assets]
-                } else {
-                    Vec::new()
+                layers: match case {
+                    "assets" => vec![Layer::Assets],
+                    "interact" => vec![Layer::Interact],
+                    _ => Vec::new(),
                 },
                 project: match case {
                     "f20" => Some("p20".into()),
@@ -406,7 +407,7 @@ async fn main() -> Result<()> {
                     _ => None,
                 },
                 record_access: false,
-                // ef 0: the store's default (`Config::hnsw.ef_search`, scaled per layer).
+                // ef 0: the store's default (`Config::hnsw.ef_search`, scaled with the graph).
                 ef_search: (ef > 0).then_some(ef),
                 ..SearchOptions::top_k(K)
             };

@@ -24,7 +24,7 @@ pub struct HnswConfig {
 }
 
 impl HnswConfig {
-    /// The search beam for a layer whose graph holds `points`: `ef_search` up to 100,000
+    /// The search beam for a graph of `points`: `ef_search` up to 100,000
     /// points, then scaled by `(points / 100,000)^0.6`. Measured in `engine_search` on
     /// clustered 384-d vectors: with the beam fixed at 16, recall@10 fell from 0.993 at 100k
     /// to 0.833 at 1M; a beam of 64 (what this gives at 1M) restores 0.979.
@@ -165,14 +165,14 @@ pub struct Config {
     pub access_flush_interval: Duration,
     /// Buffered hits that trigger an early access flush. Default 4,096.
     pub access_flush_hits: usize,
-    /// Layers with fewer live records than this are searched exactly (`MEMORY_EXACT_BELOW`).
-    /// Default 2,000.
+    /// A search whose layers hold fewer live records than this scans them exactly
+    /// (`MEMORY_EXACT_BELOW`). Default 2,000.
     pub exact_search_below: usize,
     /// Records on each side of a record, in the same project and session, whose words count
     /// in its keyword context (`MEMORY_KEYWORD_WINDOW`, 0..=8; 0 = a record's own words
     /// only). Default 2.
     pub keyword_window: usize,
-    /// Rebuild a layer's index when tombstones exceed this fraction of its points (and 256).
+    /// Rebuild the index when tombstones exceed this fraction of its points (and 256).
     /// Default 0.2.
     pub rebuild_tombstone_ratio: f64,
     /// Vectors the indexer inserts per round. Default 256.

@@ -3,9 +3,10 @@
 //! An agent keeps what it sees and learns as records (text + embedding + metadata) in three
 //! layers — [`Layer::Interact`], [`Layer::Insights`], [`Layer::Assets`] — and finds them again
 //! by meaning. **The log is the truth**: every change is an event appended to a checksummed
-//! write-ahead log ([`wal`]) and fsynced before the call returns; record tables, per-layer HNSW
-//! indices and access statistics are projections of it, checkpointed into snapshots and
-//! rebuilt after a crash from the newest snapshot plus the log after it.
+//! write-ahead log ([`wal`]) and fsynced before the call returns; record tables, the HNSW
+//! index (one graph over every layer) and access statistics are projections of it,
+//! checkpointed into snapshots and rebuilt after a crash from the newest snapshot plus the
+//! log after it.
 //!
 //! ```
 //! use magray_memory::{Config, Layer, Memory, NewRecord, SearchOptions};
@@ -79,6 +80,6 @@ pub use lifecycle::{LifecycleReport, Promoter, TrainReport};
 pub use magray_wal::{Envelope, Event, RecoveryMode};
 pub use snapshot::SNAPSHOT_FORMAT_VERSION;
 pub use types::{
-    parse_layer, AccessStats, Layer, LayerStats, NewRecord, OpenReport, Record, RecordId,
-    SearchHit, SearchMode, SearchOptions, DECAY_HALF_LIVES_US,
+    parse_layer, AccessStats, IndexStats, Layer, LayerStats, NewRecord, OpenReport, Record,
+    RecordId, SearchHit, SearchMode, SearchOptions, DECAY_HALF_LIVES_US,
 };

@@ -191,7 +191,7 @@ pub struct SearchOptions {
     /// Record the hits as `Accessed` events (batched). Default true.
     pub record_access: bool,
     /// HNSW candidate list for this query (1..=4096), used as given; default
-    /// `Config::hnsw.ef_search`, scaled with each layer's size ([`crate::HnswConfig::effective_ef`]).
+    /// `Config::hnsw.ef_search`, scaled with the graph's size ([`crate::HnswConfig::effective_ef`]).
     pub ef_search: Option<usize>,
     /// Who is asking: the caller's session and project, written with the access (the
     /// promoter counts distinct sessions and projects that used a record). Not a filter.
@@ -307,17 +307,23 @@ pub struct SearchHit {
 pub struct LayerStats {
     /// Live records.
     pub records: u64,
-    /// Points in the HNSW index (live and tombstoned).
+}
+
+/// The store's HNSW index in [`Stats`]: one graph holds the records of every layer (a search
+/// of some layers filters by layer).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct IndexStats {
+    /// Points in the graph (live and tombstoned).
     pub indexed: u64,
-    /// Live records not yet in the index (searched exactly).
+    /// Live records not yet in the graph (searched exactly).
     pub pending: u64,
-    /// Points in the index whose record was deleted or moved.
+    /// Points in the graph whose record was deleted, expired or superseded.
     pub tombstones: u64,
-    /// Whether this layer has an HNSW graph for searches to walk: from open when its dump
-    /// could be searched in place (`OpenReport::graphs_in_place`), else once the dump has
-    /// loaded; false before a new graph's first freeze (the layer is searched exactly until
-    /// then). A layer under `Config::exact_search_below` records is scanned exactly anyway.
-    pub index_ready: bool,
+    /// Whether there is a graph for searches to walk: from open when the snapshot's dump
+    /// could be searched in place (`OpenReport::graph_in_place`), else once the dump has
+    /// loaded; false before a new graph's first freeze (searches scan exactly until then).
+    /// Layers under `Config::exact_search_below` records are scanned exactly anyway.
+    pub ready: bool,
 }
 
 /// What happened at open.
@@ -331,13 +337,14 @@ pub struct OpenReport {
     pub replayed_events: u64,
     /// The log's own recovery report (torn tail, salvage, cleanup).
     pub log: magray_wal::RecoveryReport,
-    /// HNSW dumps that could not be used; those layers are rebuilt in the background.
-    pub index_rebuilds: Vec<(Layer, String)>,
-    /// Layers whose HNSW dump open mapped and checked: searches walk it in place from the
-    /// moment open returns, until the indexer has made its usual copy (without this, a layer
-    /// is scanned exactly until then). If the indexer's full check of the same dump fails, the
-    /// layer is also listed in `index_rebuilds` and searched exactly until rebuilt.
-    pub graphs_in_place: Vec<Layer>,
+    /// Why the snapshot's HNSW dump could not be used (each reason once); the index is then
+    /// built again from the records in the background.
+    pub index_rebuilds: Vec<String>,
+    /// Whether open mapped and checked the snapshot's HNSW dump: searches walk it in place
+    /// from the moment open returns, until the indexer has made its usual copy (without
+    /// this, searches scan exactly until then). If the indexer's full check of the same dump
+    /// fails, the reason is in `index_rebuilds` and searches scan exactly until rebuilt.
+    pub graph_in_place: bool,
     /// Why open checked every byte of the snapshot's vector chunks, record table, key index and
     /// graph dumps before returning: damage found after an earlier open (see `Stats::damage`).
     /// `None`: they were mapped unread, each 4 KiB block (and each row) checked on its first
@@ -351,6 +358,6 @@ pub struct OpenReport {
     /// Of `open_us`: loading and checking snapshots (rejected ones included).
     pub snapshot_load_us: u64,
     /// Of `open_us`: replaying the log after the snapshot. What is left of `open_us` after
-    /// these three is setting up the layers' index state and starting the threads.
+    /// these three is setting up the index state and starting the threads.
     pub replay_us: u64,
 }

@@ -46,8 +46,8 @@ async fn insert_get_search_delete_and_reopen() {
     );
     m.wait_indexed().await.unwrap();
     let s = m.stats();
-    assert_eq!(s.layers[0].pending, 0);
-    assert!(s.layers[0].indexed >= 299, "{:?}", s.layers[0]);
+    assert_eq!(s.index.pending, 0);
+    assert!(s.index.indexed >= 299, "{:?}", s.index);
     let seq = m.checkpoint().await.unwrap();
     assert!(seq > 0);
     let n_new = m.insert(record(1000, vs[1].clone())).await.unwrap();

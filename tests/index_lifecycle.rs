@@ -6,7 +6,7 @@ use common::*;
 use magray_memory::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tombstones_over_the_threshold_rebuild_the_layer_index() {
+async fn tombstones_over_the_threshold_rebuild_the_index() {
     let dir = tempfile::tempdir().unwrap();
     let mut c = config();
     c.exact_search_below = 0;
@@ -15,7 +15,7 @@ async fn tombstones_over_the_threshold_rebuild_the_layer_index() {
     let batch = records(0, &vs);
     let ids = m.insert_batch(batch).await.unwrap();
     m.wait_indexed().await.unwrap();
-    assert_eq!(m.stats().layers[0].indexed, 1000);
+    assert_eq!(m.stats().index.indexed, 1000);
     for id in ids.iter().take(400) {
         m.delete(*id).await.unwrap();
     }
@@ -25,11 +25,12 @@ async fn tombstones_over_the_threshold_rebuild_the_layer_index() {
         assert!(hits.iter().all(|h| h.id != ids[i]));
     }
     m.wait_indexed().await.unwrap(); // includes any rebuild due
-    let l = &m.stats().layers[0];
+    let st = m.stats();
+    let l = &st.index;
     // The 256th tombstone (over 20% of 1,000 points) triggered a rebuild of the live records;
     // the deletes after it are tombstones again, below the threshold.
     assert!(l.indexed < 1000, "a rebuild dropped the dead points: {l:?}");
-    assert_eq!(l.records, 600);
+    assert_eq!(st.layers[0].records, 600);
     assert_eq!(l.indexed - l.tombstones, 600, "{l:?}");
     assert!(l.tombstones < 256, "{l:?}");
     for (i, v) in vs.iter().enumerate().skip(400).step_by(13) {
@@ -40,7 +41,7 @@ async fn tombstones_over_the_threshold_rebuild_the_layer_index() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_bad_hnsw_dump_is_reported_and_the_layer_reindexed() {
+async fn a_bad_hnsw_dump_is_reported_and_the_store_reindexed() {
     let dir = tempfile::tempdir().unwrap();
     let mut c = config();
     c.exact_search_below = 0;
@@ -55,7 +56,7 @@ async fn a_bad_hnsw_dump_is_reported_and_the_layer_reindexed() {
         .path()
         .join("snapshots")
         .join(format!("{seq:020}"))
-        .join("hnsw-interact.graph");
+        .join("hnsw.graph");
     flip_byte(&graph, |len| len / 3, 1);
 
     let m = Memory::open(dir.path(), c.clone()).await.unwrap();
@@ -75,8 +76,8 @@ async fn a_bad_hnsw_dump_is_reported_and_the_layer_reindexed() {
         "records still come from the snapshot"
     );
     assert_eq!(st.open.index_rebuilds.len(), 1, "{:?}", st.open);
-    assert!(st.open.index_rebuilds[0].1.contains("hnsw-interact.graph"));
-    assert_eq!(st.layers[0].indexed, 1_100);
+    assert!(st.open.index_rebuilds[0].contains("hnsw.graph"));
+    assert_eq!(st.index.indexed, 1_100);
     m.close().await.unwrap();
 
     // No new events, but the rebuilt graph (over 1,024 points) is snapshotted at close: the
@@ -86,7 +87,7 @@ async fn a_bad_hnsw_dump_is_reported_and_the_layer_reindexed() {
     let st = m.stats();
     assert!(st.open.index_rebuilds.is_empty(), "{:?}", st.open);
     assert!(st.open.snapshot_seq > Some(seq), "{:?}", st.open);
-    assert_eq!(st.layers[0].indexed, 1_100);
+    assert_eq!(st.index.indexed, 1_100);
     let hits = m.search(&vs[7], &SearchOptions::top_k(1)).await.unwrap();
     assert_eq!(hits[0].id, ids[7]);
     m.close().await.unwrap();

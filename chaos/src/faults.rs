@@ -451,7 +451,7 @@ async fn damage_snapshot(
                 // An index rebuilt because of this file, which its reason names.
                 || r.index_rebuilds
                     .iter()
-                    .any(|(_, why)| !damaged_file.is_empty() && why.contains(&damaged_file))
+                    .any(|why| !damaged_file.is_empty() && why.contains(&damaged_file))
                 || s.damage.is_some_and(|d| d.contains(&name))
         }
         Err(e) => {

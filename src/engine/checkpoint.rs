@@ -141,7 +141,7 @@ impl Inner {
             cap.model = Some(model).filter(|m| m.version > 0).map(|m| (*m).clone());
             let seq = cap.seq;
             let mut w = Writer::begin(&root, seq)?;
-            w.dump_graphs(&mut cap)?;
+            w.dump_graph(&mut cap)?;
             drop(idx);
             let prev = snap.latest.as_ref().map(|(_, p)| p.clone());
             let written = w.finish(

@@ -68,12 +68,12 @@ pub(crate) static HOLD_DUMP_LOADS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 #[cfg(test)]
 static HOLD_CHECKPOINT_MARKERS: Mutex<Vec<PathBuf>> = Mutex::new(Vec::new());
 
-/// A snapshot's directory, manifest and the HNSW dumps it holds (layer, basename, the dump
-/// mapped to search in place if open could).
+/// A snapshot's directory, manifest and the HNSW dump it holds (basename, the dump mapped to
+/// search in place if open could).
 type Dumps = (
     PathBuf,
     snapshot::ManifestBody,
-    Vec<(Layer, String, Option<Arc<MappedGraph>>)>,
+    Option<(String, Option<Arc<MappedGraph>>)>,
 );
 
 struct SnapState {
@@ -145,10 +145,10 @@ pub(crate) struct Inner {
     scrubbing: AtomicBool,
     /// Damage was found and the store marked (`DAMAGE_MARK`).
     damage_noted: AtomicBool,
-    /// Points inserted into the layers' graphs since open (a rebuild counts all of its own).
+    /// Points inserted into the graph since open (a rebuild counts all of its own).
     graph_points: AtomicU64,
-    /// Layers whose index `optimize()` asked to rebuild (bit per layer).
-    force_rebuild: std::sync::atomic::AtomicU8,
+    /// `optimize()` asked for the index to be rebuilt.
+    force_rebuild: AtomicBool,
     report: Mutex<OpenReport>,
     /// The promoter model in use (the default until one is trained or loaded).
     model: RwLock<Arc<PromoterModel>>,

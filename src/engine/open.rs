@@ -113,7 +113,7 @@ impl Memory {
                 ),
             ));
         }
-        let with_dump = prepare_layers(&mut proj, &dumps, &mut report);
+        let with_dump = prepare_index(&mut proj, &dumps, &mut report);
         report.open_us = started.elapsed().as_micros() as u64;
         let inner = Inner::new(
             dir, config, log, proj, snap_state, with_dump, report, model, lock,
@@ -288,25 +288,13 @@ fn start_from(found: Option<Found>, config: &Config, log: &Log, report: &mut Ope
         .filter(|f| l.manifest.is_vector_file(&f.name))
         .map(|f| (f.name.clone(), f.clone()))
         .collect();
-    let graphs = l.graphs;
-    let dumps: Vec<(Layer, String, Option<Arc<MappedGraph>>)> = l
-        .manifest
-        .layers
-        .iter()
-        .filter_map(|le| {
-            let mapped = graphs
-                .iter()
-                .find(|(gl, _)| *gl == le.layer)
-                .map(|(_, g)| g.clone());
-            le.dump.clone().map(|d| (le.layer, d, mapped))
-        })
-        .collect();
+    let dump = l.manifest.graph.clone().map(|d| (d, l.graph));
     let mut proj = l.projections;
     proj.ttl_us = config.lifecycle.ttl_us();
     proj.keywords.set_window(config.keyword_window);
     Start {
         proj,
-        dumps: Some((path.clone(), l.manifest, dumps)),
+        dumps: Some((path.clone(), l.manifest, dump)),
         snap_state: SnapState {
             latest: Some((seq, path)),
             covered_seq: seq,
@@ -349,34 +337,33 @@ fn replay(
     Ok(only_markers)
 }
 
-/// Layers without a usable dump are indexed from scratch; the others get their slot list
-/// from the dump: at once from a dump searched in place, else when the indexer loads it
-/// (until then the layer is searched exactly). Returns the layers with a dump.
-fn prepare_layers(
-    proj: &mut Projections,
-    dumps: &Option<Dumps>,
-    report: &mut OpenReport,
-) -> HashSet<Layer> {
-    let with_dump: HashSet<Layer> = dumps
-        .as_ref()
-        .map(|(_, _, d)| d.iter().map(|(l, _, _)| *l).collect())
-        .unwrap_or_default();
-    for l in Layer::ALL {
-        if !with_dump.contains(&l) {
-            let ls = &mut proj.layers[l.index()];
-            ls.in_index.clear();
-            ls.recompute_pending();
+/// Without a usable dump every record is indexed from scratch; with one, the index gets its
+/// slot list from the dump: at once from a dump searched in place, else when the indexer
+/// loads it (until then searches scan exactly). Returns whether there is a dump to load.
+fn prepare_index(proj: &mut Projections, dumps: &Option<Dumps>, report: &mut OpenReport) -> bool {
+    if let Some((_, m, _)) = dumps {
+        if m.format < snapshot::ONE_GRAPH_FORMAT
+            && m.files.iter().any(|f| f.name.starts_with("hnsw-"))
+        {
+            report.index_rebuilds.push(format!(
+                "snapshot format {} kept one graph per layer; this version keeps one graph for \
+                 the store, built again from the records",
+                m.format
+            ));
         }
     }
+    let Some((_, _, Some((_, mapped)))) = dumps else {
+        proj.index.in_index.clear();
+        proj.recompute_pending();
+        return false;
+    };
     // A dump open could map and check is searched in place at once; the indexer replaces it
     // with the usual frozen copy once it has read the dump (see `index::dump_graph`).
-    for (l, _, mapped) in dumps.iter().flat_map(|(_, _, d)| d) {
-        if let Some(g) = mapped {
-            install_graph(&mut proj.layers[l.index()], g.slots(), g.clone());
-            report.graphs_in_place.push(*l);
-        }
+    if let Some(g) = mapped {
+        install_graph(proj, g.slots(), g.clone());
+        report.graph_in_place = true;
     }
-    with_dump
+    true
 }
 
 impl Inner {
@@ -387,7 +374,7 @@ impl Inner {
         log: Log,
         proj: Projections,
         snap_state: SnapState,
-        with_dump: HashSet<Layer>,
+        with_dump: bool,
         report: OpenReport,
         model: PromoterModel,
         lock: Arc<magray_wal::StoreLock>,
@@ -418,11 +405,11 @@ impl Inner {
             )),
             snap: Mutex::new(snap_state),
             inflight: Mutex::new(HashSet::new()),
-            graphs_loading: AtomicU64::new(with_dump.len() as u64),
+            graphs_loading: AtomicU64::new(with_dump as u64),
             scrubbing: AtomicBool::new(unchecked),
             damage_noted: AtomicBool::new(false),
             graph_points: AtomicU64::new(0),
-            force_rebuild: std::sync::atomic::AtomicU8::new(0),
+            force_rebuild: AtomicBool::new(false),
             report: Mutex::new(report),
             model: RwLock::new(Arc::new(model)),
             lifecycle_lock: Mutex::new(()),

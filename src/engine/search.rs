@@ -190,17 +190,14 @@ impl Inner {
             let near = q.as_ref().map(|q| {
                 let mut top = crate::util::TopK::new(pool);
                 if !st.search_few_filtered(layers, q, o, probe.now_us, &mut top) {
-                    for l in layers {
-                        st.search_layer(*l, q, o, probe, &mut top);
-                    }
+                    st.search_layers(layers, q, o, probe, &mut top);
                 }
                 top.into_sorted()
             });
+            let mask = crate::projection::layer_mask(layers);
             let words = text.map(|t| {
                 st.keywords.search(t, o.project.as_deref(), |slot| {
-                    st.layer_of(slot).is_some_and(|l| {
-                        layers.contains(&l) && st.visible(slot, l, o, probe.now_us)
-                    })
+                    st.visible(slot, mask, o, probe.now_us)
                 })
             });
             let ranked = fuse(&st, q.as_deref(), near, words, o.top_k);
@@ -273,7 +270,7 @@ impl Inner {
         buf.into_iter().map(Event::Accessed).collect()
     }
 
-    /// How this search walks each layer's graph.
+    /// How this search walks the graph.
     fn probe(&self, o: &SearchOptions) -> Result<crate::projection::Probe> {
         let ef = o.ef_search.unwrap_or(self.config.hnsw.ef_search);
         if !(1..=crate::limits::MAX_EF).contains(&ef) {

@@ -1,7 +1,7 @@
 //! What `Memory::stats` reports.
 
 use super::*;
-use crate::types::{LayerStats, OpenReport};
+use crate::types::{IndexStats, LayerStats, OpenReport};
 
 /// A snapshot of the engine's state.
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -12,18 +12,20 @@ pub struct Stats {
     pub applied_seq: u64,
     /// Interact, Insights, Assets.
     pub layers: [LayerStats; 3],
+    /// The HNSW index over every layer.
+    pub index: IndexStats,
     /// Sequence of the newest snapshot on disk, if any.
     pub last_snapshot_seq: Option<u64>,
     /// Events applied since the newest snapshot.
     pub events_since_snapshot: u64,
     /// Search hits waiting to be written as `Accessed` events.
     pub pending_accesses: u64,
-    /// HNSW dumps of the snapshot opened that the indexer has still to load in full (their
-    /// layers are searched in place or exactly meanwhile: see `LayerStats::index_ready`).
+    /// HNSW dumps of the snapshot opened that the indexer has still to load in full, 0 or 1
+    /// (searches walk it in place or scan exactly meanwhile: see `IndexStats::ready`).
     pub graphs_loading: u64,
     /// Damage found in the snapshot's vector chunks, record table or key index since open (by
     /// a read or the background scrub): the file, offset and reason. (Damage in a graph dump
-    /// is not: the layer is searched exactly and its graph rebuilt, see
+    /// is not: searches scan exactly and the graph is rebuilt, see
     /// `OpenReport::index_rebuilds`.) Searches, `get`, `records`, writes
     /// and checkpoints fail with it until the store is reopened; the next open checks every
     /// snapshot file in full, skips a damaged snapshot and replays the log instead (see
@@ -56,18 +58,24 @@ impl Memory {
         for (i, ls) in st.layers.iter().enumerate() {
             layers[i] = LayerStats {
                 records: ls.members.len() as u64,
-                indexed: ls.indexed,
-                // Without a frozen graph (a dump loading, a new graph not yet frozen) the
-                // whole layer is searched exactly: all of it is pending.
-                pending: if ls.frozen.is_some() {
-                    ls.pending.iter().filter(|s| ls.members.contains(s)).count() as u64
-                } else {
-                    ls.members.len() as u64
-                },
-                tombstones: ls.tombstones,
-                index_ready: ls.frozen.is_some(),
             };
         }
+        let ix = &st.index;
+        let index = IndexStats {
+            indexed: ix.indexed,
+            // Without a frozen graph (a dump loading, a new graph not yet frozen) every record
+            // is searched exactly: all of them are pending.
+            pending: if ix.frozen.is_some() {
+                ix.pending
+                    .iter()
+                    .filter(|s| st.layer_of(**s).is_some())
+                    .count() as u64
+            } else {
+                st.live_count() as u64
+            },
+            tombstones: ix.tombstones,
+            ready: ix.frozen.is_some(),
+        };
         Stats {
             last_seq: inner
                 .log
@@ -77,6 +85,7 @@ impl Memory {
                 .unwrap_or(st.applied_seq),
             applied_seq: st.applied_seq,
             layers,
+            index,
             last_snapshot_seq,
             events_since_snapshot: st.applied_seq.saturating_sub(covered_seq),
             pending_accesses: inner.access_hits.load(Ordering::Relaxed),

@@ -154,7 +154,7 @@ pub(crate) fn signals(
         now_us,
     };
     let mut top = TopK::new(CLUSTER_CAP + 1);
-    p.search_layer(r.layer, q, &o, how, &mut top);
+    p.search_layers(&[r.layer], q, &o, how, &mut top);
     let nearest: Vec<(f32, u32)> = top
         .into_sorted()
         .into_iter()
@@ -191,7 +191,7 @@ pub(crate) fn signals(
                 record_access: false,
                 ..SearchOptions::top_k(1)
             };
-            p.search_layer(next, q, &o, how, &mut top);
+            p.search_layers(&[next], q, &o, how, &mut top);
             top.into_sorted()
                 .first()
                 .map(|(score, _)| score.max(0.0))

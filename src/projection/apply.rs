@@ -222,15 +222,9 @@ impl Projections {
                     }
                     self.content_remove(old, slot);
                     self.content_add(new, slot);
-                    self.layers[p.from.index()].forget(slot);
-                    let to = &mut self.layers[p.to.index()];
-                    to.members.insert(slot);
-                    if to.in_index.get(slot) {
-                        // Back in a layer whose graph still holds it: no longer a tombstone.
-                        to.tombstones = to.tombstones.saturating_sub(1);
-                    } else {
-                        to.pending.push_back(slot);
-                    }
+                    // One graph holds every layer: the point stays where it is.
+                    self.layers[p.from.index()].members.remove(&slot);
+                    self.layers[p.to.index()].members.insert(slot);
                 }
             }
             Event::Expired { ids, reason } => {
@@ -299,9 +293,8 @@ impl Projections {
             ins.session.as_deref(),
             ins.ts_us,
         );
-        let l = &mut self.layers[ins.layer.index()];
-        l.members.insert(slot);
-        l.pending.push_back(slot);
+        self.layers[ins.layer.index()].members.insert(slot);
+        self.index.pending.push_back(slot);
         Ok(())
     }
 
@@ -317,7 +310,8 @@ impl Projections {
         let key = content_key(r.content_hash, r.layer, r.body.project());
         self.content_remove(key, slot);
         self.keywords.remove(slot);
-        self.layers[r.layer.index()].forget(slot);
+        let layer = r.layer;
+        self.forget(slot, layer);
         for target in r.body.refs() {
             let n = self.refs_delta.entry(target).or_default();
             *n -= 1;

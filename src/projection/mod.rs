@@ -28,7 +28,7 @@ mod search;
 
 use apply::ContentSlots;
 pub(crate) use record::{Access, Rec, RecordData, Replaced, RowRef, Slot};
-pub(crate) use search::Probe;
+pub(crate) use search::{layer_mask, Probe};
 
 /// The HNSW graph of one layer: only the indexer thread inserts (and a checkpoint dumps it
 /// under the index lock); searches run on its [`FrozenGraph`] copies.
@@ -43,22 +43,28 @@ pub(crate) fn content_key(content_hash: u64, layer: Layer, project: Option<&str>
     k
 }
 
-/// One layer's membership and index bookkeeping.
-#[derive(Default)]
+/// One layer's live records.
+#[derive(Default, Debug)]
 pub(crate) struct LayerState {
     /// Live slots in this layer.
     pub(crate) members: SlotSet,
-    /// Slots waiting to be inserted into the index, oldest first; may hold slots that died or
-    /// moved since (skipped). Searched exactly.
+}
+
+/// The store's one HNSW index over the records of every layer (a record's layer is an
+/// attribute a search filters on, so a promotion moves no point), and its bookkeeping.
+#[derive(Default)]
+pub(crate) struct IndexState {
+    /// Slots waiting to be inserted into the index, oldest first; may hold slots that died
+    /// since (skipped). Searched exactly.
     pub(crate) pending: VecDeque<u32>,
     /// Slots present in the HNSW graph (live or not).
     pub(crate) in_index: Bits,
-    /// Points in the graph whose record is no longer live in this layer.
+    /// Points in the graph whose record is no longer live (deleted, expired, superseded).
     pub(crate) tombstones: u64,
     /// Points in the graph.
     pub(crate) indexed: u64,
-    /// The graph; `None` while a dump loads or before the first insert (then the whole layer
-    /// is searched exactly, unless `frozen` is the dump searched in place).
+    /// The graph; `None` while a dump loads or before the first insert (then every record is
+    /// searched exactly, unless `frozen` is the dump searched in place).
     pub(crate) graph: Option<Arc<Graph>>,
     /// A compact copy of `graph` as of its last freeze, searched instead of it (right after
     /// open, until the dump's copy is made: the dump itself, see `index::dump_graph`).
@@ -67,10 +73,9 @@ pub(crate) struct LayerState {
     pub(crate) unfrozen: Vec<u32>,
 }
 
-impl std::fmt::Debug for LayerState {
+impl std::fmt::Debug for IndexState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("LayerState")
-            .field("members", &self.members.len())
+        f.debug_struct("IndexState")
             .field("pending", &self.pending.len())
             .field("indexed", &self.indexed)
             .field("tombstones", &self.tombstones)
@@ -78,24 +83,6 @@ impl std::fmt::Debug for LayerState {
             .field("frozen", &self.frozen.as_ref().map(|f| f.len()))
             .field("unfrozen", &self.unfrozen.len())
             .finish()
-    }
-}
-
-impl LayerState {
-    fn forget(&mut self, slot: u32) {
-        self.members.remove(&slot);
-        if self.in_index.get(slot) {
-            self.tombstones += 1;
-        }
-    }
-
-    /// Recomputes `pending` as the live members not in the graph, in slot order.
-    pub(crate) fn recompute_pending(&mut self) {
-        self.pending = self
-            .members
-            .iter()
-            .filter(|s| !self.in_index.get(*s))
-            .collect();
     }
 }
 
@@ -130,6 +117,7 @@ pub(crate) struct Projections {
     /// of the promoter).
     refs_delta: FastMap<Id, i64>,
     pub(crate) layers: [LayerState; 3],
+    pub(crate) index: IndexState,
     pub(crate) vectors: Vectors,
     /// Lifecycle counters: promotions into Insights and Assets; expiries by reason (TTL,
     /// capacity, manual). Projections of `Promoted` / `Expired` events.
@@ -157,6 +145,7 @@ impl Projections {
             by_content: FastMap::default(),
             refs_delta: FastMap::default(),
             layers: Default::default(),
+            index: IndexState::default(),
             vectors: Vectors::new(dim),
             promoted: [0; 2],
             expired: [0; 3],
@@ -216,6 +205,56 @@ impl Projections {
             ls.members = m;
         }
         p
+    }
+
+    /// Removes `slot` from `layer`'s live records; a point the graph holds for it becomes a
+    /// tombstone.
+    pub(crate) fn forget(&mut self, slot: u32, layer: Layer) {
+        self.layers[layer.index()].members.remove(&slot);
+        if self.index.in_index.get(slot) {
+            self.index.tombstones += 1;
+        }
+    }
+
+    /// Live records, all layers.
+    pub(crate) fn live_count(&self) -> usize {
+        self.layers.iter().map(|l| l.members.len()).sum()
+    }
+
+    /// Every live slot (all layers) in ascending order.
+    pub(crate) fn live_slots(&self) -> Vec<u32> {
+        let mut all: Vec<u32> = Vec::with_capacity(self.live_count());
+        for l in &self.layers {
+            all.extend(l.members.iter());
+        }
+        all.sort_unstable();
+        all
+    }
+
+    /// Recomputes the index's `pending` as the live records not in the graph, in slot order.
+    pub(crate) fn recompute_pending(&mut self) {
+        let pending = self
+            .live_slots()
+            .into_iter()
+            .filter(|s| !self.index.in_index.get(*s))
+            .collect();
+        self.index.pending = pending;
+    }
+
+    /// Marks `slots` (a graph's own slot list) as what is in the index, with its count and
+    /// tombstones.
+    pub(crate) fn set_index_slots(&mut self, slots: &[u32]) {
+        let tombstones = slots
+            .iter()
+            .filter(|s| self.layer_of(**s).is_none())
+            .count() as u64;
+        let ix = &mut self.index;
+        ix.in_index.clear();
+        for s in slots {
+            ix.in_index.set(*s);
+        }
+        ix.indexed = slots.len() as u64;
+        ix.tombstones = tombstones;
     }
 
     /// Slots given out so far (live or not).

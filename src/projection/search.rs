@@ -1,4 +1,5 @@
-//! A search of one layer: its HNSW or in-place graph, the exact tail, filters and TTL.
+//! A search of some layers: the store's HNSW or in-place graph, the exact tail, filters and
+//! TTL.
 
 use super::*;
 use crate::index::distance::dot;
@@ -24,19 +25,20 @@ impl Projections {
         }
     }
 
-    /// Whether the record in `slot` is live, in `layer`, passes the filters of `o` and is
-    /// not past its TTL at `now_us`: what a search may return. Called for every point a
-    /// search keeps, so a row is read field by field, and in full only for a filter.
-    pub(crate) fn visible(&self, slot: u32, layer: Layer, o: &SearchOptions, now_us: u64) -> bool {
-        let in_time = |since: u64| since.saturating_add(self.ttl_us[layer.index()]) > now_us;
+    /// Whether the record in `slot` is live, in one of the layers of `mask` (bit
+    /// `1 << layer.index()`), passes the filters of `o` and is not past its layer's TTL at
+    /// `now_us`: what a search may return. Called for every point a search keeps, so a row is
+    /// read field by field, and in full only for a filter.
+    pub(crate) fn visible(&self, slot: u32, mask: u8, o: &SearchOptions, now_us: u64) -> bool {
+        let ok = |layer: Layer, since: u64| {
+            mask & (1 << layer.index()) != 0
+                && since.saturating_add(self.ttl_us[layer.index()]) > now_us
+        };
         match self.slots.get(slot as usize) {
-            Some(Slot::Owned(r)) => {
-                r.layer == layer && in_time(r.layer_since_us) && r.as_rec(None).matches(o)
-            }
+            Some(Slot::Owned(r)) => ok(r.layer, r.layer_since_us) && r.as_rec(None).matches(o),
             Some(Slot::Row(r)) => {
                 debug_assert!(self.tables[r.table as usize].is_some());
-                r.layer == layer
-                    && in_time(r.layer_since_us)
+                ok(r.layer, r.layer_since_us)
                     && (!o.filters()
                         || self
                             .row_table(slot, r)
@@ -67,7 +69,7 @@ impl Projections {
             .iter()
             .map(|l| self.layers[l.index()].members.len())
             .sum();
-        let few = FEW_FILTERED.max(searched / 32) as u64;
+        let few = FEW_FILTERED.max(searched / FEW_SHARE) as u64;
         if self
             .keywords
             .project_count(Some(project))
@@ -78,22 +80,23 @@ impl Projections {
         let Some(slots) = self.keywords.project_slots(Some(project)) else {
             return false;
         };
+        let mask = layer_mask(layers);
         for slot in slots {
-            if let Some(l) = self.layer_of(slot) {
-                if layers.contains(&l) && self.visible(slot, l, o, now_us) {
-                    top.push(dot(q, self.vectors.get(slot)), slot);
-                }
+            if self.visible(slot, mask, o, now_us) {
+                top.push(dot(q, self.vectors.get(slot)), slot);
             }
         }
         true
     }
 
-    /// Candidates of one layer for a query, into `top`: the frozen HNSW graph (live, in this
-    /// layer, matching the options) plus an exact scan of the points it lacks, or an exact
-    /// scan of the whole layer when it is small or has no frozen graph yet.
-    pub(crate) fn search_layer(
+    /// Candidates in `layers` for a query, into `top`: a walk of the store's frozen HNSW
+    /// graph keeping the points that are live, in those layers and match the options, plus an
+    /// exact scan of the records the graph lacks; or an exact scan of those layers' records
+    /// when they are few (under `exact_below`, or a small share of the graph: a walk for a
+    /// filter that selective visits most of the graph) or there is no frozen graph yet.
+    pub(crate) fn search_layers(
         &self,
-        layer: Layer,
+        layers: &[Layer],
         q: &[f32],
         o: &SearchOptions,
         how: Probe,
@@ -105,55 +108,74 @@ impl Projections {
             exact_below,
             now_us,
         } = how;
-        let ls = &self.layers[layer.index()];
-        let ok = |slot: u32| self.visible(slot, layer, o, now_us);
+        let mask = layer_mask(layers);
+        let ix = &self.index;
+        let ok = |slot: u32| self.visible(slot, mask, o, now_us);
         let exact = |slot: u32, top: &mut TopK| {
             if ok(slot) {
                 top.push(dot(q, self.vectors.get(slot)), slot);
             }
         };
-        let scan_layer = |top: &mut TopK| {
-            // In slot order: sequential vector reads.
-            scan_split(
-                scan_threads(),
-                ls.members.len(),
-                |i, n| ls.members.iter_part(i, n),
-                &exact,
-                top,
-            );
-        };
-        if ls.members.len() < exact_below {
-            scan_layer(top);
-            return;
-        }
-        if let Some(f) = &ls.frozen {
-            let ef = if scale_ef {
-                crate::index::hnsw::scale_ef(ef, f.len() as u64)
-            } else {
-                ef
-            };
-            let ef = ef.max(o.top_k);
-            let found = f.search(q, ef, &self.vectors, &ok, top);
-            // Fewer than k matches in the walk: a selective filter, many dead points or a
-            // freeze older than most of the layer; scan the layer exactly, never miss a record.
-            if found < o.top_k {
-                scan_layer(top);
-                return;
+        let members: Vec<&SlotSet> = Layer::ALL
+            .iter()
+            .filter(|l| mask & (1 << l.index()) != 0)
+            .map(|l| &self.layers[l.index()].members)
+            .collect();
+        let searched: usize = members.iter().map(|m| m.len()).sum();
+        let scan_layers = |top: &mut TopK| {
+            // Layer by layer, each in slot order: sequential vector reads.
+            for m in &members {
+                scan_split(
+                    scan_threads(),
+                    m.len(),
+                    |i, n| m.iter_part(i, n),
+                    &exact,
+                    top,
+                );
             }
-            scan_split(
-                scan_threads(),
-                ls.unfrozen.len() + ls.pending.len(),
-                |i, n| tail_part(&ls.unfrozen, &ls.pending, i, n),
-                &exact,
-                top,
-            );
+        };
+        let Some(f) = &ix.frozen else {
+            // No frozen copy yet (a graph between its first insert and its first freeze, a
+            // moment, or a dump still loading): scan exactly.
+            scan_layers(top);
+            return;
+        };
+        let graph = f.len();
+        if searched < exact_below || searched <= FEW_FILTERED.max(graph / FEW_SHARE) {
+            scan_layers(top);
             return;
         }
-        // No frozen copy yet (a graph between its first insert and its first freeze, a
-        // moment): scan the layer exactly.
-        scan_layer(top);
+        let ef = if scale_ef {
+            crate::index::hnsw::scale_ef(ef, graph as u64)
+        } else {
+            ef
+        };
+        let ef = ef.max(o.top_k);
+        let found = f.search(q, ef, &self.vectors, &ok, top);
+        // Fewer than k matches in the walk: a selective filter, many dead points or a freeze
+        // older than most of the store; scan exactly, never miss a record.
+        if found < o.top_k {
+            scan_layers(top);
+            return;
+        }
+        scan_split(
+            scan_threads(),
+            ix.unfrozen.len() + ix.pending.len(),
+            |i, n| tail_part(&ix.unfrozen, &ix.pending, i, n),
+            &exact,
+            top,
+        );
     }
 }
+
+/// The layers of `layers` as bits `1 << layer.index()`.
+pub(crate) fn layer_mask(layers: &[Layer]) -> u8 {
+    layers.iter().fold(0, |m, l| m | 1 << l.index())
+}
+
+/// A search of layers holding at most a `FEW_SHARE`-th of the graph's points scans them
+/// exactly instead of walking the graph for them.
+const FEW_SHARE: usize = 32;
 
 /// A `project` filter admitting at most this many records is searched exactly, record by
 /// record ([`Projections::search_few_filtered`]): about 0.2 ms at 384-d.

@@ -58,7 +58,8 @@ pub(crate) struct Capture {
     pub(super) expired: [u64; 3],
     /// The trained promoter, if any (the default model is not written).
     pub(crate) model: Option<PromoterModel>,
-    pub(crate) layers: Vec<(Layer, Option<Arc<Graph>>)>,
+    /// The store's graph, dumped under the index lock (`Writer::dump_graph`).
+    pub(crate) graph: Option<Arc<Graph>>,
     pub(super) new_chunk: Option<(u32, Vec<u8>)>,
     pub(super) old_chunks: Vec<String>,
     /// `keywords.bin`, encoded under the state lock.
@@ -92,13 +93,6 @@ impl Capture {
         }
         let nslots = p.vectors.len();
         let new_chunk = (nslots > p.vectors.tail_start()).then(|| p.vectors.tail_range(nslots));
-        let layers = Layer::ALL
-            .iter()
-            .map(|l| {
-                let ls: &LayerState = &p.layers[l.index()];
-                (*l, ls.graph.clone())
-            })
-            .collect();
         Capture {
             seq: p.applied_seq,
             ts_us: p.last_ts_us,
@@ -109,7 +103,7 @@ impl Capture {
             promoted: p.promoted,
             expired: p.expired,
             model: None,
-            layers,
+            graph: p.index.graph.clone(),
             new_chunk,
             old_chunks: p.vectors.chunk_names(),
             keywords: keyword::encode(&p.keywords),

@@ -66,11 +66,17 @@ pub(super) fn check_listed_sums(
     }
 }
 
+/// Whether `name` is a graph dump or its block sums: `hnsw.graph` (format 9 on) or a layer's
+/// `hnsw-<layer>.graph` (formats 8 and older).
+pub(crate) fn is_graph_file(name: &str) -> bool {
+    name.starts_with("hnsw.") || name.starts_with("hnsw-")
+}
+
 /// Checks every graph dump file the manifest `m` of the snapshot in `dir` lists, in full: its
 /// crc32, and from format 7 its block sums against it (what `verify` and backups check; a
 /// load leaves a bad dump to the indexer, which rebuilds the graph).
 pub(crate) fn check_dumps(dir: &Path, m: &ManifestBody) -> Result<()> {
-    for f in m.files.iter().filter(|f| f.name.starts_with("hnsw-")) {
+    for f in m.files.iter().filter(|f| is_graph_file(&f.name)) {
         if m.files.iter().any(|s| s.name == sums::sums_name(&f.name)) {
             map_in_place(dir, m, f, Check::Full)?;
         } else {
@@ -86,9 +92,9 @@ pub(crate) struct Loaded {
     pub(crate) manifest: ManifestBody,
     /// The trained promoter the snapshot holds, if any.
     pub(crate) model: Option<PromoterModel>,
-    /// Each layer's graph dump, mapped and checked, searchable in place (see
-    /// [`map_graph`]); a layer whose dump cannot be is missing here.
-    pub(crate) graphs: Vec<(Layer, Arc<MappedGraph>)>,
+    /// The graph dump, mapped and checked, searchable in place (see [`map_graph`]); `None`
+    /// without one or when it cannot be.
+    pub(crate) graph: Option<Arc<MappedGraph>>,
 }
 
 /// How [`load`] checks the files it maps.
@@ -124,7 +130,7 @@ pub(crate) fn load(dir: &Path, dim: usize, check: Check) -> Result<Loaded> {
         .files
         .iter()
         .filter(|f| {
-            !f.name.starts_with("hnsw-")
+            !is_graph_file(&f.name)
                 && f.name != RECORDS_FILE
                 && f.name != KEYS_FILE
                 && f.name != sums::sums_name(KEYS_FILE)
@@ -136,28 +142,24 @@ pub(crate) fn load(dir: &Path, dim: usize, check: Check) -> Result<Loaded> {
         .collect();
     // Two threads: this one reads the record table (format 6 on: maps it unread and reads its
     // slot index) and points a slot at each row; the other maps the vector chunks unread,
-    // reads the key index and maps each graph dump. (With the chunks checked in full: below.
-    // Taking the dumps here after a slot index read was no faster: 9 paired rounds at 1M.)
-    // The key index and each graph dump, mapped and checked to search in place (a dump that
+    // reads the key index and maps the graph dump. (With the chunks checked in full: below.
+    // Taking the dump here after a slot index read was no faster: 9 paired rounds at 1M.)
+    // The key index and the graph dump, mapped and checked to search in place (a dump that
     // fails is left to the indexer, which reads it again, and reports it when it rebuilds
-    // the layer's graph).
+    // the graph).
     let keys_and_graphs = || -> Result<KeysAndGraphs> {
         let keys = load_keys(dir, &m, check)?;
-        let graphs = m
-            .layers
-            .iter()
-            .filter_map(|le| {
-                let base = le.dump.as_ref()?;
-                match map_graph(dir, &m, base, dim, check) {
-                    Ok(g) => Some((le.layer, Arc::new(g))),
-                    Err(e) => {
-                        tracing::debug!(layer = %le.layer, error = %e, "graph dump not searchable in place");
-                        None
-                    }
+        let graph = m
+            .graph
+            .as_ref()
+            .and_then(|base| match map_graph(dir, &m, base, dim, check) {
+                Ok(g) => Some(Arc::new(g)),
+                Err(e) => {
+                    tracing::debug!(error = %e, "graph dump not searchable in place");
+                    None
                 }
-            })
-            .collect();
-        Ok((keys, graphs))
+            });
+        Ok((keys, graph))
     };
     // Chunks checked in full (about 0.1 s per GB) are the second thread's only work; the
     // keys and dumps are then this one's, after the records.
@@ -189,14 +191,14 @@ pub(crate) fn load(dir: &Path, dim: usize, check: Check) -> Result<Loaded> {
             .join()
             .unwrap_or_else(|_| Err(Error::corrupted(dir, 0, "snapshot load thread panicked")));
         let (mut tables, (vectors, theirs), mine) = (rest?, second?, mine?);
-        let Some((keys, graphs)) = theirs.or(mine) else {
+        let Some((keys, graph)) = theirs.or(mine) else {
             return Err(Error::corrupted(dir, 0, "key index not loaded"));
         };
         check_keys(dir, &keys, tables.live)?;
         tables.keys = keys;
-        Ok((tables, vectors, graphs))
+        Ok((tables, vectors, graph))
     })
-    .and_then(|(tables, vectors, graphs)| finish_load(dim, m, tables, vectors, graphs))
+    .and_then(|(tables, vectors, graph)| finish_load(dim, m, tables, vectors, graph))
 }
 
 /// A snapshot's keyword index (format 8 on), mapped, its crc32 checked through the map, and
@@ -216,8 +218,8 @@ pub(crate) fn load_keywords(dir: &Path, m: &ManifestBody) -> Result<Option<Keywo
     }
 }
 
-/// A snapshot's key index (format 4 on) and the graph dumps open could map to search in place.
-pub(super) type KeysAndGraphs = (Option<KeyIndex>, Vec<(Layer, Arc<MappedGraph>)>);
+/// A snapshot's key index (format 4 on) and the graph dump open could map to search in place.
+pub(super) type KeysAndGraphs = (Option<KeyIndex>, Option<Arc<MappedGraph>>);
 
 /// The key index of the snapshot (format 4 on; `None` before, built from the records).
 pub(super) fn load_keys(dir: &Path, m: &ManifestBody, check: Check) -> Result<Option<KeyIndex>> {
@@ -247,7 +249,7 @@ pub(super) fn check_keys(dir: &Path, keys: &Option<KeyIndex>, live: usize) -> Re
     }
 }
 
-/// Maps one layer's graph dump (checked in full or block by block, as [`map_in_place`]) and
+/// Maps the graph dump (checked in full or block by block, as [`map_in_place`]) and
 /// opens it for searching in place ([`MappedGraph::open`]).
 pub(super) fn map_graph(
     dir: &Path,
@@ -602,7 +604,7 @@ pub(super) fn finish_load(
     m: ManifestBody,
     tables: Tables,
     vectors: Vectors,
-    graphs: Vec<(Layer, Arc<MappedGraph>)>,
+    graph: Option<Arc<MappedGraph>>,
 ) -> Result<Loaded> {
     let Tables {
         slots,
@@ -623,23 +625,15 @@ pub(super) fn finish_load(
     }
     p.promoted = promoted;
     p.expired = expired;
-    for le in &m.layers {
-        let ls = &mut p.layers[le.layer.index()];
-        if le.dump.is_some() {
-            for s in &le.indexed {
-                ls.in_index.set(*s);
-            }
-        }
-    }
     Ok(Loaded {
         projections: p,
         manifest: m,
         model,
-        graphs,
+        graph,
     })
 }
 
-/// The graph dump of a layer whose manifest entry names it `base`.
+/// The graph dump the manifest names `base`.
 pub(crate) fn graph_path(dir: &Path, base: &str) -> PathBuf {
     dir.join(format!("{base}.graph"))
 }
@@ -667,7 +661,7 @@ pub(super) fn graph_entry<'m>(
     Ok(entry)
 }
 
-/// Loads one layer's HNSW graph dump (without its vectors: see
+/// Loads the HNSW graph dump (without its vectors: see
 /// [`HnswBuilder::fill_vectors`]), after checking it against the manifest; from `checked`
 /// when open has already mapped and checked the same file ([`map_graph`]).
 pub(crate) fn load_graph(

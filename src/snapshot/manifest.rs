@@ -11,6 +11,8 @@ pub(super) const HEADER_LEN: usize = 32;
 /// Largest manifest body we accept (checked before allocating).
 pub(super) const MAX_MANIFEST: u64 = 64 << 20;
 
+/// A layer's graph in a manifest of format 8 or older (one graph per layer; read only: such a
+/// snapshot's graphs are not used, the store's one graph is built again from the records).
 #[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
 pub(crate) struct LayerEntry {
     pub(crate) layer: Layer,
@@ -31,7 +33,40 @@ pub(crate) struct ManifestBody {
     pub(crate) files: Vec<FileEntry>,
     /// Vector chunk files, in slot order (also listed in `files`).
     pub(crate) chunks: Vec<String>,
+    /// Basename of the store's HNSW graph dump (`<base>.graph`), if the store had a graph.
+    pub(crate) graph: Option<String>,
+}
+
+/// A manifest body of format 8 or older: one graph dump per layer.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq)]
+pub(crate) struct LegacyManifestBody {
+    pub(crate) format: u32,
+    pub(crate) seq: u64,
+    pub(crate) ts_us: u64,
+    pub(crate) dim: u32,
+    pub(crate) nslots: u32,
+    pub(crate) created_us: u64,
+    pub(crate) files: Vec<FileEntry>,
+    pub(crate) chunks: Vec<String>,
     pub(crate) layers: Vec<LayerEntry>,
+}
+
+impl LegacyManifestBody {
+    /// The body as this version reads it: the per-layer graphs are left out (their files stay
+    /// listed and checked; open reports that the graph is built again).
+    fn upgrade(self) -> ManifestBody {
+        ManifestBody {
+            format: self.format,
+            seq: self.seq,
+            ts_us: self.ts_us,
+            dim: self.dim,
+            nslots: self.nslots,
+            created_us: self.created_us,
+            files: self.files,
+            chunks: self.chunks,
+            graph: None,
+        }
+    }
 }
 
 impl ManifestBody {
@@ -108,16 +143,25 @@ pub(crate) fn list(root: &Path) -> Result<Vec<(u64, PathBuf)>> {
 
 /// Writes (and fsyncs) `dir/MANIFEST` for `body`, in the format `body.format` names.
 pub(crate) fn write_manifest(dir: &Path, body: &ManifestBody) -> Result<()> {
-    let body_bytes = encode(body)?;
+    write_manifest_bytes(dir, body.format, &encode(body)?)
+}
+
+/// Tests: writes `dir/MANIFEST` as format 8 or older wrote it.
+#[cfg(test)]
+pub(crate) fn write_legacy_manifest(dir: &Path, body: &LegacyManifestBody) -> Result<()> {
+    write_manifest_bytes(dir, body.format, &encode(body)?)
+}
+
+fn write_manifest_bytes(dir: &Path, format: u32, body_bytes: &[u8]) -> Result<()> {
     let mut h = [0u8; HEADER_LEN];
     h[0..4].copy_from_slice(&MAGIC);
-    h[4..8].copy_from_slice(&body.format.to_le_bytes());
+    h[4..8].copy_from_slice(&format.to_le_bytes());
     h[8..16].copy_from_slice(&(body_bytes.len() as u64).to_le_bytes());
-    h[16..20].copy_from_slice(&crc32fast::hash(&body_bytes).to_le_bytes());
+    h[16..20].copy_from_slice(&crc32fast::hash(body_bytes).to_le_bytes());
     let hcrc = crc32fast::hash(&h[..28]);
     h[28..32].copy_from_slice(&hcrc.to_le_bytes());
     let mut m = h.to_vec();
-    m.extend_from_slice(&body_bytes);
+    m.extend_from_slice(body_bytes);
     write_file(&dir.join("MANIFEST"), &m).map(|_| ())
 }
 
@@ -179,7 +223,18 @@ pub(crate) fn read_manifest(dir: &Path) -> Result<ManifestBody> {
             "body checksum mismatch",
         ));
     }
-    let m: ManifestBody = decode(body, &path)?;
+    let m: ManifestBody = if version < ONE_GRAPH_FORMAT {
+        decode::<LegacyManifestBody>(body, &path)?.upgrade()
+    } else {
+        decode(body, &path)?
+    };
+    if m.format != version {
+        return Err(Error::corrupted(
+            &path,
+            HEADER_LEN as u64,
+            format!("the body says format {}, the header {version}", m.format),
+        ));
+    }
     for f in &m.files {
         if f.name.contains('/') || f.name.starts_with('.') {
             return Err(Error::corrupted(

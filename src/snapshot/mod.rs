@@ -5,9 +5,10 @@
 //! (format 6 on: open maps the table unread), `keys.bin` (ids and content keys sorted, searched
 //! in place: see `disk::keys`; format 7 on with block sums `keys.bin.sums`, mapped unread),
 //! `stats.zst` (zstd over rkyv), vector chunks (`vectors-*.f32`, raw little-endian f32 for
-//! memmap2; immutable, hard-linked from the previous snapshot, with block sums `.sums`), HNSW
-//! graph dumps (`hnsw-<layer>.graph`, links only; see `index::hnsw`; format 7 on with block
-//! sums `hnsw-<layer>.graph.sums`, level-0 links mapped unread), the keyword index
+//! memmap2; immutable, hard-linked from the previous snapshot, with block sums `.sums`), the
+//! HNSW graph dump (`hnsw.graph`, links only, one graph for every layer's records, format 9
+//! on; formats 7 and 8 had one `hnsw-<layer>.graph` per layer; see `index::hnsw`; with block
+//! sums `hnsw.graph.sums`, level-0 links mapped unread), the keyword index
 //! (`keywords.bin`, format 8 on; see `keyword::file`), the trained
 //! promoter (`promoter.bin`, rkyv, only once one was trained) and `MANIFEST`:
 //! a 32-byte header (magic `MGSM`, format version, body length, body crc32, header crc32)
@@ -31,9 +32,7 @@ use crate::index::dump_graph::MappedGraph;
 use crate::index::hnsw::HnswBuilder;
 use crate::keyword::{self, KeywordIndex};
 use crate::lifecycle::PromoterModel;
-use crate::projection::{
-    index_keys, Access, Graph, LayerState, Projections, RecordData, RowRef, Slot,
-};
+use crate::projection::{index_keys, Access, Graph, Projections, RecordData, RowRef, Slot};
 use crate::types::{AccessStats, Layer};
 use crate::util::SlotSet;
 use magray_wal::fsutil::{sync_dir, TEMP_PREFIX};
@@ -54,13 +53,14 @@ use capture::*;
 pub(crate) use capture::{Capture, SnapStat};
 pub(crate) use load::{check_dumps, graph_path, load, load_graph, load_keywords, Check, Loaded};
 use manifest::*;
-pub(crate) use manifest::{
-    dir_name, list, read_manifest, write_manifest, LayerEntry, ManifestBody,
-};
+pub(crate) use manifest::{dir_name, list, read_manifest, write_manifest, ManifestBody};
 pub(crate) use write::Writer;
 
 /// Snapshot format version (MANIFEST, records, stats). Changelog in docs/format.md.
-pub const SNAPSHOT_FORMAT_VERSION: u32 = 8;
+pub const SNAPSHOT_FORMAT_VERSION: u32 = 9;
+/// The first format with one HNSW graph for the store (`hnsw.graph`); formats 8 and older
+/// kept one per layer (`hnsw-<layer>.graph`), which this build does not use.
+pub(crate) const ONE_GRAPH_FORMAT: u32 = 9;
 /// The oldest snapshot format this build still reads (format 2 kept its records in
 /// `records.zst`; they are decoded as they were; formats 2 and 3 have no `keys.bin`, it is
 /// built from the records at open).
@@ -77,41 +77,63 @@ const KEYS_FILE: &str = "keys.bin";
 /// File name of the trained promoter in a snapshot.
 const PROMOTER_FILE: &str = "promoter.bin";
 
+/// Basename of the graph dump (`hnsw.graph`, format 9 on).
+const GRAPH_BASE: &str = "hnsw";
+
 /// File name of the slot index (snapshot format 6 on).
 const SLOTS_FILE: &str = "slots.bin";
 
-/// Rewrites the snapshot in `dir` (of `dim`-d vectors) as format 6 wrote it: no block sums
-/// of the key index or the graph dumps, and each dumped layer's slots listed in the manifest.
+/// Rewrites the snapshot in `dir` as format 8 wrote it: a legacy manifest, and its graph dump
+/// as a layer's (`hnsw-interact.graph`; format 8 kept one per layer, which this build does
+/// not use).
 #[cfg(test)]
 #[allow(clippy::unwrap_used)] // tests: a panic is the failure report
-pub(crate) fn downgrade_to_format_6(dir: &Path, dim: usize) {
-    downgrade_to_format_7(dir);
-    downgrade(dir, 6, |m| {
-        let mut sums = vec![sums::sums_name(KEYS_FILE)];
-        for le in &mut m.layers {
-            if let Some(base) = &le.dump {
-                let path = graph_path(dir, base);
-                let bytes = std::fs::read(&path).unwrap();
-                let h = crate::index::hnsw::DumpHeader::parse(&bytes, dim).unwrap();
-                le.indexed = bytes[crate::index::hnsw::DumpHeader::SLOTS_AT..][..4 * h.n]
-                    .chunks_exact(4)
-                    .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
-                    .collect();
-                sums.push(sums::sums_name(&file_name(&path)));
-            }
+pub(crate) fn downgrade_to_format_8(dir: &Path) {
+    let mut m = read_manifest(dir).unwrap();
+    let mut layers = Vec::new();
+    if let Some(base) = m.graph.take() {
+        let legacy = "hnsw-interact";
+        for (from, to) in [
+            (graph_path(dir, &base), graph_path(dir, legacy)),
+            (
+                dir.join(sums::sums_name(&file_name(&graph_path(dir, &base)))),
+                dir.join(sums::sums_name(&file_name(&graph_path(dir, legacy)))),
+            ),
+        ] {
+            std::fs::rename(&from, &to).unwrap();
+            let f = m
+                .files
+                .iter_mut()
+                .find(|f| f.name == file_name(&from))
+                .unwrap();
+            f.name = file_name(&to);
         }
-        sums
-    });
+        layers.push(LayerEntry {
+            layer: Layer::Interact,
+            indexed: Vec::new(),
+            dump: Some(legacy.to_string()),
+        });
+    }
+    write_legacy(dir, 8, m, layers);
+}
+
+/// Rewrites the snapshot in `dir` as format 6 wrote it: no block sums of the key index.
+#[cfg(test)]
+pub(crate) fn downgrade_to_format_6(dir: &Path) {
+    downgrade_to_format_7(dir);
+    downgrade(dir, 6, |_| vec![sums::sums_name(KEYS_FILE)]);
 }
 
 /// Rewrites the snapshot in `dir` as format 7 wrote it: no `keywords.bin`.
 #[cfg(test)]
 pub(crate) fn downgrade_to_format_7(dir: &Path) {
+    downgrade_to_format_8(dir);
     downgrade(dir, 7, |_| vec![KEYWORDS_FILE.to_string()]);
 }
 
-/// Rewrites the snapshot in `dir` as format `format`: `edit` changes its manifest and names
-/// the files that format did not have, which are removed from the directory and the manifest.
+/// Rewrites the snapshot in `dir` as format `format` (8 or older): `edit` changes its manifest
+/// and names the files that format did not have, which are removed from the directory and
+/// the manifest.
 #[cfg(test)]
 #[allow(clippy::unwrap_used)] // tests: a panic is the failure report
 fn downgrade(dir: &Path, format: u32, edit: impl FnOnce(&mut ManifestBody) -> Vec<String>) {
@@ -121,8 +143,25 @@ fn downgrade(dir: &Path, format: u32, edit: impl FnOnce(&mut ManifestBody) -> Ve
         std::fs::remove_file(dir.join(g)).unwrap();
     }
     m.files.retain(|f| !gone.contains(&f.name));
-    m.format = format;
-    write_manifest(dir, &m).unwrap();
+    write_legacy(dir, format, m, Vec::new());
+}
+
+/// Writes `m` as the legacy manifest of `format` with `layers`.
+#[cfg(test)]
+#[allow(clippy::unwrap_used)] // tests: a panic is the failure report
+fn write_legacy(dir: &Path, format: u32, m: ManifestBody, layers: Vec<LayerEntry>) {
+    let legacy = LegacyManifestBody {
+        format,
+        seq: m.seq,
+        ts_us: m.ts_us,
+        dim: m.dim,
+        nslots: m.nslots,
+        created_us: m.created_us,
+        files: m.files,
+        chunks: m.chunks,
+        layers,
+    };
+    write_legacy_manifest(dir, &legacy).unwrap();
 }
 
 #[cfg(test)]

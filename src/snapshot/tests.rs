@@ -6,16 +6,16 @@ use crate::{Config, Memory, NewRecord};
 
 /// Rewrites the snapshot in `dir` as format 5 wrote it: as format 6, without the record
 /// table's block sums and slot index.
-fn downgrade_to_format_5(dir: &Path, dim: usize) {
-    downgrade_to_format_6(dir, dim);
+fn downgrade_to_format_5(dir: &Path) {
+    downgrade_to_format_6(dir);
     downgrade(dir, 5, |_| {
         vec![sums::sums_name(RECORDS_FILE), SLOTS_FILE.to_string()]
     });
 }
 
 /// Rewrites the snapshot in `dir` as format 4 wrote it: no block sums files.
-fn downgrade_to_format_4(dir: &Path, dim: usize) {
-    downgrade_to_format_5(dir, dim);
+fn downgrade_to_format_4(dir: &Path) {
+    downgrade_to_format_5(dir);
     downgrade(dir, 4, |m| {
         let sums: Vec<String> = m.chunks.iter().map(|c| sums::sums_name(c)).collect();
         assert!(!sums.is_empty());
@@ -24,15 +24,15 @@ fn downgrade_to_format_4(dir: &Path, dim: usize) {
 }
 
 /// Rewrites the snapshot in `dir` as format 3 wrote it: no `keys.bin`.
-fn downgrade_to_format_3(dir: &Path, dim: usize) {
-    downgrade_to_format_4(dir, dim);
+fn downgrade_to_format_3(dir: &Path) {
+    downgrade_to_format_4(dir);
     downgrade(dir, 3, |_| vec![KEYS_FILE.to_string()]);
 }
 
 /// Rewrites the snapshot in `dir` as format 2 wrote it: `records.zst` instead of
 /// `records.bin`, no `keys.bin`, and a format-2 MANIFEST.
 fn downgrade_to_format_2(dir: &Path, dim: usize) {
-    downgrade_to_format_3(dir, dim);
+    downgrade_to_format_3(dir);
     let loaded = load(dir, dim, Check::Full).unwrap();
     let records = loaded
         .projections
@@ -58,10 +58,9 @@ fn downgrade_to_format_2(dir: &Path, dim: usize) {
     let entry = write_file(&dir.join("records.zst"), &zst).unwrap();
     std::fs::remove_file(dir.join(RECORDS_FILE)).unwrap();
     let mut m = loaded.manifest;
-    m.format = 2;
     m.files.retain(|f| f.name != RECORDS_FILE);
     m.files.push(entry);
-    write_manifest(dir, &m).unwrap();
+    write_legacy(dir, 2, m, Vec::new());
 }
 
 /// Rewrites the block sums file of `name` in the snapshot `dir` with its last sum wrong,
@@ -100,7 +99,7 @@ async fn a_full_check_refuses_block_sums_that_disagree_with_their_file() {
     let seq = m.checkpoint().await.unwrap();
     drop(m);
     let snap = tmp.path().join("snapshots").join(dir_name(seq));
-    let graph = "hnsw-interact.graph";
+    let graph = "hnsw.graph";
     assert!(snap.join(graph).exists());
     check_dumps(&snap, &read_manifest(&snap).unwrap()).unwrap();
 
@@ -234,11 +233,12 @@ async fn older_snapshot_opens(format: u32) {
     let snap = tmp.path().join("snapshots").join(dir_name(seq));
     match format {
         2 => downgrade_to_format_2(&snap, dim),
-        3 => downgrade_to_format_3(&snap, dim),
-        4 => downgrade_to_format_4(&snap, dim),
-        5 => downgrade_to_format_5(&snap, dim),
-        6 => downgrade_to_format_6(&snap, dim),
-        _ => downgrade_to_format_7(&snap),
+        3 => downgrade_to_format_3(&snap),
+        4 => downgrade_to_format_4(&snap),
+        5 => downgrade_to_format_5(&snap),
+        6 => downgrade_to_format_6(&snap),
+        7 => downgrade_to_format_7(&snap),
+        _ => downgrade_to_format_8(&snap),
     }
     assert_eq!(read_manifest(&snap).unwrap().format, format);
 

@@ -23,8 +23,8 @@ pub(super) fn write_sums_entry(path: &Path, len: u64, sums: &[u32]) -> Result<Fi
 pub(crate) struct Writer {
     pub(super) tmp: PathBuf,
     pub(super) root: PathBuf,
-    /// Per layer: its dump, if it has a graph.
-    pub(super) dumps: Vec<(Layer, Option<Dump>)>,
+    /// The graph's dump, if the store has a graph.
+    pub(super) dump: Option<Dump>,
 }
 
 impl Writer {
@@ -41,35 +41,32 @@ impl Writer {
         Ok(Writer {
             tmp,
             root: root.to_path_buf(),
-            dumps: Vec::new(),
+            dump: None,
         })
     }
 
-    /// Dumps each captured graph (call with the index lock held, so the graph and its slot
+    /// Dumps the captured graph (call with the index lock held, so the graph and its slot
     /// list agree).
-    pub(crate) fn dump_graphs(&mut self, cap: &mut Capture) -> Result<()> {
-        for (layer, graph) in cap.layers.drain(..) {
-            let Some(g) = graph else {
-                self.dumps.push((layer, None));
-                continue;
-            };
-            let base = format!("hnsw-{}", layer.name());
-            let path = graph_path(&self.tmp, &base);
-            let f = magray_wal::fsutil::create_file(&path).map_err(|e| Error::io(&path, e))?;
-            // The crc and block sums are taken on the way out (the dump is not read back).
-            let mut w = CrcWriter::with_block_sums(std::io::BufWriter::with_capacity(1 << 20, f));
-            g.lock()
-                .write_to(&mut w)
-                .and_then(|_| w.flush())
-                .map_err(|e| Error::io(&path, e))?;
-            let sums = write_sums_entry(&path, w.len, &w.sums())?;
-            let entry = FileEntry {
-                name: file_name(&path),
-                len: w.len,
-                crc: w.crc.finalize(),
-            };
-            self.dumps.push((layer, Some((base, entry, sums))));
-        }
+    pub(crate) fn dump_graph(&mut self, cap: &mut Capture) -> Result<()> {
+        let Some(g) = cap.graph.take() else {
+            return Ok(());
+        };
+        let base = GRAPH_BASE.to_string();
+        let path = graph_path(&self.tmp, &base);
+        let f = magray_wal::fsutil::create_file(&path).map_err(|e| Error::io(&path, e))?;
+        // The crc and block sums are taken on the way out (the dump is not read back).
+        let mut w = CrcWriter::with_block_sums(std::io::BufWriter::with_capacity(1 << 20, f));
+        g.lock()
+            .write_to(&mut w)
+            .and_then(|_| w.flush())
+            .map_err(|e| Error::io(&path, e))?;
+        let sums = write_sums_entry(&path, w.len, &w.sums())?;
+        let entry = FileEntry {
+            name: file_name(&path),
+            len: w.len,
+            crc: w.crc.finalize(),
+        };
+        self.dump = Some((base, entry, sums));
         Ok(())
     }
 
@@ -118,24 +115,15 @@ impl Writer {
         let chunks = chunk_entries.iter().map(|e| e.name.clone()).collect();
         files.extend(chunk_entries.iter().cloned());
         files.extend(sums_entries.iter().cloned());
-        let mut layers = Vec::new();
-        for (layer, dump) in self.dumps {
-            let dump = match dump {
-                Some((base, entry, sums)) => {
-                    sync_file(&graph_path(tmp, &base))?;
-                    files.push(entry);
-                    files.push(sums);
-                    Some(base)
-                }
-                None => None,
-            };
-            // Format 7 on: the dump's own slot list is the layer's index (`indexed` empty).
-            layers.push(LayerEntry {
-                layer,
-                indexed: Vec::new(),
-                dump,
-            });
-        }
+        let graph = match self.dump {
+            Some((base, entry, sums)) => {
+                sync_file(&graph_path(tmp, &base))?;
+                files.push(entry);
+                files.push(sums);
+                Some(base)
+            }
+            None => None,
+        };
         let body = ManifestBody {
             format: SNAPSHOT_FORMAT_VERSION,
             seq: cap.seq,
@@ -145,7 +133,7 @@ impl Writer {
             created_us,
             files,
             chunks,
-            layers,
+            graph,
         };
         let dir = install(tmp, &self.root, &body)?;
         chunk_entries.extend(sums_entries);

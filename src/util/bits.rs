@@ -84,9 +84,6 @@ impl SlotSet {
         self.len -= 1;
         true
     }
-    pub(crate) fn contains(&self, slot: &u32) -> bool {
-        self.bits.get(*slot)
-    }
     pub(crate) fn len(&self) -> usize {
         self.len
     }

@@ -128,7 +128,7 @@ fn bad_dumps_are_refused_or_read_safely() {
 }
 
 use crate::engine::HOLD_DUMP_LOADS;
-use crate::{Config, Layer, Memory, NewRecord, SearchOptions};
+use crate::{Config, Memory, NewRecord, SearchOptions};
 
 const DIM: usize = 16;
 
@@ -191,17 +191,12 @@ async fn a_dump_is_searched_in_place_from_open_until_the_indexer_replaces_it() {
     let hold = Hold::new(tmp.path());
     let m = Memory::open(tmp.path(), config()).await.unwrap();
     let st = m.stats();
+    assert!(st.open.graph_in_place, "{:?}", st.open);
+    assert!(m.graph_in_place());
+    let l = &st.index;
+    assert!(l.ready, "{l:?}");
     assert_eq!(
-        st.open.graphs_in_place,
-        vec![Layer::Interact],
-        "{:?}",
-        st.open
-    );
-    assert!(m.graph_in_place(Layer::Interact));
-    let l = &st.layers[0];
-    assert!(l.index_ready, "{l:?}");
-    assert_eq!(
-        (l.records, l.indexed, l.tombstones),
+        (st.layers[0].records, l.indexed, l.tombstones),
         (3_040, 3_000, 10),
         "{l:?}"
     );
@@ -219,17 +214,17 @@ async fn a_dump_is_searched_in_place_from_open_until_the_indexer_replaces_it() {
         }
         early.push(hits.iter().map(|h| h.id).collect::<Vec<_>>());
     }
-    assert!(m.graph_in_place(Layer::Interact), "still held");
+    assert!(m.graph_in_place(), "still held");
 
     drop(hold);
     m.wait_indexed().await.unwrap();
-    assert!(!m.graph_in_place(Layer::Interact));
+    assert!(!m.graph_in_place());
     let st = m.stats();
     assert!(st.open.index_rebuilds.is_empty(), "{:?}", st.open);
-    assert_eq!(st.layers[0].indexed, 3_050);
+    assert_eq!(st.index.indexed, 3_050);
     // The builder reads the snapshot's vectors from their maps: it copies only the 50
     // inserted since, until a checkpoint maps those too.
-    assert_eq!(m.graph_copies(Layer::Interact), Some(50));
+    assert_eq!(m.graph_copies(), Some(50));
     let mut late = Vec::new();
     for v in vs.iter().step_by(7) {
         let hits = m.search(v, &quiet(3)).await.unwrap();
@@ -242,7 +237,7 @@ async fn a_dump_is_searched_in_place_from_open_until_the_indexer_replaces_it() {
         early.len()
     );
     m.checkpoint().await.unwrap();
-    assert_eq!(m.graph_copies(Layer::Interact), Some(0));
+    assert_eq!(m.graph_copies(), Some(0));
     m.close().await.unwrap();
 }
 
@@ -269,26 +264,25 @@ async fn indexed_1100() -> (
     (tmp, vs, ids, snap)
 }
 
-/// Deletes replayed onto a snapshot's graph count as its tombstones whichever way the
-/// layer's index comes back at open: a format-7 dump searched in place (its own slot
-/// list is the index), a format-6 one (the manifest lists its slots). And a format-7 dump
-/// that cannot be mapped at open because its block sums file is damaged (the replay runs
-/// with no index slots): the layer is searched exactly, then the indexer's full read
-/// (which checks the sums too) reports the sums file and rebuilds the graph from the live
-/// records alone.
+/// Deletes replayed onto a snapshot's graph count as its tombstones when the dump is
+/// searched in place (its own slot list is the index). A dump that cannot be mapped at open
+/// because its block sums file is damaged (the replay runs with no index slots): searches
+/// scan exactly, then the indexer's full read (which checks the sums too) reports the sums
+/// file and rebuilds the graph from the live records alone. A format-8 snapshot (one graph
+/// per layer, not used by this version): the same, with the format as the reason.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deletes_replayed_onto_a_dump_count_the_same_whatever_the_format() {
-    for case in ["format 7", "format 6", "format 7, sums damaged"] {
+    for case in ["format 9", "format 8", "format 9, sums damaged"] {
         let (tmp, vs, ids, snap) = indexed_1100().await;
         let m = Memory::open(tmp.path(), config()).await.unwrap();
         for id in &ids[..50] {
             m.delete(*id).await.unwrap();
         }
         drop(m); // no close: the deletes are in the log only
-        let sums = snap.join("hnsw-interact.graph.sums");
+        let sums = snap.join("hnsw.graph.sums");
         match case {
-            "format 6" => crate::snapshot::downgrade_to_format_6(&snap, DIM),
-            "format 7" => {}
+            "format 8" => crate::snapshot::downgrade_to_format_8(&snap),
+            "format 9" => {}
             _ => {
                 let mut b = std::fs::read(&sums).unwrap();
                 let last = b.len() - 1;
@@ -298,10 +292,10 @@ async fn deletes_replayed_onto_a_dump_count_the_same_whatever_the_format() {
         }
         let hold = Hold::new(tmp.path());
         let m = Memory::open(tmp.path(), config()).await.unwrap();
-        let in_place = case != "format 7, sums damaged";
-        assert_eq!(m.graph_in_place(Layer::Interact), in_place, "{case}");
+        let in_place = case == "format 9";
+        assert_eq!(m.graph_in_place(), in_place, "{case}");
         if in_place {
-            let l = &m.stats().layers[0];
+            let l = &m.stats().index;
             assert_eq!((l.indexed, l.tombstones), (1_100, 50), "{case}, in place");
         }
         for i in (0..1_100).step_by(25) {
@@ -315,24 +309,28 @@ async fn deletes_replayed_onto_a_dump_count_the_same_whatever_the_format() {
         drop(hold);
         m.wait_indexed().await.unwrap();
         let st = m.stats();
-        let l = &st.layers[0];
+        let (l, records) = (&st.index, st.layers[0].records);
         if in_place {
             assert!(st.open.index_rebuilds.is_empty(), "{case}: {:?}", st.open);
             assert_eq!(
-                (l.records, l.indexed, l.tombstones, l.pending),
+                (records, l.indexed, l.tombstones, l.pending),
                 (1_050, 1_100, 50, 0),
                 "{case}"
             );
         } else {
-            let why = st.open.index_rebuilds.iter().map(|(_, w)| w.clone());
+            let why = &st.open.index_rebuilds;
+            let expect = if case == "format 8" {
+                "snapshot format 8 kept one graph per layer"
+            } else {
+                "hnsw.graph.sums"
+            };
             assert!(
-                why.clone().count() == 1
-                    && why.clone().all(|w| w.contains("hnsw-interact.graph.sums")),
+                why.len() == 1 && why[0].contains(expect),
                 "{case}: {:?}",
                 st.open
             );
             assert_eq!(
-                (l.records, l.indexed, l.tombstones, l.pending),
+                (records, l.indexed, l.tombstones, l.pending),
                 (1_050, 1_050, 0, 0),
                 "{case}: rebuilt"
             );
@@ -341,26 +339,26 @@ async fn deletes_replayed_onto_a_dump_count_the_same_whatever_the_format() {
     }
 }
 
-/// The interact layer's dump in the snapshot `snap`: its path, bytes and header.
-fn interact_dump(snap: &std::path::Path) -> (std::path::PathBuf, Vec<u8>, DumpHeader) {
-    let path = snap.join("hnsw-interact.graph");
+/// The graph dump in the snapshot `snap`: its path, bytes and header.
+fn store_dump(snap: &std::path::Path) -> (std::path::PathBuf, Vec<u8>, DumpHeader) {
+    let path = snap.join("hnsw.graph");
     let bytes = std::fs::read(&path).unwrap();
     let head = DumpHeader::parse(&bytes, DIM).unwrap();
     (path, bytes, head)
 }
 
-/// Writes `bytes` as the interact layer's dump of the snapshot `snap`, with block sums
+/// Writes `bytes` as the graph dump of the snapshot `snap`, with block sums
 /// and manifest entries that match (as if the writer had written them).
 fn rewrite_with_sums(snap: &std::path::Path, bytes: &[u8]) {
-    let path = snap.join("hnsw-interact.graph");
+    let path = snap.join("hnsw.graph");
     std::fs::write(&path, bytes).unwrap();
     let sums = crate::disk::sums::block_sums(bytes);
     let (slen, scrc) = crate::disk::sums::write_sums(&path, bytes.len() as u64, &sums).unwrap();
     let mut manifest = crate::snapshot::read_manifest(snap).unwrap();
     for f in &mut manifest.files {
-        if f.name == "hnsw-interact.graph" {
+        if f.name == "hnsw.graph" {
             f.crc = crc32fast::hash(bytes);
-        } else if f.name == "hnsw-interact.graph.sums" {
+        } else if f.name == "hnsw.graph.sums" {
             (f.len, f.crc) = (slen, scrc);
         }
     }
@@ -373,7 +371,7 @@ fn rewrite_with_sums(snap: &std::path::Path, bytes: &[u8]) {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn damaged_links_found_by_a_walk_are_searched_around_and_rebuilt() {
     let (tmp, vs, ids, snap) = indexed_1100().await;
-    let (path, mut bytes, head) = interact_dump(&snap);
+    let (path, mut bytes, head) = store_dump(&snap);
     // A flipped bit in every block of nothing but level-0 links: whichever a walk reads
     // is damaged (a block shared with what open reads would fail the open's check).
     let block = crate::disk::sums::BLOCK;
@@ -388,10 +386,10 @@ async fn damaged_links_found_by_a_walk_are_searched_around_and_rebuilt() {
     let named = (first..head.upper_at / block * block)
         .step_by(block)
         .any(|at| why.contains(&format!("offset {at}: checksum mismatch in block")));
-    assert!(why.contains("hnsw-interact.graph") && named, "{why}");
+    assert!(why.contains("hnsw.graph") && named, "{why}");
 }
 
-/// Opens the store in `dir` with the interact layer's dump searched in place (dump loads
+/// Opens the store in `dir` with the graph dump searched in place (dump loads
 /// held), checks that searches for `vs` find `ids`, lets the indexer load the dump, which
 /// it must refuse: the layer is rebuilt and searches find them again. Returns why it was
 /// refused.
@@ -402,7 +400,7 @@ async fn searched_in_place_then_rebuilt(
 ) -> String {
     let hold = Hold::new(dir);
     let m = Memory::open(dir, config()).await.unwrap();
-    assert_eq!(m.stats().open.graphs_in_place, vec![Layer::Interact]);
+    assert!(m.stats().open.graph_in_place);
     for i in (0..1_100).step_by(50) {
         let hits = m.search(&vs[i], &quiet(1)).await.unwrap();
         assert_eq!(hits[0].id, ids[i], "record {i}, in place");
@@ -411,10 +409,9 @@ async fn searched_in_place_then_rebuilt(
     m.wait_indexed().await.unwrap();
     let st = m.stats();
     assert_eq!(st.open.index_rebuilds.len(), 1, "{:?}", st.open);
-    let (layer, why) = st.open.index_rebuilds[0].clone();
-    assert_eq!(layer, Layer::Interact);
-    assert!(!m.graph_in_place(Layer::Interact));
-    assert_eq!(st.layers[0].indexed, 1_100, "rebuilt");
+    let why = st.open.index_rebuilds[0].clone();
+    assert!(!m.graph_in_place());
+    assert_eq!(st.index.indexed, 1_100, "rebuilt");
     for i in (0..1_100).step_by(50) {
         let hits = m.search(&vs[i], &quiet(1)).await.unwrap();
         assert_eq!(hits[0].id, ids[i], "record {i}, rebuilt");
@@ -429,14 +426,14 @@ async fn searched_in_place_then_rebuilt(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_dump_the_indexer_refuses_is_dropped_and_the_layer_rebuilt() {
     let (tmp, vs, ids, snap) = indexed_1100().await;
-    let (_, mut bytes, head) = interact_dump(&snap);
+    let (_, mut bytes, head) = store_dump(&snap);
     let count_at = head.levels_at + head.n;
     bytes[count_at] = (2 * head.m + 1) as u8;
     rewrite_with_sums(&snap, &bytes);
 
     let why = searched_in_place_then_rebuilt(tmp.path(), &vs, &ids).await;
     assert!(
-        why.contains("hnsw-interact.graph")
+        why.contains("hnsw.graph")
             && why.contains(&format!("offset {count_at}"))
             && why.contains("level-0 links"),
         "{why}"

@@ -83,12 +83,8 @@ pub async fn run(cli: Cli) -> Result<ExitCode> {
             let seq = seq?;
             out(
                 json,
-                json!({ "snapshot_seq": seq, "tombstones": st.layers.iter().map(|l| l.tombstones).collect::<Vec<_>>() }),
-                || {
-                    format!(
-                        "indices rebuilt without tombstones; snapshot written at sequence {seq}"
-                    )
-                },
+                json!({ "snapshot_seq": seq, "tombstones": st.index.tombstones }),
+                || format!("index rebuilt without tombstones; snapshot written at sequence {seq}"),
             );
         }
         Cmd::Promote => {

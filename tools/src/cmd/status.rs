@@ -122,13 +122,11 @@ async fn gather(dir: &Path) -> Result<Status> {
 /// What an open store's figures call for a warning about.
 fn warnings_of(s: &Stats) -> Vec<String> {
     let mut warnings = Vec::new();
-    for (l, ls) in Layer::ALL.iter().zip(&s.layers) {
-        if ls.pending > 10_000 {
-            warnings.push(format!(
-                "{l}: {} records not yet indexed (searched exactly meanwhile)",
-                ls.pending
-            ));
-        }
+    if s.index.pending > 10_000 {
+        warnings.push(format!(
+            "{} records not yet indexed (searched exactly meanwhile)",
+            s.index.pending
+        ));
     }
     for (path, why) in &s.open.snapshots_rejected {
         warnings.push(format!("snapshot rejected at open: {path}: {why}"));
@@ -136,8 +134,8 @@ fn warnings_of(s: &Stats) -> Vec<String> {
     if let Some(t) = &s.open.log.torn_tail {
         warnings.push(format!("a torn log tail was repaired at open: {t:?}"));
     }
-    for (l, why) in &s.open.index_rebuilds {
-        warnings.push(format!("{l} index rebuilt at open: {why}"));
+    for why in &s.open.index_rebuilds {
+        warnings.push(format!("index rebuilt at open: {why}"));
     }
     if let Some(why) = &s.open.full_check {
         warnings.push(format!(
@@ -157,9 +155,7 @@ fn status_json(dir: &Path, st: &Status) -> Value {
         .iter()
         .map(|l| match (&st.stats, st.offline) {
             (Some(s), _) => {
-                let x = &s.layers[l.index()];
-                json!({"layer": l.name(), "records": x.records, "indexed": x.indexed,
-                       "pending": x.pending, "tombstones": x.tombstones})
+                json!({"layer": l.name(), "records": s.layers[l.index()].records})
             }
             (None, Some(n)) => json!({"layer": l.name(), "records": n[l.index()]}),
             _ => json!({}),
@@ -189,12 +185,9 @@ fn status_json(dir: &Path, st: &Status) -> Value {
             "replay": s.open.replay_us / 1000,
         });
         v["replayed_events"] = json!(s.open.replayed_events);
-        v["graphs_in_place"] = json!(s
-            .open
-            .graphs_in_place
-            .iter()
-            .map(|l| l.name())
-            .collect::<Vec<_>>());
+        v["index"] = json!({"indexed": s.index.indexed, "pending": s.index.pending,
+                            "tombstones": s.index.tombstones, "ready": s.index.ready});
+        v["graph_in_place"] = json!(s.open.graph_in_place);
         v["embedding_cache_hit_rate"] = json!(s.embedder.as_ref().map(|e| e.hit_rate()));
     }
     v
@@ -213,23 +206,27 @@ fn print_status(dir: &Path, st: &Status) {
             .map(|p| format!(" (restored from {p})"))
             .unwrap_or_default()
     );
-    println!("layer       records   indexed   pending  tombstones");
+    println!("layer       records");
     for (i, l) in Layer::ALL.iter().enumerate() {
         match (&st.stats, st.offline) {
-            (Some(s), _) => {
-                let x = &s.layers[i];
-                println!(
-                    "{:<9} {:>9} {:>9} {:>9} {:>11}",
-                    l.name(),
-                    x.records,
-                    x.indexed,
-                    x.pending,
-                    x.tombstones
-                );
-            }
+            (Some(s), _) => println!("{:<9} {:>9}", l.name(), s.layers[i].records),
             (None, Some(n)) => println!("{:<9} {:>9}", l.name(), n[i]),
             _ => {}
         }
+    }
+    if let Some(s) = &st.stats {
+        let x = &s.index;
+        println!(
+            "index      {} points, {} pending, {} tombstones{}",
+            x.indexed,
+            x.pending,
+            x.tombstones,
+            if x.ready {
+                ""
+            } else {
+                " (not ready: searches scan exactly)"
+            }
+        );
     }
     let mib = |b: u64| b as f64 / (1 << 20) as f64;
     println!(
@@ -271,11 +268,10 @@ fn print_engine(s: &Stats) {
         s.open.snapshot_load_us / 1000,
         s.open.replay_us / 1000,
         s.open.replayed_events,
-        if s.open.graphs_in_place.is_empty() {
-            String::new()
+        if s.open.graph_in_place {
+            "; graph searched in place from open"
         } else {
-            let names: Vec<&str> = s.open.graphs_in_place.iter().map(|l| l.name()).collect();
-            format!("; graphs searched in place from open: {}", names.join(", "))
+            ""
         }
     );
 }
@@ -311,15 +307,15 @@ pub(super) fn prometheus_text(
             );
             metric(
                 "index_pending",
-                "Records not yet in their layer's HNSW index.",
+                "Records not yet in the HNSW index.",
                 "gauge",
-                per_layer(&|i| s.layers[i].pending),
+                vec![(String::new(), s.index.pending as f64)],
             );
             metric(
                 "index_tombstones",
-                "Index points whose record is gone or moved.",
+                "Index points whose record is gone.",
                 "gauge",
-                per_layer(&|i| s.layers[i].tombstones),
+                vec![(String::new(), s.index.tombstones as f64)],
             );
             metric(
                 "last_seq",

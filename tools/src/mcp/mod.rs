@@ -162,13 +162,13 @@ pub struct RecordOut {
 pub struct LayerStatus {
     pub layer: String,
     pub records: u64,
-    /// Records not yet in the vector index (searched exactly meanwhile).
-    pub pending: u64,
 }
 
 #[derive(Debug, Serialize, schemars::JsonSchema)]
 pub struct Status {
     pub layers: Vec<LayerStatus>,
+    /// Records not yet in the vector index (searched exactly meanwhile).
+    pub index_pending: u64,
     /// Last durable sequence of the event log.
     pub last_seq: u64,
     /// Sequence of the newest snapshot, if any.
@@ -406,19 +406,17 @@ impl MemoryServer {
         let layers = Layer::ALL
             .iter()
             .zip(&s.layers)
-            .map(|(l, x)| {
-                if x.pending > 10_000 {
-                    warnings.push(format!("{l}: {} records not yet indexed", x.pending));
-                }
-                LayerStatus {
-                    layer: l.name().into(),
-                    records: x.records,
-                    pending: x.pending,
-                }
+            .map(|(l, x)| LayerStatus {
+                layer: l.name().into(),
+                records: x.records,
             })
             .collect();
+        if s.index.pending > 10_000 {
+            warnings.push(format!("{} records not yet indexed", s.index.pending));
+        }
         Ok(Json(Status {
             layers,
+            index_pending: s.index.pending,
             last_seq: s.last_seq,
             last_snapshot_seq: s.last_snapshot_seq,
             events_since_snapshot: s.events_since_snapshot,
