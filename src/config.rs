@@ -38,7 +38,7 @@ impl Default for HnswConfig {
         HnswConfig {
             m: 16,
             ef_construction: 200,
-            ef_search: 16,
+            ef_search: 20,
         }
     }
 }

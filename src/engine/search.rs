@@ -194,10 +194,10 @@ impl Inner {
                 }
                 top.into_sorted()
             });
-            let mask = crate::projection::layer_mask(layers);
+            let filter = crate::projection::Filter::new(layers, o);
             let words = text.map(|t| {
                 st.keywords.search(t, o.project.as_deref(), |slot| {
-                    st.visible(slot, mask, o, probe.now_us)
+                    st.visible(slot, &filter, o, probe.now_us)
                 })
             });
             let ranked = fuse(&st, q.as_deref(), near, words, o.top_k);

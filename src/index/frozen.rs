@@ -84,12 +84,18 @@ impl std::fmt::Debug for FrozenGraph {
     }
 }
 
-/// Beam width on levels 2 and up (level 1 and layer 0 use the search's `ef`). Narrower
-/// beams on level 1 cost recall on clustered data: on the `engine_search` bench store (100k
-/// points in 1,000 clusters), with 4 on every upper level or a greedy descent, 5 queries of
-/// 1,000 found none of their true top 10 at ef 16 (the worst query finds 8 with level 1 at
-/// `ef`), though on real sentence vectors either was about 30 % faster at equal recall.
-const UPPER_BEAM: usize = 16;
+/// Beam width on level 1 (at most the search's `ef`; layer 0 uses `ef`), whose beam seeds
+/// layer 0. Narrower beams there cost recall on clustered data: on the `engine_search` bench
+/// store (100k points in 1,000 clusters, one graph), with 8, 4 or 1 on level 1 some query of
+/// 1,000 found none of its true top 10 at ef 16 (with 16, the worst finds 8). Wider than 16
+/// bought little: on 100k real sentence vectors, level 1 at `ef` instead of 16 was 13–27 %
+/// slower at ef 20–48 for +0.001–0.002 of recall@10 (docs/benchmarks.md).
+const LEVEL1_BEAM: usize = 16;
+
+/// Beam width on levels 2 and up: they hold a 16th of level 1's points and less. 4 instead of
+/// 16 kept the worst query of the clustered bench store at 8 of 10 and searched about a
+/// fifth faster there.
+const UPPER_BEAM: usize = 4;
 
 thread_local! {
     /// Visited marks of the searches run on this thread: node → generation of the search that
@@ -223,8 +229,9 @@ impl SearchGraph for FrozenGraph {
     }
 
     /// Walks the codes ([`walk`]), then re-scores the kept points exactly. Unlike plain
-    /// HNSW, every upper level is searched with a beam (not greedily), each seeded by the whole beam of the level above: `ef` wide on level 1, whose beam seeds
-    /// layer 0, and [`UPPER_BEAM`] wide above it. On clustered data a single greedy path can end
+    /// HNSW, every upper level is searched with a beam (not greedily), each seeded by the
+    /// whole beam of the level above: [`LEVEL1_BEAM`] wide on level 1, whose beam seeds layer
+    /// 0, and [`UPPER_BEAM`] wide above it. On clustered data a single greedy path can end
     /// in the wrong cluster, and layer 0 rarely links clusters. With greedy descent above level
     /// 1, one query in 1,000 of the 100k bench store found none of its true top 10 (its results
     /// scored 0.17, the true top 0.96), and two at 1M; with the beam the worst query finds 8 of
@@ -341,8 +348,9 @@ pub(crate) fn walk<'a>(
         for l in (1..=levels).rev() {
             let g = next_generation(marks, generation);
             let all = |_: u32| true;
-            // Level 1 gets the whole beam; the sparser levels above need less.
-            let width = if l == 1 { ef } else { ef.min(UPPER_BEAM) };
+            // Level 1, whose beam seeds layer 0, gets a wider beam; the sparser levels above
+            // need less.
+            let width = ef.min(if l == 1 { LEVEL1_BEAM } else { UPPER_BEAM });
             let res = beam(&seeds, width, |x| upper(l, x), score, &all, marks, g);
             seeds = res.into_vec();
         }

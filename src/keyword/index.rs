@@ -201,6 +201,23 @@ impl KeywordIndex {
         )
     }
 
+    /// False when the index, read and undamaged, places the live record in `slot` in a
+    /// project other than the one `project_key` names; true otherwise (the caller confirms
+    /// a match against the record). A project filter's check for the points a walk visits:
+    /// two array reads instead of the record's row.
+    pub(crate) fn may_be_in_project(&self, slot: u32, project_key: u64) -> bool {
+        if self.pending.is_some() || self.damage.is_some() {
+            return true;
+        }
+        match self.docs.get(slot as usize) {
+            Some(d) if d.live => self
+                .groups
+                .get(d.group as usize)
+                .is_none_or(|g| g.project == project_key),
+            _ => true,
+        }
+    }
+
     /// Whether the snapshot's index is still to be read (searches wait for it).
     pub(crate) fn is_pending(&self) -> bool {
         self.pending.is_some()

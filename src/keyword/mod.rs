@@ -7,4 +7,4 @@ mod index;
 mod tokenize;
 
 pub(crate) use file::{decode, encode};
-pub(crate) use index::{KeywordIndex, Scores, MAX_WINDOW};
+pub(crate) use index::{project_key, KeywordIndex, Scores, MAX_WINDOW};

@@ -49,6 +49,9 @@ impl Projections {
             }
         };
         self.access.remove(&slot);
+        if let Some(a) = self.attrs.get_mut(slot as usize) {
+            *a = attrs::DEAD;
+        }
         r
     }
 
@@ -213,6 +216,7 @@ impl Projections {
                     r.layer = p.to;
                     r.layer_since_us = env.ts_us;
                     let new = content_key(r.content_hash, r.layer, r.body.project());
+                    self.attrs[slot as usize] = attrs::pack(p.to, env.ts_us);
                     if let Some(n) =
                         p.to.index()
                             .checked_sub(1)
@@ -261,6 +265,7 @@ impl Projections {
         }
         let slot = self.vectors.push(&ins.embedding);
         debug_assert_eq!(slot as usize, self.slots.len());
+        self.attrs.push(attrs::pack(ins.layer, ts_us));
         self.slots.push(Slot::Owned(Box::new(RecordData {
             id: ins.id,
             layer: ins.layer,

@@ -23,12 +23,13 @@ use std::sync::Arc;
 pub(crate) const DEFAULT_KEYWORD_WINDOW: usize = 2;
 
 mod apply;
+pub(crate) mod attrs;
 mod record;
 mod search;
 
 use apply::ContentSlots;
 pub(crate) use record::{Access, Rec, RecordData, Replaced, RowRef, Slot};
-pub(crate) use search::{layer_mask, Probe};
+pub(crate) use search::{Filter, Probe};
 
 /// The HNSW graph of one layer: only the indexer thread inserts (and a checkpoint dumps it
 /// under the index lock); searches run on its [`FrozenGraph`] copies.
@@ -94,6 +95,11 @@ pub(crate) struct Projections {
     pub(crate) last_ts_us: u64,
     /// Every slot's record (see [`Slot`]).
     slots: Vec<Slot>,
+    /// Per slot, what a search checks for every point it walks ([`attrs`]): the live
+    /// record's layer and layer-since time in one word, [`attrs::DEAD`] for none. Eight bytes
+    /// beside the slot's sixteen and its record: the walk's check reads nothing else when
+    /// the search has no filter.
+    attrs: Vec<u64>,
     /// The record tables that `Slot::Row` points into: the one loaded at open, and after a
     /// checkpoint the one it wrote (`Memory::repoint_records` moves the rows to it and then
     /// drops the older).
@@ -137,6 +143,7 @@ impl Projections {
             applied_seq: 0,
             last_ts_us: 0,
             slots: Vec::new(),
+            attrs: Vec::new(),
             tables: [None, None],
             rows_in: [0, 0],
             access: FastMap::default(),
@@ -172,6 +179,14 @@ impl Projections {
         // Each row of the table is in exactly one slot (rows in slot order, each once).
         p.rows_in[0] = table.as_ref().map_or(0, |t| t.len() as usize);
         p.tables[0] = table;
+        p.attrs = slots
+            .iter()
+            .map(|s| match s {
+                Slot::Owned(r) => attrs::pack(r.layer, r.layer_since_us),
+                Slot::Row(r) => attrs::pack(r.layer, r.layer_since_us),
+                Slot::Dead => attrs::DEAD,
+            })
+            .collect();
         p.slots = slots;
         p.keys = Arc::new(keys.unwrap_or_else(|| {
             index_keys(
@@ -345,10 +360,30 @@ impl Projections {
     }
 
     /// What must hold between the slots and what they point into, beyond what
-    /// [`Projections::live`] shows: each row's table is loaded, its copied layer and TTL
+    /// [`Projections::live`] shows: each slot's search attributes are its record's layer and
+    /// layer-since time, each row's table is loaded, its copied layer and TTL
     /// start are the row's, `rows_in` counts the rows of each table, and every access
     /// statistic is a live record's. The first violation, if any (for `verify` and tests).
     pub(crate) fn broken_invariant(&self) -> Option<String> {
+        if self.attrs.len() != self.slots.len() {
+            return Some(format!(
+                "{} search attributes for {} slots",
+                self.attrs.len(),
+                self.slots.len()
+            ));
+        }
+        for ((slot, s), a) in self.slots.iter().enumerate().zip(&self.attrs) {
+            let want = match s {
+                Slot::Owned(r) => attrs::pack(r.layer, r.layer_since_us),
+                Slot::Row(r) => attrs::pack(r.layer, r.layer_since_us),
+                Slot::Dead => attrs::DEAD,
+            };
+            if *a != want {
+                return Some(format!(
+                    "slot {slot}'s search attributes disagree with its record"
+                ));
+            }
+        }
         let mut rows = [0usize; 2];
         for (slot, s) in self.slots.iter().enumerate() {
             let Slot::Row(r) = s else { continue };

@@ -25,24 +25,35 @@ impl Projections {
         }
     }
 
-    /// Whether the record in `slot` is live, in one of the layers of `mask` (bit
-    /// `1 << layer.index()`), passes the filters of `o` and is not past its layer's TTL at
-    /// `now_us`: what a search may return. Called for every point a search keeps, so a row is
-    /// read field by field, and in full only for a filter.
-    pub(crate) fn visible(&self, slot: u32, mask: u8, o: &SearchOptions, now_us: u64) -> bool {
-        let ok = |layer: Layer, since: u64| {
-            mask & (1 << layer.index()) != 0
-                && since.saturating_add(self.ttl_us[layer.index()]) > now_us
+    /// Whether the record in `slot` is live, in one of the layers of `f.mask`, passes the
+    /// filters of `o` and is not past its layer's TTL at `now_us`: what a search may return.
+    /// Called for every point a walk keeps, so a row is read field by field, and in full only
+    /// for a filter; a record the keyword index places in another project is refused without
+    /// reading its row.
+    pub(crate) fn visible(&self, slot: u32, f: &Filter, o: &SearchOptions, now_us: u64) -> bool {
+        let Some((layer, since)) = self
+            .attrs
+            .get(slot as usize)
+            .and_then(|w| attrs::unpack(*w))
+        else {
+            return false;
         };
+        if f.mask & (1 << layer) == 0
+            || since.saturating_add(self.ttl_us[layer]) <= now_us
+            || f.project
+                .is_some_and(|key| !self.keywords.may_be_in_project(slot, key))
+        {
+            return false;
+        }
+        if !o.filters() {
+            return true;
+        }
         match self.slots.get(slot as usize) {
-            Some(Slot::Owned(r)) => ok(r.layer, r.layer_since_us) && r.as_rec(None).matches(o),
+            Some(Slot::Owned(r)) => r.as_rec(None).matches(o),
             Some(Slot::Row(r)) => {
                 debug_assert!(self.tables[r.table as usize].is_some());
-                ok(r.layer, r.layer_since_us)
-                    && (!o.filters()
-                        || self
-                            .row_table(slot, r)
-                            .is_some_and(|t| Rec::of_row(t, r.row, None).matches(o)))
+                self.row_table(slot, r)
+                    .is_some_and(|t| Rec::of_row(t, r.row, None).matches(o))
             }
             _ => false,
         }
@@ -80,9 +91,9 @@ impl Projections {
         let Some(slots) = self.keywords.project_slots(Some(project)) else {
             return false;
         };
-        let mask = layer_mask(layers);
+        let f = Filter::new(layers, o);
         for slot in slots {
-            if self.visible(slot, mask, o, now_us) {
+            if self.visible(slot, &f, o, now_us) {
                 top.push(dot(q, self.vectors.get(slot)), slot);
             }
         }
@@ -108,9 +119,10 @@ impl Projections {
             exact_below,
             now_us,
         } = how;
-        let mask = layer_mask(layers);
+        let f = Filter::new(layers, o);
+        let mask = f.mask;
         let ix = &self.index;
-        let ok = |slot: u32| self.visible(slot, mask, o, now_us);
+        let ok = |slot: u32| self.visible(slot, &f, o, now_us);
         let exact = |slot: u32, top: &mut TopK| {
             if ok(slot) {
                 top.push(dot(q, self.vectors.get(slot)), slot);
@@ -168,9 +180,30 @@ impl Projections {
     }
 }
 
-/// The layers of `layers` as bits `1 << layer.index()`.
-pub(crate) fn layer_mask(layers: &[Layer]) -> u8 {
-    layers.iter().fold(0, |m, l| m | 1 << l.index())
+/// What [`Projections::visible`] checks before a record's row: its layer, and the project
+/// key of a `project` filter.
+pub(crate) struct Filter {
+    /// The layers searched, as bits `1 << layer.index()` (no layers: all of them).
+    pub(crate) mask: u8,
+    /// `keyword::project_key` of the filter's project.
+    pub(crate) project: Option<u64>,
+}
+
+impl Filter {
+    pub(crate) fn new(layers: &[Layer], o: &SearchOptions) -> Filter {
+        let layers = if layers.is_empty() {
+            &Layer::ALL[..]
+        } else {
+            layers
+        };
+        Filter {
+            mask: layers.iter().fold(0, |m, l| m | 1 << l.index()),
+            project: o
+                .project
+                .as_deref()
+                .map(|p| crate::keyword::project_key(Some(p))),
+        }
+    }
 }
 
 /// A search of layers holding at most a `FEW_SHARE`-th of the graph's points scans them
