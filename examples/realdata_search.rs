@@ -16,10 +16,13 @@
 //! 2 % in `p2`. It times acknowledgement and indexing, then on one thread, for each ef in
 //! `BENCH_EFS` (default 16,32,64,128,256; 0 is the store's default, scaled with the graph),
 //! 1,000 queries in each case: all layers; one layer (Assets, 60 %; Interact, 10 %: the one
-//! graph walked with the layer as a filter); `project == p20`; `project == p2`. hnswlib (M 16, ef_construction 200, the same
-//! build threads) runs on the same vectors, then the table gives each side's best QPS at
-//! recall@10 ≥ 0.95 and ≥ 0.99 and the ratio. Env: `BENCH_THREADS` (build threads, default
-//! 2), `BENCH_PYTHON` (default the venv's python).
+//! graph walked with the layer as a filter); `project == p20`; `project == p2`. hnswlib
+//! (M 16, ef_construction 200, `BENCH_THREADS` build threads) runs on the same vectors, then
+//! the table gives each side's best QPS at recall@10 ≥ 0.95 and ≥ 0.99 and the ratio. Then, ours only, on the store reopened: the
+//! queries on 2 client threads against 1, and search latency while the indexer takes in a
+//! batch of 20,000 more records against the store idle (`BENCH_SKIP_LOAD=1` skips it).
+//! Env: `BENCH_THREADS` (build threads, default 2), `BENCH_PYTHON` (default the venv's
+//! python).
 
 use anyhow::{anyhow, bail, Context, Result};
 use magray_memory::{
@@ -359,7 +362,7 @@ async fn main() -> Result<()> {
         lifecycle: LifecycleConfig::manual(),
         ..Config::default()
     };
-    let memory = Memory::open(store.path(), config).await?;
+    let memory = Memory::open(store.path(), config.clone()).await?;
     let started = Instant::now();
     let mut id_of = std::collections::HashMap::new();
     for (c, chunk) in vectors.chunks(1000).enumerate() {
@@ -444,6 +447,11 @@ async fn main() -> Result<()> {
         .into_iter()
         .map(|p| (p, part(p)))
         .collect();
+    let load = if std::env::var_os("BENCH_SKIP_LOAD").is_some() {
+        String::new()
+    } else {
+        under_load(store.path(), config, &queries, &vectors, &texts).await?
+    };
     if std::env::var_os("BENCH_SKIP_HNSWLIB").is_some() {
         for ((case, ef), p) in &ours {
             println!(
@@ -451,6 +459,7 @@ async fn main() -> Result<()> {
                 p.qps, p.p50_ms, p.recall
             );
         }
+        print!("{load}");
         return Ok(());
     }
     let (hnsw_build, theirs) = hnswlib(&dir, threads, &efs)?;
@@ -527,5 +536,110 @@ async fn main() -> Result<()> {
             .collect::<Vec<_>>()
             .join("; ")
     );
+    print!("{load}");
     Ok(())
+}
+
+/// Each query once over all layers at the store's default ef, on this thread: the sorted
+/// latencies.
+async fn timed(memory: &Memory, queries: &[Vec<f32>]) -> Result<Vec<Duration>> {
+    let o = SearchOptions {
+        record_access: false,
+        ..SearchOptions::top_k(K)
+    };
+    let mut lat = Vec::with_capacity(queries.len());
+    for q in queries {
+        let t = Instant::now();
+        memory.search(q, &o).await?;
+        lat.push(t.elapsed());
+    }
+    lat.sort();
+    Ok(lat)
+}
+
+/// Ours only, on the store just measured (reopened, its graph loaded): the queries on two
+/// client threads against one, then search latency while the indexer takes in a batch of
+/// `BUSY_BATCH` new records (the corpus's first vectors again, under new texts), against the
+/// same store idle. Lines for the report.
+async fn under_load(
+    store: &Path,
+    config: Config,
+    queries: &[Vec<f32>],
+    vectors: &[Vec<f32>],
+    texts: &[String],
+) -> Result<String> {
+    const BUSY_BATCH: usize = 20_000;
+    let memory = Memory::open(store, config).await?;
+    memory.wait_indexed().await?;
+    timed(&memory, queries).await?; // warm
+    let t = Instant::now();
+    let one = timed(&memory, queries).await?;
+    let one_qps = queries.len() as f64 / t.elapsed().as_secs_f64();
+    let handle = tokio::runtime::Handle::current();
+    let t = Instant::now();
+    let two: Vec<Result<Vec<Duration>>> = std::thread::scope(|s| {
+        let clients: Vec<_> = (0..2)
+            .map(|_| s.spawn(|| handle.block_on(timed(&memory, queries))))
+            .collect();
+        clients
+            .into_iter()
+            .map(|c| {
+                c.join()
+                    .unwrap_or_else(|_| Err(anyhow!("a client thread panicked")))
+            })
+            .collect()
+    });
+    let two_qps = 2.0 * queries.len() as f64 / t.elapsed().as_secs_f64();
+    let mut both: Vec<Duration> = Vec::new();
+    for lat in two {
+        both.extend(lat?);
+    }
+    both.sort();
+    let mut out = format!(
+        "\n2 client threads (all layers, default ef): {two_qps:.0} QPS, p50 {:.3} ms, p99 {:.3} ms; \
+         1 thread: {one_qps:.0} QPS, p50 {:.3} ms, p99 {:.3} ms ({:.2}×)\n",
+        percentile(&both, 0.5),
+        percentile(&both, 0.99),
+        percentile(&one, 0.5),
+        percentile(&one, 0.99),
+        two_qps / one_qps
+    );
+    let batch = (0..BUSY_BATCH.min(vectors.len()))
+        .map(|i| {
+            NewRecord::new(format!("again {i}: {}", texts[i]), vectors[i].clone())
+                .layer(layer_of(i))
+                .project(project_of(i))
+        })
+        .collect();
+    let t = Instant::now();
+    memory.insert_batch(batch).await?;
+    let acked = t.elapsed();
+    let pending_at_ack = memory.stats().index.pending;
+    let mut busy = Vec::new();
+    while memory.stats().index.pending > 0 && t.elapsed() < Duration::from_secs(120) {
+        busy.extend(timed(&memory, queries).await?);
+    }
+    let searching = t.elapsed();
+    memory.wait_indexed().await?;
+    let indexed = t.elapsed();
+    busy.sort();
+    if busy.is_empty() {
+        out.push_str("search while indexing: the batch was indexed before a query ran\n");
+    } else {
+        out.push_str(&format!(
+            "search while indexing {BUSY_BATCH} new records (acknowledged in {:.2} s, {pending_at_ack} \
+             pending then, indexed after {:.1} s): {} queries in {:.1} s, p50 {:.3} ms, p99 {:.3} ms; \
+             idle p99 {:.3} ms ({:.2}×)\n",
+            acked.as_secs_f64(),
+            indexed.as_secs_f64(),
+            busy.len(),
+            searching.as_secs_f64(),
+            percentile(&busy, 0.5),
+            percentile(&busy, 0.99),
+            percentile(&one, 0.99),
+            percentile(&busy, 0.99) / percentile(&one, 0.99),
+        ));
+    }
+    memory.close().await?;
+    Ok(out)
 }
