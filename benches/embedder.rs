@@ -80,9 +80,26 @@ fn sentence(i: usize, words: usize) -> String {
 }
 
 fn texts(kind: &str, n: usize) -> Vec<String> {
-    // ~15 tokens: 11 words + the number; ~100 tokens: 85 words + the number.
-    let words = if kind == "short" { 11 } else { 85 };
-    (0..n).map(|i| sentence(i, words)).collect()
+    // ~15 tokens: 11 words + the number; ~100 tokens: 85 words + the number; mixed: 3 to 100
+    // words in a scattered order, as real texts come (what padding to the longest costs).
+    (0..n)
+        .map(|i| match kind {
+            "short" => sentence(i, 11),
+            "medium" => sentence(i, 85),
+            _ => sentence(i, 3 + (i * 37) % 98),
+        })
+        .collect()
+}
+
+/// Texts each report row embeds: the pool's first this many (at least one batch).
+fn row_texts(kind: &str, batch: usize) -> usize {
+    let n = (match kind {
+        "short" => 128,
+        "medium" => 32,
+        _ => 64,
+    })
+    .max(batch);
+    n - n % batch
 }
 
 /// The environment's embedder settings; the repository's `models/` unless `MEMORY_MODEL_DIR`.
@@ -126,10 +143,12 @@ fn main() {
     let e = embedder(0);
     let short = texts("short", 512);
     let medium = texts("medium", 256);
+    let mixed = texts("mixed", 256);
+    let kinds = [("short", &short), ("medium", &medium), ("mixed", &mixed)];
     if !report_only() {
         let mut c = criterion();
         let mut g = c.benchmark_group("embed");
-        for (kind, pool) in [("short", &short), ("medium", &medium)] {
+        for (kind, pool) in kinds {
             for &b in &batches {
                 g.throughput(Throughput::Elements(b as u64));
                 g.bench_function(format!("{kind}/batch{b}"), |bench| {
@@ -147,15 +166,14 @@ fn main() {
         env_usize("BENCH_EMBED_THREADS", 2)
     );
     let mut ours = Vec::new();
-    for (kind, pool) in [("short", &short), ("medium", &medium)] {
+    for (kind, pool) in kinds {
         for &b in &batches {
-            let n = (if kind == "short" { 128 } else { 32 }).max(b);
-            let n = n - n % b;
+            let n = row_texts(kind, b);
             let r = median((0..runs).map(|_| rate(&e, pool, b, n)).collect());
             ours.push((kind, b, r));
         }
     }
-    let py = python_rates(&short, &medium, &batches, runs);
+    let py = python_rates(&short, &medium, &mixed, &batches, runs);
     println!(
         "{:<8} {:>6} {:>12} {:>12} {:>7}",
         "texts", "batch", "rust sent/s", "python", "ratio"
@@ -254,6 +272,7 @@ fn main() {
 fn python_rates(
     short: &[String],
     medium: &[String],
+    mixed: &[String],
     batches: &[usize],
     runs: usize,
 ) -> Vec<(String, usize, f64)> {
@@ -278,7 +297,7 @@ fn python_rates(
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("BENCH_PYTHON={py}: {e}"));
-    let input = serde_json::json!({ "short": short, "medium": medium }).to_string();
+    let input = serde_json::json!({ "short": short, "medium": medium, "mixed": mixed }).to_string();
     child
         .stdin
         .take()

@@ -3,9 +3,10 @@
 
 Prints one line per (texts, batch): `py <kind> <batch> <sentences/s>` (median of runs).
 Usage: python embed_bench_py.py MODEL_DIR THREADS RUNS  (texts come on stdin as JSON:
-{"short": [...], "medium": [...]}, batches as argv[4] comma-separated).
+{"short": [...], "medium": [...], "mixed": [...]}, batches as argv[4] comma-separated; the
+mixed texts are sorted by token length before the clock starts).
 
-Real texts (`benches/import/run.sh`): python embed_bench_py.py MODEL_DIR THREADS --real BATCH
+Real texts (`benches/realdata/import.sh`): python embed_bench_py.py MODEL_DIR THREADS --real BATCH
 ORDER < texts.jsonl, each line a JSON object with a "text" field. ORDER is `sorted` (batches
 of texts of similar token length, sorted before the clock starts) or `file` (batches in the file's
 order, each padded to its longest text). Prints `texts <n> seconds <s> texts_per_s <r>
@@ -57,15 +58,23 @@ if sys.argv[3] == "--real":
     sys.exit(0)
 runs, batches = int(sys.argv[3]), [int(b) for b in sys.argv[4].split(",")]
 texts = json.load(sys.stdin)
-for kind in ("short", "medium"):
+for kind in ("short", "medium", "mixed"):
+    if kind not in texts:
+        continue
     pool = texts[kind]
     for b in batches:
         rates = []
         for r in range(runs):
-            n = max(b, 128 if kind == "short" else 32)
+            n = max(b, {"short": 128, "medium": 32}.get(kind, 64))
             n -= n % b
+            rows = pool[:n]
+            if kind == "mixed":
+                # The same texts as the Rust row, sorted by token length before the clock
+                # starts: raw onnxruntime at its best on mixed lengths.
+                lengths = [len(e.ids) for e in tok.encode_batch(rows)]
+                rows = [rows[i] for i in sorted(range(n), key=lambda i: lengths[i])]
             t = time.perf_counter()
             for i in range(0, n, b):
-                embed(pool[i % len(pool): i % len(pool) + b] if i % len(pool) + b <= len(pool) else pool[:b])
+                embed(rows[i:i + b])
             rates.append(n / (time.perf_counter() - t))
         print(f"py {kind} {b} {statistics.median(rates):.1f}", flush=True)
