@@ -1,6 +1,7 @@
 //! A live record's layer and layer-since time packed in one word per slot
 //! (`Projections::attrs`), for the check a search makes on every point it walks.
 
+use super::Slot;
 use crate::types::Layer;
 
 /// The word of a slot without a live record.
@@ -13,6 +14,15 @@ const SINCE_MASK: u64 = (1 << SINCE_BITS) - 1;
 /// The word of a live record in `layer` since `since_us` (saturating past 2^56 µs).
 pub(crate) fn pack(layer: Layer, since_us: u64) -> u64 {
     (layer.index() as u64) << SINCE_BITS | since_us.min(SINCE_MASK)
+}
+
+/// The word of what `slot` holds.
+pub(crate) fn of_slot(slot: &Slot) -> u64 {
+    match slot {
+        Slot::Owned(r) => pack(r.layer, r.layer_since_us),
+        Slot::Row(r) => pack(r.layer, r.layer_since_us),
+        Slot::Dead => DEAD,
+    }
 }
 
 /// The layer index and layer-since time of a word; `None` for [`DEAD`].

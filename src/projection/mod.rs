@@ -179,14 +179,7 @@ impl Projections {
         // Each row of the table is in exactly one slot (rows in slot order, each once).
         p.rows_in[0] = table.as_ref().map_or(0, |t| t.len() as usize);
         p.tables[0] = table;
-        p.attrs = slots
-            .iter()
-            .map(|s| match s {
-                Slot::Owned(r) => attrs::pack(r.layer, r.layer_since_us),
-                Slot::Row(r) => attrs::pack(r.layer, r.layer_since_us),
-                Slot::Dead => attrs::DEAD,
-            })
-            .collect();
+        p.attrs = slots.iter().map(attrs::of_slot).collect();
         p.slots = slots;
         p.keys = Arc::new(keys.unwrap_or_else(|| {
             index_keys(
@@ -375,12 +368,7 @@ impl Projections {
             ));
         }
         for ((slot, s), a) in self.slots.iter().enumerate().zip(&self.attrs) {
-            let want = match s {
-                Slot::Owned(r) => attrs::pack(r.layer, r.layer_since_us),
-                Slot::Row(r) => attrs::pack(r.layer, r.layer_since_us),
-                Slot::Dead => attrs::DEAD,
-            };
-            if *a != want {
+            if *a != attrs::of_slot(s) {
                 return Some(format!(
                     "slot {slot}'s search attributes disagree with its record"
                 ));

@@ -128,15 +128,13 @@ impl Projections {
                 top.push(dot(q, self.vectors.get(slot)), slot);
             }
         };
-        let members: Vec<&SlotSet> = Layer::ALL
-            .iter()
-            .filter(|l| mask & (1 << l.index()) != 0)
-            .map(|l| &self.layers[l.index()].members)
-            .collect();
-        let searched: usize = members.iter().map(|m| m.len()).sum();
+        // The layers searched (no allocation: this runs for every search).
+        let members = Layer::ALL
+            .map(|l| (mask & (1 << l.index()) != 0).then_some(&self.layers[l.index()].members));
+        let searched: usize = members.iter().flatten().map(|m| m.len()).sum();
         let scan_layers = |top: &mut TopK| {
             // Layer by layer, each in slot order: sequential vector reads.
-            for m in &members {
+            for m in members.iter().flatten() {
                 scan_split(
                     scan_threads(),
                     m.len(),
@@ -146,13 +144,13 @@ impl Projections {
                 );
             }
         };
-        let Some(f) = &ix.frozen else {
+        let Some(frozen) = &ix.frozen else {
             // No frozen copy yet (a graph between its first insert and its first freeze, a
             // moment, or a dump still loading): scan exactly.
             scan_layers(top);
             return;
         };
-        let graph = f.len();
+        let graph = frozen.len();
         if searched < exact_below || searched <= FEW_FILTERED.max(graph / FEW_SHARE) {
             scan_layers(top);
             return;
@@ -163,7 +161,7 @@ impl Projections {
             ef
         };
         let ef = ef.max(o.top_k);
-        let found = f.search(q, ef, &self.vectors, &ok, top);
+        let found = frozen.search(q, ef, &self.vectors, &ok, top);
         // Fewer than k matches in the walk: a selective filter, many dead points or a freeze
         // older than most of the store; scan exactly, never miss a record.
         if found < o.top_k {
