@@ -177,6 +177,11 @@ pub struct Config {
     pub rebuild_tombstone_ratio: f64,
     /// Vectors the indexer inserts per round. Default 256.
     pub index_batch: usize,
+    /// Threads the indexer inserts with (`MEMORY_INDEX_THREADS`), 1..=256. Default: the
+    /// machine's cores, as hnswlib's `add_items` uses. The indexer's threads run at a lower
+    /// scheduling priority than the caller's (nice +10 on Linux), so a search competing with
+    /// them for a core gets it first.
+    pub index_threads: usize,
     /// Ignore snapshots and replay the whole log from sequence 1 (verification).
     pub full_replay: bool,
     /// How the log treats damage at open.
@@ -202,6 +207,7 @@ impl std::fmt::Debug for Config {
             .field("snapshots_keep", &self.snapshots_keep)
             .field("exact_search_below", &self.exact_search_below)
             .field("keyword_window", &self.keyword_window)
+            .field("index_threads", &self.index_threads)
             .field("full_replay", &self.full_replay)
             .field("lifecycle", &self.lifecycle)
             .finish_non_exhaustive()
@@ -227,6 +233,7 @@ impl Default for Config {
             keyword_window: crate::projection::DEFAULT_KEYWORD_WINDOW,
             rebuild_tombstone_ratio: 0.2,
             index_batch: 256,
+            index_threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             full_replay: false,
             recovery: RecoveryMode::default(),
             segment_bytes: 8 << 20,
@@ -295,6 +302,9 @@ impl Config {
         }
         if let Some(v) = crate::util::env_parse("MEMORY_KEYWORD_WINDOW")? {
             c.keyword_window = v;
+        }
+        if let Some(v) = crate::util::env_parse("MEMORY_INDEX_THREADS")? {
+            c.index_threads = v;
         }
         let lc = &mut c.lifecycle;
         let hours = |var: &str, h: u64| -> Result<Option<Duration>> {
@@ -406,6 +416,13 @@ impl Config {
         check(
             self.index_batch >= 1,
             "index_batch must be at least 1".into(),
+        )?;
+        check(
+            (1..=256).contains(&self.index_threads),
+            format!(
+                "index_threads {} must be within 1..=256 (MEMORY_INDEX_THREADS)",
+                self.index_threads
+            ),
         )?;
         check(
             !self.model_id.is_empty() && !self.model_id.contains('\n'),

@@ -169,6 +169,8 @@ impl Inner {
     }
 
     pub(super) fn indexer(self: &Arc<Self>, dumps: Option<Dumps>) {
+        // Searches and writes come first (the insert threads spawned later inherit this).
+        crate::util::lower_this_thread_priority();
         // First the keyword index (searches by words wait for it), then the rest.
         if let Some((dir, manifest, _)) = &dumps {
             self.load_keywords(dir, manifest);
@@ -326,10 +328,7 @@ impl Inner {
             (graph, fresh, consumed, batch)
         };
         {
-            let mut g = graph.lock();
-            for (slot, v) in &batch {
-                g.insert(*slot, v);
-            }
+            graph.lock().insert_batch(&batch, self.config.index_threads);
         }
         let mut st = self.state.write();
         let died = batch
@@ -414,9 +413,7 @@ impl Inner {
                     .map(|s| (*s, st.vectors.get(*s).to_vec()))
                     .collect()
             };
-            for (s, v) in &vs {
-                graph.insert(*s, v);
-            }
+            graph.insert_batch(&vs, self.config.index_threads);
         }
         let frozen = (!members.is_empty())
             .then(|| Arc::new(graph.freeze()) as Arc<dyn crate::index::frozen::SearchGraph>);

@@ -11,6 +11,6 @@ mod topk;
 pub(crate) use bits::{Bits, SlotSet};
 pub(crate) use env::env_parse;
 pub(crate) use hash::{fnv64, FastMap};
-pub(crate) use threads::{part_bounds, scan_threads};
+pub(crate) use threads::{lower_this_thread_priority, part_bounds, scan_threads};
 pub(crate) use time::us;
 pub(crate) use topk::TopK;
