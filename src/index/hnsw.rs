@@ -21,12 +21,16 @@
 //! chunks by slot when a dump loads.
 
 use crate::disk::vectors::Vectors;
-use crate::index::distance::{dist_key, dot, prefetch};
-use crate::index::frozen::{beam, greedy, next_generation, FrozenGraph, Scorer};
+use crate::index::distance::{dist_key, dot, dot_i8, prefetch};
+use crate::index::frozen::{beam, code_into, greedy, next_generation, FrozenGraph, Scorer};
 
-/// Cache lines of each vector a beam asks for ahead (see [`prefetch`]): measured on 20k
-/// bench-like vectors, inserts ran 9–19 % faster (three paired runs) than without.
-const PREFETCH_LINES: usize = 4;
+/// Cache lines of each code a beam asks for ahead (see [`prefetch`]): all of it (6 lines at
+/// 384-d). With f32 vectors, asking for their first 4 lines made inserts 9–19 % faster on
+/// 20k bench-like vectors (three paired runs) than asking for none.
+const PREFETCH_LINES: usize = usize::MAX;
+
+/// How many candidates ahead the f32 re-score of a beam's result asks for a vector.
+const RESCORE_AHEAD: usize = 4;
 
 /// A parallel insert round holds at most this many points ([`HnswBuilder::insert_batch`]).
 const MAX_ROUND: usize = 128;
@@ -250,6 +254,13 @@ pub(crate) fn check_slots(slots: &[u32], nslots: u32) -> Result<(), (u64, String
     Ok(())
 }
 
+/// A level-0 link's distance key not yet scored (see `HnswBuilder::dist0`); `dist_key`
+/// never gives it (its largest is +∞'s bits, 0x7f80_0000).
+const UNKNOWN: u32 = u32::MAX;
+
+/// Where a new node links: for each level from 0 up, (distance key, node) of each link.
+type Plan = Vec<Vec<(u32, u32)>>;
+
 /// Set in `HnswBuilder::loc` for a node whose vector is a copy in `own`.
 const OWN: u32 = 1 << 31;
 
@@ -276,9 +287,18 @@ pub(crate) struct HnswBuilder {
     /// slower this way (median 4 %, five paired 50 s runs), and 5–20 % slower when the slot
     /// list was looked up as well.
     loc: Vec<u32>,
+    /// Node `i`'s int8 code ([`code_into`]) is `codes[i * dim..][..dim]`, its scale back
+    /// `unscale[i]`: the beams that find a new point's candidates compare these (a quarter
+    /// of the bytes of f32; memory is what a beam spends), and only the candidates they keep
+    /// are scored on f32 before the links are chosen.
+    codes: Vec<i8>,
+    unscale: Vec<f32>,
     levels: Vec<u8>,
     /// Level-0 links: node `i`'s are `links0[i * m0..][..len0[i]]`.
     links0: Vec<u32>,
+    /// The distance key from each level-0 link's node to its target, or [`UNKNOWN`] (not in
+    /// dumps: a loaded graph scores them when first needed). See [`HnswBuilder::link_back0`].
+    dist0: Vec<u32>,
     len0: Vec<u8>,
     /// Levels 1..=level of node `i`: `upper[i][(l - 1) * (m + 1)]` is the count, followed by
     /// `m` link cells. Empty for level-0 nodes.
@@ -317,8 +337,11 @@ impl HnswBuilder {
             shared: None,
             own: Vec::new(),
             loc: Vec::new(),
+            codes: Vec::new(),
+            unscale: Vec::new(),
             levels: Vec::new(),
             links0: Vec::new(),
+            dist0: Vec::new(),
             len0: Vec::new(),
             upper: Vec::new(),
             entry: None,
@@ -403,6 +426,22 @@ impl HnswBuilder {
             self.loc.push(self.next_own());
             self.own.extend_from_slice(v);
         }
+        self.keep_code(v);
+    }
+
+    /// Appends the code of `v` (the next node's vector).
+    fn keep_code(&mut self, v: &[f32]) {
+        let at = self.codes.len();
+        self.codes.resize(at + self.dim, 0);
+        let back = code_into(v, &mut self.codes[at..]);
+        self.unscale.push(back);
+    }
+
+    /// Node `n`'s code and scale back.
+    #[inline]
+    fn code(&self, n: u32) -> (&[i8], f32) {
+        let at = n as usize * self.dim;
+        (&self.codes[at..at + self.dim], self.unscale[n as usize])
     }
 
     fn next_level(&mut self) -> usize {
@@ -491,7 +530,7 @@ impl HnswBuilder {
 
     /// The plans of the round of nodes `first..first + levels.len()` (registered, not yet
     /// connected), found on `threads` threads, in node order.
-    fn plan_round(&mut self, first: u32, levels: &[usize], threads: usize) -> Vec<Vec<Vec<u32>>> {
+    fn plan_round(&mut self, first: u32, levels: &[usize], threads: usize) -> Vec<Plan> {
         let mut scratch = std::mem::take(&mut self.scratch);
         scratch.resize_with(threads, || (Vec::new(), 0));
         for (marks, _) in &mut scratch {
@@ -538,6 +577,7 @@ impl HnswBuilder {
         self.keep_vector(slot, v);
         self.levels.push(level as u8);
         self.links0.resize(self.links0.len() + self.m0, 0);
+        self.dist0.resize(self.dist0.len() + self.m0, UNKNOWN);
         self.len0.push(0);
         self.upper
             .push(vec![0u32; level * (self.m + 1)].into_boxed_slice());
@@ -556,20 +596,36 @@ impl HnswBuilder {
         mates: &[u32],
         marks: &mut [u32],
         generation: &mut u32,
-    ) -> Vec<Vec<u32>> {
+    ) -> Plan {
         let q = self.vec(node);
         let dist = |n: u32| dist_key(dot(q, self.vec(n)));
+        let (qc, q_back) = self.code(node);
+        let approx = |n: u32| {
+            let (code, unscale) = self.code(n);
+            dist_key(dot_i8(qc, code) as f32 * q_back * unscale)
+        };
         let mut found: Vec<Vec<(u32, u32)>> = vec![Vec::new(); level + 1];
         if let Some(mut ep) = self.entry {
-            let mut ep_d = dist(ep);
+            let mut ep_d = approx(ep);
             for l in (level + 1..=self.top).rev() {
-                (ep, ep_d) = greedy(ep, ep_d, |n| self.links(n, l), &dist);
+                (ep, ep_d) = greedy(ep, ep_d, |n| self.links(n, l), &approx);
             }
             let mut seeds = vec![(ep_d, ep)];
             for l in (0..=level.min(self.top)).rev() {
                 let g = next_generation(marks, generation);
-                found[l] = self.search_level(q, &seeds, self.ef_construction, l, marks, g);
-                seeds.clone_from(&found[l]);
+                seeds = self.search_level(&approx, &seeds, self.ef_construction, l, marks, g);
+                // What the beam kept, scored on f32 for the choice of links, each vector
+                // asked for a few ahead of its turn.
+                found[l] = seeds
+                    .iter()
+                    .enumerate()
+                    .map(|(i, &(_, n))| {
+                        if let Some(&(_, ahead)) = seeds.get(i + RESCORE_AHEAD) {
+                            prefetch(self.vec(ahead), usize::MAX);
+                        }
+                        (dist(n), n)
+                    })
+                    .collect();
             }
         }
         for &mate in mates {
@@ -583,9 +639,7 @@ impl HnswBuilder {
             .iter_mut()
             .enumerate()
             .map(|(l, f)| {
-                if !mates.is_empty() {
-                    f.sort_unstable();
-                }
+                f.sort_unstable();
                 self.select(f, if l == 0 { self.m0 } else { self.m })
             })
             .collect()
@@ -593,11 +647,21 @@ impl HnswBuilder {
 
     /// Gives registered `node` of `level` the links `plan` chose and makes each mutual; the
     /// node becomes the entry when it is the highest.
-    fn connect(&mut self, node: u32, level: usize, plan: &[Vec<u32>]) {
+    fn connect(&mut self, node: u32, level: usize, plan: &[Vec<(u32, u32)>]) {
         for (l, chosen) in plan.iter().enumerate() {
-            self.set_links(node, l, chosen);
-            for &n in chosen {
-                self.link_back(n, node, l);
+            let mut ids = [0u32; 2 * crate::limits::MAX_M];
+            for (i, &(_, n)) in chosen.iter().enumerate() {
+                ids[i] = n;
+            }
+            self.set_links(node, l, &ids[..chosen.len()]);
+            if l == 0 {
+                let at = node as usize * self.m0;
+                for (i, &(d, _)) in chosen.iter().enumerate() {
+                    self.dist0[at + i] = d;
+                }
+            }
+            for &(d, n) in chosen {
+                self.link_back(n, node, l, d);
             }
         }
         if self.entry.is_none() || level > self.top {
@@ -609,9 +673,12 @@ impl HnswBuilder {
     /// Adds `node` to `n`'s links on `level`; a full list keeps its nearest (to `n`). Pruning
     /// these with the heuristic instead cut the mean layer-0 degree from 26 to 23 and recall
     /// at ef 10 from 0.979 to 0.966 (10k clustered vectors); keeping the nearest is also what
-    /// hnsw_rs does.
-    fn link_back(&mut self, n: u32, node: u32, level: usize) {
-        let cap = if level == 0 { self.m0 } else { self.m };
+    /// hnsw_rs does. `d` is the distance key between the two.
+    fn link_back(&mut self, n: u32, node: u32, level: usize, d: u32) {
+        if level == 0 {
+            return self.link_back0(n, node, d);
+        }
+        let cap = self.m;
         let cur = self.links(n, level);
         if cur.len() < cap {
             // Room left: append (on the stack; a list holds at most 2·crate::limits::MAX_M links).
@@ -633,42 +700,72 @@ impl HnswBuilder {
         self.set_links(n, level, &kept);
     }
 
+    /// [`HnswBuilder::link_back`] on level 0, where each link's distance key is kept beside
+    /// it (`dist0`): a full list swaps its farthest link for `node` if `node` is nearer,
+    /// without scoring the list again (it did, on one thread, for 11 % of the indexer's time).
+    /// Keys a loaded dump lacks are scored the first time the list is full.
+    fn link_back0(&mut self, n: u32, node: u32, d: u32) {
+        let at = n as usize * self.m0;
+        let len = self.len0[n as usize] as usize;
+        if len < self.m0 {
+            self.links0[at + len] = node;
+            self.dist0[at + len] = d;
+            self.len0[n as usize] += 1;
+            return;
+        }
+        for i in at..at + self.m0 {
+            if self.dist0[i] == UNKNOWN {
+                self.dist0[i] = dist_key(dot(self.vec(n), self.vec(self.links0[i])));
+            }
+        }
+        let (far, far_d) = (at..at + self.m0)
+            .map(|i| (i, self.dist0[i]))
+            .max_by_key(|&(_, d)| d)
+            .unwrap_or((at, 0));
+        if d < far_d {
+            self.links0[far] = node;
+            self.dist0[far] = d;
+        }
+    }
+
     /// The neighbour-selection heuristic over `cands` (sorted by distance, nearest first):
     /// keeps a candidate only if it is nearer to the base point than to every one kept so
-    /// far, up to `m`.
-    fn select(&self, cands: &[(u32, u32)], m: usize) -> Vec<u32> {
-        let mut kept: Vec<u32> = Vec::with_capacity(m);
+    /// far, up to `m`. The kept with their distance keys.
+    fn select(&self, cands: &[(u32, u32)], m: usize) -> Vec<(u32, u32)> {
+        let mut kept: Vec<(u32, u32)> = Vec::with_capacity(m);
         for &(d, c) in cands {
             if kept.len() >= m {
                 break;
             }
             let cv = self.vec(c);
-            if kept.iter().all(|&k| dist_key(dot(cv, self.vec(k))) >= d) {
-                kept.push(c);
+            if kept
+                .iter()
+                .all(|&(_, k)| dist_key(dot(cv, self.vec(k))) >= d)
+            {
+                kept.push((d, c));
             }
         }
         kept
     }
 
-    /// Beam search of width `ef` on `level` from `seeds`, with `marks` at generation `g`;
-    /// the result sorted nearest first.
+    /// Beam search of width `ef` on `level` from `seeds` by `dist` (on the codes), with
+    /// `marks` at generation `g`; the result sorted nearest first.
     fn search_level(
         &self,
-        q: &[f32],
+        dist: &dyn Fn(u32) -> u32,
         seeds: &[(u32, u32)],
         ef: usize,
         level: usize,
         marks: &mut [u32],
         g: u32,
     ) -> Vec<(u32, u32)> {
-        let dist = |n: u32| dist_key(dot(q, self.vec(n)));
-        let pf = |n: u32| prefetch(self.vec(n), PREFETCH_LINES);
+        let pf = |n: u32| prefetch(self.code(n).0, PREFETCH_LINES);
         beam(
             seeds,
             ef,
             |n| self.links(n, level),
             Scorer {
-                dist: &dist,
+                dist,
                 prefetch: &pf,
             },
             &|_| true,
@@ -782,7 +879,10 @@ impl HnswBuilder {
             shared: None,
             own: Vec::new(),
             loc: Vec::with_capacity(n),
+            codes: Vec::with_capacity(n * dim),
+            unscale: Vec::with_capacity(n),
             levels,
+            dist0: vec![UNKNOWN; links0.len()],
             links0,
             len0,
             upper,
@@ -839,8 +939,16 @@ impl HnswBuilder {
         let r = self.vectors_missing();
         for node in r.start..r.start.saturating_add(count).min(r.end) {
             let slot = self.slots[node];
-            if self.is_shared(slot) {
+            if let Some(s) = self
+                .shared
+                .as_ref()
+                .filter(|s| slot < OWN && slot < s.len())
+            {
                 self.loc.push(slot);
+                let at = self.codes.len();
+                self.codes.resize(at + self.dim, 0);
+                self.unscale
+                    .push(code_into(s.get(slot), &mut self.codes[at..]));
                 continue;
             }
             match get(slot) {
