@@ -17,9 +17,10 @@
 //! `BENCH_EFS` (default 16,32,64,128,256; 0 is the store's default, scaled with the graph),
 //! 1,000 queries in each case: all layers; one layer (Assets, 60 %; Interact, 10 %: the one
 //! graph walked with the layer as a filter); `project == p20`; `project == p2`. hnswlib
-//! (M 16, ef_construction 200, `BENCH_THREADS` build threads) runs on the same vectors, then
-//! the table gives each side's best QPS at recall@10 ≥ 0.95 and ≥ 0.99 and the ratio. Then, ours only, on the store reopened: the
-//! queries on 2 client threads against 1, and search latency while the indexer takes in a
+//! (M 16, ef_construction 200, `BENCH_THREADS` build threads, our `index_threads` too) runs
+//! on the same vectors, then the table gives each side's best QPS at recall@10 ≥ 0.95 and
+//! ≥ 0.99 and the ratio. Then, ours only, on the store reopened: the queries on 2 client
+//! threads against 1, and search latency while the indexer takes in a
 //! batch of 20,000 more records against the store idle (`BENCH_SKIP_LOAD=1` skips it).
 //! Env: `BENCH_THREADS` (build threads, default 2), `BENCH_PYTHON` (default the venv's
 //! python).
@@ -360,6 +361,8 @@ async fn main() -> Result<()> {
     let config = Config {
         dimension: dim,
         lifecycle: LifecycleConfig::manual(),
+        // The same cores as hnswlib's build below.
+        index_threads: threads,
         ..Config::default()
     };
     let memory = Memory::open(store.path(), config.clone()).await?;

@@ -648,3 +648,47 @@ async fn a_checkpoint_moves_records_to_its_own_table_and_a_pruned_one_is_release
     assert_eq!(after[..60], before[..]);
     m.close().await.unwrap();
 }
+
+/// The indexer yields the CPU to searches and writes: its thread runs 10 nicer than the
+/// caller (at most 19; read back from /proc, as `ps` would).
+#[cfg(target_os = "linux")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_indexer_runs_below_the_callers_priority() {
+    let nice_of = |stat: &str| -> Option<i64> {
+        // Fields after the parenthesised name: state is field 3, nice field 19.
+        stat[stat.rfind(')')? + 2..]
+            .split(' ')
+            .nth(16)?
+            .parse()
+            .ok()
+    };
+    let own = nice_of(&std::fs::read_to_string("/proc/thread-self/stat").unwrap()).unwrap();
+    let want = (own + 10).min(19);
+    let dir = tempfile::tempdir().unwrap();
+    let m = Memory::open(dir.path(), config()).await.unwrap();
+    // The nice value of every thread of this process named magray-indexer.
+    let indexers = || -> Vec<i64> {
+        std::fs::read_dir("/proc/self/task")
+            .unwrap()
+            .filter_map(|t| {
+                let t = t.ok()?.path();
+                let comm = std::fs::read_to_string(t.join("comm")).ok()?;
+                let nice = nice_of(&std::fs::read_to_string(t.join("stat")).ok()?)?;
+                (comm.trim() == "magray-indexer").then_some(nice)
+            })
+            .collect()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !indexers().contains(&want) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no indexer thread at nice {want} (this thread: {own}): {:?}",
+            indexers()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    // The caller keeps its priority.
+    let after = nice_of(&std::fs::read_to_string("/proc/thread-self/stat").unwrap()).unwrap();
+    assert_eq!(after, own);
+    m.close().await.unwrap();
+}

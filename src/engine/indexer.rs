@@ -350,6 +350,7 @@ impl Inner {
         if fresh && !batch.is_empty() {
             ix.graph = Some(graph);
         }
+        ix.trim_tail();
         true
     }
 
@@ -386,6 +387,7 @@ impl Inner {
         if ix.graph.as_ref().is_some_and(|g| Arc::ptr_eq(g, &graph)) {
             ix.frozen = Some(frozen);
             ix.unfrozen.clear();
+            ix.trim_tail();
         }
         true
     }

@@ -265,6 +265,7 @@ impl Projections {
         }
         let slot = self.vectors.push(&ins.embedding);
         debug_assert_eq!(slot as usize, self.slots.len());
+        self.index.tail.push(slot, &ins.embedding);
         self.attrs.push(attrs::pack(ins.layer, ts_us));
         self.slots.push(Slot::Owned(Box::new(RecordData {
             id: ins.id,

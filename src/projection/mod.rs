@@ -26,6 +26,7 @@ mod apply;
 pub(crate) mod attrs;
 mod record;
 mod search;
+mod tail;
 
 use apply::ContentSlots;
 pub(crate) use record::{Access, Rec, RecordData, Replaced, RowRef, Slot};
@@ -72,6 +73,23 @@ pub(crate) struct IndexState {
     pub(crate) frozen: Option<Arc<dyn SearchGraph>>,
     /// Slots inserted into `graph` since `frozen` was taken (searched exactly).
     pub(crate) unfrozen: Vec<u32>,
+    /// Int8 codes of the newest slots' vectors, which the exact scan of `pending` and
+    /// `unfrozen` scores first ([`tail`]).
+    pub(crate) tail: tail::TailCodes,
+}
+
+impl IndexState {
+    /// Drops the tail codes of slots the graph's frozen copy now holds (below the lowest
+    /// slot in `pending` and `unfrozen`). Call after either shrinks.
+    pub(crate) fn trim_tail(&mut self) {
+        let low = self
+            .unfrozen
+            .iter()
+            .chain(self.pending.iter())
+            .min()
+            .copied();
+        self.tail.trim_below(low);
+    }
 }
 
 impl std::fmt::Debug for IndexState {
@@ -83,6 +101,7 @@ impl std::fmt::Debug for IndexState {
             .field("graph", &self.graph.is_some())
             .field("frozen", &self.frozen.as_ref().map(|f| f.len()))
             .field("unfrozen", &self.unfrozen.len())
+            .field("tail_codes", &self.tail.len())
             .finish()
     }
 }
@@ -249,6 +268,7 @@ impl Projections {
     pub(crate) fn recompute_pending(&mut self) {
         let pending = self.live_where(|s| !self.index.in_index.get(s)).into();
         self.index.pending = pending;
+        self.index.trim_tail();
     }
 
     /// Marks `slots` (a graph's own slot list) as what is in the index, with its count and

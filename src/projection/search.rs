@@ -2,7 +2,8 @@
 //! TTL.
 
 use super::*;
-use crate::index::distance::dot;
+use crate::index::distance::{dot, dot_i8};
+use crate::index::frozen::code_into;
 use crate::types::{Layer, SearchOptions};
 use crate::util::{part_bounds, scan_threads, TopK};
 use std::collections::VecDeque;
@@ -168,13 +169,35 @@ impl Projections {
             scan_layers(top);
             return;
         }
+        // The points the walk lacks: scored on their int8 codes where the tail has them
+        // (else exactly), the best `ef + top_k` then re-scored exactly.
+        let tail_len = ix.unfrozen.len() + ix.pending.len();
+        if tail_len == 0 {
+            return;
+        }
+        let mut qc = vec![0i8; q.len()];
+        let q_back = code_into(q, &mut qc);
+        let coded = |slot: u32, t: &mut TopK| {
+            if !ok(slot) {
+                return;
+            }
+            let score = match ix.tail.get(slot) {
+                Some((code, back)) => dot_i8(&qc, code) as f32 * q_back * back,
+                None => dot(q, self.vectors.get(slot)),
+            };
+            t.push(score, slot);
+        };
+        let mut best = TopK::new(ef + o.top_k);
         scan_split(
             scan_threads(),
-            ix.unfrozen.len() + ix.pending.len(),
+            tail_len,
             |i, n| tail_part(&ix.unfrozen, &ix.pending, i, n),
-            &exact,
-            top,
+            &coded,
+            &mut best,
         );
+        for (_, slot) in best.into_sorted() {
+            top.push(dot(q, self.vectors.get(slot)), slot);
+        }
     }
 }
 

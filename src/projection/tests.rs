@@ -297,3 +297,69 @@ fn a_split_scan_finds_what_one_thread_finds() {
         assert_eq!(split.into_sorted(), want.into_sorted(), "{threads} threads");
     }
 }
+
+/// The records a frozen graph lacks (here 1,500 pending beside a 1,500-point graph) are
+/// scored on their tail codes, then their best exactly: a search finds the exact top 10 of
+/// the whole store, with the scores of an exact scan.
+#[test]
+fn a_search_finds_the_records_its_graph_lacks() {
+    let dim = 32;
+    let vs = crate::index::hnsw::tests::clustered(3_000, dim, 30, 0.6);
+    let mut p = Projections::new(dim);
+    for (i, v) in vs.iter().enumerate() {
+        let mut id = [0u8; 16];
+        id[..4].copy_from_slice(&(i as u32).to_le_bytes());
+        let e = Event::Inserted(Inserted {
+            id,
+            layer: Layer::Assets,
+            kind: "note".into(),
+            text: format!("record {i}"),
+            embedding: v.clone(),
+            tags: Vec::new(),
+            project: None,
+            session: None,
+            refs: Vec::new(),
+            content_hash: i as u64,
+            ts_us: 0,
+        });
+        p.apply(&at(i as u64 + 1, e)).unwrap();
+    }
+    assert_eq!(p.index.tail.len(), 3_000);
+    let mut g = crate::index::hnsw::HnswBuilder::new(dim, 16, 100, 1);
+    for (i, v) in vs.iter().enumerate().take(1_500) {
+        g.insert(i as u32, v);
+    }
+    let slots: Vec<u32> = (0..1_500).collect();
+    p.set_index_slots(&slots);
+    p.index.frozen = Some(Arc::new(g.freeze()));
+    p.recompute_pending();
+    assert_eq!(p.index.pending.len(), 1_500);
+    // The codes of the slots the graph holds are dropped; the tail's are kept.
+    assert!(p.index.tail.get(0).is_none() && p.index.tail.get(1_500).is_some());
+    let o = crate::SearchOptions::top_k(10);
+    let probe = super::search::Probe {
+        ef: 20,
+        scale_ef: false,
+        exact_below: 0,
+        now_us: 0,
+    };
+    for qi in 0..100 {
+        let q = &vs[(qi * 29 + 7) % vs.len()];
+        let mut top = TopK::new(10);
+        p.search_layers(&[], q, &o, probe, &mut top);
+        let got = top.into_sorted();
+        let mut exact = TopK::new(10);
+        for (s, v) in vs.iter().enumerate() {
+            exact.push(crate::index::distance::dot(q, v), s as u32);
+        }
+        let want = exact.into_sorted();
+        // The tail's share of the truth is found in full, each scored exactly.
+        for (score, slot) in want.iter().filter(|(_, s)| *s >= 1_500) {
+            assert!(
+                got.iter().any(|(g, s)| s == slot && g == score),
+                "query {qi}: tail slot {slot} ({score}) missing from {got:?}"
+            );
+        }
+        assert!(got.len() == 10);
+    }
+}

@@ -12,21 +12,25 @@ pub(crate) fn part_bounds(len: usize, i: usize, n: usize) -> (usize, usize) {
     (len * i / n, len * (i + 1) / n)
 }
 
-/// Nice value of the indexer's threads: a foreground thread (nice 0) competing with one for a
-/// core gets about nine tenths of it (CFS weights 1,024 against 110), and the indexer still
-/// runs whenever a core is free.
+/// How much nicer than the thread that spawns them the indexer's threads run: a foreground
+/// thread competing with one for a core gets about nine tenths of it (CFS weights 1,024
+/// against 110 at nice 0 and 10), and the indexer still runs whenever a core is free.
 pub(crate) const BACKGROUND_NICE: i32 = 10;
 
-/// Lowers the calling thread's scheduling priority to [`BACKGROUND_NICE`] (threads it spawns
-/// afterwards inherit it). Linux only, where the nice value is per thread; elsewhere, and if
-/// the call fails, the thread keeps its priority and a debug line says why.
+/// Raises the calling thread's nice value by [`BACKGROUND_NICE`], to at most 19 (threads it
+/// spawns afterwards inherit it). Linux only, where the nice value is per thread; elsewhere,
+/// and if the call fails, the thread keeps its priority and a debug line says why.
 pub(crate) fn lower_this_thread_priority() {
     #[cfg(target_os = "linux")]
     {
-        // SAFETY: setpriority reads its three integer arguments and touches no memory of
-        // ours; `who = 0` names the calling thread (Linux keeps the nice value per thread).
+        // SAFETY: getpriority and setpriority read their integer arguments and touch no
+        // memory of ours; `who = 0` names the calling thread (Linux keeps the nice value per
+        // thread). getpriority's -1 may be an error; then the thread goes to 9 at worst.
         #[allow(unsafe_code)]
-        let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, 0, BACKGROUND_NICE) };
+        let rc = unsafe {
+            let nice = libc::getpriority(libc::PRIO_PROCESS, 0);
+            libc::setpriority(libc::PRIO_PROCESS, 0, (nice + BACKGROUND_NICE).min(19))
+        };
         if rc != 0 {
             tracing::debug!(
                 error = %std::io::Error::last_os_error(),
