@@ -38,6 +38,7 @@ pub(crate) fn load(dir: &Path, full_replay: bool) -> Result<(Projections, Option
         Some((seq, p)) => (p, Some(seq)),
         None => (Projections::new(m.dimension), None),
     };
+    p.index.tail.turn_off();
     let history = History::open_offline(dir, p.applied_seq + 1);
     for env in history {
         let env = env?;
@@ -121,6 +122,7 @@ pub fn verify(dir: &Path) -> Result<VerifyReport> {
         ..Default::default()
     };
     let mut full = Projections::new(m.dimension);
+    full.index.tail.turn_off();
     let mut history = History::open_offline(dir, 1);
     for env in history.by_ref() {
         match env {

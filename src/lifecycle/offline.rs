@@ -55,6 +55,8 @@ impl Collector {
     ) -> Collector {
         let mut proj = Projections::new(dim);
         proj.ttl_us = ttl_us;
+        // Never searched through a graph: no tail codes.
+        proj.index.tail.turn_off();
         Collector {
             proj,
             horizon_us: super::us(horizon),

@@ -27,6 +27,9 @@ pub(crate) struct TailCodes {
     codes: Vec<i8>,
     /// Each code's scale back ([`code_into`]).
     unscale: Vec<f32>,
+    /// Keeps no codes (projections that are never searched through a graph: offline
+    /// replays for training and verification).
+    off: bool,
 }
 
 impl TailCodes {
@@ -38,6 +41,9 @@ impl TailCodes {
     /// Adds the code of `slot`'s vector `v`. Slots come in order; one that does not follow
     /// the last starts the codes afresh from it.
     pub(crate) fn push(&mut self, slot: u32, v: &[f32]) {
+        if self.off {
+            return;
+        }
         if self.dim != v.len() || slot as usize != self.base as usize + self.len() {
             self.clear_from(slot);
             self.dim = v.len();
@@ -49,6 +55,12 @@ impl TailCodes {
         self.codes.resize(at + self.dim, 0);
         let back = code_into(v, &mut self.codes[at..]);
         self.unscale.push(back);
+    }
+
+    /// Keeps no codes from now on (and drops those held).
+    pub(crate) fn turn_off(&mut self) {
+        self.clear_from(0);
+        self.off = true;
     }
 
     /// `slot`'s code and scale back, if held.
@@ -118,5 +130,8 @@ mod tests {
         assert_eq!(t.len(), 0);
         t.push(5001, &v(5001));
         assert!(t.get(5001).is_some());
+        t.turn_off();
+        t.push(5002, &v(5002));
+        assert!(t.len() == 0 && t.get(5001).is_none());
     }
 }
