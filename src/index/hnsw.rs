@@ -32,6 +32,11 @@ const PREFETCH_LINES: usize = usize::MAX;
 /// How many candidates ahead the f32 re-score of a beam's result asks for a vector.
 const RESCORE_AHEAD: usize = 4;
 
+/// A round of fewer points is inserted one by one on the calling thread: a few records
+/// trickling in are not worth starting threads for (with rounds of any size, single durable
+/// inserts from one task ran 14 % slower in `engine_insert`, p99 1.5 ms against 0.5 ms).
+const MIN_PARALLEL_ROUND: usize = 32;
+
 /// A parallel insert round holds at most this many points ([`HnswBuilder::insert_batch`]).
 const MAX_ROUND: usize = 128;
 /// ... and at most this share of the graph it is inserted into: a round's points do not see
@@ -510,9 +515,11 @@ impl HnswBuilder {
                 (self.slots.len() / ROUND_SHARE).clamp(1, MAX_ROUND)
             }
             .min(items.len() - at);
-            if round == 1 {
-                self.insert(items[at].0, &items[at].1);
-                at += 1;
+            if round < MIN_PARALLEL_ROUND {
+                for (slot, v) in &items[at..at + round] {
+                    self.insert(*slot, v);
+                }
+                at += round;
                 continue;
             }
             let first = self.slots.len() as u32;
