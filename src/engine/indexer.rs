@@ -4,6 +4,7 @@
 //! must.
 
 use super::*;
+use crate::index::frozen::FrozenGraph;
 
 impl Memory {
     /// Rebuilds the index from the live records when it has tombstones (deleted, expired or
@@ -132,15 +133,18 @@ impl Inner {
         mut g: HnswBuilder,
         dir: &Path,
         base: &str,
+        coded: Option<&FrozenGraph>,
     ) -> Result<HnswBuilder> {
         // The snapshot's own slots are all mapped: nothing to copy but what is not.
         g.share(self.state.read().vectors.mapped_part());
         while !g.vectors_missing().is_empty() {
             let st = self.state.read();
             let nslots = st.nslots();
-            g.fill_vectors(1 << 16, |slot| {
-                (slot < nslots).then(|| st.vectors.get(slot))
-            })
+            g.fill_vectors(
+                1 << 16,
+                |slot| (slot < nslots).then(|| st.vectors.get(slot)),
+                coded,
+            )
             .map_err(|slot| {
                 Error::corrupted(
                     snapshot::graph_path(dir, base),
@@ -154,18 +158,18 @@ impl Inner {
 
     /// Makes a graph just read from a dump searchable before its vectors are attached:
     /// freezes it from the store's mapped vectors, outside the projections' lock, and
-    /// installs that frozen copy (replacing the dump searched in place). False (nothing
-    /// installed) when the graph names a slot that is not mapped; `attach_vectors` then
-    /// decides.
-    pub(super) fn freeze_loaded(&self, g: &HnswBuilder) -> bool {
+    /// installs that frozen copy (replacing the dump searched in place) and returns it (its
+    /// codes are the builder's too). `None` (nothing installed) when the graph names a slot
+    /// that is not mapped; `attach_vectors` then decides.
+    pub(super) fn freeze_loaded(&self, g: &HnswBuilder) -> Option<Arc<FrozenGraph>> {
         let mapped = self.state.read().vectors.mapped_part();
         if g.slots().iter().any(|s| *s >= mapped.len()) {
-            return false;
+            return None;
         }
         let frozen = Arc::new(g.freeze_with(|node| mapped.get(g.slots()[node])));
         let _idx = self.index_lock.lock();
-        install_graph(&mut self.state.write(), g.slots(), frozen);
-        true
+        install_graph(&mut self.state.write(), g.slots(), frozen.clone());
+        Some(frozen)
     }
 
     pub(super) fn indexer(self: &Arc<Self>, dumps: Option<Dumps>) {
@@ -258,8 +262,9 @@ impl Inner {
         drop(mapped);
         let res = loaded.and_then(|mut g| {
             g.set_ef_construction(self.config.hnsw.ef_construction);
-            early = self.freeze_loaded(&g);
-            self.attach_vectors(g, dir, base)
+            let frozen = self.freeze_loaded(&g);
+            early = frozen.is_some();
+            self.attach_vectors(g, dir, base, frozen.as_deref())
         });
         let _idx = self.index_lock.lock();
         let mut st = self.state.write();

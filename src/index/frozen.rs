@@ -198,7 +198,7 @@ impl FrozenGraph {
     /// The int8 code of `node` and its `peak / 127`.
     #[inline(always)]
     #[allow(unsafe_code)]
-    fn code(&self, node: u32) -> (&[i8], f32) {
+    pub(crate) fn code(&self, node: u32) -> (&[i8], f32) {
         let rec = self.record(node);
         let code = &rec[..self.layout.code];
         // SAFETY: `code` is `4 · len` initialised bytes, every bit pattern is a valid `i8`,
@@ -210,7 +210,7 @@ impl FrozenGraph {
 
     /// The slot of `node`.
     #[inline(always)]
-    fn slot(&self, node: u32) -> u32 {
+    pub(crate) fn slot(&self, node: u32) -> u32 {
         self.record(node)[self.layout.code + 1]
     }
 

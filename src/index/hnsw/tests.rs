@@ -229,7 +229,7 @@ fn a_dump_reads_back_to_the_same_graph_and_keeps_growing() {
         assert_eq!(frozen_top10(&early, &store, q, 16), want);
     }
     while !b.vectors_missing().is_empty() {
-        b.fill_vectors(300, |s| Some(store.get(s))).unwrap();
+        b.fill_vectors(300, |s| Some(store.get(s)), None).unwrap();
     }
     for (i, v) in vs.iter().enumerate().skip(1_000) {
         assert_eq!(store.push(v), i as u32);
@@ -330,7 +330,7 @@ fn a_builder_reads_mapped_vectors_instead_of_copying_them() {
     // A dump read back copies only what the maps lack.
     let mut back = HnswBuilder::read(&dump(&shared), dim, store.len()).unwrap();
     back.share(store.mapped_part());
-    back.fill_vectors(usize::MAX, |s| Some(store.get(s)))
+    back.fill_vectors(usize::MAX, |s| Some(store.get(s)), None)
         .unwrap();
     assert!(back.vectors_missing().is_empty());
     assert_eq!(back.own_vectors(), 75);
@@ -340,6 +340,21 @@ fn a_builder_reads_mapped_vectors_instead_of_copying_them() {
             frozen_top10(&copied.freeze(), &store, q, 16)
         );
     }
+    // ... and given the frozen copy open makes from the maps, takes its codes from it: the
+    // same codes as coding the vectors, and the same graph after more inserts.
+    let mut coded = HnswBuilder::read(&dump(&shared), dim, store.len()).unwrap();
+    coded.share(store.mapped_part());
+    let early = coded.freeze_with(|node| store.get(coded.slots()[node]));
+    coded
+        .fill_vectors(usize::MAX, |s| Some(store.get(s)), Some(&early))
+        .unwrap();
+    assert_eq!((&coded.codes, &coded.unscale), (&back.codes, &back.unscale));
+    for (i, v) in data(720, dim)[700..].iter().enumerate() {
+        store.push(v);
+        coded.insert(700 + i as u32, v);
+        back.insert(700 + i as u32, v);
+    }
+    assert_eq!(dump(&coded), dump(&back));
 }
 
 #[test]
@@ -414,7 +429,7 @@ fn bad_dumps_are_errors_with_offsets() {
     // A slot the store does not have.
     let mut b = HnswBuilder::read(&ok, dim, 300).unwrap();
     assert_eq!(
-        b.fill_vectors(1_000, |s| (s < 100).then_some(&[0.5f32; 8][..])),
+        b.fill_vectors(1_000, |s| (s < 100).then_some(&[0.5f32; 8][..]), None),
         Err(100)
     );
 }
@@ -435,7 +450,7 @@ proptest! {
         flipped[i] ^= 1 << bit;
         for damaged in [&flipped[..], &bytes[..cut % bytes.len()]] {
             if let Ok(mut b) = HnswBuilder::read(damaged, dim, 120) {
-                if b.fill_vectors(usize::MAX, |s| (s < 120).then(|| store.get(s))).is_ok() {
+                if b.fill_vectors(usize::MAX, |s| (s < 120).then(|| store.get(s)), None).is_ok() {
                     let f = b.freeze();
                     let mut top = TopK::new(10);
                     f.search(store.get(0), 16, &store, &|_| true, &mut top);
