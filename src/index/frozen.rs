@@ -90,11 +90,16 @@ impl std::fmt::Debug for FrozenGraph {
 /// 1,000 found none of its true top 10 at ef 16 (with 16, the worst finds 8). Wider than 16
 /// bought little: on 100k real sentence vectors, level 1 at `ef` instead of 16 was 13–27 %
 /// slower at ef 20–48 for +0.001–0.002 of recall@10 (docs/benchmarks.md).
+///
+/// Above 100k points it grows as `ef` does (`scale_ef`: 64 at 1M), since level 1 grows with
+/// the graph: on the 1M clustered store, 16 and 32 each left a query with none of its top 10
+/// even at ef 32 (128 at 1M); 64 brought the worst back to 8 of 10.
 const LEVEL1_BEAM: usize = 16;
 
 /// Beam width on levels 2 and up: they hold a 16th of level 1's points and less. 4 instead of
 /// 16 kept the worst query of the clustered bench store at 8 of 10 and searched about a
-/// fifth faster there.
+/// fifth faster there. Scaled like [`LEVEL1_BEAM`] above 100k points (16 at 1M, where 4
+/// instead gave mean recall@10 0.975 against 0.990 at the same QPS).
 const UPPER_BEAM: usize = 4;
 
 thread_local! {
@@ -350,7 +355,8 @@ pub(crate) fn walk<'a>(
             let all = |_: u32| true;
             // Level 1, whose beam seeds layer 0, gets a wider beam; the sparser levels above
             // need less.
-            let width = ef.min(if l == 1 { LEVEL1_BEAM } else { UPPER_BEAM });
+            let base = if l == 1 { LEVEL1_BEAM } else { UPPER_BEAM };
+            let width = ef.min(crate::index::hnsw::scale_ef(base, n as u64));
             let res = beam(&seeds, width, |x| upper(l, x), score, &all, marks, g);
             seeds = res.into_vec();
         }
