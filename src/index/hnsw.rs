@@ -560,7 +560,17 @@ impl HnswBuilder {
         let mut plans = vec![Vec::new(); levels.len()];
         std::thread::scope(|s| {
             let (mine, rest) = scratch.split_first_mut().expect("at least one thread");
-            let helpers: Vec<_> = rest.iter_mut().map(|sc| s.spawn(|| work(sc))).collect();
+            // A helper that cannot be started leaves its share to this thread (the points are
+            // handed out one at a time).
+            let helpers: Vec<_> = rest
+                .iter_mut()
+                .filter_map(|sc| {
+                    std::thread::Builder::new()
+                        .name("magray-indexer".into())
+                        .spawn_scoped(s, || work(sc))
+                        .ok()
+                })
+                .collect();
             let mut done = work(mine);
             for h in helpers {
                 // A helper only panics on a bug; carry its panic to this thread.
