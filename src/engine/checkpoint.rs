@@ -105,6 +105,11 @@ impl Inner {
             if let Some(r) = self.failure.lock().clone() {
                 return Err(Error::Poisoned(r));
             }
+            // Shutting down (close has written its snapshot): the indexer may stop before
+            // the load this waits for.
+            if self.shutdown.load(Ordering::Acquire) {
+                return Err(Error::Closed);
+            }
             std::thread::sleep(Duration::from_millis(5));
         }
         self.wait_keywords()?;

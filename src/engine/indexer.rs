@@ -198,7 +198,12 @@ impl Inner {
         drop((mapped, tables, keys));
         if self.shutdown.load(Ordering::Acquire) {
             // A dropped handle: nobody waits for the rest (close() checkpoints, which waits for
-            // the scrub, before shutting down).
+            // the scrub, before shutting down). The dump is not loaded: say so, or a
+            // checkpoint the maintenance thread began before the shutdown waits for it forever
+            // (fsync_audit hung on this once the indexer ran at a lower priority).
+            if let Some((_, _, Some(_))) = &dumps {
+                self.graphs_loading.fetch_sub(1, Ordering::AcqRel);
+            }
             return;
         }
         self.scrubbing.store(false, Ordering::Release);
