@@ -179,7 +179,7 @@ pub struct Config {
     pub index_batch: usize,
     /// Threads the indexer inserts with (`MEMORY_INDEX_THREADS`), 1..=256. Default: the
     /// machine's cores, as hnswlib's `add_items` uses. The indexer's threads run at a lower
-    /// scheduling priority than the caller's (nice +10 on Linux), so a search competing with
+    /// scheduling priority than the caller's (10 nicer, on Linux), so a search competing with
     /// them for a core gets it first.
     pub index_threads: usize,
     /// Ignore snapshots and replay the whole log from sequence 1 (verification).
