@@ -382,6 +382,13 @@ pub(crate) fn code_into(v: &[f32], out: &mut [i8]) -> f32 {
     code_into_portable(v, out)
 }
 
+/// Appends the int8 code of `v` to `codes` ([`code_into`]) and returns its scale back.
+pub(crate) fn push_code(codes: &mut Vec<i8>, v: &[f32]) -> f32 {
+    let at = codes.len();
+    codes.resize(at + v.len(), 0);
+    code_into(v, &mut codes[at..])
+}
+
 /// [`code_into_portable`] compiled with AVX2.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]

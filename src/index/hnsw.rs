@@ -22,7 +22,7 @@
 
 use crate::disk::vectors::Vectors;
 use crate::index::distance::{dist_key, dot, dot_i8, prefetch};
-use crate::index::frozen::{beam, code_into, greedy, next_generation, FrozenGraph, Scorer};
+use crate::index::frozen::{beam, greedy, next_generation, push_code, FrozenGraph, Scorer};
 
 /// Cache lines of each code a beam asks for ahead (see [`prefetch`]): all of it (6 lines at
 /// 384-d). With f32 vectors, asking for their first 4 lines made inserts 9–19 % faster on
@@ -292,8 +292,8 @@ pub(crate) struct HnswBuilder {
     /// slower this way (median 4 %, five paired 50 s runs), and 5–20 % slower when the slot
     /// list was looked up as well.
     loc: Vec<u32>,
-    /// Node `i`'s int8 code ([`code_into`]) is `codes[i * dim..][..dim]`, its scale back
-    /// `unscale[i]`: the beams that find a new point's candidates compare these (a quarter
+    /// Node `i`'s int8 code ([`crate::index::frozen::code_into`]) is
+    /// `codes[i * dim..][..dim]`, its scale back `unscale[i]`: the beams that find a new point's candidates compare these (a quarter
     /// of the bytes of f32; memory is what a beam spends), and only the candidates they keep
     /// are scored on f32 before the links are chosen.
     codes: Vec<i8>,
@@ -436,9 +436,7 @@ impl HnswBuilder {
 
     /// Appends the code of `v` (the next node's vector).
     fn keep_code(&mut self, v: &[f32]) {
-        let at = self.codes.len();
-        self.codes.resize(at + self.dim, 0);
-        let back = code_into(v, &mut self.codes[at..]);
+        let back = push_code(&mut self.codes, v);
         self.unscale.push(back);
     }
 
@@ -495,7 +493,7 @@ impl HnswBuilder {
         let (node, level) = self.register(slot, v);
         let mut marks = std::mem::take(&mut self.marks);
         let mut generation = self.generation;
-        let plan = self.plan(node, level, &[], &mut marks, &mut generation);
+        let plan = self.plan(node, level, node..node, &mut marks, &mut generation);
         (self.marks, self.generation) = (marks, generation);
         self.connect(node, level, &plan);
     }
@@ -553,8 +551,7 @@ impl HnswBuilder {
                     return done;
                 };
                 let node = first + k as u32;
-                let mates: Vec<u32> = (first..node).collect();
-                done.push((k, this.plan(node, level, &mates, marks, generation)));
+                done.push((k, this.plan(node, level, first..node, marks, generation)));
             }
         };
         let mut plans = vec![Vec::new(); levels.len()];
@@ -610,7 +607,7 @@ impl HnswBuilder {
         &self,
         node: u32,
         level: usize,
-        mates: &[u32],
+        mates: std::ops::Range<u32>,
         marks: &mut [u32],
         generation: &mut u32,
     ) -> Plan {
@@ -645,7 +642,7 @@ impl HnswBuilder {
                     .collect();
             }
         }
-        for &mate in mates {
+        for mate in mates {
             let d = dist(mate);
             let reach = (self.levels[mate as usize] as usize).min(level);
             for f in &mut found[..=reach] {
@@ -975,12 +972,7 @@ impl HnswBuilder {
                         self.codes.extend_from_slice(code);
                         self.unscale.push(back);
                     }
-                    None => {
-                        let at = self.codes.len();
-                        self.codes.resize(at + self.dim, 0);
-                        self.unscale
-                            .push(code_into(s.get(slot), &mut self.codes[at..]));
-                    }
+                    None => self.unscale.push(push_code(&mut self.codes, s.get(slot))),
                 }
                 continue;
             }

@@ -9,7 +9,7 @@
 //! dropped from the front once the graph holds them; a tail slot outside them (an old record
 //! whose point was lost with a dump) is scored on f32.
 
-use crate::index::frozen::code_into;
+use crate::index::frozen::push_code;
 
 /// Most codes kept: past this the older half is dropped (those slots are then scored on
 /// f32). 100 MB at 384-d; a tail this long is a bulk load or a replay the indexer has not
@@ -25,7 +25,7 @@ pub(crate) struct TailCodes {
     base: u32,
     dim: usize,
     codes: Vec<i8>,
-    /// Each code's scale back ([`code_into`]).
+    /// Each code's scale back ([`crate::index::frozen::code_into`]).
     unscale: Vec<f32>,
     /// Keeps no codes (projections that are never searched through a graph: offline
     /// replays for training and verification).
@@ -51,9 +51,7 @@ impl TailCodes {
         if self.len() >= MAX_CODES {
             self.drop_front(MAX_CODES / 2);
         }
-        let at = self.codes.len();
-        self.codes.resize(at + self.dim, 0);
-        let back = code_into(v, &mut self.codes[at..]);
+        let back = push_code(&mut self.codes, v);
         self.unscale.push(back);
     }
 
@@ -101,6 +99,7 @@ impl TailCodes {
 mod tests {
     #![allow(clippy::unwrap_used)] // tests: a panic is the failure report
     use super::*;
+    use crate::index::frozen::code_into;
 
     fn v(i: u32) -> Vec<f32> {
         (0..8).map(|j| ((i * 8 + j) as f32).sin()).collect()
