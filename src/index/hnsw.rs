@@ -293,9 +293,10 @@ pub(crate) struct HnswBuilder {
     /// list was looked up as well.
     loc: Vec<u32>,
     /// Node `i`'s int8 code ([`crate::index::frozen::code_into`]) is
-    /// `codes[i * dim..][..dim]`, its scale back `unscale[i]`: the beams that find a new point's candidates compare these (a quarter
-    /// of the bytes of f32; memory is what a beam spends), and only the candidates they keep
-    /// are scored on f32 before the links are chosen.
+    /// `codes[i * dim..][..dim]`, its scale back `unscale[i]`: the beams that find a new
+    /// point's candidates compare these (a quarter of the bytes of f32; memory is what a beam
+    /// spends), and only the candidates they keep are scored on f32 before the links are
+    /// chosen.
     codes: Vec<i8>,
     unscale: Vec<f32>,
     levels: Vec<u8>,
