@@ -269,6 +269,12 @@ type Plan = Vec<Vec<(u32, u32)>>;
 /// Set in `HnswBuilder::loc` for a node whose vector is a copy in `own`.
 const OWN: u32 = 1 << 31;
 
+/// `shared` (a builder's mapped vectors), if it holds `slot`'s vector. A function of the
+/// field, not of the builder, so a caller may write the builder's other fields meanwhile.
+fn map_of(shared: &Option<Vectors>, slot: u32) -> Option<&Vectors> {
+    shared.as_ref().filter(|s| slot < OWN && slot < s.len())
+}
+
 /// See the module documentation.
 pub(crate) struct HnswBuilder {
     m: usize,
@@ -377,7 +383,7 @@ impl HnswBuilder {
 
     /// Whether `slot`'s vector is in the shared maps.
     fn is_shared(&self, slot: u32) -> bool {
-        slot < OWN && self.shared.as_ref().is_some_and(|s| slot < s.len())
+        map_of(&self.shared, slot).is_some()
     }
 
     /// `loc` of the next copy in `own`.
@@ -954,20 +960,15 @@ impl HnswBuilder {
         coded: Option<&FrozenGraph>,
     ) -> Result<(), u32> {
         let r = self.vectors_missing();
+        let coded =
+            coded.filter(|f| crate::index::frozen::SearchGraph::len(*f) == self.slots.len());
         for node in r.start..r.start.saturating_add(count).min(r.end) {
             let slot = self.slots[node];
-            if let Some(s) = self
-                .shared
-                .as_ref()
-                .filter(|s| slot < OWN && slot < s.len())
-            {
+            if let Some(s) = map_of(&self.shared, slot) {
                 self.loc.push(slot);
                 // The frozen copy of this graph has the code: copied, the vector is not
                 // read (at a million points, 1.5 GB of mapped pages not touched).
-                match coded.filter(|f| {
-                    crate::index::frozen::SearchGraph::len(*f) == self.slots.len()
-                        && f.slot(node as u32) == slot
-                }) {
+                match coded.filter(|f| f.slot(node as u32) == slot) {
                     Some(f) => {
                         let (code, back) = f.code(node as u32);
                         self.codes.extend_from_slice(code);
